@@ -1,0 +1,541 @@
+"""Phase 2: replay a recorded trajectory and allocate each iteration's loss change.
+
+The T iterations are cut into work units aligned with the Zarr chunks of ``lca.zarr``; a unit
+computes the gradient at its first θ once, then walks its iterations, reusing every endpoint
+gradient as the next start. Units are handed out dynamically to one or more worker
+processes (one per GPU, or N CPU workers) and each writes only its own chunks, then marks
+itself done. A rerun skips the done units, so a crashed or killed allocation resumes and
+ends with exactly the arrays of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .config import AllocateConfig, Config, load_config
+from .quadrature import integrate_step
+from .storage import (
+    CONFIG_FILE,
+    LCA_STORE,
+    RunError,
+    Trajectory,
+    open_group,
+    open_trajectory,
+    rows_per_chunk,
+)
+
+ARRAYS_PER_SPLIT = ("lca", "grad", "loss", "splits", "error", "error_fo")
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    """What fixes the numbers of an allocation; a resumed run must use the same."""
+
+    splits: tuple[str, ...]
+    threshold: float
+    max_splits: int
+    chunk_iterations: int
+    eval_batch_size: int
+    allow_tf32: bool = False
+    jit_compile: bool = False
+
+    def identity(self) -> dict:
+        return {
+            "splits": list(self.splits),
+            "threshold": self.threshold,
+            "max_splits": self.max_splits,
+            "chunk_iterations": self.chunk_iterations,
+            "eval_batch_size": self.eval_batch_size,
+            "allow_tf32": self.allow_tf32,
+        }
+
+
+@dataclass
+class AllocationSummary:
+    run_dir: Path
+    iterations_total: int
+    iterations_done: int
+    iterations_this_run: int
+    seconds: float
+    halvings: int = 0
+    gradient_evaluations: int = 0
+    chunks_skipped: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.iterations_done == self.iterations_total
+
+
+@dataclass
+class ChunkResult:
+    """What one work unit computed, before it is written."""
+
+    chunk: int
+    start: int
+    stop: int
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    halvings: int = 0
+    evaluations: int = 0
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
+    return load_config(path)
+
+
+def resolve_settings(
+    config: AllocateConfig,
+    num_params: int,
+    *,
+    splits: Sequence[str] | None = None,
+    threshold: float | None = None,
+    max_splits: int | None = None,
+) -> AllocationSettings:
+    """Merge command-line choices over the run's ``allocate`` section, validated the same way."""
+    merged = replace(
+        config,
+        splits=list(splits) if splits else list(config.splits),
+        threshold=config.threshold if threshold is None else threshold,
+        max_splits=config.max_splits if max_splits is None else max_splits,
+    )
+    for key, problem in merged.validate().items():
+        raise RunError(f"allocate.{key}: {problem}")
+    unknown = [s for s in merged.splits if s not in ("train", "val")]
+    if unknown:
+        raise RunError(f"--splits: unknown split {unknown[0]!r} (choose from train, val)")
+    return AllocationSettings(
+        splits=tuple(merged.splits),
+        threshold=merged.threshold,
+        max_splits=merged.max_splits,
+        chunk_iterations=merged.chunk_iterations or rows_per_chunk(num_params),
+        eval_batch_size=merged.eval_batch_size,
+        allow_tf32=merged.allow_tf32,
+        jit_compile=merged.jit_compile,
+    )
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+def open_lca_store(
+    run_dir: Path, trajectory: Trajectory, settings: AllocationSettings
+) -> zarr.Group:
+    """Create ``lca.zarr`` or reopen it for resuming, refusing one made with other settings."""
+    path = run_dir / LCA_STORE
+    T = trajectory.num_iterations
+    K = trajectory.theta.shape[1]
+    c = settings.chunk_iterations
+    if path.exists():
+        group = open_group(path, "r+")
+        made_with = group.attrs.get("settings")
+        if made_with != settings.identity():
+            raise RunError(
+                f"{path} was made with other settings ({made_with}); use the same options, "
+                f"or delete it (or pass --restart) to start over"
+            )
+        return group
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+    n_chunks = math.ceil(T / c)
+    group.create_array(
+        "done",
+        shape=(n_chunks,),
+        chunks=(1,),
+        dtype="bool",
+        fill_value=False,
+        dimension_names=("work_unit",),
+    )
+    for split in settings.splits:
+        sub = group.create_group(split)
+        sub.create_array(
+            "lca",
+            shape=(T, K),
+            chunks=(c, K),
+            dtype="float32",
+            dimension_names=("iteration", "parameter"),
+            fill_value=np.nan,
+        )
+        sub.create_array(
+            "grad",
+            shape=(T + 1, K),
+            chunks=(c, K),
+            dtype="float32",
+            dimension_names=("step", "parameter"),
+            fill_value=np.nan,
+        )
+        sub.create_array(
+            "loss",
+            shape=(T + 1,),
+            chunks=(c,),
+            dtype="float64",
+            dimension_names=("step",),
+            fill_value=np.nan,
+        )
+        sub.create_array(
+            "splits",
+            shape=(T,),
+            chunks=(c,),
+            dtype="int32",
+            dimension_names=("iteration",),
+            fill_value=0,
+        )
+        for name in ("error", "error_fo"):
+            sub.create_array(
+                name,
+                shape=(T,),
+                chunks=(c,),
+                dtype="float64",
+                dimension_names=("iteration",),
+                fill_value=np.nan,
+            )
+        sub.attrs.update(
+            {
+                "split": split,
+                "num_examples": int(
+                    trajectory.attrs["num_train" if split == "train" else "num_val"]
+                ),
+            }
+        )
+    group.attrs.update(
+        {
+            "settings": settings.identity(),
+            "rule": "simpson",
+            "num_iterations": T,
+            "num_params": K,
+            "layout": trajectory.layout_json,
+            "lca_version": __version__,
+            "description": "A[t, i] = Δθ_i · ∫ g_i along the step t (adaptive composite Simpson); "
+            "error = (L[t+1] − L[t]) − Σ_i A[t, i]; negative LCA helps",
+        }
+    )
+    return group
+
+
+def chunks_for(num_iterations: int, chunk: int, iterations: tuple[int, int] | None) -> list[int]:
+    """Work units covering ``iterations`` (a half-open range), rounded out to whole chunks."""
+    start, stop = iterations if iterations else (0, num_iterations)
+    start, stop = max(0, start), min(num_iterations, stop)
+    if start >= stop:
+        raise RunError(f"--iterations {start}:{stop} selects no iteration of {num_iterations}")
+    return list(range(start // chunk, math.ceil(stop / chunk)))
+
+
+# --- one work unit ----------------------------------------------------------------------
+
+
+def load_objective(
+    run_dir: str | Path,
+    splits: Sequence[str] = ("train", "val"),
+    eval_batch_size: int | None = None,
+    *,
+    allow_tf32: bool = False,
+    jit_compile: bool = False,
+):
+    """The full-set loss/gradient function of a run's model and data, checked against the run.
+
+    The dataset is reloaded from the run's config and must hold exactly the examples the run
+    was trained on; the evaluation model (no dropout) must have the recorded layout.
+    """
+    from .data import load_dataset
+    from .gradients import FullBatchObjective, configure_tensorflow
+    from .models import build_model, parameter_layout
+
+    configure_tensorflow(allow_tf32=allow_tf32)
+    config = read_run_config(run_dir)
+    trajectory = open_trajectory(run_dir)
+    dataset = load_dataset(config.data)
+    if not np.array_equal(trajectory.group["train_indices"][:], dataset.train_indices):
+        raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes, evaluation=True)
+    if parameter_layout(model).to_json() != trajectory.layout_json:
+        raise RunError(f"{run_dir}: the model's parameter layout differs from the recorded one")
+    return FullBatchObjective(
+        model,
+        {split: dataset.split(split) for split in splits},
+        eval_batch_size or config.allocate.eval_batch_size,
+        jit_compile=jit_compile,
+    )
+
+
+class ChunkAllocator:
+    """Everything a worker needs to allocate work units: data, compiled objective, stores."""
+
+    def __init__(self, run_dir: str | Path, settings: AllocationSettings) -> None:
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.trajectory = open_trajectory(run_dir)
+        self.objective = load_objective(
+            run_dir,
+            settings.splits,
+            settings.eval_batch_size,
+            allow_tf32=settings.allow_tf32,
+            jit_compile=settings.jit_compile,
+        )
+        self._store: zarr.Group | None = None
+
+    def compute(self, chunk: int, on_iteration: Callable[[int], None] | None = None) -> ChunkResult:
+        """Allocate the iterations of work unit ``chunk`` (nothing is written here)."""
+        T = self.trajectory.num_iterations
+        c = self.settings.chunk_iterations
+        start, stop = chunk * c, min(chunk * c + c, T)
+        thetas = self.trajectory.theta[start : stop + 1]
+        if not np.isfinite(thetas).all():
+            raise RunError(f"{self.run_dir}: θ between steps {start} and {stop} is not finite")
+        splits = self.settings.splits
+        n = stop - start
+        out = {
+            s: {
+                "lca": np.empty((n, thetas.shape[1]), np.float32),
+                "grad": np.empty((n + 1, thetas.shape[1]), np.float32),
+                "loss": np.empty(n + 1),
+                "splits": np.empty(n, np.int32),
+                "error": np.empty(n),
+                "error_fo": np.empty(n),
+            }
+            for s in splits
+        }
+        result = ChunkResult(chunk, start, stop, out)
+        here = self.objective(thetas[0])
+        evaluations_before = self.objective.evaluations
+        for s in splits:
+            out[s]["loss"][0], out[s]["grad"][0] = here[s]
+        for k in range(n):
+            theta = thetas[k].astype(np.float64)
+            delta = thetas[k + 1].astype(np.float64) - theta
+            there = self.objective(thetas[k + 1])
+
+            def gradient_at(fraction: float, theta=theta, delta=delta):
+                values = self.objective((theta + fraction * delta).astype(np.float32))
+                return {s: values[s][1] for s in splits}
+
+            step = integrate_step(
+                gradient_at,
+                delta,
+                {s: there[s][0] - here[s][0] for s in splits},
+                {s: here[s][1] for s in splits},
+                {s: there[s][1] for s in splits},
+                threshold=self.settings.threshold,
+                max_splits=self.settings.max_splits,
+            )
+            for s in splits:
+                out[s]["lca"][k] = step.lca[s]
+                out[s]["loss"][k + 1], out[s]["grad"][k + 1] = there[s]
+                out[s]["splits"][k] = step.splits
+                out[s]["error"][k] = step.error[s]
+                out[s]["error_fo"][k] = step.error_first_order[s]
+            result.halvings += int(math.log2(step.splits // 2))
+            here = there
+            if on_iteration is not None:
+                on_iteration(step.splits)
+        result.evaluations = self.objective.evaluations - evaluations_before + 1
+        return result
+
+    def write(self, result: ChunkResult) -> None:
+        """Write a unit's own chunks, then (and only then) mark it done."""
+        if self._store is None:
+            self._store = open_group(self.run_dir / LCA_STORE, "r+")
+        T = self.trajectory.num_iterations
+        a, b = result.start, result.stop
+        # grad/loss rows a..b-1 belong to this unit's chunk; row T only to the last unit.
+        last = b + 1 if b == T else b
+        for split, arrays in result.arrays.items():
+            group = self._store[split]
+            group["lca"][a:b] = arrays["lca"]
+            group["grad"][a:last] = arrays["grad"][: last - a]
+            group["loss"][a:last] = arrays["loss"][: last - a]
+            for name in ("splits", "error", "error_fo"):
+                group[name][a:b] = arrays[name]
+        self._store["done"][result.chunk] = True
+
+
+# --- scheduling -------------------------------------------------------------------------
+
+
+def parse_gpus(spec: str) -> list[int]:
+    """``"0-3"`` → [0, 1, 2, 3]; ``"0,2"`` → [0, 2]."""
+    gpus: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                gpus.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                gpus.append(int(part))
+    except ValueError:
+        raise RunError(f"--gpus {spec!r}: expected a list like 0-3 or 0,2") from None
+    if not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise RunError(f"--gpus {spec!r}: expected distinct GPU numbers like 0-3 or 0,2")
+    return gpus
+
+
+def allocate(
+    run_dir: str | Path,
+    *,
+    splits: Sequence[str] | None = None,
+    threshold: float | None = None,
+    max_splits: int | None = None,
+    iterations: tuple[int, int] | None = None,
+    workers: int = 1,
+    gpus: Sequence[int] | None = None,
+    threads: int | None = None,
+    restart: bool = False,
+    progress: bool = True,
+) -> AllocationSummary:
+    """Allocate the loss change of every (selected) iteration of a run; resumable.
+
+    ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
+    starts that many CPU worker processes; by default the work runs in this process.
+    ``threads`` pins TensorFlow's intra-op threads per worker (bitwise-reproducible results).
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    trajectory = open_trajectory(run_dir)
+    trajectory.require_complete()
+    K = trajectory.theta.shape[1]
+    settings = resolve_settings(
+        config.allocate, K, splits=splits, threshold=threshold, max_splits=max_splits
+    )
+    if restart and (run_dir / LCA_STORE).exists():
+        import shutil
+
+        shutil.rmtree(run_dir / LCA_STORE)
+    store = open_lca_store(run_dir, trajectory, settings)
+    T = trajectory.num_iterations
+    c = settings.chunk_iterations
+    wanted = chunks_for(T, c, iterations)
+    done = store["done"][:]
+    todo = [k for k in wanted if not done[k]]
+    size = {k: min(c, T - k * c) for k in wanted}
+    summary = AllocationSummary(
+        run_dir,
+        T,
+        sum(min(c, T - k * c) for k in np.flatnonzero(done)),
+        0,
+        0.0,
+        chunks_skipped=len(wanted) - len(todo),
+    )
+    bar = tqdm(
+        total=sum(size[k] for k in todo),
+        desc=f"allocate {run_dir.name}",
+        unit="it",
+        disable=not progress,
+    )
+
+    def on_iteration(splits_used: int) -> None:
+        summary.halvings += int(math.log2(splits_used // 2))
+        bar.update(1)
+        bar.set_postfix(halvings=summary.halvings, refresh=False)
+
+    start = time.perf_counter()
+    try:
+        if gpus is None and workers <= 1:
+            if threads is not None:
+                from .gradients import configure_tensorflow
+
+                configure_tensorflow(threads)
+            allocator = ChunkAllocator(run_dir, settings)
+            for k in todo:
+                result = allocator.compute(k, on_iteration)
+                allocator.write(result)
+                summary.gradient_evaluations += result.evaluations
+                summary.iterations_this_run += result.stop - result.start
+        else:
+            devices = [str(g) for g in gpus] if gpus is not None else [""] * workers
+            for result_stop_start, evaluations in _run_workers(
+                run_dir, settings, todo, devices, threads, on_iteration
+            ):
+                summary.iterations_this_run += result_stop_start
+                summary.gradient_evaluations += evaluations
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - start
+        done = open_group(run_dir / LCA_STORE, "r")["done"][:]
+        summary.iterations_done = sum(min(c, T - k * c) for k in np.flatnonzero(done))
+    return summary
+
+
+def _run_workers(run_dir, settings, todo, devices, threads, on_iteration):
+    """Hand work units to one process per device through a queue; yield finished units."""
+    ctx = mp.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for k in todo:
+        tasks.put(k)
+    for _ in devices:
+        tasks.put(None)
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(str(run_dir), settings, device, threads, tasks, results),
+            daemon=True,
+        )
+        for device in devices
+    ]
+    for p in procs:
+        p.start()
+    remaining = len(todo)
+    try:
+        while remaining:
+            try:
+                kind, *payload = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead or not any(p.is_alive() for p in procs):
+                    raise RunError(
+                        f"an allocation worker died (exit code {dead[0].exitcode if dead else 0}); "
+                        "rerun the same command to resume from the finished chunks"
+                    ) from None
+                continue
+            if kind == "iteration":
+                on_iteration(payload[0])
+            elif kind == "done":
+                remaining -= 1
+                yield payload[0], payload[1]
+            elif kind == "error":
+                raise RunError(payload[0])
+    finally:
+        for p in procs:
+            if p.is_alive() and remaining:
+                p.terminate()
+        for p in procs:
+            p.join(timeout=30)
+
+
+def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
+    """Entry point of a worker process: see only its device, then take units until told to stop."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from .gradients import configure_tensorflow
+
+        configure_tensorflow(threads)
+        allocator = ChunkAllocator(run_dir, settings)
+        while (chunk := tasks.get()) is not None:
+            result = allocator.compute(chunk, lambda n: results.put(("iteration", n)))
+            allocator.write(result)
+            results.put(("done", result.stop - result.start, result.evaluations))
+    except Exception as exc:  # report to the parent, which stops the others
+        if isinstance(exc, RunError):
+            results.put(("error", str(exc)))
+        else:
+            traceback.print_exc()
+            results.put(
+                (
+                    "error",
+                    f"worker on device {device or 'cpu'} failed: {exc.__class__.__name__}: {exc}",
+                )
+            )

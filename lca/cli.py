@@ -1,0 +1,178 @@
+"""The ``lca`` command line: parse, call the library, turn known errors into one line.
+
+lca describe configs/mnist_fc_sgd.yaml
+lca train configs/mnist_fc_sgd.yaml --set data.path=../shared/data/mnist.npz
+lca allocate runs/mnist_fc_sgd --workers 2
+lca verify-error runs/mnist_fc_sgd
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, load_config
+from .storage import RunError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .data import DatasetError
+    from .training import TrainingDiverged
+
+    return (ConfigError, RunError, DatasetError, TrainingDiverged, FileNotFoundError)
+
+
+def friendly_errors(func):
+    """Print expected failures as one line on stderr and exit 2; keep tracebacks for bugs."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except _known_errors() as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: what was written so far is kept", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _parse_range(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        start, stop = value.split(":")
+        return (int(start) if start else 0, int(stop) if stop else 2**62)
+    except ValueError:
+        raise click.BadParameter("expected A:B, e.g. 0:100") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lca")
+def main() -> None:
+    """Loss Change Allocation: record a training run, allocate its loss change, verify it."""
+
+
+override_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set optimizer.lr=0.01 (repeatable).",
+)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@override_option
+@friendly_errors
+def describe(config_file: str, overrides: tuple[str, ...]) -> None:
+    """Print the parameter layout (layers, shapes, counts) of CONFIG_FILE's model."""
+    from .data import input_spec
+    from .models import build_model, describe_layout, parameter_layout
+
+    config = load_config(config_file, overrides)
+    input_shape, num_classes = input_spec(config.data)
+    model = build_model(config.model, input_shape, num_classes)
+    click.echo(
+        f"{config.name}: model {config.model.name} on {config.data.name} "
+        f"{'x'.join(map(str, input_shape))}, {num_classes} classes"
+    )
+    click.echo(describe_layout(parameter_layout(model)))
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/<config name>].")
+@click.option("--seed", type=int, help="Training seed (initialisation, batches, dropout).")
+@click.option("--iterations", type=int, help="Number of training iterations.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@override_option
+@friendly_errors
+def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
+    """Train CONFIG_FILE's model and record θ after every iteration."""
+    from .training import train as run_training
+
+    extra = [f"training.seed={seed}"] * (seed is not None)
+    extra += [f"training.iterations={iterations}"] * (iterations is not None)
+    config = load_config(config_file, [*overrides, *extra])
+    run_dir = Path(out) if out else Path("runs") / config.name
+    result = run_training(config, run_dir, overwrite=overwrite)
+    click.echo(
+        f"recorded {result.steps_recorded} steps in {run_dir} "
+        f"({result.seconds:.1f} s; final mini-batch loss {result.final_loss:.4f}, "
+        f"accuracy {result.final_accuracy:.3f})"
+    )
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--gpus", help="One worker per listed GPU: 0-3 or 0,2.")
+@click.option("--workers", type=int, default=1, show_default=True, help="CPU worker processes.")
+@click.option("--threads", type=int, help="TensorFlow intra-op threads per worker.")
+@click.option("--splits", help="Comma-separated splits to allocate [config: train,val].")
+@click.option("--threshold", type=float, help="Per-iteration |error| that triggers halving.")
+@click.option("--max-splits", type=int, help="Most sub-intervals per iteration (power of 2).")
+@click.option(
+    "--iterations",
+    "iteration_range",
+    metavar="A:B",
+    help="Allocate only iterations A..B-1 (rounded out to whole chunks).",
+)
+@click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
+@friendly_errors
+def allocate(
+    run_dir, gpus, workers, threads, splits, threshold, max_splits, iteration_range, restart
+) -> None:
+    """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
+    from .allocation import allocate as run_allocation
+    from .allocation import parse_gpus
+
+    if gpus and workers != 1:
+        raise click.UsageError("--gpus and --workers are exclusive")
+    summary = run_allocation(
+        run_dir,
+        splits=splits.split(",") if splits else None,
+        threshold=threshold,
+        max_splits=max_splits,
+        iterations=_parse_range(iteration_range),
+        workers=workers,
+        gpus=parse_gpus(gpus) if gpus else None,
+        threads=threads,
+        restart=restart,
+    )
+    per_it = summary.seconds / max(summary.iterations_this_run, 1)
+    click.echo(
+        f"allocated {summary.iterations_this_run} iterations in {summary.seconds:.1f} s "
+        f"({per_it:.3f} s/iteration, {summary.halvings} halvings); "
+        f"{summary.iterations_done} of {summary.iterations_total} done in {run_dir}/lca.zarr"
+    )
+
+
+@main.command("verify-error")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def verify_error(run_dir: str, as_json: bool) -> None:
+    """Report how well the allocation conserves the loss (paper Table S1); exit 1 if it fails."""
+    from .diagnostics import verify_error as run_verify
+
+    report = run_verify(run_dir)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(report.to_text())
+    sys.exit(0 if report.passed else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Run configuration: YAML files validated into typed dataclasses.
+
+One YAML file describes one run (model, data, optimizer, training, allocate). Every key is
+checked on load, so a typo fails at once with the key path and the file, instead of being
+silently ignored after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
+DATASET_NAMES = ("mnist", "cifar10", "synthetic")
+OPTIMIZER_NAMES = ("sgd", "adam")
+SPLIT_NAMES = ("train", "val")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded as one line: ``key.path: problem in file``."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build; the size options exist for tiny test and quick-start runs."""
+
+    name: Literal["fc", "lenet", "resnet20", "allcnn"] = "fc"
+    hidden_units: list[int] = field(default_factory=lambda: [100, 50])  # fc
+    conv_filters: list[int] = field(default_factory=lambda: [20, 40])  # lenet
+    dense_units: int = 400  # lenet
+    widths: list[int] | None = None  # resnet20 (16, 32, 64) and allcnn (96, 192)
+    blocks_per_stage: int = 3  # resnet20
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        for key in ("hidden_units", "conv_filters", "widths"):
+            values = getattr(self, key)
+            if values is not None and any(v <= 0 for v in values):
+                problems[key] = "all values must be > 0"
+        if self.widths is not None:
+            expected = {"resnet20": 3, "allcnn": 2}.get(self.name)
+            if expected is not None and len(self.widths) != expected:
+                problems["widths"] = f"{self.name} needs {expected} widths"
+        if self.dense_units <= 0:
+            problems["dense_units"] = "must be > 0"
+        if self.blocks_per_stage <= 0:
+            problems["blocks_per_stage"] = "must be > 0"
+        return problems
+
+
+@dataclass
+class SyntheticConfig:
+    """Deterministic class-template images plus noise: learnable, tiny, offline."""
+
+    image_shape: list[int] = field(default_factory=lambda: [8, 8, 1])
+    num_classes: int = 10
+    num_examples: int = 600
+    noise: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if len(self.image_shape) != 3 or any(v <= 0 for v in self.image_shape):
+            problems["image_shape"] = "must be [height, width, channels], all > 0"
+        if self.num_classes < 2:
+            problems["num_classes"] = "must be >= 2"
+        if self.num_examples <= 0:
+            problems["num_examples"] = "must be > 0"
+        if self.noise < 0:
+            problems["noise"] = "must be >= 0"
+        return problems
+
+
+@dataclass
+class DataConfig:
+    """Dataset and the paper's split: ``val_size`` examples held out of the training set."""
+
+    name: Literal["mnist", "cifar10", "synthetic"] = "mnist"
+    path: str | None = None  # local mnist.npz, CIFAR python batches dir or tar.gz
+    val_size: int = 5000  # examples held out of the training set for validation
+    split_seed: int = 0  # seed of the random train/validation split
+    train_size: int | None = None  # use only the first N training examples (quick runs)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.val_size <= 0:
+            problems["val_size"] = "must be > 0"
+        if self.train_size is not None and self.train_size <= 0:
+            problems["train_size"] = "must be > 0"
+        return problems
+
+
+@dataclass
+class LayerOverride:
+    """Per-layer optimiser settings; the layer names are those ``lca describe`` prints."""
+
+    lr: float | None = None
+    momentum: float | None = None
+    freeze_from: int | None = None  # frozen (no update at all) from this iteration on
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.lr is not None and self.lr < 0:
+            problems["lr"] = "must be >= 0"
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            problems["momentum"] = "must be in [0, 1)"
+        if self.freeze_from is not None and self.freeze_from < 0:
+            problems["freeze_from"] = "must be >= 0"
+        return problems
+
+
+@dataclass
+class OptimizerConfig:
+    """SGD with (heavy-ball, Keras-style) momentum, or Adam; no weight decay, no LR decay."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd only
+    beta_1: float = 0.9  # adam only
+    beta_2: float = 0.999  # adam only
+    epsilon: float = 1e-7  # adam only
+    layers: dict[str, LayerOverride] = field(default_factory=dict)
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.lr <= 0:
+            problems["lr"] = "must be > 0"
+        if not 0 <= self.momentum < 1:
+            problems["momentum"] = "must be in [0, 1)"
+        for key in ("beta_1", "beta_2"):
+            if not 0 <= getattr(self, key) < 1:
+                problems[key] = "must be in [0, 1)"
+        if self.epsilon <= 0:
+            problems["epsilon"] = "must be > 0"
+        if self.name == "adam":
+            for layer, override in self.layers.items():
+                if override.momentum is not None:
+                    problems[f"layers.{layer}.momentum"] = "only applies to sgd"
+        return problems
+
+
+@dataclass
+class TrainingConfig:
+    """The training loop: fixed iterations of fixed mini-batches, reshuffled every epoch."""
+
+    iterations: int = 880
+    batch_size: int = 250
+    seed: int = 0
+    log_every: int = 100  # validation accuracy in the log every N iterations (0: never)
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.iterations <= 0:
+            problems["iterations"] = "must be > 0"
+        if self.batch_size <= 0:
+            problems["batch_size"] = "must be > 0"
+        if self.log_every < 0:
+            problems["log_every"] = "must be >= 0"
+        return problems
+
+
+@dataclass
+class AllocateConfig:
+    """How ``lca allocate`` evaluates the full-set loss and integrates along the path."""
+
+    splits: list[Literal["train", "val"]] = field(default_factory=lambda: ["train", "val"])
+    eval_batch_size: int = 11000
+    threshold: float = 1e-3
+    max_splits: int = 32
+    chunk_iterations: int | None = None  # iterations per work unit (default: storage chunk)
+    allow_tf32: bool = False
+    jit_compile: bool = False
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if not self.splits:
+            problems["splits"] = "name at least one of train, val"
+        elif len(set(self.splits)) != len(self.splits):
+            problems["splits"] = "names a split twice"
+        if self.eval_batch_size <= 0:
+            problems["eval_batch_size"] = "must be > 0"
+        if self.threshold <= 0:
+            problems["threshold"] = "must be > 0"
+        if self.max_splits < 2 or self.max_splits & (self.max_splits - 1):
+            problems["max_splits"] = "must be a power of two >= 2"
+        if self.chunk_iterations is not None and self.chunk_iterations <= 0:
+            problems["chunk_iterations"] = "must be > 0"
+        return problems
+
+
+@dataclass
+class Config:
+    """A whole run; ``name`` defaults to the file's stem and names the run directory."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    allocate: AllocateConfig = field(default_factory=AllocateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --- loading and validation -------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read and validate a YAML config; ``overrides`` are ``key.path=value`` strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"not valid YAML{where} in {path}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"top level must be a mapping of sections in {path}")
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        apply_override(raw, override, str(path))
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+    return _build(Config, raw, "", source)
+
+
+def apply_override(raw: dict[str, Any], override: str, source: str = "<overrides>") -> None:
+    """Set ``a.b.c=value`` in a raw config mapping; the value is parsed as YAML."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected key.path=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section in {source}")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping in {source}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {allowed}) in {source}")
+    values = {
+        key: _convert(hints[key], value, f"{prefix}{key}", source) for key, value in raw.items()
+    }
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        for key, problem in obj.validate().items():
+            raise ConfigError(f"{prefix}{key}: {problem} in {source}")
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r} in {source}")
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, key, source)
+            except ConfigError:
+                continue
+        fail()
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            fail()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(item, v, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.", source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module

@@ -1,0 +1,277 @@
+"""Datasets as in the paper: MNIST, CIFAR-10 and an offline synthetic set, split train/val.
+
+The paper holds a validation set out of the *source training set* (the test set is never
+used), so every loader returns only the source training examples, and :func:`load_dataset`
+splits them with a seeded permutation. The recorded ``train_indices`` let a later
+``lca allocate`` check that it sees exactly the data the run was trained on.
+
+TensorFlow/Keras is imported only inside the download fallbacks, so synthetic runs and
+local files never pay for it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig, SyntheticConfig
+
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+_MNIST_HINT = "put mnist.npz in ~/.keras/datasets/ or set data.path in the config"
+_CIFAR_HINT = (
+    f"set data.path in the config to {CIFAR_ARCHIVE} or to its extracted {CIFAR_DIR} directory"
+)
+
+
+class DatasetError(RuntimeError):
+    """One-line message for a missing/broken dataset."""
+
+
+@dataclass
+class Dataset:
+    """The split arrays; indices are positions in the source training set, for provenance."""
+
+    name: str
+    x_train: np.ndarray  # float32, (N_train, H, W, C), pixels in [0, 1]
+    y_train: np.ndarray  # int32, (N_train,)
+    x_val: np.ndarray  # float32, (N_val, H, W, C)
+    y_val: np.ndarray  # int32, (N_val,)
+    train_indices: np.ndarray  # int64, positions of the train examples in the source set
+    val_indices: np.ndarray  # int64, positions of the val examples in the source set
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, (H, W, C), as the model builders want it."""
+        h, w, c = (int(s) for s in self.x_train.shape[1:])
+        return h, w, c
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of the ``"train"`` or ``"val"`` split."""
+        if name == "train":
+            return self.x_train, self.y_train
+        if name == "val":
+            return self.x_val, self.y_val
+        raise ValueError(f"unknown split {name!r} (expected 'train' or 'val')")
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load ``cfg.name`` and split it as the paper does; every failure is a DatasetError."""
+    if cfg.name == "mnist":
+        x, y = _load_mnist(cfg.path)
+        num_classes = 10
+    elif cfg.name == "cifar10":
+        x, y = _load_cifar10(cfg.path)
+        num_classes = 10
+    elif cfg.name == "synthetic":
+        x, y = make_synthetic(cfg.synthetic)
+        num_classes = cfg.synthetic.num_classes
+    else:
+        raise DatasetError(f"unknown dataset {cfg.name!r} (data.name: mnist, cifar10, synthetic)")
+    if y.min(initial=0) < 0 or y.max(initial=0) >= num_classes:
+        raise DatasetError(f"{cfg.name}: labels outside 0..{num_classes - 1}; is data.path right?")
+
+    train_idx, val_idx = split_indices(len(y), cfg.val_size, cfg.split_seed, cfg.train_size)
+    return Dataset(
+        name=cfg.name,
+        x_train=_to_float(x[train_idx]),
+        y_train=y[train_idx].astype(np.int32),
+        x_val=_to_float(x[val_idx]),
+        y_val=y[val_idx].astype(np.int32),
+        train_indices=train_idx,
+        val_indices=val_idx,
+        num_classes=num_classes,
+    )
+
+
+def input_spec(cfg: DataConfig) -> tuple[tuple[int, int, int], int]:
+    """Image shape and class count of a dataset, without loading it (for ``lca describe``)."""
+    if cfg.name == "synthetic":
+        h, w, c = cfg.synthetic.image_shape
+        return (h, w, c), cfg.synthetic.num_classes
+    return {"mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10)}[cfg.name]
+
+
+def split_indices(
+    n: int, val_size: int, seed: int, train_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) positions: a seeded permutation's head is validation."""
+    if not 0 < val_size < n:
+        raise DatasetError(
+            f"data.val_size={val_size} must be between 1 and {n - 1}: the dataset has {n} examples"
+        )
+    perm = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    val = np.sort(perm[:val_size])
+    train = np.sort(perm[val_size:])
+    if train_size is not None:
+        if not 0 < train_size <= len(train):
+            raise DatasetError(
+                f"data.train_size={train_size} must be between 1 and {len(train)}: "
+                f"{n} examples minus data.val_size={val_size}"
+            )
+        train = train[:train_size]
+    return train, val
+
+
+def make_synthetic(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy copies of one random template per class; same config -> identical arrays."""
+    h, w, c = cfg.image_shape
+    rng = np.random.default_rng(cfg.seed)
+    templates = rng.uniform(0.0, 1.0, size=(cfg.num_classes, h, w, c))
+    y = rng.permutation(np.arange(cfg.num_examples) % cfg.num_classes)
+    noise = rng.standard_normal(size=(cfg.num_examples, h, w, c))
+    x = np.clip(templates[y] + cfg.noise * noise, 0.0, 1.0)
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+# --- MNIST ------------------------------------------------------------------------------
+
+
+def _load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Source training set, (N, 28, 28, 1) uint8 and labels, from data.path or Keras."""
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise DatasetError(f"MNIST file not found: {file}; fix data.path in the config")
+        if not zipfile.is_zipfile(file):  # np.load would call it "pickled data"
+            raise DatasetError(
+                f"MNIST file {file} is not an .npz archive; fix data.path in the config"
+            )
+        try:
+            with np.load(file, allow_pickle=False) as f:
+                x, y = f["x_train"], f["y_train"]
+        except Exception as exc:  # a zip, key or format error: all mean "not mnist.npz"
+            raise DatasetError(
+                f"MNIST file {file} is not a readable mnist.npz ({_one_line(exc)}); "
+                "fix data.path in the config"
+            ) from None
+        where = str(file)
+    else:
+        (x, y), _ = _keras_download("mnist", "MNIST", _MNIST_HINT)
+        where = "the Keras cache (~/.keras/datasets/mnist.npz)"
+    x, y = np.asarray(x), np.asarray(y).reshape(-1)
+    if x.ndim != 3 or x.dtype != np.uint8 or len(x) != len(y):
+        raise DatasetError(
+            f"MNIST in {where} has x_train {x.dtype} {x.shape} and y_train {y.shape}, "
+            "expected uint8 (N, H, W) and (N,)"
+        )
+    return x[..., None], y
+
+
+# --- CIFAR-10 ---------------------------------------------------------------------------
+
+
+def _load_cifar10(path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Source training set (50000, 32, 32, 3) uint8 and labels, from data.path or Keras."""
+    if path is None:
+        (x, y), _ = _keras_download("cifar10", "CIFAR-10", _CIFAR_HINT)
+        x, y = np.asarray(x), np.asarray(y).reshape(-1)
+        if x.ndim == 4 and x.shape[1] == 3 and x.shape[-1] != 3:  # channels_first Keras
+            x = x.transpose(0, 2, 3, 1)
+        if x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or len(x) != len(y):
+            raise DatasetError(
+                f"CIFAR-10 from the Keras cache has x_train {x.dtype} {x.shape}, expected uint8 "
+                f"(N, 32, 32, 3); delete ~/.keras/datasets/cifar-10-batches-py* or {_CIFAR_HINT}"
+            )
+        return x, y
+
+    source = Path(path).expanduser()
+    if source.is_dir():
+        for candidate in (source, source / CIFAR_DIR):
+            if (candidate / CIFAR_BATCHES[0]).is_file():
+                return _read_batches(
+                    str(candidate), lambda name, d=candidate: (d / name).read_bytes()
+                )
+        if (source / CIFAR_ARCHIVE).is_file():
+            return _load_cifar_archive(source / CIFAR_ARCHIVE)
+        raise DatasetError(
+            f"CIFAR-10 not found in {source}: expected {CIFAR_BATCHES[0]}, {CIFAR_DIR}/ or "
+            f"{CIFAR_ARCHIVE} there; {_CIFAR_HINT}"
+        )
+    if source.is_file():
+        return _load_cifar_archive(source)
+    raise DatasetError(f"CIFAR-10 path not found: {source}; {_CIFAR_HINT}")
+
+
+def _load_cifar_archive(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read the batches straight out of the tar (no extraction to disk)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = {}
+            for member in tar.getmembers():
+                base = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and base in CIFAR_BATCHES:
+                    members.setdefault(base, member)
+
+            def read(name: str) -> bytes:
+                if name not in members:
+                    raise FileNotFoundError(f"{CIFAR_DIR}/{name} not in the archive")
+                handle = tar.extractfile(members[name])
+                assert handle is not None  # isfile() members always have a handle
+                return handle.read()
+
+            return _read_batches(str(archive), read)
+    except DatasetError:
+        raise
+    except Exception as exc:  # not a tar, truncated gzip, I/O error
+        raise DatasetError(
+            f"CIFAR-10 archive {archive} cannot be read ({_one_line(exc)}); {_CIFAR_HINT}"
+        ) from None
+
+
+def _read_batches(where: str, read: Callable[[str], bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Unpickle data_batch_1..5 (CHW rows) into NHWC uint8 images and labels."""
+    xs, ys = [], []
+    for name in CIFAR_BATCHES:
+        try:
+            # The official CIFAR-10 release is pickled; only load files you trust.
+            batch = pickle.loads(read(name), encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            labels = np.asarray(batch[b"labels"]).reshape(-1)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+                raise ValueError(f"data {data.shape} and labels {labels.shape}")
+        except Exception as exc:
+            raise DatasetError(
+                f"CIFAR-10 batch {name} in {where} is missing or unreadable "
+                f"({_one_line(exc)}); {_CIFAR_HINT}"
+            ) from None
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(labels)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _keras_download(module: str, title: str, hint: str):
+    """``keras.datasets.<module>.load_data()``, any failure turned into one DatasetError."""
+    try:
+        import keras
+
+        return getattr(keras.datasets, module).load_data()
+    except Exception as exc:  # Keras raises a bare Exception for URL/HTTP failures
+        raise DatasetError(
+            f"{title} not available: download failed ({_one_line(exc)}) and no local copy; {hint}"
+        ) from None
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1]; float (synthetic) input is in [0, 1] already."""
+    if np.issubdtype(x.dtype, np.floating):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    return x.astype(np.float32) / np.float32(255)
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as a short single line, for embedding in a DatasetError message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,212 @@
+"""How well an allocation conserves the loss: the paper's Table S1, as numbers and a verdict.
+
+Conservation is the oracle of LCA: Σ_i A_t,i must equal L(θ_t+1) − L(θ_t). ``allocate``
+stores each iteration's error; this module aggregates them, re-sums the stored LCA array
+chunk by chunk to prove the stored values are the ones the errors describe, and decides
+whether the allocation can be trusted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .storage import LCA_STORE, RunError, open_group
+
+TOTAL_ERROR_LIMIT_PCT = 1.0
+
+
+@dataclass
+class SplitErrors:
+    """Table S1 for one split, over the iterations allocated so far."""
+
+    split: str
+    iterations_done: int
+    loss_start: float
+    loss_end: float
+    loss_change: float  # Σ_t (L(θ_t+1) − L(θ_t)) over allocated iterations
+    lca_total: float  # Σ_t Σ_i A_t,i over allocated iterations, re-summed from the array
+    total_error_pct: float  # (Σ A − ΔL) / |ΔL| · 100; negative: LCA predicts a lower loss
+    total_error_first_order_pct: float
+    mean_abs_error: float
+    mean_abs_error_first_order: float
+    max_abs_error: float
+    max_abs_error_first_order: float
+    splits_used: dict[int, int]  # sub-intervals -> iterations
+    over_threshold: int
+    stored_mismatch: float  # max |Σ_i A_t,i (re-summed) − (ΔL_t − error_t)|
+
+
+@dataclass
+class ErrorReport:
+    run_dir: str
+    iterations_total: int
+    iterations_done: int
+    threshold: float
+    max_splits: int
+    splits: dict[str, SplitErrors] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.iterations_done == self.iterations_total
+
+    def failures(self) -> list[str]:
+        """Why the allocation fails the check (empty when it passes)."""
+        problems = []
+        if not self.complete:
+            problems.append(
+                f"allocation incomplete: {self.iterations_done} of {self.iterations_total} "
+                "iterations allocated"
+            )
+        for name, s in self.splits.items():
+            if s.over_threshold:
+                problems.append(
+                    f"{name}: {s.over_threshold} iterations have |error| > "
+                    f"{self.threshold:g} even at {self.max_splits} sub-intervals"
+                )
+            if not abs(s.total_error_pct) <= TOTAL_ERROR_LIMIT_PCT:
+                problems.append(
+                    f"{name}: total RK4 error {s.total_error_pct:+.3f}% exceeds "
+                    f"±{TOTAL_ERROR_LIMIT_PCT:g}% of the loss change"
+                )
+            if s.stored_mismatch > 1e-6 * max(1.0, abs(s.loss_change)):
+                problems.append(
+                    f"{name}: the stored LCA does not sum to the recorded errors "
+                    f"(off by {s.stored_mismatch:.3g}); the store is corrupt"
+                )
+        return problems
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["passed"] = self.passed
+        data["failures"] = self.failures()
+        return data
+
+    def to_text(self) -> str:
+        names = list(self.splits)
+        rows: list[tuple[str, list[str]]] = [
+            (
+                "loss L(θ_0) → L(θ_T)",
+                [f"{s.loss_start:.5f} → {s.loss_end:.5f}" for s in self.splits.values()],
+            ),
+            ("actual loss change", [f"{s.loss_change:+.6f}" for s in self.splits.values()]),
+            ("Σ LCA", [f"{s.lca_total:+.6f}" for s in self.splits.values()]),
+            ("total error, RK4", [f"{s.total_error_pct:+.4f} %" for s in self.splits.values()]),
+            (
+                "total error, first order",
+                [f"{s.total_error_first_order_pct:+.4f} %" for s in self.splits.values()],
+            ),
+            (
+                "mean |error| per iteration, RK4",
+                [f"{s.mean_abs_error:.3e}" for s in self.splits.values()],
+            ),
+            (
+                "mean |error| per iteration, first order",
+                [f"{s.mean_abs_error_first_order:.3e}" for s in self.splits.values()],
+            ),
+            ("max |error|, RK4", [f"{s.max_abs_error:.3e}" for s in self.splits.values()]),
+            (
+                "max |error|, first order",
+                [f"{s.max_abs_error_first_order:.3e}" for s in self.splits.values()],
+            ),
+        ]
+        levels = [2**k for k in range(1, int(math.log2(self.max_splits)) + 1)]
+        for n in levels:
+            rows.append(
+                (
+                    f"iterations with {n} sub-intervals",
+                    [str(s.splits_used.get(n, 0)) for s in self.splits.values()],
+                )
+            )
+        rows.append(
+            (
+                f"iterations with |error| > {self.threshold:g}",
+                [str(s.over_threshold) for s in self.splits.values()],
+            )
+        )
+        width = max(len(r[0]) for r in rows) + 2
+        col = max([len(v) for r in rows for v in r[1]] + [len(n) for n in names]) + 2
+        lines = [
+            f"{self.run_dir}: {self.iterations_done} of {self.iterations_total} iterations "
+            f"allocated (threshold {self.threshold:g}, at most {self.max_splits} sub-intervals)",
+            " " * width + "".join(n.rjust(col) for n in names),
+        ]
+        lines += [
+            label.ljust(width) + "".join(v.rjust(col) for v in values) for label, values in rows
+        ]
+        failures = self.failures()
+        lines.append(
+            "PASS: every iteration within the threshold, total error within "
+            f"±{TOTAL_ERROR_LIMIT_PCT:g} %"
+            if not failures
+            else "FAIL: " + "; ".join(failures)
+        )
+        return "\n".join(lines)
+
+
+def _pct(part: float, whole: float) -> float:
+    return float(part / abs(whole) * 100.0) if whole else float("nan")
+
+
+def verify_error(run_dir: str | Path) -> ErrorReport:
+    """Aggregate the conservation errors of an (even partially) allocated run."""
+    run_dir = Path(run_dir)
+    path = run_dir / LCA_STORE
+    if not path.exists():
+        raise RunError(f"{run_dir}: no {LCA_STORE}; run `lca allocate {run_dir}` first")
+    store = open_group(path, "r")
+    settings = store.attrs["settings"]
+    T = int(store.attrs["num_iterations"])
+    c = int(settings["chunk_iterations"])
+    done_units = np.flatnonzero(store["done"][:])
+    done = np.zeros(T, dtype=bool)
+    for k in done_units:
+        done[k * c : (k + 1) * c] = True
+    report = ErrorReport(
+        str(run_dir), T, int(done.sum()), float(settings["threshold"]), int(settings["max_splits"])
+    )
+    for split in settings["splits"]:
+        group = store[split]
+        loss = group["loss"][:]
+        dl = np.diff(loss)[done]
+        error = group["error"][:][done]
+        error_fo = group["error_fo"][:][done]
+        used = group["splits"][:][done]
+        sums = np.full(T, np.nan)
+        lca = group["lca"]
+        for k in done_units:  # stream: one chunk of rows at a time
+            a, b = k * c, min(T, (k + 1) * c)
+            sums[a:b] = lca[a:b].sum(axis=1, dtype=np.float64)
+        sums = sums[done]
+        loss_change = float(dl.sum())
+        lca_total = float(sums.sum())
+        first_done = int(np.argmax(done)) if done.any() else 0
+        last_done = int(T - 1 - np.argmax(done[::-1])) if done.any() else -1
+        values, counts = np.unique(used, return_counts=True)
+        report.splits[split] = SplitErrors(
+            split=split,
+            iterations_done=int(done.sum()),
+            loss_start=float(loss[first_done]),
+            loss_end=float(loss[last_done + 1]),
+            loss_change=loss_change,
+            lca_total=lca_total,
+            total_error_pct=_pct(lca_total - loss_change, loss_change),
+            total_error_first_order_pct=_pct(-float(error_fo.sum()), loss_change),
+            mean_abs_error=float(np.abs(error).mean()) if error.size else float("nan"),
+            mean_abs_error_first_order=float(np.abs(error_fo).mean())
+            if error.size
+            else float("nan"),
+            max_abs_error=float(np.abs(error).max()) if error.size else float("nan"),
+            max_abs_error_first_order=float(np.abs(error_fo).max()) if error.size else float("nan"),
+            splits_used={int(v): int(n) for v, n in zip(values, counts)},
+            over_threshold=int((np.abs(error) > report.threshold).sum()),
+            stored_mismatch=float(np.abs(sums - (dl - error)).max()) if error.size else 0.0,
+        )
+    return report

@@ -1,0 +1,318 @@
+"""The paper's four networks (supplement S7) and the flat parameter layout θ.
+
+LCA works on one flat vector θ of all trainable parameters, so every other module needs to
+know where each variable lives in it and which layer it belongs to. :class:`ParameterLayout`
+is that map; it is stored with each run and compared on reload, so layer and variable names
+here are explicit and stable rather than Keras's auto-generated ones.
+
+Every network outputs logits. ``evaluation=True`` builds the same network without dropout,
+because the full-set loss that LCA integrates must be a deterministic function of θ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from .config import ModelConfig
+
+BN_SUFFIX = "_bn"
+
+
+# --- building blocks -----------------------------------------------------------------------
+
+
+def _conv(filters: int, size: int, name: str, *, strides: int = 1, activation: str | None = None):
+    """A 'same' convolution with bias; a fresh initializer each so layers draw different weights."""
+    return keras.layers.Conv2D(
+        filters,
+        size,
+        strides=strides,
+        padding="same",
+        activation=activation,
+        use_bias=True,
+        kernel_initializer=keras.initializers.HeNormal(),
+        bias_initializer="zeros",
+        name=name,
+    )
+
+
+def _dense(units: int, name: str, *, activation: str | None = None):
+    return keras.layers.Dense(
+        units,
+        activation=activation,
+        kernel_initializer=keras.initializers.HeNormal(),
+        bias_initializer="zeros",
+        name=name,
+    )
+
+
+def _dropout(x, rate: float, name: str, evaluation: bool):
+    """Dropout only while training.
+
+    The layer is constructed in both modes because constructing it draws a seed from the
+    global RNG; skipping it would shift every later layer's initial weights, and then the
+    same seed would not give the same θ₀ in training and evaluation models.
+    """
+    layer = keras.layers.Dropout(rate, name=name)
+    return x if evaluation else layer(x)
+
+
+def _conv_bn_relu(x, filters: int, size: int, name: str, *, strides: int = 1, relu: bool = True):
+    """conv -> BN -> ReLU; the BN is named after its conv so the layout groups them."""
+    x = _conv(filters, size, name, strides=strides)(x)
+    x = keras.layers.BatchNormalization(name=name + BN_SUFFIX)(x)
+    if relu:
+        x = keras.layers.ReLU(name=name + "_relu")(x)
+    return x
+
+
+# --- architectures -------------------------------------------------------------------------
+
+
+def _fc(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate(cfg.hidden_units, start=1):
+        x = _dense(units, f"dense_{i}", activation="relu")(x)
+    return _dense(num_classes, f"dense_{len(cfg.hidden_units) + 1}")(x)
+
+
+def _lenet(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
+    if len(cfg.conv_filters) != 2:
+        raise ValueError(f"lenet needs 2 conv_filters, got {cfg.conv_filters}")
+    x = _conv(cfg.conv_filters[0], 5, "conv_1", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool_1")(x)
+    x = _conv(cfg.conv_filters[1], 5, "conv_2", activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool_2")(x)
+    x = _dropout(x, 0.25, "dropout_1", evaluation)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = _dense(cfg.dense_units, "dense_1", activation="relu")(x)
+    x = _dropout(x, 0.5, "dropout_2", evaluation)
+    return _dense(num_classes, "dense_2")(x)
+
+
+def _allcnn(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
+    widths = cfg.widths or [96, 192]
+    if len(widths) != 2:
+        raise ValueError(f"allcnn needs 2 widths, got {widths}")
+    a, b = widths
+    x = _conv_bn_relu(inputs, a, 3, "conv_1")
+    x = _conv_bn_relu(x, a, 3, "conv_2")
+    x = _conv(a, 3, "conv_3", strides=2, activation="relu")(x)
+    x = _dropout(x, 0.5, "dropout_1", evaluation)
+    x = _conv_bn_relu(x, b, 3, "conv_4")
+    x = _conv_bn_relu(x, b, 3, "conv_5")
+    x = _conv(b, 3, "conv_6", strides=2, activation="relu")(x)
+    x = _dropout(x, 0.5, "dropout_2", evaluation)
+    x = _conv_bn_relu(x, b, 3, "conv_7")
+    x = _conv_bn_relu(x, b, 1, "conv_8")
+    x = _conv(num_classes, 1, "conv_9")(x)
+    return keras.layers.GlobalAveragePooling2D(name="gap")(x)
+
+
+def _resnet20(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
+    widths = cfg.widths or [16, 32, 64]
+    if len(widths) != 3:
+        raise ValueError(f"resnet20 needs 3 widths, got {widths}")
+    x = _conv_bn_relu(inputs, widths[0], 3, "stem")
+    channels = widths[0]
+    for stage, width in enumerate(widths, start=1):
+        for block in range(1, cfg.blocks_per_stage + 1):
+            name = f"s{stage}b{block}"
+            strides = 2 if stage > 1 and block == 1 else 1
+            y = _conv_bn_relu(x, width, 3, f"{name}_conv1", strides=strides)
+            y = _conv_bn_relu(y, width, 3, f"{name}_conv2", relu=False)
+            if width != channels or strides != 1:
+                x = _conv(width, 1, f"{name}_shortcut", strides=strides)(x)
+            x = keras.layers.Add(name=f"{name}_add")([x, y])
+            x = keras.layers.ReLU(name=f"{name}_out")(x)
+            channels = width
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return _dense(num_classes, "dense")(x)
+
+
+_ARCHITECTURES = {"fc": _fc, "lenet": _lenet, "allcnn": _allcnn, "resnet20": _resnet20}
+
+
+def build_model(
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    evaluation: bool = False,
+) -> keras.Model:
+    """Build ``cfg.name`` with He-normal weights and zero biases, outputting logits.
+
+    Seed with ``keras.utils.set_random_seed`` first: the same seed gives bitwise the same
+    weights, in both the training and the evaluation (dropout-free) variant.
+    """
+    try:
+        body = _ARCHITECTURES[cfg.name]
+    except KeyError:
+        known = ", ".join(_ARCHITECTURES)
+        raise ValueError(f"unknown model {cfg.name!r} (known: {known})") from None
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    outputs = body(cfg, inputs, num_classes, evaluation)
+    suffix = "_eval" if evaluation else ""
+    return keras.Model(inputs, outputs, name=f"{cfg.name}{suffix}")
+
+
+# --- parameter layout ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParameterEntry:
+    """One trainable variable's place in the flat θ vector."""
+
+    name: str  # Keras variable path, e.g. "conv_1/kernel", "conv_1_bn/gamma"
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+    layer: str  # layer group: a conv's BN and a kernel's bias share the kernel's layer
+
+
+@dataclass(frozen=True)
+class ParameterLayout:
+    """Where each variable lives in θ, and which layer group it belongs to."""
+
+    entries: tuple[ParameterEntry, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer groups in order of first appearance (the names the config's overrides use)."""
+        return list(dict.fromkeys(e.layer for e in self.entries))
+
+    def layer_slices(self) -> dict[str, list[slice]]:
+        slices: dict[str, list[slice]] = {layer: [] for layer in self.layers}
+        for e in self.entries:
+            slices[e.layer].append(slice(e.offset, e.offset + e.size))
+        return slices
+
+    def layer_index(self) -> np.ndarray:
+        """Per-parameter index into :attr:`layers`, for per-layer sums with ``np.bincount``."""
+        position = {layer: i for i, layer in enumerate(self.layers)}
+        index = np.empty(self.total, dtype=np.int32)
+        for e in self.entries:
+            index[e.offset : e.offset + e.size] = position[e.layer]
+        return index
+
+    def layer_sizes(self) -> dict[str, int]:
+        sizes = dict.fromkeys(self.layers, 0)
+        for e in self.entries:
+            sizes[e.layer] += e.size
+        return sizes
+
+    def flatten(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """Concatenate per-variable arrays into one float32 θ, checking every shape."""
+        if len(arrays) != len(self.entries):
+            raise ValueError(f"expected {len(self.entries)} arrays, got {len(arrays)}")
+        parts = []
+        for e, a in zip(self.entries, arrays, strict=True):
+            a = np.asarray(a)
+            if tuple(a.shape) != e.shape:
+                raise ValueError(f"{e.name}: expected shape {e.shape}, got {tuple(a.shape)}")
+            parts.append(a.reshape(-1))
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def unflatten(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Split θ back into per-variable arrays (views of ``flat`` when it is float32)."""
+        flat = np.asarray(flat, dtype=np.float32)
+        if flat.shape != (self.total,):
+            raise ValueError(f"expected a flat vector of shape ({self.total},), got {flat.shape}")
+        return [flat[e.offset : e.offset + e.size].reshape(e.shape) for e in self.entries]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Plain JSON types only, so it equals what a store's attributes read back."""
+        return [
+            {
+                "name": e.name,
+                "shape": [int(s) for s in e.shape],
+                "offset": int(e.offset),
+                "size": int(e.size),
+                "layer": e.layer,
+            }
+            for e in self.entries
+        ]
+
+    @classmethod
+    def from_json(cls, data: list[dict[str, Any]]) -> ParameterLayout:
+        return cls(
+            tuple(
+                ParameterEntry(
+                    name=str(d["name"]),
+                    shape=tuple(int(s) for s in d["shape"]),
+                    offset=int(d["offset"]),
+                    size=int(d["size"]),
+                    layer=str(d["layer"]),
+                )
+                for d in data
+            )
+        )
+
+
+def _layer_group(layer_name: str) -> str:
+    """A conv's batch norm (``<conv>_bn``) belongs to the conv's group."""
+    if layer_name.endswith(BN_SUFFIX) and len(layer_name) > len(BN_SUFFIX):
+        return layer_name[: -len(BN_SUFFIX)]
+    return layer_name
+
+
+def parameter_layout(model: keras.Model) -> ParameterLayout:
+    """The layout of ``model.trainable_variables``, in that order (the order of θ)."""
+    entries = []
+    offset = 0
+    for v in model.trainable_variables:
+        shape = tuple(int(s) for s in v.shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        layer = v.path.split("/")[0]
+        entries.append(ParameterEntry(v.path, shape, offset, size, _layer_group(layer)))
+        offset += size
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model {model.name} has duplicate variable paths: {names}")
+    return ParameterLayout(tuple(entries))
+
+
+def _short_name(name: str, layer: str) -> str:
+    """``conv_1/kernel`` -> ``kernel`` inside the conv_1 row; a BN's variables keep their path."""
+    return name[len(layer) + 1 :] if name.startswith(layer + "/") else name
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def describe_layout(layout: ParameterLayout) -> str:
+    """A table of layer groups, their variables, counts and shares: what ``lca describe`` prints."""
+    total = layout.total
+    rows = []
+    for layer in layout.layers:
+        entries = [e for e in layout.entries if e.layer == layer]
+        variables = ", ".join(
+            f"{_short_name(e.name, layer)} {_shape_text(e.shape)}" for e in entries
+        )
+        count = sum(e.size for e in entries)
+        share = 100.0 * count / total if total else 0.0
+        rows.append((layer, variables, f"{count:,}", f"{share:.1f}%"))
+    header = ("layer", "variables", "params", "share")
+    footer = ("total", f"{len(layout.entries)} variables", f"{total:,}", "100.0%")
+    table = [header, *rows, footer]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return (
+            f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+        ).rstrip()
+
+    rule = "-" * (sum(widths) + 6)
+    return "\n".join([fmt(header), rule, *map(fmt, rows), rule, fmt(footer)])

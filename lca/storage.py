@@ -1,0 +1,247 @@
+"""The run directory: the interface between ``lca train``, ``lca allocate`` and the analyses.
+
+A run directory holds::
+
+    config.yaml        the resolved configuration
+    trajectory.zarr/   θ_t for every step, mini-batch metrics, the examples used (lca train)
+    lca.zarr/          per split: LCA, losses, gradients, errors (lca allocate)
+
+Both stores are Zarr v3 groups whose arrays carry dimension names (``step`` for the T+1
+points θ_t, ``iteration`` for the T updates, ``parameter`` for the K weights), so
+``xarray.open_zarr`` opens them, and whose attributes carry the metadata needed to read
+them (parameter layout, seed, versions): nothing is encoded in file names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+CONFIG_FILE = "config.yaml"
+TRAJECTORY_STORE = "trajectory.zarr"
+LCA_STORE = "lca.zarr"
+CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
+
+
+class RunError(RuntimeError):
+    """A run directory that is missing, incomplete or corrupt (one-line message)."""
+
+
+def rows_per_chunk(num_params: int, max_rows: int = 64, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows of a (rows, K) float32 chunk: big enough to stream well, small enough for memory."""
+    return int(max(1, min(max_rows, chunk_bytes // (4 * max(num_params, 1)))))
+
+
+def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a Zarr v3 group, turning a missing or unreadable store into a RunError."""
+    try:
+        return zarr.open_group(store=str(path), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
+        raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
+
+
+# --- trajectory (written by lca train) ---------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """Read side of ``trajectory.zarr``: θ rows, metrics and metadata of one training run."""
+
+    group: zarr.Group
+    path: Path
+
+    @property
+    def theta(self) -> zarr.Array:
+        return self.group["theta"]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def num_iterations(self) -> int:
+        return int(self.group.attrs["num_iterations"])
+
+    @property
+    def steps_recorded(self) -> int:
+        return int(self.group.attrs.get("steps_recorded", 0))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    @property
+    def layout_json(self) -> list[dict]:
+        return list(self.group.attrs["layout"])
+
+    def require_complete(self) -> None:
+        """Raise RunError unless training finished and every θ row was written."""
+        status = self.group.attrs.get("status", "unknown")
+        if not self.complete:
+            raise RunError(
+                f"{self.path}: trajectory incomplete ({self.steps_recorded} of "
+                f"{self.num_iterations + 1} steps recorded, status: {status}); "
+                "rerun `lca train` with --overwrite"
+            )
+        if self.theta.shape[0] != self.num_iterations + 1:
+            raise RunError(
+                f"{self.path}: theta has {self.theta.shape[0]} rows, expected "
+                f"{self.num_iterations + 1}; the store is corrupt"
+            )
+
+
+def open_trajectory(run_dir: str | Path) -> Trajectory:
+    path = Path(run_dir) / TRAJECTORY_STORE
+    if not path.exists():
+        raise RunError(f"{run_dir}: no {TRAJECTORY_STORE}; is this a run directory of `lca train`?")
+    group = open_group(path, "r")
+    for key in ("theta", "loss", "accuracy"):
+        if key not in group:
+            raise RunError(f"{path}: array '{key}' is missing; the store is corrupt")
+    if "num_iterations" not in group.attrs or "layout" not in group.attrs:
+        raise RunError(f"{path}: metadata missing; the store is corrupt")
+    return Trajectory(group=group, path=path)
+
+
+class TrajectoryWriter:
+    """Buffered, asynchronous writer of θ rows: training never waits for the disk.
+
+    Rows are collected into a chunk-sized buffer; a full buffer is handed to a background
+    thread that writes it while training goes on. ``steps_recorded`` in the attributes only
+    counts rows whose write has finished, so a killed run stays readable up to there.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        num_iterations: int,
+        num_params: int,
+        batch_size: int,
+        train_indices: np.ndarray,
+        val_indices: np.ndarray,
+        attrs: dict[str, Any],
+    ) -> None:
+        self.path = Path(run_dir) / TRAJECTORY_STORE
+        self.num_steps = num_iterations + 1
+        self.rows = rows_per_chunk(num_params)
+        group = zarr.open_group(store=str(self.path), mode="w", zarr_format=3)
+        group.attrs.update(
+            {
+                **_json_safe(attrs),
+                "num_iterations": num_iterations,
+                "steps_recorded": 0,
+                "complete": False,
+                "status": "training",
+            }
+        )
+        self.theta = group.create_array(
+            "theta",
+            shape=(self.num_steps, num_params),
+            chunks=(self.rows, num_params),
+            dtype="float32",
+            dimension_names=("step", "parameter"),
+            compressors=None,
+        )
+        metric = {
+            "shape": (num_iterations,),
+            "chunks": (min(num_iterations, 4096),),
+            "dimension_names": ("iteration",),
+        }
+        self.loss = group.create_array("loss", dtype="float64", fill_value=np.nan, **metric)
+        self.accuracy = group.create_array("accuracy", dtype="float64", fill_value=np.nan, **metric)
+        self.batch_indices = group.create_array(
+            "batch_indices",
+            shape=(num_iterations, batch_size),
+            chunks=(min(num_iterations, 1024), batch_size),
+            dtype="int64",
+            dimension_names=("iteration", "batch_position"),
+        )
+        for name, values in (("train_indices", train_indices), ("val_indices", val_indices)):
+            arr = group.create_array(
+                name,
+                shape=values.shape,
+                dtype="int64",
+                dimension_names=(name.replace("_indices", "_example"),),
+            )
+            arr[:] = values
+        self.group = group
+        self._buffer = np.empty((self.rows, num_params), dtype=np.float32)
+        self._metrics: list[tuple[float, float, np.ndarray]] = []
+        self._start = 0  # step index of buffer row 0
+        self._filled = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-writer")
+        self._pending: Future | None = None
+        self._lock = threading.Lock()
+
+    def append(self, theta: np.ndarray, metrics: tuple[float, float, np.ndarray] | None) -> None:
+        """Record θ of the next step, with (loss, accuracy, batch) of the update before it."""
+        self._buffer[self._filled] = theta
+        if metrics is not None:
+            self._metrics.append(metrics)
+        self._filled += 1
+        if self._filled == self.rows:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self._filled == 0:
+            return
+        rows, start, metrics = self._buffer[: self._filled], self._start, self._metrics
+        self._wait()
+        self._pending = self._pool.submit(self._write, rows, start, metrics)
+        self._start += self._filled
+        self._buffer = np.empty_like(self._buffer)
+        self._metrics, self._filled = [], 0
+
+    def _write(self, rows: np.ndarray, start: int, metrics: list) -> None:
+        stop = start + len(rows)
+        self.theta[start:stop] = rows
+        if metrics:
+            first = stop - 1 - len(metrics)  # iteration of the first metrics row
+            self.loss[first : stop - 1] = np.array([m[0] for m in metrics])
+            self.accuracy[first : stop - 1] = np.array([m[1] for m in metrics])
+            self.batch_indices[first : stop - 1] = np.stack([m[2] for m in metrics])
+        with self._lock:
+            self.group.attrs["steps_recorded"] = stop
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def close(self, status: str = "complete") -> int:
+        """Flush every buffered row; mark the trajectory complete only on success."""
+        self._submit()
+        self._wait()
+        self._pool.shutdown()
+        steps = int(self.group.attrs["steps_recorded"])
+        self.group.attrs.update(
+            {"status": status, "complete": status == "complete" and steps == self.num_steps}
+        )
+        return steps
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
+    """Create a fresh run directory; refuse to clobber an existing one without ``overwrite``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"{run_dir} already exists; pass --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _json_safe(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and tuples become plain attributes."""
+    return json.loads(
+        json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    )

@@ -1,0 +1,270 @@
+"""Phase 1: train a network and record θ_t after every iteration.
+
+The optimiser is written out here (Keras-style heavy-ball SGD and Adam) rather than taken
+from ``keras.optimizers`` because LCA experiments need per-layer learning rates, per-layer
+momentum and layers frozen from a given iteration on, and because the recorded trajectory
+must be exactly what the update rule below did, which the tests re-derive.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import Config, ConfigError
+from .storage import CONFIG_FILE, TrajectoryWriter, prepare_run_dir
+
+
+class TrainingDiverged(RuntimeError):
+    """The mini-batch loss became NaN or infinite; what was recorded stays readable."""
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Per-variable optimiser settings, resolved from the config against the model layout."""
+
+    lr: np.ndarray  # (num_variables,) float32
+    momentum: np.ndarray  # (num_variables,) float32
+    freeze_from: np.ndarray  # (num_variables,) int64, a huge number where never frozen
+
+    def active(self, iteration: int) -> np.ndarray:
+        """1.0 for variables still trained at ``iteration``, 0.0 for frozen ones."""
+        return (iteration < self.freeze_from).astype(np.float32)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps_recorded: int
+    final_loss: float
+    final_accuracy: float
+    seconds: float
+
+
+def resolve_layer_settings(config: Config, layout) -> LayerSettings:
+    """Map ``optimizer.layers`` overrides (keyed by layer group) onto the model's variables."""
+    opt = config.optimizer
+    known = layout.layers
+    for layer in opt.layers:
+        if layer not in known:
+            raise ConfigError(
+                f"optimizer.layers.{layer}: no such layer in model {config.model.name} "
+                f"(layers: {', '.join(known)})"
+            )
+    never = np.iinfo(np.int64).max
+    lr, momentum, freeze = [], [], []
+    for entry in layout.entries:
+        override = opt.layers.get(entry.layer)
+        lr.append(override.lr if override and override.lr is not None else opt.lr)
+        m = override.momentum if override and override.momentum is not None else opt.momentum
+        momentum.append(m if opt.name == "sgd" else 0.0)
+        f = override.freeze_from if override and override.freeze_from is not None else never
+        freeze.append(f)
+    return LayerSettings(
+        lr=np.asarray(lr, np.float32),
+        momentum=np.asarray(momentum, np.float32),
+        freeze_from=np.asarray(freeze, np.int64),
+    )
+
+
+def batch_schedule(num_examples: int, batch_size: int, iterations: int, seed: int) -> np.ndarray:
+    """Mini-batch example indices per iteration: a new permutation each epoch, rest dropped."""
+    if batch_size > num_examples:
+        raise ConfigError(
+            f"training.batch_size: {batch_size} is larger than the training set ({num_examples})"
+        )
+    rng = np.random.default_rng(seed)
+    per_epoch = num_examples // batch_size
+    epochs = math.ceil(iterations / per_epoch)
+    batches = [
+        rng.permutation(num_examples)[: per_epoch * batch_size].reshape(per_epoch, batch_size)
+        for _ in range(epochs)
+    ]
+    return np.concatenate(batches)[:iterations].astype(np.int64)
+
+
+class Trainer:
+    """Holds the model, data on the device and the compiled training step."""
+
+    def __init__(self, config: Config, dataset, *, record: bool = True) -> None:
+        import keras
+        import tensorflow as tf
+
+        from .models import build_model, parameter_layout
+
+        self.config = config
+        self.dataset = dataset
+        keras.utils.set_random_seed(config.training.seed)
+        self.model = build_model(config.model, dataset.input_shape, dataset.num_classes)
+        self.layout = parameter_layout(self.model)
+        self.settings = resolve_layer_settings(config, self.layout)
+        self.variables = list(self.model.trainable_variables)
+        self.x_train = tf.constant(dataset.x_train)
+        self.y_train = tf.constant(dataset.y_train)
+        self.x_val = tf.constant(dataset.x_val)
+        self.y_val = tf.constant(dataset.y_val)
+        opt = config.optimizer
+        self.slots = [
+            [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+            for _ in range(1 if opt.name == "sgd" else 2)
+        ]
+        self._step = tf.function(self._make_step(record), reduce_retracing=True)
+        self._evaluate = tf.function(
+            self._val_accuracy,
+            input_signature=[
+                tf.TensorSpec([None, *dataset.input_shape], tf.float32),
+                tf.TensorSpec([None], tf.int32),
+            ],
+        )
+
+    def theta(self) -> np.ndarray:
+        """The current trainable parameters as one flat float32 vector."""
+        return np.concatenate([v.numpy().reshape(-1) for v in self.variables])
+
+    def _make_step(self, record: bool):
+        import tensorflow as tf
+
+        opt = self.config.optimizer
+        momentum = [float(m) for m in self.settings.momentum]
+
+        def step(idx, lr, active, t):
+            x = tf.gather(self.x_train, idx)
+            y = tf.gather(self.y_train, idx)
+            with tf.GradientTape() as tape:
+                logits = self.model(x, training=True)
+                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+                loss = tf.reduce_mean(losses)
+            grads = tape.gradient(loss, self.variables)
+            if opt.name == "sgd":
+                for i, (var, g) in enumerate(zip(self.variables, grads)):
+                    vel = self.slots[0][i]
+                    vel.assign(active[i] * (momentum[i] * vel - lr[i] * g))
+                    var.assign_add(vel)
+            else:  # Adam, as keras.optimizers.Adam computes it
+                b1, b2 = opt.beta_1, opt.beta_2
+                step_f = tf.cast(t + 1, tf.float32)
+                scale = tf.sqrt(1.0 - tf.pow(b2, step_f)) / (1.0 - tf.pow(b1, step_f))
+                for i, (var, g) in enumerate(zip(self.variables, grads)):
+                    m, v = self.slots[0][i], self.slots[1][i]
+                    m.assign_add(active[i] * (g - m) * (1.0 - b1))
+                    v.assign_add(active[i] * (tf.square(g) - v) * (1.0 - b2))
+                    var.assign_sub(active[i] * lr[i] * scale * m / (tf.sqrt(v) + opt.epsilon))
+            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
+            outputs = [loss, tf.reduce_mean(hits)]
+            if record:
+                outputs.append(tf.concat([tf.reshape(v, [-1]) for v in self.variables], 0))
+            return outputs
+
+        return step
+
+    def _val_accuracy(self, x, y):
+        import tensorflow as tf
+
+        logits = self.model(x, training=False)
+        return tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int64)
+        )
+
+    def step(self, batch: np.ndarray, iteration: int):
+        """One update on the examples ``batch``; returns (loss, accuracy[, θ after])."""
+        outputs = self._step(
+            batch, self.settings.lr, self.settings.active(iteration), np.int64(iteration)
+        )
+        return [o.numpy() for o in outputs]
+
+    def validation_accuracy(self, batch_size: int = 2500) -> float:
+        """Accuracy on the validation split in inference mode (moving BN statistics)."""
+        n = int(self.y_val.shape[0])
+        hits = sum(
+            int(self._evaluate(self.x_val[i : i + batch_size], self.y_val[i : i + batch_size]))
+            for i in range(0, n, batch_size)
+        )
+        return hits / n
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    record: bool = True,
+) -> TrainResult:
+    """Train ``config`` and write the run directory; ``record=False`` is for benchmarks only."""
+    import keras
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+
+    dataset = load_dataset(config.data)
+    trainer = Trainer(config, dataset, record=record)
+    tcfg = config.training
+    schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
+
+    run_dir = prepare_run_dir(run_dir, overwrite) if record else Path(run_dir)
+    writer = None
+    if record:
+        (run_dir / CONFIG_FILE).write_text(config.to_yaml())
+        writer = TrajectoryWriter(
+            run_dir,
+            num_iterations=tcfg.iterations,
+            num_params=trainer.layout.total,
+            batch_size=tcfg.batch_size,
+            train_indices=dataset.train_indices,
+            val_indices=dataset.val_indices,
+            attrs={
+                "config_name": config.name,
+                "layout": trainer.layout.to_json(),
+                "seed": tcfg.seed,
+                "dataset": dataset.name,
+                "input_shape": list(dataset.input_shape),
+                "num_classes": dataset.num_classes,
+                "num_train": len(dataset.y_train),
+                "num_val": len(dataset.y_val),
+                "versions": {
+                    "lca": __version__,
+                    "tensorflow": tf.__version__,
+                    "keras": keras.__version__,
+                    "numpy": np.__version__,
+                    "python": platform.python_version(),
+                },
+            },
+        )
+        writer.append(trainer.theta(), None)
+
+    start = time.perf_counter()
+    loss = acc = float("nan")
+    bar = tqdm(range(tcfg.iterations), desc=f"train {config.name}", unit="it", disable=not progress)
+    status = "interrupted"
+    try:
+        for t in bar:
+            outputs = trainer.step(schedule[t], t)
+            loss, acc = float(outputs[0]), float(outputs[1])
+            bad_theta = record and not np.isfinite(outputs[2]).all()
+            if not math.isfinite(loss) or bad_theta:
+                status = f"diverged at iteration {t}"
+                what = "parameters are no longer finite" if bad_theta else f"loss is {loss}"
+                raise TrainingDiverged(
+                    f"training diverged at iteration {t} ({what}); "
+                    f"θ_0..θ_{t} are recorded in {run_dir}"
+                )
+            if writer is not None:
+                writer.append(outputs[2], (loss, acc, schedule[t]))
+            if t % 10 == 0 or t == tcfg.iterations - 1:
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
+            if tcfg.log_every and ((t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1):
+                val = trainer.validation_accuracy()
+                if progress:
+                    bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
+        status = "complete"
+    finally:
+        bar.close()
+        steps = writer.close(status) if writer is not None else tcfg.iterations + 1
+    return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)

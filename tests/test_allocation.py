@@ -1,0 +1,271 @@
+"""`lca allocate` and `lca verify-error`: conservation is the oracle."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from lca.allocation import allocate, chunks_for, parse_gpus
+from lca.diagnostics import verify_error
+from lca.storage import LCA_STORE, RunError, open_trajectory
+
+
+def lca_arrays(run_dir):
+    store = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
+    return {
+        f"{split}/{name}": store[split][name][:]
+        for split in store.attrs["settings"]["splits"]
+        for name in ("lca", "grad", "loss", "splits", "error", "error_fo")
+    }
+
+
+def cli(*args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "lca.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("name", ["tiny_fc", "tiny_lenet", "tiny_resnet"])
+def test_allocation_conserves_the_loss(fresh_run, name):
+    run_dir = fresh_run(name)
+    summary = allocate(run_dir, progress=False)
+    assert summary.complete
+    arrays = lca_arrays(run_dir)
+    T = open_trajectory(run_dir).num_iterations
+    for split in ("train", "val"):
+        lca, loss, error = arrays[f"{split}/lca"], arrays[f"{split}/loss"], arrays[f"{split}/error"]
+        assert lca.shape[0] == T and loss.shape == (T + 1,)
+        assert np.isfinite(lca).all() and np.isfinite(arrays[f"{split}/grad"]).all()
+        # per iteration: Σ_i A_t,i = L(θ_t+1) − L(θ_t) − error, and the error is tiny
+        np.testing.assert_allclose(
+            lca.sum(axis=1, dtype=np.float64), np.diff(loss) - error, atol=1e-9
+        )
+        assert np.abs(error).mean() < 1e-4  # ≪ the paper's 1e-3 threshold
+        assert np.abs(error).max() <= 1e-4  # the tiny configs' threshold
+        # over the whole run: Σ_t Σ_i A_t,i matches L(θ_T) − L(θ_0) to < 0.1 %
+        total = lca.sum(dtype=np.float64)
+        assert abs(total - (loss[-1] - loss[0])) < 1e-3 * abs(loss[-1] - loss[0])
+        # Simpson beats first order on the same steps
+        assert np.abs(error).mean() < np.abs(arrays[f"{split}/error_fo"]).mean()
+    report = verify_error(run_dir)
+    assert report.passed, report.failures()
+
+
+def test_loss_matches_an_independent_numpy_forward_pass(fresh_run):
+    from lca.config import load_config
+    from lca.data import load_dataset
+    from lca.models import ParameterLayout
+
+    run_dir = fresh_run("tiny_fc")
+    allocate(run_dir, splits=["train"], progress=False)
+    traj = open_trajectory(run_dir)
+    layout = ParameterLayout.from_json(traj.layout_json)
+    data = load_dataset(load_config(run_dir / "config.yaml").data)
+    loss = lca_arrays(run_dir)["train/loss"]
+    for t in (0, traj.num_iterations):
+        w1, b1, w2, b2 = (a.astype(np.float64) for a in layout.unflatten(traj.theta[t]))
+        h = np.maximum(data.x_train.reshape(len(data.x_train), -1) @ w1 + b1, 0)
+        logits = h @ w2 + b2
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        expected = -log_p[np.arange(len(data.y_train)), data.y_train].mean()
+        assert loss[t] == pytest.approx(expected, rel=1e-6)
+
+
+def test_objective_matches_an_eager_reference_and_ignores_moving_statistics(trained_runs):
+    import keras
+    import tensorflow as tf
+
+    from lca.allocation import load_objective
+    from lca.config import load_config
+    from lca.data import load_dataset
+    from lca.models import ParameterLayout
+
+    run_dir = trained_runs("tiny_resnet")
+    objective = load_objective(run_dir, ["train"], eval_batch_size=400)  # 900 = 2×400 + 100
+    theta = open_trajectory(run_dir).theta[5]
+    loss, grad = objective(theta)["train"]
+    again = objective(theta)["train"]
+    assert loss == again[0] and np.array_equal(grad, again[1])  # deterministic
+    # scrambling the batch-norm moving averages changes nothing: they are not parameters
+    for var in objective.model.non_trainable_variables:
+        if "moving" in var.path:
+            var.assign(np.random.default_rng(0).uniform(0.5, 2.0, var.shape).astype("float32"))
+    scrambled = objective(theta)["train"]
+    assert scrambled[0] == loss and np.array_equal(scrambled[1], grad)
+    # the straightforward way: eager model, numpy batches, batch statistics, summed by hand
+    data = load_dataset(load_config(run_dir / "config.yaml").data)
+    layout = ParameterLayout.from_json(open_trajectory(run_dir).layout_json)
+    model = objective.model
+    for var, value in zip(model.trainable_variables, layout.unflatten(theta)):
+        var.assign(value)
+    total, grads = 0.0, np.zeros(layout.total)
+    n = len(data.y_train)
+    for start in range(0, n, 400):
+        x, y = data.x_train[start : start + 400], data.y_train[start : start + 400]
+        with tf.GradientTape() as tape:
+            losses = keras.losses.sparse_categorical_crossentropy(
+                y, model(x, training=True), from_logits=True
+            )
+            scaled = tf.reduce_sum(losses) / n
+        total += float(tf.reduce_sum(tf.cast(losses, tf.float64))) / n
+        grads += layout.flatten(
+            [g.numpy() for g in tape.gradient(scaled, model.trainable_variables)]
+        )
+    assert loss == pytest.approx(total, rel=1e-6)
+    np.testing.assert_allclose(grad, grads, rtol=1e-3, atol=1e-6 * np.abs(grads).max())
+
+
+def test_gradient_work_reuses_endpoints(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    summary = allocate(run_dir, progress=False)
+    chunks = len(chunks_for(summary.iterations_total, 8, None))
+    # per iteration: the end point and the interior nodes; one extra start per work unit
+    splits = lca_arrays(run_dir)["train/splits"]
+    assert summary.gradient_evaluations == int(splits.sum()) + chunks
+    assert set(np.unique(splits)) <= {2, 4, 8, 16, 32}
+
+
+def test_partial_allocation_then_resume_equals_one_go(fresh_run, trained_runs):
+    a, b = fresh_run("tiny_fc"), trained_runs("tiny_fc")
+    partial = allocate(a, iterations=(0, 12), progress=False)  # rounds out to chunks 0, 1
+    assert partial.iterations_done == 16 and not partial.complete
+    report = verify_error(a)
+    assert report.iterations_done == 16 and not report.passed
+    assert "incomplete: 16 of 40" in report.failures()[0]
+    resumed = allocate(a, progress=False)
+    assert resumed.chunks_skipped == 2 and resumed.complete
+    one_go = b.parent / "one_go"
+    import shutil
+
+    shutil.copytree(b, one_go)
+    allocate(one_go, progress=False)
+    for key, value in lca_arrays(one_go).items():
+        np.testing.assert_array_equal(lca_arrays(a)[key], value, err_msg=key)
+
+
+def test_resume_with_other_settings_is_refused(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    allocate(run_dir, iterations=(0, 8), progress=False)
+    with pytest.raises(RunError, match="other settings"):
+        allocate(run_dir, threshold=1e-5, progress=False)
+    assert allocate(run_dir, threshold=1e-5, restart=True, progress=False).complete
+
+
+def test_allocate_refuses_an_incomplete_trajectory(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    traj = zarr.open_group(str(run_dir / "trajectory.zarr"), mode="r+")
+    traj.attrs.update({"complete": False, "steps_recorded": 17, "status": "interrupted"})
+    result = cli("allocate", str(run_dir))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "trajectory incomplete (17 of 41 steps recorded" in result.stderr
+
+
+def test_parse_gpus():
+    assert parse_gpus("0-3") == [0, 1, 2, 3]
+    assert parse_gpus("0,2") == [0, 2]
+    for bad in ("a", "1,1", "", "-1"):
+        with pytest.raises(RunError):
+            parse_gpus(bad)
+
+
+def test_verify_error_cli(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    result = cli("verify-error", str(run_dir))
+    assert result.returncode == 2 and "run `lca allocate" in result.stderr
+    allocate(run_dir, progress=False)
+    result = cli("verify-error", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "total error, RK4" in result.stdout and "PASS" in result.stdout
+    result = cli("verify-error", str(run_dir), "--json")
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["passed"] and data["iterations_done"] == 40
+    assert abs(data["splits"]["train"]["total_error_pct"]) < 1.0
+
+
+def test_verify_error_fails_when_the_threshold_cannot_be_met(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    allocate(run_dir, threshold=1e-12, max_splits=4, progress=False)
+    report = verify_error(run_dir)
+    assert not report.passed
+    assert any("even at 4 sub-intervals" in f for f in report.failures())
+    assert report.splits["train"].splits_used == {4: 40}
+    result = cli("verify-error", str(run_dir))
+    assert result.returncode == 1 and "FAIL" in result.stdout
+
+
+# --- processes: workers, kill -9 and resume -----------------------------------------------
+
+SLOW = (
+    "data.synthetic.num_examples=12000",
+    "data.synthetic.image_shape=[28, 28, 1]",
+    "model.hidden_units=[64]",
+    "allocate.chunk_iterations=4",
+    "allocate.eval_batch_size=4000",
+)
+
+
+def test_two_workers_match_one_bitwise_and_threads_within_rounding(fresh_run, tmp_path):
+    one, two, free = fresh_run("tiny_fc"), tmp_path / "two", tmp_path / "free"
+    import shutil
+
+    shutil.copytree(one, two)
+    shutil.copytree(one, free)
+    for run_dir, extra in ((one, []), (two, ["--workers", "2"]), (free, None)):
+        args = ["allocate", str(run_dir)] + (
+            ["--threads", "1", *extra] if extra is not None else []
+        )
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+    a, b, c = lca_arrays(one), lca_arrays(two), lca_arrays(free)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # another thread count changes float32 summation order only
+    for split in ("train", "val"):
+        scale = np.abs(a[f"{split}/lca"]).max()
+        assert np.abs(a[f"{split}/lca"] - c[f"{split}/lca"]).max() <= 1e-4 * scale
+        np.testing.assert_allclose(a[f"{split}/loss"], c[f"{split}/loss"], rtol=1e-6)
+
+
+def test_kill_9_mid_run_then_resume_is_bitwise_identical(fresh_run, tmp_path):
+    killed = fresh_run("tiny_fc", SLOW)
+    import shutil
+
+    clean = tmp_path / "clean"
+    shutil.copytree(killed, clean)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lca.cli", "allocate", str(killed), "--threads", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    done_dir = killed / LCA_STORE / "done" / "c"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "allocation ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = zarr.open_group(str(killed / LCA_STORE), mode="r")["done"][:]
+    assert 2 <= done.sum() < len(done)
+    assert cli("allocate", str(killed), "--threads", "1").returncode == 0
+    assert cli("allocate", str(clean), "--threads", "1").returncode == 0
+    a, b = lca_arrays(killed), lca_arrays(clean)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -1,0 +1,145 @@
+"""The quadrature rules and the adaptive step integrator, on functions with known integrals."""
+
+import numpy as np
+import pytest
+
+from lca.quadrature import (
+    FIRST_ORDER,
+    SIMPSON,
+    TRAPEZOID,
+    integrate,
+    integrate_step,
+    simpson_weights,
+)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 16, 32])
+def test_simpson_weights_pattern_and_sum(n):
+    w = simpson_weights(n) * 3 * n
+    expected = [1] + [4, 2] * (n // 2 - 1) + [4, 1]
+    np.testing.assert_array_equal(w, expected)
+    assert simpson_weights(n).sum() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_simpson_rejects_odd_splits():
+    with pytest.raises(ValueError, match="multiple of 2"):
+        simpson_weights(3)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_simpson_is_exact_on_cubics(n):
+    rng = np.random.default_rng(0)
+    coef = rng.normal(size=4)  # a + b s + c s^2 + d s^3 on [0, 1]
+    s = np.linspace(0, 1, n + 1)
+    values = coef[0] + coef[1] * s + coef[2] * s**2 + coef[3] * s**3
+    exact = coef[0] + coef[1] / 2 + coef[2] / 3 + coef[3] / 4
+    assert integrate(SIMPSON, values) == pytest.approx(exact, abs=1e-14)
+
+
+def test_simpson_is_not_exact_on_quartics():
+    s = np.linspace(0, 1, 3)
+    assert abs(integrate(SIMPSON, s**4) - 0.2) > 1e-3
+
+
+@pytest.mark.parametrize(("rule", "order"), [(SIMPSON, 4), (TRAPEZOID, 2), (FIRST_ORDER, 1)])
+def test_composite_rules_converge_at_their_order(rule, order):
+    exact = np.e - 1.0  # ∫_0^1 e^s ds
+    errors = []
+    for n in (2, 4, 8, 16, 32):
+        errors.append(abs(integrate(rule, np.exp(np.linspace(0, 1, n + 1))) - exact))
+    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    np.testing.assert_allclose(rates, order, atol=0.1)
+
+
+class CountingGradient:
+    """∇ of L(θ) = Σ_i c_i θ_i^p along θ(s) = θ0 + sΔ, counting evaluations and their nodes."""
+
+    def __init__(self, theta0, delta, power, coef):
+        self.theta0, self.delta, self.power, self.coef = theta0, delta, power, coef
+        self.calls: list[float] = []
+
+    def loss(self, s):
+        return float(np.sum(self.coef * (self.theta0 + s * self.delta) ** self.power))
+
+    def grad(self, s):
+        return self.power * self.coef * (self.theta0 + s * self.delta) ** (self.power - 1)
+
+    def __call__(self, s):
+        self.calls.append(s)
+        g = self.grad(s)
+        return {"train": g, "val": 0.5 * g}
+
+
+def _step(f, **kwargs):
+    dl = f.loss(1.0) - f.loss(0.0)
+    return integrate_step(
+        f,
+        f.delta,
+        {"train": dl, "val": 0.5 * dl},
+        {"train": f.grad(0.0), "val": 0.5 * f.grad(0.0)},
+        {"train": f.grad(1.0), "val": 0.5 * f.grad(1.0)},
+        **kwargs,
+    )
+
+
+def test_cubic_loss_is_conserved_by_one_simpson_step():
+    rng = np.random.default_rng(1)
+    f = CountingGradient(rng.normal(size=50), rng.normal(size=50), 4, rng.normal(size=50))
+    result = _step(f)  # the gradient of a quartic is cubic: Simpson is exact
+    assert result.splits == 2
+    assert f.calls == [0.5]  # the midpoint only; the endpoints were given
+    assert abs(result.error["train"]) < 1e-5
+    # first order is visibly worse on the same step
+    assert abs(result.error_first_order["train"]) > 100 * abs(result.error["train"])
+    # the stored float32 LCA sums to the loss change up to the reported error
+    dl = f.loss(1.0) - f.loss(0.0)
+    assert result.lca["train"].sum(dtype=np.float64) == pytest.approx(dl - result.error["train"])
+
+
+def test_adaptive_rule_halves_only_while_needed_and_reuses_every_gradient():
+    rng = np.random.default_rng(2)
+    f = CountingGradient(
+        rng.uniform(0.5, 1.5, 40), 0.5 * rng.uniform(0.5, 1.5, 40), 6, rng.uniform(0.5, 1.0, 40)
+    )
+    result = _step(f, threshold=1e-3, max_splits=32)
+    ns = [n for n, _ in result.history]
+    assert ns == [2, 4, 8, 16]
+    # composite Simpson: halving h divides the error by about 2**4
+    train_errors = np.array([abs(e["train"]) for _, e in result.history])
+    np.testing.assert_allclose(np.log2(train_errors[:-1] / train_errors[1:]), 4, atol=0.2)
+    # every level but the last was above the threshold, the last is within it
+    for _, errors in result.history[:-1]:
+        assert max(abs(e) for e in errors.values()) > 1e-3
+    assert max(abs(e) for e in result.error.values()) <= 1e-3
+    assert result.splits == ns[-1] > 2
+    # each interior node evaluated exactly once: n - 1 new gradients in all
+    assert len(f.calls) == len(set(f.calls)) == result.splits - 1 == result.evaluations
+    assert sorted(f.calls) == [k / result.splits for k in range(1, result.splits)]
+
+
+def test_adaptive_rule_stops_at_max_splits():
+    rng = np.random.default_rng(3)
+    f = CountingGradient(rng.uniform(1, 2, 10), rng.uniform(1, 2, 10), 30, np.ones(10))
+    result = _step(f, threshold=1e-12, max_splits=8)
+    assert result.splits == 8
+    assert len(f.calls) == 7
+    assert abs(result.error["train"]) > 1e-12  # still above: verify-error must flag it
+
+
+def test_error_of_either_split_triggers_halving():
+    rng = np.random.default_rng(4)
+    theta0, delta = rng.uniform(0.5, 1, 20), rng.uniform(0.5, 1, 20)
+    f = CountingGradient(theta0, delta, 8, np.ones(20))
+    dl = f.loss(1.0) - f.loss(0.0)
+    g0, g1 = f.grad(0.0), f.grad(1.0)
+    # "val" is linear (exact at once), "train" is not: train alone drives the refinement
+    result = integrate_step(
+        lambda s: {"train": f(s)["train"], "val": g0},
+        delta,
+        {"train": dl, "val": float(g0 @ delta)},
+        {"train": g0, "val": g0},
+        {"train": g1, "val": g0},
+        threshold=1e-6,
+    )
+    assert result.splits > 2
+    assert abs(result.error["val"]) < 1e-5 * abs(float(g0 @ delta))  # float32 rounding only
