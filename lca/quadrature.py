@@ -105,8 +105,10 @@ def integrate_step(
     evaluations = 0
     history: list[tuple[int, dict[str, float]]] = []
 
+    # Elementwise product and sum rather than np.dot: a BLAS call wakes OpenBLAS threads that
+    # keep spinning and steal the cores TensorFlow's next gradient evaluation needs.
     first_order = {
-        split: float(loss_change[split] - np.dot(delta64, np.asarray(start[split], np.float64)))
+        split: float(loss_change[split] - (delta64 * start[split]).sum())
         for split in loss_change
     }
     n = rule.min_splits

@@ -1,0 +1,146 @@
+"""Speed of `lca allocate` against its floor and against the straightforward way, in one run.
+
+    python scripts/bench_allocate.py configs/mnist_fc_sgd.yaml --set data.path=../shared/data/mnist.npz
+    python scripts/bench_allocate.py runs/mnist_fc_sgd
+    python scripts/bench_allocate.py configs/tiny_resnet.yaml --iterations 16
+
+Prints, measured side by side: the time of one full-set gradient (every allocated split, as
+allocate evaluates them), allocate's time per iteration and its ratio to the floor of two
+gradients per iteration (target ≤ 1.15; halvings add gradients and are reported), and the
+same allocation done the straightforward way (eager Keras model, numpy batches fed per
+call, variables assigned per point) as a baseline ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from lca.allocation import (  # noqa: E402
+    ChunkAllocator,
+    load_objective,
+    read_run_config,
+    resolve_settings,
+)
+from lca.config import load_config  # noqa: E402
+from lca.quadrature import simpson_weights  # noqa: E402
+from lca.storage import open_trajectory  # noqa: E402
+from lca.training import train  # noqa: E402
+
+
+def straightforward_iteration(model, layout, theta0, theta1, splits, batch_size, start):
+    """One Simpson step the obvious way: eager model, numpy batches, assign per point."""
+    import keras
+    import tensorflow as tf
+
+    def gradient(theta):
+        for var, value in zip(model.trainable_variables, layout.unflatten(theta)):
+            var.assign(value)
+        out = {}
+        for name, (x, y) in splits.items():
+            n, loss, grad = len(y), 0.0, np.zeros(layout.total)
+            for i in range(0, n, batch_size):
+                with tf.GradientTape() as tape:
+                    logits = model(x[i : i + batch_size], training=True)
+                    losses = keras.losses.sparse_categorical_crossentropy(
+                        y[i : i + batch_size], logits, from_logits=True
+                    )
+                    scaled = tf.reduce_sum(losses) / n
+                grads = tape.gradient(scaled, model.trainable_variables)
+                loss += float(np.sum(losses.numpy(), dtype=np.float64)) / n
+                grad += layout.flatten([g.numpy() for g in grads])
+            out[name] = (loss, grad)
+        return out
+
+    delta = theta1.astype(np.float64) - theta0
+    mid = gradient((theta0 + 0.5 * delta).astype(np.float32))
+    end = gradient(theta1)
+    w = simpson_weights(2)
+    lca = {s: delta * (w[0] * start[s][1] + w[1] * mid[s][1] + w[2] * end[s][1]) for s in splits}
+    return end, lca
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", help="a config file (a run is trained first) or a run directory")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--iterations", type=int, default=64, help="iterations to allocate")
+    parser.add_argument("--repeats", type=int, default=5, help="gradient timings")
+    parser.add_argument("--baseline-iterations", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if Path(args.target).is_dir():
+            run_dir = Path(args.target)
+        else:
+            config = load_config(args.target, args.overrides)
+            config.training.iterations = max(config.training.iterations, args.iterations)
+            run_dir = Path(tmp) / config.name
+            train(config, run_dir, progress=False)
+        config = read_run_config(run_dir)
+        trajectory = open_trajectory(run_dir)
+        K = trajectory.theta.shape[1]
+        settings = resolve_settings(config.allocate, K)
+        theta = trajectory.theta[:2]
+
+        allocator = ChunkAllocator(run_dir, settings)
+        objective = allocator.objective
+        objective(theta[0])  # trace and warm up
+        gradient_times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            objective(theta[1])
+            gradient_times.append(time.perf_counter() - t0)
+        t_grad = statistics.median(gradient_times)
+
+        c = settings.chunk_iterations
+        chunks = range(max(1, min(args.iterations, trajectory.num_iterations) // c))
+        t0 = time.perf_counter()
+        iterations = evaluations = halvings = 0
+        for k in chunks:
+            result = allocator.compute(k)
+            iterations += result.stop - result.start
+            evaluations += result.evaluations
+            halvings += result.halvings
+        t_iter = (time.perf_counter() - t0) / iterations
+
+        eval_model = load_objective(run_dir, settings.splits, settings.eval_batch_size).model
+        from lca.data import load_dataset
+        from lca.models import ParameterLayout
+
+        data = load_dataset(config.data)
+        layout = ParameterLayout.from_json(trajectory.layout_json)
+        splits = {s: data.split(s) for s in settings.splits}
+        start = objective(theta[0])
+        straightforward_iteration(eval_model, layout, trajectory.theta[0], trajectory.theta[1],
+                                  splits, settings.eval_batch_size, start)  # warm-up
+        t0 = time.perf_counter()
+        for t in range(args.baseline_iterations):
+            start, _ = straightforward_iteration(
+                eval_model, layout, trajectory.theta[t], trajectory.theta[t + 1], splits,
+                settings.eval_batch_size, start)
+        t_naive = (time.perf_counter() - t0) / args.baseline_iterations
+
+    n = {s: len(data.split(s)[1]) for s in settings.splits}
+    print(f"{config.name}: K = {K:,} parameters, splits {n}, eval batch {settings.eval_batch_size}")
+    print(f"  one full-set gradient (all splits)       {t_grad:8.4f} s   (median of {args.repeats})")
+    print(f"  allocate, per iteration                  {t_iter:8.4f} s   ({iterations} iterations, "
+          f"{evaluations / iterations:.2f} gradients/iteration, {halvings} halvings)")
+    print(f"  ratio to the floor of 2 gradients/iter   {t_iter / (2 * t_grad):8.3f}     (target ≤ 1.15)")
+    print(f"  straightforward way, per iteration       {t_naive:8.4f} s   (eager, numpy batches)")
+    print(f"  baseline ratio to the floor              {t_naive / (2 * t_grad):8.3f}")
+    print(f"  speed-up over the straightforward way    {t_naive / t_iter:8.2f} x")
+    print(f"  projected allocate of all {trajectory.num_iterations} iterations: "
+          f"{t_iter * trajectory.num_iterations:.0f} s on this machine")
+
+
+if __name__ == "__main__":
+    main()

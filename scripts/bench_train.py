@@ -1,0 +1,50 @@
+"""Cost of recording θ every iteration: training with recording vs without, side by side.
+
+    python scripts/bench_train.py                                   # MNIST-FC (Keras loader)
+    python scripts/bench_train.py --set data.path=../shared/data/mnist.npz
+    python scripts/bench_train.py configs/tiny_fc.yaml --repeats 5
+
+Runs alternate (with, without, with, …) so that drift of the machine hits both; the loop time
+excludes start-up (data loading, model building, tracing). Target: recording adds ≤ 20 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from lca.config import load_config  # noqa: E402
+from lca.training import train  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default="configs/mnist_fc_sgd.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, Path(tmp) / "warmup", progress=False, record=False)  # data into the OS cache
+        for i in range(args.repeats):
+            for record in (True, False):
+                result = train(config, Path(tmp) / f"run{i}", progress=False, record=record,
+                               overwrite=True)
+                times[record].append(result.seconds)
+    with_rec, without = statistics.median(times[True]), statistics.median(times[False])
+    T = config.training.iterations
+    print(f"{config.name}: {T} iterations, {args.repeats} runs each (median)")
+    print(f"  training without recording  {without:8.2f} s   {1e3 * without / T:7.2f} ms/iteration")
+    print(f"  training with recording     {with_rec:8.2f} s   {1e3 * with_rec / T:7.2f} ms/iteration")
+    print(f"  recording overhead          {100 * (with_rec / without - 1):+7.1f} %   (target ≤ +20 %)")
+
+
+if __name__ == "__main__":
+    main()
