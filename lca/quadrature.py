@@ -108,8 +108,7 @@ def integrate_step(
     # Elementwise product and sum rather than np.dot: a BLAS call wakes OpenBLAS threads that
     # keep spinning and steal the cores TensorFlow's next gradient evaluation needs.
     first_order = {
-        split: float(loss_change[split] - (delta64 * start[split]).sum())
-        for split in loss_change
+        split: float(loss_change[split] - (delta64 * start[split]).sum()) for split in loss_change
     }
     n = rule.min_splits
     while True:

@@ -120,26 +120,47 @@ def main() -> None:
         layout = ParameterLayout.from_json(trajectory.layout_json)
         splits = {s: data.split(s) for s in settings.splits}
         start = objective(theta[0])
-        straightforward_iteration(eval_model, layout, trajectory.theta[0], trajectory.theta[1],
-                                  splits, settings.eval_batch_size, start)  # warm-up
+        straightforward_iteration(
+            eval_model,
+            layout,
+            trajectory.theta[0],
+            trajectory.theta[1],
+            splits,
+            settings.eval_batch_size,
+            start,
+        )  # warm-up
         t0 = time.perf_counter()
         for t in range(args.baseline_iterations):
             start, _ = straightforward_iteration(
-                eval_model, layout, trajectory.theta[t], trajectory.theta[t + 1], splits,
-                settings.eval_batch_size, start)
+                eval_model,
+                layout,
+                trajectory.theta[t],
+                trajectory.theta[t + 1],
+                splits,
+                settings.eval_batch_size,
+                start,
+            )
         t_naive = (time.perf_counter() - t0) / args.baseline_iterations
 
     n = {s: len(data.split(s)[1]) for s in settings.splits}
     print(f"{config.name}: K = {K:,} parameters, splits {n}, eval batch {settings.eval_batch_size}")
-    print(f"  one full-set gradient (all splits)       {t_grad:8.4f} s   (median of {args.repeats})")
-    print(f"  allocate, per iteration                  {t_iter:8.4f} s   ({iterations} iterations, "
-          f"{evaluations / iterations:.2f} gradients/iteration, {halvings} halvings)")
-    print(f"  ratio to the floor of 2 gradients/iter   {t_iter / (2 * t_grad):8.3f}     (target ≤ 1.15)")
+    print(
+        f"  one full-set gradient (all splits)       {t_grad:8.4f} s   (median of {args.repeats})"
+    )
+    print(
+        f"  allocate, per iteration                  {t_iter:8.4f} s   ({iterations} iterations, "
+        f"{evaluations / iterations:.2f} gradients/iteration, {halvings} halvings)"
+    )
+    print(
+        f"  ratio to the floor of 2 gradients/iter   {t_iter / (2 * t_grad):8.3f}     (target ≤ 1.15)"
+    )
     print(f"  straightforward way, per iteration       {t_naive:8.4f} s   (eager, numpy batches)")
     print(f"  baseline ratio to the floor              {t_naive / (2 * t_grad):8.3f}")
     print(f"  speed-up over the straightforward way    {t_naive / t_iter:8.2f} x")
-    print(f"  projected allocate of all {trajectory.num_iterations} iterations: "
-          f"{t_iter * trajectory.num_iterations:.0f} s on this machine")
+    print(
+        f"  projected allocate of all {trajectory.num_iterations} iterations: "
+        f"{t_iter * trajectory.num_iterations:.0f} s on this machine"
+    )
 
 
 if __name__ == "__main__":

@@ -35,15 +35,20 @@ def main() -> None:
         train(config, Path(tmp) / "warmup", progress=False, record=False)  # data into the OS cache
         for i in range(args.repeats):
             for record in (True, False):
-                result = train(config, Path(tmp) / f"run{i}", progress=False, record=record,
-                               overwrite=True)
+                result = train(
+                    config, Path(tmp) / f"run{i}", progress=False, record=record, overwrite=True
+                )
                 times[record].append(result.seconds)
     with_rec, without = statistics.median(times[True]), statistics.median(times[False])
     T = config.training.iterations
     print(f"{config.name}: {T} iterations, {args.repeats} runs each (median)")
     print(f"  training without recording  {without:8.2f} s   {1e3 * without / T:7.2f} ms/iteration")
-    print(f"  training with recording     {with_rec:8.2f} s   {1e3 * with_rec / T:7.2f} ms/iteration")
-    print(f"  recording overhead          {100 * (with_rec / without - 1):+7.1f} %   (target ≤ +20 %)")
+    print(
+        f"  training with recording     {with_rec:8.2f} s   {1e3 * with_rec / T:7.2f} ms/iteration"
+    )
+    print(
+        f"  recording overhead          {100 * (with_rec / without - 1):+7.1f} %   (target ≤ +20 %)"
+    )
 
 
 if __name__ == "__main__":
