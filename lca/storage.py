@@ -14,7 +14,9 @@ them (parameter layout, seed, versions): nothing is encoded in file names.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -151,17 +153,20 @@ class TrajectoryWriter:
             dimension_names=("step", "parameter"),
             compressors=None,
         )
-        metric = {
-            "shape": (num_iterations,),
-            "chunks": (min(num_iterations, 4096),),
-            "dimension_names": ("iteration",),
-        }
-        self.loss = group.create_array("loss", dtype="float64", fill_value=np.nan, **metric)
-        self.accuracy = group.create_array("accuracy", dtype="float64", fill_value=np.nan, **metric)
+        # Metric chunks hold as many iterations as a θ chunk holds steps, and are written only
+        # whole: no chunk is ever read back, decompressed and rewritten while training runs.
+        metric = {"chunks": (self.rows,), "dimension_names": ("iteration",)}
+        shape = (num_iterations,)
+        self.loss = group.create_array(
+            "loss", shape=shape, dtype="float64", fill_value=np.nan, **metric
+        )
+        self.accuracy = group.create_array(
+            "accuracy", shape=shape, dtype="float64", fill_value=np.nan, **metric
+        )
         self.batch_indices = group.create_array(
             "batch_indices",
             shape=(num_iterations, batch_size),
-            chunks=(min(num_iterations, 1024), batch_size),
+            chunks=(self.rows, batch_size),
             dtype="int64",
             dimension_names=("iteration", "batch_position"),
         )
@@ -174,59 +179,101 @@ class TrajectoryWriter:
             )
             arr[:] = values
         self.group = group
-        self._buffer = np.empty((self.rows, num_params), dtype=np.float32)
-        self._metrics: list[tuple[float, float, np.ndarray]] = []
-        self._start = 0  # step index of buffer row 0
-        self._filled = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-writer")
-        self._pending: Future | None = None
-        self._lock = threading.Lock()
+        self._theta_rows = _RowBuffer({"theta": self.theta}, self.rows)
+        self._metric_rows = _RowBuffer(
+            {"loss": self.loss, "accuracy": self.accuracy, "batch_indices": self.batch_indices},
+            self.rows,
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="lca-writer", initializer=_lower_priority
+        )
+        self._pending: list[Future] = []
 
     def append(self, theta: np.ndarray, metrics: tuple[float, float, np.ndarray] | None) -> None:
         """Record θ of the next step, with (loss, accuracy, batch) of the update before it."""
-        self._buffer[self._filled] = theta
+        if self._theta_rows.append({"theta": theta}):
+            self._submit(self._theta_rows, update_steps=True)
         if metrics is not None:
-            self._metrics.append(metrics)
-        self._filled += 1
-        if self._filled == self.rows:
-            self._submit()
+            loss, accuracy, batch = metrics
+            values = {"loss": loss, "accuracy": accuracy, "batch_indices": batch}
+            if self._metric_rows.append(values):
+                self._submit(self._metric_rows)
 
-    def _submit(self) -> None:
-        if self._filled == 0:
+    def _submit(self, buffer: _RowBuffer, update_steps: bool = False) -> None:
+        """Hand a filled buffer to the writer thread; wait only if it is still behind."""
+        start, rows = buffer.take()
+        if rows is None:
             return
-        rows, start, metrics = self._buffer[: self._filled], self._start, self._metrics
-        self._wait()
-        self._pending = self._pool.submit(self._write, rows, start, metrics)
-        self._start += self._filled
-        self._buffer = np.empty_like(self._buffer)
-        self._metrics, self._filled = [], 0
+        for finished in [f for f in self._pending if f.done()]:
+            finished.result()  # a failed write raises here, in the training loop
+            self._pending.remove(finished)
+        if len(self._pending) > 2:  # bound the memory held by unwritten buffers
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write, buffer, start, rows, update_steps))
 
-    def _write(self, rows: np.ndarray, start: int, metrics: list) -> None:
-        stop = start + len(rows)
-        self.theta[start:stop] = rows
-        if metrics:
-            first = stop - 1 - len(metrics)  # iteration of the first metrics row
-            self.loss[first : stop - 1] = np.array([m[0] for m in metrics])
-            self.accuracy[first : stop - 1] = np.array([m[1] for m in metrics])
-            self.batch_indices[first : stop - 1] = np.stack([m[2] for m in metrics])
-        with self._lock:
+    def _write(self, buffer: _RowBuffer, start: int, rows: dict, update_steps: bool) -> None:
+        stop = buffer.write(start, rows)
+        if update_steps:
             self.group.attrs["steps_recorded"] = stop
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
 
     def close(self, status: str = "complete") -> int:
         """Flush every buffered row; mark the trajectory complete only on success."""
-        self._submit()
-        self._wait()
+        self._submit(self._theta_rows, update_steps=True)
+        self._submit(self._metric_rows)
+        for future in self._pending:
+            future.result()
         self._pool.shutdown()
         steps = int(self.group.attrs["steps_recorded"])
         self.group.attrs.update(
             {"status": status, "complete": status == "complete" and steps == self.num_steps}
         )
         return steps
+
+
+def _lower_priority() -> None:
+    """Let the writer thread yield the cores to training (Linux: niceness is per thread)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+class _RowBuffer:
+    """Rows collected for a set of arrays sharing a first axis, handed over a chunk at a time."""
+
+    def __init__(self, arrays: dict[str, zarr.Array], rows: int) -> None:
+        self.arrays = arrays
+        self.rows = rows
+        self.start = 0
+        self.filled = 0
+        self._new()
+
+    def _new(self) -> None:
+        self.data = {
+            name: np.empty((self.rows, *arr.shape[1:]), dtype=arr.dtype)
+            for name, arr in self.arrays.items()
+        }
+
+    def append(self, values: dict[str, Any]) -> bool:
+        """Add one row; True when the buffer is full."""
+        for name, value in values.items():
+            self.data[name][self.filled] = value
+        self.filled += 1
+        return self.filled == self.rows
+
+    def take(self) -> tuple[int, dict[str, np.ndarray] | None]:
+        if self.filled == 0:
+            return self.start, None
+        start, rows = self.start, {k: v[: self.filled] for k, v in self.data.items()}
+        self.start += self.filled
+        self.filled = 0
+        self._new()
+        return start, rows
+
+    def write(self, start: int, rows: dict[str, np.ndarray]) -> int:
+        stop = start
+        for name, values in rows.items():
+            stop = start + len(values)
+            self.arrays[name][start:stop] = values
+        return stop
 
 
 def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:

@@ -33,10 +33,6 @@ class LayerSettings:
     momentum: np.ndarray  # (num_variables,) float32
     freeze_from: np.ndarray  # (num_variables,) int64, a huge number where never frozen
 
-    def active(self, iteration: int) -> np.ndarray:
-        """1.0 for variables still trained at ``iteration``, 0.0 for frozen ones."""
-        return (iteration < self.freeze_from).astype(np.float32)
-
 
 @dataclass
 class TrainResult:
@@ -133,7 +129,12 @@ class Trainer:
         opt = self.config.optimizer
         momentum = [float(m) for m in self.settings.momentum]
 
-        def step(idx, lr, active, t):
+        lr = tf.constant(self.settings.lr)
+        freeze_from = tf.constant(self.settings.freeze_from)
+
+        def step(idx, t):
+            # per-variable 1/0: still trained at iteration t, or frozen from an earlier one on
+            active = tf.cast(t < freeze_from, tf.float32)
             x = tf.gather(self.x_train, idx)
             y = tf.gather(self.y_train, idx)
             with tf.GradientTape() as tape:
@@ -173,10 +174,9 @@ class Trainer:
 
     def step(self, batch: np.ndarray, iteration: int):
         """One update on the examples ``batch``; returns (loss, accuracy[, θ after])."""
-        outputs = self._step(
-            batch, self.settings.lr, self.settings.active(iteration), np.int64(iteration)
-        )
-        return [o.numpy() for o in outputs]
+        outputs = self._step(batch, np.int64(iteration))
+        # np.asarray shares the tensor's buffer; .numpy() would copy θ on every iteration
+        return [np.asarray(o) for o in outputs]
 
     def validation_accuracy(self, batch_size: int = 2500) -> float:
         """Accuracy on the validation split in inference mode (moving BN statistics)."""
