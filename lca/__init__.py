@@ -1,8 +1,8 @@
 """Loss Change Allocation (Lan, Liu, Zhou, Yosinski; NeurIPS 2019) on TensorFlow/Keras.
 
-    import lca
-    run = lca.open_run("runs/mnist_fc_sgd")
-    run.lca("train")[:100]        # A[t, i] for the first 100 iterations (a Zarr slice)
+import lca
+run = lca.open_run("runs/mnist_fc_sgd")
+run.lca("train")[:100]        # A[t, i] for the first 100 iterations (a Zarr slice)
 """
 
 __version__ = "0.1.0"

@@ -83,11 +83,27 @@ def _shape2(a: RowSliceable) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _stream(a: RowSliceable, chunk_rows: int, accumulators: Sequence[Any]) -> None:
-    """One pass over ``a``'s rows feeding every accumulator: one read serves many measures."""
-    rows, _ = _shape2(a)
+WORK_ELEMENTS = 1 << 21  # elements per piece that is computed on (float64 temporaries: 16 MB)
+
+
+def _row_groups(a: RowSliceable, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) pieces of ``a`` in order.
+
+    Reads ``chunk_rows`` rows at a time (what suits the store), then hands them on in views
+    of at most ``WORK_ELEMENTS`` elements (one row at least), so that the float64 and mask
+    temporaries stay small even when a block of 64 rows of 1.4 M parameters is 358 MB.
+    """
+    rows, K = _shape2(a)
+    step = max(1, WORK_ELEMENTS // max(K, 1))
     for start, stop in _blocks(rows, chunk_rows):
         block = _read(a, start, stop)
+        for i in range(0, stop - start, step):
+            yield start + i, block[i : i + step]
+
+
+def _stream(a: RowSliceable, chunk_rows: int, accumulators: Sequence[Any]) -> None:
+    """One pass over ``a``'s rows feeding every accumulator: one read serves many measures."""
+    for start, block in _row_groups(a, chunk_rows):
         for acc in accumulators:
             acc.update(block, start)
 
@@ -503,12 +519,11 @@ def _sign_changes(a: RowSliceable, chunk_rows: int, differences: bool) -> np.nda
     Signs, not products: the product of two tiny float32 values can underflow to zero.
     The last row (and its sign) is carried into the next block, so blocks join seamlessly.
     """
-    rows, K = _shape2(a)
+    _, K = _shape2(a)
     counts = np.zeros(K, dtype=np.int64)
     last_row: np.ndarray | None = None
     last_sign: np.ndarray | None = None
-    for start, stop in _blocks(rows, chunk_rows):
-        block = _read(a, start, stop)
+    for _, block in _row_groups(a, chunk_rows):
         if differences:
             joined = block if last_row is None else np.concatenate([last_row[None], block])
             last_row = block[-1].copy()

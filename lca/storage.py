@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,18 @@ class TrajectoryWriter:
         )
         self._pending: list[Future] = []
 
-    def append(self, theta: np.ndarray, metrics: tuple[float, float, np.ndarray] | None) -> None:
-        """Record θ of the next step, with (loss, accuracy, batch) of the update before it."""
+    def append(
+        self,
+        theta: np.ndarray | Sequence[np.ndarray],
+        metrics: tuple[float, float, np.ndarray] | None,
+    ) -> None:
+        """Record θ of the next step, with (loss, accuracy, batch) of the update before it.
+
+        ``theta`` is the flat vector or the list of per-variable arrays in layout order (then
+        each is copied straight into place: no concatenated copy is ever made).
+        """
+        if not isinstance(theta, np.ndarray):
+            theta = _Parts(theta)
         if self._theta_rows.append({"theta": theta}):
             self._submit(self._theta_rows, update_steps=True)
         if metrics is not None:
@@ -236,6 +247,13 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
+@dataclass
+class _Parts:
+    """A row given as consecutive pieces (per-variable arrays of θ)."""
+
+    arrays: Sequence[np.ndarray]
+
+
 class _RowBuffer:
     """Rows collected for a set of arrays sharing a first axis, handed over a chunk at a time."""
 
@@ -255,7 +273,13 @@ class _RowBuffer:
     def append(self, values: dict[str, Any]) -> bool:
         """Add one row; True when the buffer is full."""
         for name, value in values.items():
-            self.data[name][self.filled] = value
+            if isinstance(value, _Parts):
+                row, offset = self.data[name][self.filled], 0
+                for part in value.arrays:
+                    row[offset : offset + part.size] = part.reshape(-1)
+                    offset += part.size
+            else:
+                self.data[name][self.filled] = value
         self.filled += 1
         return self.filled == self.rows
 
@@ -272,8 +296,43 @@ class _RowBuffer:
         stop = start
         for name, values in rows.items():
             stop = start + len(values)
-            self.arrays[name][start:stop] = values
+            if not write_whole_raw_chunk(self.arrays[name], start, values):
+                self.arrays[name][start:stop] = values
         return stop
+
+
+def write_whole_raw_chunk(array: zarr.Array, start: int, rows: np.ndarray) -> bool:
+    """Store ``rows`` as one whole chunk of an uncompressed array, bypassing the codec pipeline.
+
+    For a chunk stored as plain little-endian bytes, the encoded chunk *is* the C-ordered
+    array, and handing it straight to the store is about 5x faster than ``array[a:b] = rows``
+    (which copies and scans it several times): that difference is most of the cost of
+    recording θ every iteration. Returns False, having written nothing, when the fast path
+    does not apply (compressed array, partial or edge chunk, other zarr internals).
+    """
+    try:
+        from zarr.codecs import BytesCodec
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        meta = array.metadata
+        chunk_rows = array.chunks[0]
+        if (
+            len(meta.codecs) != 1
+            or not isinstance(meta.codecs[0], BytesCodec)
+            or rows.shape != (chunk_rows, *array.shape[1:])
+            or start % chunk_rows
+            or rows.dtype != array.dtype
+            or rows.dtype.byteorder == ">"
+            or array.chunks[1:] != array.shape[1:]
+        ):
+            return False
+        key = meta.encode_chunk_key((start // chunk_rows,) + (0,) * (rows.ndim - 1))
+        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        sync((array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data)))
+        return True
+    except (ImportError, AttributeError, TypeError):
+        return False
 
 
 def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:

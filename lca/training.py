@@ -158,8 +158,9 @@ class Trainer:
                     var.assign_sub(active[i] * lr[i] * scale * m / (tf.sqrt(v) + opt.epsilon))
             hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
             outputs = [loss, tf.reduce_mean(hits)]
-            if record:
-                outputs.append(tf.concat([tf.reshape(v, [-1]) for v in self.variables], 0))
+            if record:  # θ after the update: a finiteness probe, then each variable's value
+                outputs.append(tf.add_n([tf.reduce_sum(v) for v in self.variables]))
+                outputs.extend(tf.identity(v.value) for v in self.variables)
             return outputs
 
         return step
@@ -175,7 +176,7 @@ class Trainer:
     def step(self, batch: np.ndarray, iteration: int):
         """One update on the examples ``batch``; returns (loss, accuracy[, θ after])."""
         outputs = self._step(batch, np.int64(iteration))
-        # np.asarray shares the tensor's buffer; .numpy() would copy θ on every iteration
+        # np.asarray shares each tensor's buffer: θ is copied once, into the writer's buffer
         return [np.asarray(o) for o in outputs]
 
     def validation_accuracy(self, batch_size: int = 2500) -> float:
@@ -247,7 +248,7 @@ def train(
         for t in bar:
             outputs = trainer.step(schedule[t], t)
             loss, acc = float(outputs[0]), float(outputs[1])
-            bad_theta = record and not np.isfinite(outputs[2]).all()
+            bad_theta = record and not math.isfinite(outputs[2])  # inf or nan anywhere in θ
             if not math.isfinite(loss) or bad_theta:
                 status = f"diverged at iteration {t}"
                 what = "parameters are no longer finite" if bad_theta else f"loss is {loss}"
@@ -256,7 +257,7 @@ def train(
                     f"θ_0..θ_{t} are recorded in {run_dir}"
                 )
             if writer is not None:
-                writer.append(outputs[2], (loss, acc, schedule[t]))
+                writer.append(outputs[3:], (loss, acc, schedule[t]))
             if t % 10 == 0 or t == tcfg.iterations - 1:
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
             if tcfg.log_every and ((t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1):
