@@ -17,6 +17,7 @@ import queue
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -285,6 +286,27 @@ class ChunkAllocator:
             jit_compile=settings.jit_compile,
         )
         self._store: zarr.Group | None = None
+        # Chunks are compressed and written by one background thread while the next chunk's
+        # gradients are computed; at most one written chunk is pending at a time.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-writer")
+        self._pending: Future | None = None
+
+    def submit(self, result: ChunkResult, then: Callable[[ChunkResult], None] | None = None):
+        """Write ``result`` in the background, then call ``then(result)`` (from that thread)."""
+        self.wait()
+
+        def write_then() -> None:
+            self.write(result)
+            if then is not None:
+                then(result)
+
+        self._pending = self._writer.submit(write_then)
+
+    def wait(self) -> None:
+        """Block until the pending write (if any) is done; re-raise its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def compute(self, chunk: int, on_iteration: Callable[[int], None] | None = None) -> ChunkResult:
         """Allocate the iterations of work unit ``chunk`` (nothing is written here)."""
@@ -449,11 +471,14 @@ def allocate(
 
                 configure_tensorflow(threads)
             allocator = ChunkAllocator(run_dir, settings)
-            for k in todo:
-                result = allocator.compute(k, on_iteration)
-                allocator.write(result)
-                summary.gradient_evaluations += result.evaluations
-                summary.iterations_this_run += result.stop - result.start
+            try:
+                for k in todo:
+                    result = allocator.compute(k, on_iteration)
+                    allocator.submit(result)
+                    summary.gradient_evaluations += result.evaluations
+                    summary.iterations_this_run += result.stop - result.start
+            finally:
+                allocator.wait()  # what was computed is written, even on Ctrl-C
         else:
             devices = [str(g) for g in gpus] if gpus is not None else [""] * workers
             for result_stop_start, evaluations in _run_workers(
@@ -524,10 +549,14 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
 
         configure_tensorflow(threads)
         allocator = ChunkAllocator(run_dir, settings)
+
+        def report(result: ChunkResult) -> None:
+            results.put(("done", result.stop - result.start, result.evaluations))
+
         while (chunk := tasks.get()) is not None:
             result = allocator.compute(chunk, lambda n: results.put(("iteration", n)))
-            allocator.write(result)
-            results.put(("done", result.stop - result.start, result.evaluations))
+            allocator.submit(result, then=report)
+        allocator.wait()
     except Exception as exc:  # report to the parent, which stops the others
         if isinstance(exc, RunError):
             results.put(("error", str(exc)))
