@@ -51,6 +51,7 @@ class AllocationSettings:
     eval_batch_size: int
     allow_tf32: bool = False
     jit_compile: bool = False
+    reuse_input_layer: bool = True
 
     def identity(self) -> dict:
         return {
@@ -60,6 +61,8 @@ class AllocationSettings:
             "chunk_iterations": self.chunk_iterations,
             "eval_batch_size": self.eval_batch_size,
             "allow_tf32": self.allow_tf32,
+            "jit_compile": self.jit_compile,
+            "reuse_input_layer": self.reuse_input_layer,
         }
 
 
@@ -126,6 +129,7 @@ def resolve_settings(
         eval_batch_size=merged.eval_batch_size,
         allow_tf32=merged.allow_tf32,
         jit_compile=merged.jit_compile,
+        reuse_input_layer=merged.reuse_input_layer,
     )
 
 
@@ -244,6 +248,7 @@ def load_objective(
     *,
     allow_tf32: bool = False,
     jit_compile: bool = False,
+    reuse_input_layer: bool = True,
 ):
     """The full-set loss/gradient function of a run's model and data, checked against the run.
 
@@ -268,6 +273,7 @@ def load_objective(
         {split: dataset.split(split) for split in splits},
         eval_batch_size or config.allocate.eval_batch_size,
         jit_compile=jit_compile,
+        reuse_input_layer=reuse_input_layer,
     )
 
 
@@ -284,6 +290,7 @@ class ChunkAllocator:
             settings.eval_batch_size,
             allow_tf32=settings.allow_tf32,
             jit_compile=settings.jit_compile,
+            reuse_input_layer=settings.reuse_input_layer,
         )
         self._store: zarr.Group | None = None
         # Chunks are compressed and written by one background thread while the next chunk's
@@ -335,12 +342,11 @@ class ChunkAllocator:
         for s in splits:
             out[s]["loss"][0], out[s]["grad"][0] = here[s]
         for k in range(n):
-            theta = thetas[k].astype(np.float64)
-            delta = thetas[k + 1].astype(np.float64) - theta
+            delta = thetas[k + 1].astype(np.float64) - thetas[k]
             there = self.objective(thetas[k + 1])
 
-            def gradient_at(fraction: float, theta=theta, delta=delta):
-                values = self.objective((theta + fraction * delta).astype(np.float32))
+            def gradient_at(fraction: float, k=k):
+                values = self.objective.between(thetas[k], thetas[k + 1], fraction)
                 return {s: values[s][1] for s in splits}
 
             step = integrate_step(

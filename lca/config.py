@@ -177,6 +177,9 @@ class AllocateConfig:
     chunk_iterations: int | None = None  # iterations per work unit (default: storage chunk)
     allow_tf32: bool = False
     jit_compile: bool = False
+    # interior quadrature nodes reuse a first dense layer's pre-activations (exact up to
+    # float rounding; about 13 % faster on MNIST-FC); false evaluates every node from scratch
+    reuse_input_layer: bool = True
 
     def validate(self) -> dict[str, str]:
         problems = {}

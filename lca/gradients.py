@@ -48,6 +48,11 @@ class FullBatchObjective:
 
     Returns ``{split: (loss, grad)}`` with ``loss`` a float64 mean cross-entropy over the
     split and ``grad`` its float32 gradient as a flat vector in the layout's order.
+
+    For a network whose first weighted layer is a dense layer on the (flattened) input, the
+    pre-activations z = xW + b are affine along a training step, z(s) = z(0) + s (z(1) − z(0)):
+    :meth:`between` reuses the z of both ends instead of recomputing the largest matrix
+    product at every interior quadrature node (about a fifth of MNIST-FC's gradient work).
     """
 
     def __init__(
@@ -57,6 +62,8 @@ class FullBatchObjective:
         eval_batch_size: int,
         *,
         jit_compile: bool = False,
+        reuse_input_layer: bool = True,
+        cache_bytes: int = 2**30,
     ) -> None:
         import tensorflow as tf
 
@@ -78,54 +85,189 @@ class FullBatchObjective:
             )
             rest = (tf.constant(x[full:]), tf.constant(y[full:])) if full < n else None
             self._data[name] = (batches, rest, n)
+        self.chain = _dense_input_chain(model, splits) if reuse_input_layer else None
+        if self.chain is not None:
+            units = self.chain[1].units
+            needed = 2 * 4 * units * sum(len(y) for _, y in splits.values())
+            if needed > cache_bytes:  # two cached ends of every split's pre-activations
+                self.chain = None
         self._compiled = tf.function(self._evaluate, jit_compile=jit_compile)
+        self._compiled_between = tf.function(self._evaluate_between, jit_compile=jit_compile)
+        self._cache: dict[bytes, list] = {}  # θ fingerprint -> per-split z tensors
         self.evaluations = 0
 
+    # --- one evaluation batch ---------------------------------------------------------------
+
+    def _loss_terms(self, logits, y, n):
+        import tensorflow as tf
+
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.cast(logits, tf.float32))
+        return tf.reduce_sum(losses) / n, tf.reduce_sum(tf.cast(losses, tf.float64))
+
     def _batch(self, x, y, n):
+        """Loss sum and float64 gradients of one batch; also its z when the chain is used."""
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)  # evaluation model: no dropout; BN batch stats
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.cast(logits, tf.float32))
-            scaled = tf.reduce_sum(losses) / n
+            if self.chain is None:
+                logits, z = self.model(x, training=True), None  # no dropout; BN batch stats
+            else:
+                pre, dense, tail = self.chain
+                z = tf.matmul(_apply(pre, x), dense.kernel.value) + dense.bias.value
+                logits = _apply(tail, dense.activation(z))
+            scaled, loss_sum = self._loss_terms(logits, y, n)
         grads = tape.gradient(scaled, self.variables)
-        loss_sum = tf.reduce_sum(tf.cast(losses, tf.float64))
+        return loss_sum, [tf.cast(g, tf.float64) for g in grads], z
+
+    def _batch_between(self, x, y, n, z0, z1, fraction):
+        """The same at θ(s) from the ends' pre-activations: z(s) = z0 + s (z1 − z0)."""
+        import tensorflow as tf
+
+        pre, dense, tail = self.chain
+        z = z0 + fraction * (z1 - z0)
+        tail_vars = self.variables[2:]
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            logits = _apply(tail, dense.activation(z))
+            scaled, loss_sum = self._loss_terms(logits, y, n)
+        dz, *grads = tape.gradient(scaled, [z, *tail_vars])
+        h = _apply(pre, x)
+        grads = [tf.matmul(h, dz, transpose_a=True), tf.reduce_sum(dz, 0), *grads]
         return loss_sum, [tf.cast(g, tf.float64) for g in grads]
 
-    def _evaluate(self, theta):
+    # --- whole splits -----------------------------------------------------------------------
+
+    def _assign(self, theta) -> None:
         import tensorflow as tf
 
         offset = 0
         for var, size in zip(self.variables, self.sizes):
             var.assign(tf.reshape(theta[offset : offset + size], var.shape))
             offset += size
+
+    def _accumulate(self, name, batch_fn, extra_full=(), extra_rest=()):
+        """Sum a split's batches (one compiled loop); ``batch_fn(x, y, n, *extra)``."""
+        import tensorflow as tf
+
+        (xb, yb), rest, n = self._data[name]
+        loss = tf.constant(0.0, tf.float64)
+        grads = [tf.zeros(v.shape, tf.float64) for v in self.variables]
+        record = self._records_z(batch_fn)  # a Python bool: fixed when traced
+        zs = tf.TensorArray(tf.float32, size=tf.shape(xb)[0] if record else 0)
+        for i in tf.range(tf.shape(xb)[0]):
+            out = batch_fn(xb[i], yb[i], n, *(e[i] for e in extra_full))
+            loss += out[0]
+            grads = [a + g for a, g in zip(grads, out[1])]
+            if record:
+                zs = zs.write(i, out[2])
+        z_rest = None
+        if rest is not None:
+            out = batch_fn(rest[0], rest[1], n, *extra_rest)
+            loss += out[0]
+            grads = [a + g for a, g in zip(grads, out[1])]
+            z_rest = out[2] if record else None
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+        z = (zs.stack(), z_rest) if record else None
+        return loss / n, tf.cast(flat, tf.float32), z
+
+    def _records_z(self, batch_fn) -> bool:
+        return self.chain is not None and batch_fn == self._batch
+
+    def _evaluate(self, theta):
+        self._assign(theta)
+        return [self._accumulate(name, self._batch) for name in self.split_names]
+
+    def _evaluate_between(self, theta, fraction, z0s, z1s):
+        self._assign(theta)
         results = []
-        for name in self.split_names:
-            (xb, yb), rest, n = self._data[name]
-            loss = tf.constant(0.0, tf.float64)
-            grads = [tf.zeros(v.shape, tf.float64) for v in self.variables]
-            for i in tf.range(tf.shape(xb)[0]):
-                batch_loss, batch_grads = self._batch(xb[i], yb[i], n)
-                loss += batch_loss
-                grads = [a + g for a, g in zip(grads, batch_grads)]
-            if rest is not None:
-                batch_loss, batch_grads = self._batch(rest[0], rest[1], n)
-                loss += batch_loss
-                grads = [a + g for a, g in zip(grads, batch_grads)]
-            flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
-            results.append((loss / n, tf.cast(flat, tf.float32)))
+        for name, (z0, r0), (z1, r1) in zip(self.split_names, z0s, z1s):
+
+            def batch_fn(x, y, n, a, b):
+                return self._batch_between(x, y, n, a, b, fraction)
+
+            loss, grad, _ = self._accumulate(name, batch_fn, (z0, z1), (r0, r1))
+            results.append((loss, grad))
         return results
 
-    def __call__(self, theta: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+    # --- public -----------------------------------------------------------------------------
+
+    def _checked(self, theta: np.ndarray) -> np.ndarray:
         theta = np.ascontiguousarray(theta, dtype=np.float32)
         if theta.shape != (self.num_params,):
             raise ValueError(f"theta has shape {theta.shape}, expected ({self.num_params},)")
+        return theta
+
+    def _unpack(self, results) -> dict[str, tuple[float, np.ndarray]]:
+        return {
+            name: (float(result[0].numpy()), result[1].numpy())
+            for name, result in zip(self.split_names, results)
+        }
+
+    def __call__(self, theta: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+        theta = self._checked(theta)
         self.evaluations += 1
         results = self._compiled(theta)
-        return {
-            name: (float(loss.numpy()), grad.numpy())
-            for name, (loss, grad) in zip(self.split_names, results)
-        }
+        if self.chain is not None:  # keep the pre-activations of the two latest points
+            self._cache[theta.tobytes()] = [r[2] for r in results]
+            while len(self._cache) > 2:
+                self._cache.pop(next(iter(self._cache)))
+        return self._unpack(results)
+
+    def between(
+        self, start: np.ndarray, end: np.ndarray, fraction: float
+    ) -> dict[str, tuple[float, np.ndarray]]:
+        """L and ∇L at start + fraction (end − start): as ``__call__`` at that point.
+
+        Cheaper when both ends were the latest points evaluated and the input layer is
+        affine (see the class docstring); otherwise the point is evaluated directly.
+        """
+        start64 = np.asarray(start, dtype=np.float64)
+        point = (start64 + fraction * (np.asarray(end, np.float64) - start64)).astype(np.float32)
+        keys = [np.ascontiguousarray(e, np.float32).tobytes() for e in (start, end)]
+        ends = [self._cache.get(key) for key in keys]
+        if self.chain is None or ends[0] is None or ends[1] is None:
+            return self(point)
+        self.evaluations += 1
+        results = self._compiled_between(point, np.float32(fraction), ends[0], ends[1])
+        return self._unpack(results)
+
+
+def _apply(layers, x):
+    for layer in layers:
+        x = layer(x, training=True)
+    return x
+
+
+def _dense_input_chain(model, splits):
+    """(pre, dense, tail) when the model is ``tail(dense(pre(x)))`` with ``pre`` weightless.
+
+    Only plain chains qualify, checked numerically on a few examples, and the dense layer's
+    kernel and bias must be the first two trainable variables (θ's layout order).
+    """
+    import keras
+    import tensorflow as tf
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    first = next((i for i, layer in enumerate(layers) if layer.trainable_weights), None)
+    if first is None:
+        return None
+    pre, dense, tail = layers[:first], layers[first], layers[first + 1 :]
+    if (
+        not isinstance(dense, keras.layers.Dense)
+        or not dense.use_bias
+        or not all(isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)) for layer in pre)
+        or model.trainable_variables[0] is not dense.kernel
+        or model.trainable_variables[1] is not dense.bias
+    ):
+        return None
+    x = next(iter(splits.values()))[0][:16]
+    try:
+        chained = _apply(tail, dense(_apply(pre, tf.constant(x)), training=True))
+    except (ValueError, TypeError):  # not a chain after all (a branch needs other inputs)
+        return None
+    if not np.allclose(chained.numpy(), model(x, training=True).numpy(), rtol=1e-5, atol=1e-6):
+        return None
+    return pre, dense, tail
 
 
 def visible_gpus() -> list[str]:

@@ -269,3 +269,29 @@ def test_kill_9_mid_run_then_resume_is_bitwise_identical(fresh_run, tmp_path):
     a, b = lca_arrays(killed), lca_arrays(clean)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_reusing_the_input_layer_matches_evaluating_every_node(fresh_run, tmp_path):
+    import shutil
+
+    from lca.allocation import load_objective
+
+    run_dir = fresh_run("tiny_fc")
+    assert load_objective(run_dir, ["train"]).chain is not None  # fc qualifies
+    assert load_objective(fresh_run("tiny_resnet"), ["train"]).chain is None  # conv first
+    direct = tmp_path / "direct"
+    shutil.copytree(run_dir, direct)
+    config = direct / "config.yaml"
+    config.write_text(config.read_text().replace("reuse_input_layer: true",
+                                                 "reuse_input_layer: false"))
+    allocate(run_dir, progress=False)
+    allocate(direct, progress=False)
+    a, b = lca_arrays(run_dir), lca_arrays(direct)
+    for split in ("train", "val"):
+        # the same mathematics; only the float32 summation order may differ
+        np.testing.assert_allclose(a[f"{split}/loss"], b[f"{split}/loss"], rtol=1e-6)
+        grad_scale = np.abs(b[f"{split}/grad"]).max()
+        assert np.abs(a[f"{split}/grad"] - b[f"{split}/grad"]).max() <= 1e-5 * grad_scale
+        scale = np.abs(b[f"{split}/lca"]).max()
+        assert np.abs(a[f"{split}/lca"] - b[f"{split}/lca"]).max() <= 1e-5 * scale
+        np.testing.assert_allclose(a[f"{split}/error"], b[f"{split}/error"], atol=1e-7)
