@@ -282,8 +282,9 @@ def test_reusing_the_input_layer_matches_evaluating_every_node(fresh_run, tmp_pa
     direct = tmp_path / "direct"
     shutil.copytree(run_dir, direct)
     config = direct / "config.yaml"
-    config.write_text(config.read_text().replace("reuse_input_layer: true",
-                                                 "reuse_input_layer: false"))
+    config.write_text(
+        config.read_text().replace("reuse_input_layer: true", "reuse_input_layer: false")
+    )
     allocate(run_dir, progress=False)
     allocate(direct, progress=False)
     a, b = lca_arrays(run_dir), lca_arrays(direct)
@@ -295,3 +296,29 @@ def test_reusing_the_input_layer_matches_evaluating_every_node(fresh_run, tmp_pa
         scale = np.abs(b[f"{split}/lca"]).max()
         assert np.abs(a[f"{split}/lca"] - b[f"{split}/lca"]).max() <= 1e-5 * scale
         np.testing.assert_allclose(a[f"{split}/error"], b[f"{split}/error"], atol=1e-7)
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, tmp_path):
+    """Allocation streams work units: a 4x longer run must not need more memory."""
+    import shutil
+    import tracemalloc
+
+    peaks = {}
+    for iterations in (64, 256):
+        source = trained_runs(
+            "tiny_fc", (f"training.iterations={iterations}", "model.hidden_units=[256]")
+        )
+        run_dir = tmp_path / f"t{iterations}"
+        shutil.copytree(source, run_dir)
+        from lca.allocation import load_objective
+
+        load_objective(run_dir, ["train"])  # TensorFlow's one-time start-up, outside the window
+        tracemalloc.start()
+        allocate(run_dir, progress=False)
+        verify_error(run_dir)
+        peaks[iterations] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    K = open_trajectory(tmp_path / "t64").theta.shape[1]
+    whole = 256 * 4 * K * 4  # lca + grad of two splits for all 256 iterations, float32
+    assert peaks[256] < 1.25 * peaks[64], peaks  # not ~4x: bounded by a couple of work units
+    assert peaks[256] < whole / 2, (peaks, whole)  # holding every row would need more
