@@ -554,6 +554,11 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
         from .gradients import configure_tensorflow
 
         configure_tensorflow(threads)
+        if device:
+            from .gradients import visible_gpus
+
+            if not visible_gpus():
+                raise RunError(f"--gpus: GPU {device} is not visible to TensorFlow here")
         allocator = ChunkAllocator(run_dir, settings)
 
         def report(result: ChunkResult) -> None:

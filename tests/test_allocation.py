@@ -322,3 +322,13 @@ def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, t
     whole = 256 * 4 * K * 4  # lca + grad of two splits for all 256 iterations, float32
     assert peaks[256] < 1.25 * peaks[64], peaks  # not ~4x: bounded by a couple of work units
     assert peaks[256] < whole / 2, (peaks, whole)  # holding every row would need more
+
+
+def test_gpus_without_a_gpu_is_a_clear_error(fresh_run):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    result = cli("allocate", str(fresh_run("tiny_fc")), "--gpus", "0")
+    assert result.returncode == 2
+    assert "GPU 0 is not visible to TensorFlow" in result.stderr
