@@ -4,6 +4,7 @@ lca describe configs/mnist_fc_sgd.yaml
 lca train configs/mnist_fc_sgd.yaml --set data.path=../shared/data/mnist.npz
 lca allocate runs/mnist_fc_sgd --workers 2
 lca verify-error runs/mnist_fc_sgd
+lca report runs/mnist_fc_sgd --out /tmp/report
 """
 
 from __future__ import annotations
@@ -172,6 +173,35 @@ def verify_error(run_dir: str, as_json: bool) -> None:
     else:
         click.echo(report.to_text())
     sys.exit(0 if report.passed else 1)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [RUN/report].")
+@click.option(
+    "--vs",
+    "vs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A run of a second group to compare with (repeatable).",
+)
+@click.option("--frames", type=int, default=40, show_default=True, help="Animation frames (≤ 40).")
+@friendly_errors
+def report(run_dirs, split, out, vs, frames) -> None:
+    """Turn allocated runs into the paper's tables and figures (report.md, report.json, PNGs).
+
+    Several RUN_DIRS (same config, different seeds) give mean ± std and a per-layer sign test.
+    """
+    from .report import make_report
+
+    if frames < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--frames")
+    result = make_report(
+        list(run_dirs), split=split, out_dir=out, vs=list(vs) or None, frames=frames
+    )
+    click.echo(result.headline())
+    click.echo(f"report written to {result.out_dir}")
 
 
 if __name__ == "__main__":

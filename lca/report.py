@@ -1,0 +1,825 @@
+"""``lca report``: the paper's tables and pictures from allocated runs.
+
+Every number comes from :mod:`lca.analysis`, which streams the (T, K) stores in blocks; this
+module only chooses what to measure, lays the numbers out as ``report.md`` / ``report.json``
+and hands small arrays to :mod:`lca.plots`. Several runs of one configuration (different
+seeds) give mean ± std and a per-layer sign test; ``vs`` adds a second group to compare with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import analysis, plots
+from .storage import Run, RunError, open_run
+
+TOP_MOMENTS = 20
+MAX_VIEW_LAYERS = 4
+STILLS = 4  # iterations side by side in the Fig 2 stills
+
+
+# --- measurements of one run ----------------------------------------------------------------
+
+
+@dataclass
+class RunMeasures:
+    """Everything the report measures on one run and split (small arrays only)."""
+
+    run_dir: Path
+    split: str
+    layers: list[str]
+    parameters: int
+    helped: analysis.Helped
+    histogram: analysis.ValueHistogram
+    series: np.ndarray  # (T, L) per-iteration layer LCA
+    oscillations: analysis.Oscillations
+    moments: np.ndarray  # (T, L) bool: top moments of learning
+    sync: analysis.Synchronisation
+    sync_min_fraction: float
+    approx: dict[str, np.ndarray]
+    layer_index: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int32))
+    other_split: str | None = None  # the split compared with (train vs val)
+    other_totals: np.ndarray | None = None
+
+    @property
+    def iterations(self) -> int:
+        return int(self.series.shape[0])
+
+    @property
+    def totals(self) -> np.ndarray:
+        return self.series.sum(axis=0)
+
+    @property
+    def loss_change(self) -> float:
+        measured = self.approx["measured"]
+        return float(measured[-1] - measured[0])
+
+    def error_pct(self, curve: str) -> float:
+        """Total conservation error (rebuilt − measured loss at the end) in % of |ΔL|.
+
+        For RK4 the rebuilt loss uses the stored LCA sums (as ``verify-error`` does).
+        """
+        change = self.loss_change
+        if not change:
+            return float("nan")
+        if curve == "rk4":
+            return float((self.totals.sum() - change) / abs(change) * 100.0)
+        return float((self.approx[curve][-1] - self.approx["measured"][-1]) / abs(change) * 100)
+
+    def headline(self) -> dict[str, float]:
+        """The flat numbers that are compared across runs (plain floats)."""
+        numbers = {
+            "percent_helped": self.helped.mean_helped,
+            "percent_zero": float(np.nanmean(self.helped.zero)),
+            "excess_kurtosis": self.histogram.excess_kurtosis,
+            "iterations_per_direction_change": self.oscillations.iterations_per_direction_change,
+            "iterations_per_gradient_crossing": (
+                self.oscillations.iterations_per_gradient_crossing
+            ),
+            "sync_count": float(self.sync.count),
+            "sync_baseline_mean": self.sync.baseline_mean,
+            "sync_p_value": self.sync.p_value,
+            "total_error_rk4_pct": self.error_pct("rk4"),
+            "total_error_first_order_pct": self.error_pct("first_order"),
+            "loss_change": self.loss_change,
+            "lca_sum": float(self.totals.sum()),
+        }
+        numbers.update({f"layer_total/{n}": float(v) for n, v in zip(self.layers, self.totals)})
+        return {k: float(v) for k, v in numbers.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        sync = self.sync.to_dict()
+        sync["min_fraction"] = self.sync_min_fraction
+        sync["top"] = TOP_MOMENTS
+        out = {
+            "run_dir": str(self.run_dir),
+            "split": self.split,
+            "iterations": self.iterations,
+            "parameters": self.parameters,
+            "layers": self.layers,
+            "headline": self.headline(),
+            "percent_helped": self.helped.to_dict(),
+            "value_histogram": self.histogram.to_dict(),
+            "layer_totals": dict(zip(self.layers, self.totals)),
+            "layer_series": self.series,
+            "oscillations": self.oscillations.to_dict(),
+            "synchronisation": sync,
+            "approximate_loss": self.approx,
+        }
+        if self.other_totals is not None:
+            out["layer_totals_" + str(self.other_split)] = dict(zip(self.layers, self.other_totals))
+        return analysis._jsonable(out)
+
+
+def measure(
+    run: Run, split: str, chunk_rows: int = 64, compare_splits: bool = False
+) -> RunMeasures:
+    """One run's measurements: 4 passes over the LCA array, 1 over θ and 1 over ∇L."""
+    layout = run.layout
+    layers = list(layout.layers)
+    L = len(layers)
+    index = layout.layer_index()
+    lca = run.lca(split)
+    helped = analysis.helped_fractions(lca, index, L, chunk_rows)
+    histogram = analysis.value_histogram(lca, chunk_rows=chunk_rows)
+    series = analysis.layer_series(lca, index, L, chunk_rows)
+    osc = analysis.oscillations(run.theta, run.grad(split), index, L, chunk_rows)
+    min_fraction = 0.5 if L > 4 else 1.0  # as analysis.summary: "at least half" for deep nets
+    sync = analysis.synchronisation(series, top=TOP_MOMENTS, min_fraction=min_fraction)
+    approx = analysis.approximate_loss(
+        run.loss(split), run.error(split), run.error(split, first_order=True)
+    )
+    measures = RunMeasures(
+        run_dir=run.path,
+        split=split,
+        layers=layers,
+        parameters=int(lca.shape[1]),
+        helped=helped,
+        histogram=histogram,
+        series=series,
+        oscillations=osc,
+        moments=analysis.top_moments(series, TOP_MOMENTS),
+        sync=sync,
+        sync_min_fraction=min_fraction,
+        approx=approx,
+        layer_index=index,
+    )
+    other = _other_split(run, split)
+    if compare_splits and other is not None:
+        measures.other_split = other
+        measures.other_totals = analysis.layer_totals(run.lca(other), index, L, chunk_rows)
+    return measures
+
+
+def _other_split(run: Run, split: str) -> str | None:
+    pair = {"train": "val", "val": "train"}
+    other = pair.get(split)
+    return other if other in run.splits else None
+
+
+# --- the report object ----------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What ``make_report`` wrote, and the headline table as text."""
+
+    out_dir: Path
+    markdown: Path
+    json: Path
+    figures: dict[str, Path]
+    columns: list[str]
+    rows: list[tuple[str, list[str]]]
+    data: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def headline(self) -> str:
+        """The headline numbers as an aligned plain-text table."""
+        width = max(len(label) for label, _ in self.rows) + 2
+        col = max(
+            [len(c) for _, cells in self.rows for c in cells] + [len(c) for c in self.columns]
+        )
+        col += 2
+        lines = [" " * width + "".join(c.rjust(col) for c in self.columns)]
+        lines += [
+            label.ljust(width) + "".join(c.rjust(col) for c in cells) for label, cells in self.rows
+        ]
+        return "\n".join(lines)
+
+    def headline_markdown(self) -> str:
+        head = "| measurement | " + " | ".join(self.columns) + " |"
+        rule = "| --- |" + " ---: |" * len(self.columns)
+        body = [
+            "| " + _md(label) + " | " + " | ".join(_md(c) for c in cells) + " |"
+            for label, cells in self.rows
+        ]
+        return "\n".join([head, rule, *body])
+
+
+# --- formatting -----------------------------------------------------------------------------
+
+
+def _num(v: float, spec: str) -> str:
+    return format(v, spec) if v is not None and math.isfinite(v) else "n/a"
+
+
+def _cell(stats: dict[str, float], spec: str, std_spec: str | None = None) -> str:
+    """One value, or mean ± std over runs."""
+    if stats["n"] == 1:
+        return _num(stats["mean"], spec)
+    return f"{_num(stats['mean'], spec)} ± {_num(stats['std'], std_spec or spec.lstrip('+'))}"
+
+
+def _group_rows(
+    layers: list[str], stats: dict[str, dict[str, float]], sign: dict | None
+) -> list[tuple[str, str]]:
+    """(label, cell) rows of one group of runs: the paper's headline numbers."""
+    n = stats["percent_helped"]["n"]
+    if n == 1:
+        sync = (
+            f"{_num(stats['sync_count']['mean'], '.0f')} vs "
+            f"{_num(stats['sync_baseline_mean']['mean'], '.2f')} "
+            f"(p={_num(stats['sync_p_value']['mean'], '.3g')})"
+        )
+    else:
+        sync = (
+            f"{_cell(stats['sync_count'], '.1f')} vs {_cell(stats['sync_baseline_mean'], '.2f')}"
+            f" (max p={_num(stats['sync_p_value'].get('max', float('nan')), '.3g')})"
+        )
+    rows = [
+        ("mean % helped (of non-zero LCA)", _cell(stats["percent_helped"], ".2f")),
+        ("% zero LCA", _cell(stats["percent_zero"], ".2f")),
+        ("excess kurtosis (non-zero LCA)", _cell(stats["excess_kurtosis"], ".1f")),
+        ("iterations per direction change", _cell(stats["iterations_per_direction_change"], ".2f")),
+        (
+            "iterations per gradient zero-crossing",
+            _cell(stats["iterations_per_gradient_crossing"], ".2f"),
+        ),
+        (f"synchronised moments vs baseline (top {TOP_MOMENTS})", sync),
+        ("total error RK4 (% of |ΔL|)", _cell(stats["total_error_rk4_pct"], "+.4f")),
+        (
+            "total error first order (% of |ΔL|)",
+            _cell(stats["total_error_first_order_pct"], "+.3f"),
+        ),
+        ("loss change ΔL (nats)", _cell(stats["loss_change"], "+.4f")),
+    ]
+    for i, name in enumerate(layers):
+        text = _cell(stats[f"layer_total/{name}"], "+.4g", ".2g")
+        if sign is not None:
+            hurt = int(round(sign["fraction_positive"][i] * n))
+            text += f" (p={_num(sign['p_value'][i], '.2g')}, {hurt}/{n} hurt)"
+        rows.append((f"total LCA {name} (nats)", text))
+    return rows
+
+
+# --- views of single parameters and units (first run only) ---------------------------------
+
+
+def _kernel_layers(run: Run) -> list[str]:
+    """Layers with one kernel variable (what ``kernel_matrix`` draws); at most 4, ends kept."""
+    layers = [
+        name
+        for name in run.layout.layers
+        if sum(len(e.shape) >= 2 for e in run.layout.entries if e.layer == name) == 1
+    ]
+    if len(layers) <= MAX_VIEW_LAYERS:
+        return layers
+    pick = np.unique(np.linspace(0, len(layers) - 1, MAX_VIEW_LAYERS).round().astype(int))
+    return [layers[i] for i in pick]
+
+
+def _kernel_block(run: Run, layer: str) -> tuple[int, int] | None:
+    """(kh, kw) of a conv layer's heatmap blocks (as ``kernel_matrix`` lays them), else None."""
+    for e in run.layout.entries:
+        if e.layer == layer and len(e.shape) == 4:
+            return (e.shape[0], e.shape[1])
+        if e.layer == layer and len(e.shape) == 3:
+            return (1, e.shape[0])
+    return None
+
+
+def _kernel_rows(
+    lca: analysis.RowSliceable,
+    iterations: np.ndarray,
+    layout: Any,
+    layers: Sequence[str],
+    chunk_rows: int,
+) -> dict[str, list[np.ndarray]]:
+    """Kernel heatmaps of the chosen iterations, reading only the blocks that hold them."""
+    out: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    T = lca.shape[0]
+    wanted = np.asarray(sorted(iterations))
+    for start in range(0, T, chunk_rows):
+        stop = min(T, start + chunk_rows)
+        inside = wanted[(wanted >= start) & (wanted < stop)]
+        if inside.size == 0:
+            continue
+        block = np.asarray(lca[start:stop])
+        for t in inside:
+            for layer in layers:
+                out[layer].append(analysis.kernel_matrix(block[t - start], layout, layer))
+    return out
+
+
+def _views(run: Run, split: str, frames: int, chunk_rows: int, out: Path) -> dict[str, Any]:
+    """Fig 2 stills and animation, S1 unit images and S2 parameter curves of one run."""
+    layers = _kernel_layers(run)
+    lca = run.lca(split)
+    T = lca.shape[0]
+    figures: dict[str, Path] = {}
+    info: dict[str, Any] = {"run_dir": str(run.path), "layers": layers}
+    if not layers or T == 0:
+        return {"figures": figures, "info": info}
+    blocks = {layer: _kernel_block(run, layer) for layer in layers}
+    stills = np.unique(np.geomspace(1, T, min(STILLS, T)).round().astype(int) - 1)
+    animated = np.unique(np.linspace(0, T - 1, max(1, min(frames, T))).round().astype(int))
+    both = np.union1d(stills, animated)
+    kernels = _kernel_rows(lca, both, run.layout, layers, chunk_rows)
+    position = {int(t): k for k, t in enumerate(both)}
+    for layer in layers:
+        figures[f"fig2_frames_{layer}"] = plots.kernel_frames(
+            layer,
+            stills.tolist(),
+            [kernels[layer][position[int(t)]] for t in stills],
+            out / f"fig2_frames_{layer}.png",
+            block=blocks[layer],
+        )
+    figures["fig2_animation"] = plots.kernel_animation(
+        layers,
+        animated.tolist(),
+        {layer: [kernels[layer][position[int(t)]] for t in animated] for layer in layers},
+        out / "fig2_animation.gif",
+        blocks=blocks,
+    )
+    units = [analysis.unit_series(lca, run.layout, layer, chunk_rows) for layer in layers]
+    figures["s1_unit_lca"] = plots.unit_series(layers, units, out / "s1_unit_lca.png")
+    curves = [
+        analysis.parameter_curves(lca, run.layout, layer, chunk_rows=chunk_rows) for layer in layers
+    ]
+    figures["s2_parameter_curves"] = plots.parameter_curves(
+        layers, curves, out / "s2_parameter_curves.png"
+    )
+    info.update(
+        {
+            "still_iterations": stills,
+            "animation_iterations": animated,
+            "unit_totals": {layer: u.sum(axis=0) for layer, u in zip(layers, units)},
+            "parameter_curves": {
+                layer: {
+                    "helpful_indices": c["helpful_indices"],
+                    "helpful_totals": c["helpful"][-1] if c["helpful"].size else [],
+                    "random_indices": c["random_indices"],
+                    "random_totals": c["random"][-1] if c["random"].size else [],
+                }
+                for layer, c in zip(layers, curves)
+            },
+        }
+    )
+    return {"figures": figures, "info": analysis._jsonable(info)}
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _open_allocated(run_dirs: Sequence[str | Path], split: str) -> list[Run]:
+    runs = []
+    for run_dir in run_dirs:
+        run = open_run(run_dir)
+        run.require_allocated()
+        run.lca(split)  # a one-line RunError when the split was not allocated
+        runs.append(run)
+    return runs
+
+
+def _group_stats(measures: list[RunMeasures]) -> tuple[dict, dict | None]:
+    """across_runs of the headline numbers, and the per-layer sign test (two runs or more)."""
+    numbers = [m.headline() for m in measures]
+    stats = analysis.across_runs(numbers)
+    stats["sync_p_value"]["max"] = max(n["sync_p_value"] for n in numbers)
+    sign = None
+    if len(measures) > 1:
+        sign = analysis.sign_test(np.stack([m.totals for m in measures]))
+    return stats, sign
+
+
+def _label(run_dirs: Sequence[Path], vs: bool = False) -> str:
+    """Column name of a group: the run's name, or how many runs; ``vs`` marks the second."""
+    prefix = "vs " if vs else ""
+    if len(run_dirs) == 1:
+        return prefix + (Path(run_dirs[0]).resolve().name or "run")
+    return f"{prefix}{len(run_dirs)} runs"
+
+
+def make_report(
+    run_dirs: Sequence[str | Path],
+    split: str = "train",
+    out_dir: str | Path | None = None,
+    vs: Sequence[str | Path] | None = None,
+    frames: int = 40,
+    chunk_rows: int = 64,
+) -> Report:
+    """Measure allocated runs the paper's way; write report.md, report.json and the figures.
+
+    ``run_dirs`` are runs of one configuration (seeds); figures of a single run show the
+    first. ``vs`` is a second group compared layer by layer. Runs must share their layers.
+    ``frames`` (at most 40) is the number of iterations the animation samples.
+    """
+    if not run_dirs:
+        raise RunError("no run directories given")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    frames = min(frames, 40)
+    runs = _open_allocated(run_dirs, split)
+    others = _open_allocated(vs, split) if vs else []
+    layers = list(runs[0].layout.layers)
+    for run in runs[1:] + others:
+        if list(run.layout.layers) != layers:
+            raise RunError(
+                f"{run.path}: layers {run.layout.layers} differ from {runs[0].path}'s {layers}"
+            )
+    out = Path(out_dir) if out_dir is not None else runs[0].path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    group = [measure(r, split, chunk_rows, compare_splits=True) for r in runs]
+    vs_group = [measure(r, split, chunk_rows) for r in others]
+    first = group[0]
+    stats, sign = _group_stats(group)
+    columns = [_label([r.path for r in runs])]
+    cells = [_group_rows(layers, stats, sign)]
+    vs_stats, vs_sign = (None, None)
+    if vs_group:
+        vs_stats, vs_sign = _group_stats(vs_group)
+        columns.append(_label([r.path for r in others], vs=True))
+        cells.append(_group_rows(layers, vs_stats, vs_sign))
+    rows = [(label, [c[i][1] for c in cells]) for i, (label, _) in enumerate(cells[0])]
+
+    figures = _figures(first, out)
+    figures.update(_comparison_figures(group, vs_group, columns, sign, vs_sign, layers, out))
+    views = _views(runs[0], split, frames, chunk_rows, out)
+    figures.update(views["figures"])
+
+    data = {
+        "split": split,
+        "run_dirs": [str(r.path) for r in runs],
+        "vs_run_dirs": [str(r.path) for r in others],
+        "layers": layers,
+        "headline": {"columns": columns, "rows": [[label, c] for label, c in rows]},
+        "runs": [m.to_dict() for m in group],
+        "across_runs": stats,
+        "sign_test": sign,
+        "vs_runs": [m.to_dict() for m in vs_group],
+        "vs_across_runs": vs_stats,
+        "vs_sign_test": vs_sign,
+        "views": views["info"],
+        "figures": {k: p.name for k, p in figures.items()},
+    }
+    data = analysis._jsonable(data)
+    report = Report(
+        out_dir=out,
+        markdown=out / "report.md",
+        json=out / "report.json",
+        figures=figures,
+        columns=columns,
+        rows=rows,
+        data=data,
+    )
+    report.json.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    report.markdown.write_text(_markdown(report, group, vs_group, stats, sign))
+    return report
+
+
+def _figures(m: RunMeasures, out: Path) -> dict[str, Path]:
+    """The single-run figures (Fig 3, 4, S7, S11, S17, conservation) of one run."""
+    h, osc, s = m.helped, m.oscillations, m.sync
+    return {
+        "fig3a_percent_helped": plots.percent_helped(
+            h.helped,
+            h.hurt,
+            h.zero,
+            m.approx["measured"],
+            out / "fig3a_percent_helped.png",
+            split=m.split,
+        ),  # fmt: skip
+        "fig3b_lca_histogram": plots.value_histogram(
+            m.histogram.edges,
+            m.histogram.helped_counts,
+            m.histogram.hurt_counts,
+            m.histogram.excess_kurtosis,
+            out / "fig3b_lca_histogram.png",
+            zero=m.histogram.zero,
+            clipped=m.histogram.clipped,
+        ),
+        "fig3c_helped_per_layer": plots.helped_per_layer(
+            m.layers, h.mean_helped_per_layer, out / "fig3c_helped_per_layer.png"
+        ),
+        "fig3d_fraction_helped": plots.fraction_helped(
+            h.fraction_of_iterations_helped,
+            out / "fig3d_fraction_helped.png",
+            m.layer_index,
+            m.layers,
+            iterations=m.iterations,
+        ),
+        "fig4_layer_totals": plots.layer_totals(m.layers, m.totals, out / "fig4_layer_totals.png"),
+        "s11_cumulative_layer_lca": plots.cumulative_layer_lca(
+            m.layers, m.series, out / "s11_cumulative_layer_lca.png"
+        ),
+        "s7_oscillations": plots.oscillations(
+            m.layers,
+            osc.iterations_per_direction_change_per_layer,
+            osc.iterations_per_gradient_crossing_per_layer,
+            osc.direction_changes,
+            osc.gradient_crossings,
+            m.iterations,
+            out / "s7_oscillations.png",
+        ),
+        "s17_synchronisation": plots.synchronisation(
+            m.layers,
+            m.series,
+            m.moments,
+            s.iterations,
+            s.count,
+            s.baseline_mean,
+            s.baseline_std,
+            s.p_value,
+            s.required_layers,
+            out / "s17_synchronisation.png",
+            top=TOP_MOMENTS,
+        ),
+        "approximate_loss": plots.approximate_loss(
+            m.approx["measured"],
+            m.approx["rk4"],
+            m.approx["first_order"],
+            out / "approximate_loss.png",
+            split=m.split,
+        ),  # fmt: skip
+    }
+
+
+def _comparison_figures(
+    group: list[RunMeasures],
+    vs_group: list[RunMeasures],
+    columns: list[str],
+    sign: dict | None,
+    vs_sign: dict | None,
+    layers: list[str],
+    out: Path,
+) -> dict[str, Path]:
+    figures: dict[str, Path] = {}
+    with_other = [m for m in group if m.other_totals is not None]
+    if with_other:
+        a, b = with_other[0].split, with_other[0].other_split
+        figures["train_vs_val"] = plots.grouped_layer_totals(
+            layers,
+            {
+                a: np.stack([m.totals for m in with_other]),
+                b: np.stack([m.other_totals for m in with_other]),
+            },
+            out / "train_vs_val.png",
+            f"Per-layer total LCA measured on the {a} and the {b} set (same trajectory)",
+        )
+    if len(group) > 1 or vs_group:
+        groups = {columns[0]: np.stack([m.totals for m in group])}
+        p_values = {columns[0]: sign["p_value"]} if sign is not None else {}
+        if vs_group:
+            groups[columns[1]] = np.stack([m.totals for m in vs_group])
+            if vs_sign is not None:
+                p_values[columns[1]] = vs_sign["p_value"]
+        title = "Per-layer total LCA across runs"
+        if p_values:
+            title += " (p: one-sample t-test of the layer total against 0)"
+        figures["runs_layer_totals"] = plots.grouped_layer_totals(
+            layers, groups, out / "runs_layer_totals.png", title, p_values or None
+        )
+    return figures
+
+
+# --- report.md ------------------------------------------------------------------------------
+
+
+def _img(report: Report, key: str, alt: str) -> str:
+    path = report.figures.get(key)
+    return f"![{alt}]({path.name})" if path is not None else ""
+
+
+def _md(text: str) -> str:
+    """A table cell: a bare | would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_md(str(c)) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown(
+    report: Report,
+    group: list[RunMeasures],
+    vs_group: list[RunMeasures],
+    stats: dict,
+    sign: dict | None,
+) -> str:
+    m = group[0]
+    layers = m.layers
+    h, osc, hist, sync = m.helped, m.oscillations, m.histogram, m.sync
+    name = m.run_dir.name
+    parts = [
+        f"# LCA report: {', '.join(r.run_dir.name for r in group)} ({m.split} split)",
+        "",
+        f"{m.iterations} iterations, {m.parameters:,} parameters, layers: {', '.join(layers)}. "
+        "Sign convention: **negative LCA = helped** (lowered the loss), positive = hurt; "
+        "in figures green = helped, red = hurt, white = zero. LCA and losses are in nats.",
+    ]
+    if len(group) > 1 or vs_group:
+        parts.append(
+            f"Single-run figures show `{name}`; numbers with ± are mean ± std (ddof 1) over runs."
+        )
+    parts += ["", "## Headline", "", report.headline_markdown(), ""]
+    if sign is not None:
+        parts.append(
+            "Per-layer p: one-sample t-test of the layer's total LCA against 0 over runs (the "
+            "paper's test that the first and last layers *hurt*); `k/n hurt` counts runs where "
+            "the total is positive."
+        )
+
+    parts += [
+        "",
+        "## Learning is noisy (Fig 3)",
+        "",
+        _table(
+            ["layer", "mean % helped", "% zero (mean over iterations)"],
+            [
+                [n, f"{p:.2f}", f"{float(np.nanmean(z)):.2f}"]
+                for n, p, z in zip(layers, h.mean_helped_per_layer, h.zero_per_layer.T)
+            ],
+        ),
+        "",
+        _img(report, "fig3a_percent_helped", "percent helped per iteration"),
+        "",
+        "How to read: the green line is the share of parameters with non-zero LCA that lowered "
+        "the loss at that iteration (red: raised it; the two add up to 100 %), grey the share "
+        "of all parameters with no effect, black the loss (right axis). The paper finds green "
+        "barely above the dotted 50 % line even while the loss falls fast: learning is noisy.",
+        "",
+        _img(report, "fig3b_lca_histogram", "histogram of LCA values"),
+        "",
+        f"How to read: counts of single LCA values (one parameter, one iteration), helping "
+        f"green, hurting red, on a log axis. Near mirror images mean the net progress is a "
+        f"small imbalance between two large masses. Excess kurtosis "
+        f"{_num(hist.excess_kurtosis, '.1f')} (non-zero values; "
+        f"{_num(hist.excess_kurtosis_all, '.1f')} with zeros) means far heavier tails than a "
+        "Gaussian (0).",
+        "",
+        _img(report, "fig3c_helped_per_layer", "percent helped per layer"),
+        "",
+        "How to read: each layer's share of helping parameters, averaged over iterations; the "
+        "y axis is zoomed around the dotted 50 % line.",
+        "",
+        _img(report, "fig3d_fraction_helped", "fraction of iterations each parameter helped"),
+        "",
+        "How to read: for each parameter, the share of iterations where its LCA was negative. "
+        "A peak near 50 % means parameters help and hurt by turns; a spike at 0 % is "
+        "parameters that never move or never get a gradient (e.g. dead input pixels).",
+        "",
+        "## Some layers hurt (Fig 4, S11)",
+        "",
+    ]
+    totals_rows = []
+    for i, n in enumerate(layers):
+        row = [
+            n,
+            f"{m.totals[i]:+.5g}",
+            f"{100 * m.totals[i] / m.loss_change:.1f} %" if m.loss_change else "n/a",
+        ]
+        if sign is not None:
+            row += [f"{sign['mean'][i]:+.4g} ± {sign['std'][i]:.2g}", f"{sign['p_value'][i]:.3g}"]
+        totals_rows.append(row)
+    header = ["layer", f"total LCA of {name} (nats)", "share of ΔL"]
+    if sign is not None:
+        header += [f"mean ± std over {len(group)} runs", "p (t-test vs 0)"]
+    parts += [
+        _table(header, totals_rows),
+        "",
+        _img(report, "fig4_layer_totals", "per-layer total LCA"),
+        "",
+        "How to read: bars below zero (green) are layers whose parameters, summed over training, "
+        "lowered the loss; a bar above zero (red) is a layer that, in total, *raised* it while "
+        "the rest of the network learned.",
+        "",
+        _img(report, "s11_cumulative_layer_lca", "cumulative per-layer LCA"),
+        "",
+        "How to read: each curve is a layer's running total (its last point is the bar "
+        "above); a curve that turns upward marks a layer that starts to hurt.",
+        "",
+    ]
+    if "runs_layer_totals" in report.figures:
+        parts += [
+            "### Across runs",
+            "",
+            _img(report, "runs_layer_totals", "per-layer totals across runs"),
+            "",
+            "How to read: bars are means over runs, whiskers one standard deviation, dots single "
+            "runs; a small p says the layer's total is consistently non-zero across seeds (its "
+            "sign says whether it helps or hurts).",
+            "",
+        ]
+    if "train_vs_val" in report.figures:
+        other = m.other_split
+        rows = [[n, f"{a:+.5g}", f"{b:+.5g}"] for n, a, b in zip(layers, m.totals, m.other_totals)]
+        parts += [
+            f"### {m.split} vs {other}",
+            "",
+            _table(["layer", f"{m.split} (nats)", f"{other} (nats)"], rows),
+            "",
+            _img(report, "train_vs_val", "train vs validation per-layer totals"),
+            "",
+            "How to read: the same trajectory, allocated on two data sets. A layer that helps "
+            "the training loss much more than the validation loss is fitting the training set "
+            "(the paper's suggested overfitting probe).",
+            "",
+        ]
+    parts += [
+        "## Oscillations (Table S2, Fig S7)",
+        "",
+        _table(
+            ["layer", "iterations per direction change", "iterations per gradient zero-crossing"],
+            [
+                [n, _num(a, ".2f"), _num(b, ".2f")]
+                for n, a, b in zip(
+                    layers,
+                    osc.iterations_per_direction_change_per_layer,
+                    osc.iterations_per_gradient_crossing_per_layer,
+                )
+            ]
+            + [
+                [
+                    "**all**",
+                    _num(osc.iterations_per_direction_change, ".2f"),
+                    _num(osc.iterations_per_gradient_crossing, ".2f"),
+                ]
+            ],
+        ),
+        "",
+        _img(report, "s7_oscillations", "oscillations per layer"),
+        "",
+        "How to read: left, per layer, the inverse of the mean frequency at which a "
+        "parameter's update reverses direction (blue) and its full-set gradient changes sign "
+        "(orange); right, those frequencies per parameter. Small numbers of iterations mean "
+        "weights zig-zag rather than move steadily downhill.",
+        "",
+        "## Learning is synchronised (§5, Fig S17)",
+        "",
+        f"{sync.count} iterations where at least {sync.required_layers} of {len(layers)} layers "
+        f"have one of their top-{TOP_MOMENTS} moments of learning (local minima of the layer's "
+        f"LCA); shifting each layer by a random −2…2 iterations gives "
+        f"{sync.baseline_mean:.2f} ± {sync.baseline_std:.2f} (p = {sync.p_value:.3g}, "
+        f"{len(sync.baseline_counts)} shuffles). Synchronised iterations: "
+        f"{', '.join(map(str, sync.iterations.tolist())) or 'none'}.",
+        "",
+        _img(report, "s17_synchronisation", "synchronised moments of learning"),
+        "",
+        "How to read: one row per layer; triangles are each layer's strongest moments of "
+        "learning, purple lines the iterations where (enough) layers learn together. A count "
+        "well above the shifted baseline (small p) means layers learn in sync."
+        + (
+            f" With every layer required, the baseline shifts all layers alike with probability "
+            f"5^(1−L) = {5.0 ** (1 - len(layers)):.2g}, so p cannot fall much below that."
+            if sync.required_layers == len(layers) and len(layers) > 1
+            else ""
+        ),
+        "",
+        "## Conservation: the loss rebuilt from LCA",
+        "",
+        _table(
+            ["", "value"],
+            [
+                ["ΔL measured (nats)", f"{m.loss_change:+.6f}"],
+                ["Σ LCA (nats)", f"{m.totals.sum():+.6f}"],
+                ["total error RK4 (% of |ΔL|)", _num(m.error_pct("rk4"), "+.4f")],
+                ["total error first order (% of |ΔL|)", _num(m.error_pct("first_order"), "+.4f")],
+            ],
+        ),
+        "",
+        _img(report, "approximate_loss", "loss rebuilt from LCA"),
+        "",
+        "How to read: L(θ_0) plus the running sum of all LCA should lie on the measured loss; "
+        "the lower panel shows how far each rebuilt curve drifts from it. The allocation "
+        "(RK4/Simpson) is trustworthy when its drift stays near zero; the first-order curve "
+        "shows what the simpler gradient × step estimate would have missed.",
+        "",
+        "## Direct views (Fig 2, S1, S2)",
+        "",
+    ]
+    view_layers = [
+        k.removeprefix("fig2_frames_") for k in report.figures if k.startswith("fig2_frames_")
+    ]
+    for layer in view_layers:
+        parts += [_img(report, f"fig2_frames_{layer}", f"LCA heatmaps of {layer}"), ""]
+    if view_layers:
+        parts += [
+            "How to read: each panel is one layer's kernel at one iteration, outputs down and "
+            "inputs across (convolutions: a grid of kh×kw blocks), green = helped, red = hurt, "
+            "white = no effect; one colour scale per layer, clipped at the 99th percentile of "
+            "|LCA|. The animation `fig2_animation.gif` plays the same over training.",
+            "",
+            _img(report, "fig2_animation", "animated LCA heatmaps"),
+            "",
+            _img(report, "s1_unit_lca", "LCA per output unit"),
+            "",
+            "How to read: each row is one output unit (neuron or channel), its incoming "
+            "weights and bias summed; colour is that unit's LCA at each iteration.",
+            "",
+            _img(report, "s2_parameter_curves", "cumulative LCA of single parameters"),
+            "",
+            "How to read: running totals of single weights: the 50 that helped most over "
+            "training (green) and 50 random others (grey). How far apart the bundles end shows "
+            "how unevenly the progress is spread over a layer's weights.",
+            "",
+        ]
+    return "\n".join(parts)

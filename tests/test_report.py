@@ -1,0 +1,173 @@
+"""lca report: the paper's tables and figures from allocated tiny runs, numbers as analysis."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from lca import analysis
+from lca.cli import main
+from lca.diagnostics import verify_error
+from lca.report import _kernel_rows, make_report
+from lca.storage import open_run
+
+FIGURES = [
+    "fig3a_percent_helped.png",
+    "fig3b_lca_histogram.png",
+    "fig3c_helped_per_layer.png",
+    "fig3d_fraction_helped.png",
+    "fig4_layer_totals.png",
+    "s11_cumulative_layer_lca.png",
+    "s7_oscillations.png",
+    "s17_synchronisation.png",
+    "approximate_loss.png",
+    "train_vs_val.png",
+    "fig2_frames_dense_1.png",
+    "fig2_frames_dense_2.png",
+    "s1_unit_lca.png",
+    "s2_parameter_curves.png",
+    "fig2_animation.gif",
+]
+
+
+@pytest.fixture(scope="session")
+def allocated(trained_runs, tmp_path_factory):
+    """Allocated copies of the tiny FC run, seeds 0 and 1, made once per session."""
+    from lca.allocation import allocate
+
+    runs = {}
+    for seed in (0, 1):
+        target = tmp_path_factory.mktemp(f"report_seed{seed}") / f"tiny_fc_seed{seed}"
+        shutil.copytree(trained_runs("tiny_fc", (f"training.seed={seed}",)), target)
+        allocate(target, progress=False)
+        runs[seed] = target
+    return runs
+
+
+@pytest.fixture(scope="session")
+def single(allocated, tmp_path_factory):
+    """``lca report`` of one run, through the command line."""
+    out = tmp_path_factory.mktemp("single_report")
+    result = CliRunner().invoke(main, ["report", str(allocated[0]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_report_writes_markdown_json_and_every_figure(single):
+    out, output = single
+    assert "mean % helped" in output and f"report written to {out}" in output
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# LCA report") and "| measurement |" in markdown
+    for name in FIGURES:
+        path = out / name
+        assert path.is_file(), name
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            width, height = image.size
+            assert 250 <= width <= 4000 and 200 <= height <= 4000, (name, image.size)
+            if name.endswith(".gif"):
+                assert 2 <= image.n_frames <= 40
+        assert f"]({name})" in markdown, name
+
+
+def test_report_json_matches_analysis(single, allocated):
+    out, _ = single
+    data = json.loads((out / "report.json").read_text())
+    for key in ("split", "layers", "headline", "runs", "across_runs", "views", "figures"):
+        assert key in data
+    run = open_run(allocated[0])
+    index, L = run.layout.layer_index(), len(run.layout.layers)
+    lca = run.lca("train")
+    measured = data["runs"][0]
+    head = measured["headline"]
+
+    helped = analysis.helped_fractions(lca, index, L)
+    assert head["percent_helped"] == pytest.approx(helped.mean_helped)
+    assert measured["percent_helped"]["helped"] == pytest.approx(helped.helped.tolist())
+    totals = analysis.layer_totals(lca, index, L)
+    assert [head[f"layer_total/{n}"] for n in run.layout.layers] == pytest.approx(totals)
+    nonzero, _ = analysis.value_moments(lca)
+    assert head["excess_kurtosis"] == pytest.approx(nonzero.excess_kurtosis)
+    osc = analysis.oscillations(run.theta, run.grad("train"), index, L)
+    assert head["iterations_per_direction_change"] == pytest.approx(
+        osc.iterations_per_direction_change
+    )
+    summary = analysis.summary(run, "train")
+    assert head["iterations_per_gradient_crossing"] == pytest.approx(
+        summary["iterations_per_gradient_crossing"]
+    )
+    assert head["percent_zero"] == pytest.approx(summary["percent_zero"])
+    assert head["sync_count"] == summary["synchronisation"]["count"]
+    assert head["sync_p_value"] == pytest.approx(summary["synchronisation"]["p_value"])
+    errors = verify_error(allocated[0]).splits["train"]
+    assert head["total_error_rk4_pct"] == pytest.approx(errors.total_error_pct, abs=1e-6)
+    assert head["total_error_first_order_pct"] == pytest.approx(
+        errors.total_error_first_order_pct, rel=1e-6
+    )
+    assert measured["layer_totals_val"] == pytest.approx(
+        dict(zip(run.layout.layers, analysis.layer_totals(run.lca("val"), index, L)))
+    )
+    approx = measured["approximate_loss"]
+    assert approx["measured"] == pytest.approx(run.loss("train").tolist())
+    assert data["across_runs"]["percent_helped"]["n"] == 1 and data["sign_test"] is None
+
+
+def test_kernel_rows_reads_blocks_like_kernel_matrix(allocated):
+    run = open_run(allocated[0])
+    lca = run.lca("train")
+    wanted = np.array([0, 4, 5, 39])
+    got = _kernel_rows(lca, wanted, run.layout, ["dense_1", "dense_2"], chunk_rows=5)
+    for k, t in enumerate(wanted):
+        row = lca[int(t) : int(t) + 1][0]
+        np.testing.assert_array_equal(
+            got["dense_2"][k], analysis.kernel_matrix(row, run.layout, "dense_2")
+        )
+
+
+def test_several_runs_give_mean_std_sign_test_and_vs(allocated, tmp_path):
+    runs = [allocated[0], allocated[1]]
+    report = make_report(runs, out_dir=tmp_path / "many", vs=[allocated[1]], frames=3)
+    text = report.headline()
+    assert "±" in text and "hurt)" in text and len(report.columns) == 2
+    data = json.loads(report.json.read_text())
+    assert data["across_runs"]["percent_helped"]["n"] == 2
+    assert data["vs_across_runs"]["percent_helped"]["n"] == 1
+    helped = [r["headline"]["percent_helped"] for r in data["runs"]]
+    assert data["across_runs"]["percent_helped"]["mean"] == pytest.approx(np.mean(helped))
+    assert data["across_runs"]["percent_helped"]["std"] == pytest.approx(np.std(helped, ddof=1))
+    totals = np.array([list(r["layer_totals"].values()) for r in data["runs"]])
+    expected = analysis.sign_test(totals)
+    assert data["sign_test"]["p_value"] == pytest.approx(expected["p_value"].tolist())
+    assert all(0 <= p <= 1 for p in data["sign_test"]["p_value"])
+    assert (tmp_path / "many" / "runs_layer_totals.png").is_file()
+    with Image.open(tmp_path / "many" / "runs_layer_totals.png") as image:
+        image.verify()
+    assert "p (t-test vs 0)" in report.markdown.read_text()
+
+
+def test_vs_through_the_command_line(allocated, tmp_path):
+    out = tmp_path / "vs"
+    args = ["report", str(allocated[0]), "--vs", str(allocated[1]), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--frames", "2", "--split", "val"])
+    assert result.exit_code == 0, result.output
+    assert allocated[0].name in result.output and allocated[1].name in result.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["split"] == "val" and len(data["vs_runs"]) == 1
+    assert math.isfinite(data["vs_runs"][0]["headline"]["percent_helped"])
+    assert (out / "runs_layer_totals.png").is_file()
+
+
+def test_unallocated_run_is_a_one_line_error(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    for args in (["report", str(run_dir)], ["report", str(run_dir / "missing")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ")
+        assert result.output.strip().count("\n") == 0
+    assert "allocat" in CliRunner().invoke(main, ["report", str(run_dir)]).output
+    assert not (run_dir / "report").exists()
