@@ -37,8 +37,6 @@ from .storage import (
     rows_per_chunk,
 )
 
-ARRAYS_PER_SPLIT = ("lca", "grad", "loss", "splits", "error", "error_fo")
-
 
 @dataclass(frozen=True)
 class AllocationSettings:
@@ -163,48 +161,20 @@ def open_lca_store(
         fill_value=False,
         dimension_names=("work_unit",),
     )
+    arrays = {  # name: (shape, dimension names, dtype, fill value); chunks of c rows
+        "lca": ((T, K), ("iteration", "parameter"), "float32", np.nan),
+        "grad": ((T + 1, K), ("step", "parameter"), "float32", np.nan),
+        "loss": ((T + 1,), ("step",), "float64", np.nan),
+        "splits": ((T,), ("iteration",), "int32", 0),
+        "error": ((T,), ("iteration",), "float64", np.nan),
+        "error_fo": ((T,), ("iteration",), "float64", np.nan),
+    }
     for split in settings.splits:
         sub = group.create_group(split)
-        sub.create_array(
-            "lca",
-            shape=(T, K),
-            chunks=(c, K),
-            dtype="float32",
-            dimension_names=("iteration", "parameter"),
-            fill_value=np.nan,
-        )
-        sub.create_array(
-            "grad",
-            shape=(T + 1, K),
-            chunks=(c, K),
-            dtype="float32",
-            dimension_names=("step", "parameter"),
-            fill_value=np.nan,
-        )
-        sub.create_array(
-            "loss",
-            shape=(T + 1,),
-            chunks=(c,),
-            dtype="float64",
-            dimension_names=("step",),
-            fill_value=np.nan,
-        )
-        sub.create_array(
-            "splits",
-            shape=(T,),
-            chunks=(c,),
-            dtype="int32",
-            dimension_names=("iteration",),
-            fill_value=0,
-        )
-        for name in ("error", "error_fo"):
+        for name, (shape, dims, dtype, fill) in arrays.items():
+            chunks = (c, *shape[1:])
             sub.create_array(
-                name,
-                shape=(T,),
-                chunks=(c,),
-                dtype="float64",
-                dimension_names=("iteration",),
-                fill_value=np.nan,
+                name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims, fill_value=fill
             )
         sub.attrs.update(
             {
