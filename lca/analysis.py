@@ -420,7 +420,7 @@ def value_histogram(
     lca: RowSliceable,
     bins: int = 100,
     clip: float = 0.01,
-    sample_size: int = 1_000_000,
+    sample_size: int = 200_000,  # 2,000 values in each 1 % tail; about 15 MB at most
     seed: int = 0,
     chunk_rows: int = 64,
 ) -> ValueHistogram:

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,33 @@ def test_unallocated_run_is_a_one_line_error(fresh_run):
         assert result.output.strip().count("\n") == 0
     assert "allocat" in CliRunner().invoke(main, ["report", str(run_dir)]).output
     assert not (run_dir / "report").exists()
+
+
+def test_report_on_a_run_larger_than_the_memory_budget_stays_within_it(tmp_path):
+    """Every array of this run is bigger than the budget; the report streams them."""
+    import tracemalloc
+
+    import zarr
+
+    from lca.allocation import allocate
+    from lca.config import load_config
+    from lca.report import make_report
+    from lca.training import train
+
+    config = load_config(
+        Path(__file__).parents[1] / "configs" / "tiny_fc.yaml",
+        ["training.iterations=640", "model.hidden_units=[512]", "allocate.splits=[train]"],
+    )
+    run_dir = tmp_path / "big"
+    train(config, run_dir, progress=False)
+    allocate(run_dir, progress=False)
+    budget = 64 * 2**20
+    store = zarr.open_group(str(run_dir / "lca.zarr"), mode="r")
+    sizes = [store["train/lca"].nbytes, store["train/grad"].nbytes]
+    assert min(sizes) > budget  # each (T, K) array alone is over the budget
+    tracemalloc.start()
+    make_report([run_dir], out_dir=tmp_path / "report", frames=4, chunk_rows=8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < budget, f"peak {peak / 2**20:.1f} MiB over a {budget / 2**20:.0f} MiB budget"
+    assert (tmp_path / "report" / "report.json").is_file()
