@@ -11,6 +11,7 @@ local files never pay for it.
 
 from __future__ import annotations
 
+import os
 import pickle
 import tarfile
 import zipfile
@@ -138,6 +139,11 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Source training set, (N, 28, 28, 1) uint8 and labels, from data.path or Keras."""
+    cached = keras_cache_dir() / "mnist.npz"
+    if path is None and cached.is_file():
+        # Read the cached copy ourselves: Keras insists on its own file hash and would try to
+        # download again over a copy rebuilt elsewhere (e.g. on a machine without internet).
+        path = str(cached)
     if path is not None:
         file = Path(path).expanduser()
         if not file.is_file():
@@ -250,6 +256,11 @@ def _read_batches(where: str, read: Callable[[str], bytes]) -> tuple[np.ndarray,
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras caches datasets: ``$KERAS_HOME/datasets``, by default ~/.keras/datasets."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
 
 
 def _keras_download(module: str, title: str, hint: str):

@@ -149,7 +149,9 @@ def test_corrupt_mnist_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(excinfo, "data.path", str(bad))
 
 
-def test_failed_mnist_download_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_mnist_download_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     keras = pytest.importorskip("keras")
 
     def offline(*args: object, **kwargs: object) -> None:
@@ -159,6 +161,7 @@ def test_failed_mnist_download_is_a_one_line_error(monkeypatch: pytest.MonkeyPat
         )
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(DataConfig(name="mnist"))
     assert_one_line_error(
@@ -257,3 +260,19 @@ def test_cifar_missing_batch_and_bad_archive_are_one_line_errors(
     with pytest.raises(DatasetError) as excinfo:
         load_cifar(empty)
     assert_one_line_error(excinfo, "data_batch_1", "data.path")
+
+
+def test_mnist_from_the_keras_cache_without_its_hash(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cached mnist.npz is read directly, even a copy whose bytes Keras would not accept."""
+    cache = tmp_path / "datasets"
+    cache.mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 300).astype(np.uint8)
+    np.savez(cache / "mnist.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    data = load_dataset(DataConfig(name="mnist", val_size=50))
+    assert data.x_train.shape == (250, 28, 28, 1)
+    np.testing.assert_array_equal(data.y_val, y[data.val_indices])
