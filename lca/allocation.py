@@ -50,8 +50,18 @@ class AllocationSettings:
     allow_tf32: bool = False
     jit_compile: bool = False
     reuse_input_layer: bool = True
+    subset_size: int | None = None  # train split on this many examples (None: all of them)
+    subset_seed: int = 0
+    check_every: int | None = None  # also allocate every k-th iteration on the full train set
 
     def identity(self) -> dict:
+        subset = {}
+        if self.subset_size is not None:  # absent otherwise, so older stores still resume
+            subset = {
+                "subset_size": self.subset_size,
+                "subset_seed": self.subset_seed,
+                "check_every": self.check_every,
+            }
         return {
             "splits": list(self.splits),
             "threshold": self.threshold,
@@ -61,7 +71,18 @@ class AllocationSettings:
             "allow_tf32": self.allow_tf32,
             "jit_compile": self.jit_compile,
             "reuse_input_layer": self.reuse_input_layer,
+            **subset,
         }
+
+    def checked(self, iteration: int) -> bool:
+        """Whether ``iteration`` also gets the full-set LCA (``subset_check/``)."""
+        return self.check_every is not None and iteration % self.check_every == 0
+
+
+def subset_indices(num_train: int, size: int, seed: int) -> np.ndarray:
+    """The fixed, sorted training examples an allocation with ``subset_size`` uses."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_train, size, replace=False)).astype(np.int64)
 
 
 @dataclass
@@ -90,6 +111,8 @@ class ChunkResult:
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     halvings: int = 0
     evaluations: int = 0
+    check: dict[str, np.ndarray] | None = None  # rows of ``subset_check/`` (checked units)
+    check_seconds: float = 0.0  # time spent on the full-set check (benchmarks subtract it)
 
 
 def read_run_config(run_dir: str | Path) -> Config:
@@ -106,6 +129,9 @@ def resolve_settings(
     splits: Sequence[str] | None = None,
     threshold: float | None = None,
     max_splits: int | None = None,
+    subset_size: int | None = None,
+    check_every: int | None = None,
+    num_train: int | None = None,
 ) -> AllocationSettings:
     """Merge command-line choices over the run's ``allocate`` section, validated the same way."""
     merged = replace(
@@ -113,12 +139,20 @@ def resolve_settings(
         splits=list(splits) if splits else list(config.splits),
         threshold=config.threshold if threshold is None else threshold,
         max_splits=config.max_splits if max_splits is None else max_splits,
+        subset_size=config.subset_size if subset_size is None else subset_size,
+        check_every=config.check_every if check_every is None else check_every,
     )
     for key, problem in merged.validate().items():
         raise RunError(f"allocate.{key}: {problem}")
     unknown = [s for s in merged.splits if s not in ("train", "val")]
     if unknown:
         raise RunError(f"--splits: unknown split {unknown[0]!r} (choose from train, val)")
+    too_big = num_train is not None and (merged.subset_size or 0) >= num_train
+    if too_big:
+        raise RunError(
+            f"--subset {merged.subset_size}: must be smaller than the {num_train} "
+            "training examples (omit it to allocate on the full train split)"
+        )
     return AllocationSettings(
         splits=tuple(merged.splits),
         threshold=merged.threshold,
@@ -128,6 +162,9 @@ def resolve_settings(
         allow_tf32=merged.allow_tf32,
         jit_compile=merged.jit_compile,
         reuse_input_layer=merged.reuse_input_layer,
+        subset_size=merged.subset_size,
+        subset_seed=merged.subset_seed,
+        check_every=merged.check_every,
     )
 
 
@@ -169,6 +206,7 @@ def open_lca_store(
         "error": ((T,), ("iteration",), "float64", np.nan),
         "error_fo": ((T,), ("iteration",), "float64", np.nan),
     }
+    num_train = int(trajectory.attrs["num_train"])
     for split in settings.splits:
         sub = group.create_group(split)
         for name, (shape, dims, dtype, fill) in arrays.items():
@@ -184,6 +222,24 @@ def open_lca_store(
                 ),
             }
         )
+        if split == "train" and settings.subset_size is not None:
+            indices = subset_indices(num_train, settings.subset_size, settings.subset_seed)
+            sub.create_array(
+                "subset_indices",
+                shape=indices.shape,
+                dtype="int64",
+                dimension_names=("subset_example",),
+            )[:] = indices
+            sub.attrs.update(
+                {
+                    "num_examples": settings.subset_size,
+                    "num_examples_full": num_train,
+                    "subset_size": settings.subset_size,
+                    "subset_seed": settings.subset_seed,
+                }
+            )
+    if settings.check_every is not None:
+        _create_check_arrays(group, T, c, len(_layer_index(trajectory.layout_json)[1]))
     group.attrs.update(
         {
             "settings": settings.identity(),
@@ -197,6 +253,92 @@ def open_lca_store(
         }
     )
     return group
+
+
+CHECK_DESCRIPTION = (
+    "every check_every-th iteration of a subset allocation, also allocated on the full train "
+    "split with composite Simpson on the same number of sub-intervals the subset used; rows "
+    "of unchecked (or not yet allocated) iterations hold iteration = -1 and NaN"
+)
+
+
+def _create_check_arrays(group: zarr.Group, T: int, c: int, num_layers: int) -> None:
+    """``subset_check/`` at full length T, chunked like the (T,) arrays: units write own rows."""
+    check = group.create_group("subset_check")
+    check.create_array(
+        "iteration",
+        shape=(T,),
+        chunks=(c,),
+        dtype="int64",
+        fill_value=-1,
+        dimension_names=("iteration",),
+    )
+    check.create_array(
+        "layer_rel_error",
+        shape=(T, num_layers),
+        chunks=(c, num_layers),
+        dtype="float64",
+        fill_value=np.nan,
+        dimension_names=("iteration", "layer"),
+    )
+    for name in CHECK_SCALARS:
+        check.create_array(
+            name,
+            shape=(T,),
+            chunks=(c,),
+            dtype="float64",
+            fill_value=np.nan,
+            dimension_names=("iteration",),
+        )
+    check.attrs["description"] = CHECK_DESCRIPTION
+
+
+CHECK_SCALARS = (
+    "correlation",  # Pearson of per-parameter A_subset vs A_full
+    "sign_agreement",  # share of parameters with A_full ≠ 0 whose signs agree
+    "helped_error",  # % helped on the subset − % helped on the full set (percentage points)
+    "full_loss_change",  # L_full(θ_t+1) − L_full(θ_t)
+    "full_error",  # full_loss_change − Σ_i A_full
+)
+
+
+def _layer_index(layout_json) -> tuple[np.ndarray, list[str]]:
+    from .layout import ParameterLayout
+
+    layout = ParameterLayout.from_json(layout_json)
+    return layout.layer_index(), layout.layers
+
+
+def compare_lca(
+    a_subset: np.ndarray, a_full: np.ndarray, layer_index: np.ndarray, num_layers: int
+) -> dict[str, np.ndarray | float]:
+    """How far one iteration's subset LCA is from its full-set LCA, per layer and overall."""
+    sub = np.asarray(a_subset, dtype=np.float64)
+    full = np.asarray(a_full, dtype=np.float64)
+    layer_sub = np.bincount(layer_index, weights=sub, minlength=num_layers)
+    layer_full = np.bincount(layer_index, weights=full, minlength=num_layers)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer_rel = np.abs(layer_sub - layer_full) / np.abs(layer_full)
+    correlation = (
+        float(np.corrcoef(sub, full)[0, 1]) if sub.std() > 0 and full.std() > 0 else float("nan")
+    )
+    nonzero = full != 0
+    sign_agreement = (
+        float((np.sign(sub[nonzero]) == np.sign(full[nonzero])).mean())
+        if nonzero.any()
+        else float("nan")
+    )
+
+    def helped_pct(a: np.ndarray) -> float:
+        moved = np.count_nonzero(a)
+        return 100.0 * np.count_nonzero(a < 0) / moved if moved else float("nan")
+
+    return {
+        "layer_rel_error": layer_rel,
+        "correlation": correlation,
+        "sign_agreement": sign_agreement,
+        "helped_error": helped_pct(sub) - helped_pct(full),
+    }
 
 
 def chunks_for(num_iterations: int, chunk: int, iterations: tuple[int, int] | None) -> list[int]:
@@ -219,11 +361,13 @@ def load_objective(
     allow_tf32: bool = False,
     jit_compile: bool = False,
     reuse_input_layer: bool = True,
+    train_subset: np.ndarray | None = None,
 ):
     """The full-set loss/gradient function of a run's model and data, checked against the run.
 
     The dataset is reloaded from the run's config and must hold exactly the examples the run
     was trained on; the evaluation model (no dropout) must have the recorded layout.
+    ``train_subset`` (indices into the train split) restricts the train split to those examples.
     """
     from .data import load_dataset
     from .gradients import FullBatchObjective, configure_tensorflow
@@ -238,9 +382,13 @@ def load_objective(
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, evaluation=True)
     if parameter_layout(model).to_json() != trajectory.layout_json:
         raise RunError(f"{run_dir}: the model's parameter layout differs from the recorded one")
+    data = {split: dataset.split(split) for split in splits}
+    if train_subset is not None and "train" in data:
+        x, y = data["train"]
+        data["train"] = (x[train_subset], y[train_subset])
     return FullBatchObjective(
         model,
-        {split: dataset.split(split) for split in splits},
+        data,
         eval_batch_size or config.allocate.eval_batch_size,
         jit_compile=jit_compile,
         reuse_input_layer=reuse_input_layer,
@@ -254,14 +402,26 @@ class ChunkAllocator:
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.trajectory = open_trajectory(run_dir)
-        self.objective = load_objective(
-            run_dir,
-            settings.splits,
-            settings.eval_batch_size,
+        options = dict(
             allow_tf32=settings.allow_tf32,
             jit_compile=settings.jit_compile,
             reuse_input_layer=settings.reuse_input_layer,
         )
+        subset = None
+        if settings.subset_size is not None:
+            num_train = int(self.trajectory.attrs["num_train"])
+            subset = subset_indices(num_train, settings.subset_size, settings.subset_seed)
+        self.objective = load_objective(
+            run_dir, settings.splits, settings.eval_batch_size, train_subset=subset, **options
+        )
+        # the exact full-train-set objective, only for the iterations that are checked
+        self.full_objective = (
+            load_objective(run_dir, ("train",), settings.eval_batch_size, **options)
+            if settings.check_every is not None
+            else None
+        )
+        self.layer_index, layers = _layer_index(self.trajectory.layout_json)
+        self.num_layers = len(layers)
         self._store: zarr.Group | None = None
         # Chunks are compressed and written by one background thread while the next chunk's
         # gradients are computed; at most one written chunk is pending at a time.
@@ -335,11 +495,50 @@ class ChunkAllocator:
                 out[s]["error"][k] = step.error[s]
                 out[s]["error_fo"][k] = step.error_first_order[s]
             result.halvings += int(math.log2(step.splits // 2))
+            if self.settings.checked(start + k):
+                self._check(
+                    result, k, thetas[k], thetas[k + 1], step.splits, out["train"]["lca"][k]
+                )
             here = there
             if on_iteration is not None:
                 on_iteration(step.splits)
         result.evaluations = self.objective.evaluations - evaluations_before + 1
         return result
+
+    def _check(self, result: ChunkResult, k: int, theta0, theta1, n: int, a_subset) -> None:
+        """Full-set LCA of row ``k`` by Simpson on the subset's n sub-intervals; compare.
+
+        Using the subset's n (not an adaptive rule of its own) keeps the two LCAs on the same
+        quadrature, so their difference is the subset's sampling error alone; the full set's
+        own conservation error is stored beside it as ``full_error``.
+        """
+        began = time.perf_counter()
+        objective = self.full_objective
+        rows = result.stop - result.start
+        if result.check is None:
+            result.check = {"iteration": np.full(rows, -1, np.int64)}
+            result.check["layer_rel_error"] = np.full((rows, self.num_layers), np.nan)
+            result.check.update({name: np.full(rows, np.nan) for name in CHECK_SCALARS})
+        here, there = objective(theta0)["train"], objective(theta1)["train"]
+        delta = theta1.astype(np.float64) - theta0
+        step = integrate_step(
+            lambda fraction: {"train": objective.between(theta0, theta1, fraction)["train"][1]},
+            delta,
+            {"train": there[0] - here[0]},
+            {"train": here[1]},
+            {"train": there[1]},
+            threshold=0.0,  # never accept early: refine up to exactly n sub-intervals
+            max_splits=n,
+        )
+        check = result.check
+        check["iteration"][k] = result.start + k
+        for name, value in compare_lca(
+            a_subset, step.lca["train"], self.layer_index, self.num_layers
+        ).items():
+            check[name][k] = value
+        check["full_loss_change"][k] = there[0] - here[0]
+        check["full_error"][k] = step.error["train"]
+        result.check_seconds += time.perf_counter() - began
 
     def write(self, result: ChunkResult) -> None:
         """Write a unit's own chunks, then (and only then) mark it done."""
@@ -356,6 +555,9 @@ class ChunkAllocator:
             group["loss"][a:last] = arrays["loss"][: last - a]
             for name in ("splits", "error", "error_fo"):
                 group[name][a:b] = arrays[name]
+        if result.check is not None:
+            for name, values in result.check.items():
+                self._store["subset_check"][name][a:b] = values
         self._store["done"][result.chunk] = True
 
 
@@ -385,6 +587,8 @@ def allocate(
     splits: Sequence[str] | None = None,
     threshold: float | None = None,
     max_splits: int | None = None,
+    subset_size: int | None = None,
+    check_every: int | None = None,
     iterations: tuple[int, int] | None = None,
     workers: int = 1,
     gpus: Sequence[int] | None = None,
@@ -406,7 +610,14 @@ def allocate(
     trajectory.require_complete()
     K = trajectory.theta.shape[1]
     settings = resolve_settings(
-        config.allocate, K, splits=splits, threshold=threshold, max_splits=max_splits
+        config.allocate,
+        K,
+        splits=splits,
+        threshold=threshold,
+        max_splits=max_splits,
+        subset_size=subset_size,
+        check_every=check_every,
+        num_train=int(trajectory.attrs["num_train"]),
     )
     if restart and (run_dir / LCA_STORE).exists():
         import shutil

@@ -129,10 +129,29 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
     metavar="A:B",
     help="Allocate only iterations A..B-1 (rounded out to whole chunks).",
 )
+@click.option(
+    "--subset", type=int, metavar="N", help="Allocate the train split on N fixed random examples."
+)
+@click.option(
+    "--check-every",
+    type=int,
+    metavar="K",
+    help="With --subset: also allocate every K-th iteration on the full train set and compare.",
+)
 @click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
 @friendly_errors
 def allocate(
-    run_dir, gpus, workers, threads, splits, threshold, max_splits, iteration_range, restart
+    run_dir,
+    gpus,
+    workers,
+    threads,
+    splits,
+    threshold,
+    max_splits,
+    iteration_range,
+    subset,
+    check_every,
+    restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
     from .allocation import allocate as run_allocation
@@ -145,6 +164,8 @@ def allocate(
         splits=splits.split(",") if splits else None,
         threshold=threshold,
         max_splits=max_splits,
+        subset_size=subset,
+        check_every=check_every,
         iterations=_parse_range(iteration_range),
         workers=workers,
         gpus=parse_gpus(gpus) if gpus else None,

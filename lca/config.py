@@ -180,6 +180,12 @@ class AllocateConfig:
     # interior quadrature nodes reuse a first dense layer's pre-activations (exact up to
     # float rounding; about 13 % faster on MNIST-FC); false evaluates every node from scratch
     reuse_input_layer: bool = True
+    # allocate the train split on a fixed random subset of this many examples (cheaper; the
+    # conservation then holds for the subset loss); None uses every training example
+    subset_size: int | None = None
+    subset_seed: int = 0
+    # with a subset: every check_every-th iteration also gets the exact full-set LCA to compare
+    check_every: int | None = None
 
     def validate(self) -> dict[str, str]:
         problems = {}
@@ -195,6 +201,17 @@ class AllocateConfig:
             problems["max_splits"] = "must be a power of two >= 2"
         if self.chunk_iterations is not None and self.chunk_iterations <= 0:
             problems["chunk_iterations"] = "must be > 0"
+        if self.subset_size is not None and self.subset_size <= 0:
+            problems["subset_size"] = "must be > 0"
+        if self.subset_seed < 0:
+            problems["subset_seed"] = "must be >= 0"
+        if self.check_every is not None:
+            if self.check_every <= 0:
+                problems["check_every"] = "must be > 0"
+            elif self.subset_size is None:
+                problems["check_every"] = "compares a subset with the full set; set subset_size"
+        if self.subset_size is not None and "train" not in self.splits:
+            problems["subset_size"] = "subsets the train split; allocate the train split"
         return problems
 
 

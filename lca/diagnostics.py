@@ -41,6 +41,19 @@ class SplitErrors:
 
 
 @dataclass
+class SubsetCheck:
+    """How the subset LCA compares with the exact full-set LCA on the checked iterations."""
+
+    checked_iterations: int
+    layer_rel_error_mean: float  # |Σ_layer A_subset − Σ_layer A_full| / |Σ_layer A_full|
+    layer_rel_error_max: float
+    correlation_mean: float  # Pearson, per-parameter
+    sign_agreement_mean: float  # share of parameters (A_full ≠ 0) with the same sign
+    helped_error_abs_mean: float  # |% helped (subset) − % helped (full)|, percentage points
+    full_error_abs_max: float  # the full-set LCA's own conservation error
+
+
+@dataclass
 class ErrorReport:
     run_dir: str
     iterations_total: int
@@ -48,6 +61,9 @@ class ErrorReport:
     threshold: float
     max_splits: int
     splits: dict[str, SplitErrors] = field(default_factory=dict)
+    subset_size: int | None = None  # train split allocated on this many examples …
+    num_train: int | None = None  # … of this many
+    subset_check: SubsetCheck | None = None
 
     @property
     def complete(self) -> bool:
@@ -138,9 +154,13 @@ class ErrorReport:
             f"allocated (threshold {self.threshold:g}, at most {self.max_splits} sub-intervals)",
             " " * width + "".join(n.rjust(col) for n in names),
         ]
+        if self.subset_size is not None:
+            lines.insert(1, f"train (subset of {self.subset_size} of {self.num_train} examples)")
         lines += [
             label.ljust(width) + "".join(v.rjust(col) for v in values) for label, values in rows
         ]
+        if self.subset_check is not None:
+            lines += self._subset_check_lines(self.subset_check)
         failures = self.failures()
         lines.append(
             "PASS: every iteration within the threshold, total error within "
@@ -149,6 +169,42 @@ class ErrorReport:
             else "FAIL: " + "; ".join(failures)
         )
         return "\n".join(lines)
+
+    @staticmethod
+    def _subset_check_lines(c: SubsetCheck) -> list[str]:
+        return [
+            f"subset vs full train set, {c.checked_iterations} checked iterations:",
+            f"  per-layer relative error of Σ LCA   mean {c.layer_rel_error_mean:.4f}, "
+            f"max {c.layer_rel_error_max:.4f}",
+            f"  per-parameter correlation           mean {c.correlation_mean:.4f}",
+            f"  sign agreement                      mean {c.sign_agreement_mean:.4f}",
+            f"  |helped % error|                    mean {c.helped_error_abs_mean:.3f} points",
+            f"  full-set |error|, same quadrature   max {c.full_error_abs_max:.3e}",
+        ]
+
+
+def _nanstat(fn, values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(fn(values)) if values.size else float("nan")
+
+
+def _subset_check(store) -> SubsetCheck | None:
+    """Aggregate ``subset_check/`` over the iterations checked (and allocated) so far."""
+    if "subset_check" not in store:
+        return None
+    check = store["subset_check"]
+    rows = check["iteration"][:] >= 0
+    layer = check["layer_rel_error"][:][rows]
+    get = {name: check[name][:][rows] for name in ("correlation", "sign_agreement")}
+    return SubsetCheck(
+        checked_iterations=int(rows.sum()),
+        layer_rel_error_mean=_nanstat(np.mean, layer.ravel()),
+        layer_rel_error_max=_nanstat(np.max, layer.ravel()),
+        correlation_mean=_nanstat(np.mean, get["correlation"]),
+        sign_agreement_mean=_nanstat(np.mean, get["sign_agreement"]),
+        helped_error_abs_mean=_nanstat(np.mean, np.abs(check["helped_error"][:][rows])),
+        full_error_abs_max=_nanstat(np.max, np.abs(check["full_error"][:][rows])),
+    )
 
 
 def _pct(part: float, whole: float) -> float:
@@ -172,6 +228,10 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
     report = ErrorReport(
         str(run_dir), T, int(done.sum()), float(settings["threshold"]), int(settings["max_splits"])
     )
+    if settings.get("subset_size") is not None:
+        report.subset_size = int(settings["subset_size"])
+        report.num_train = int(store["train"].attrs["num_examples_full"])
+        report.subset_check = _subset_check(store)
     for split in settings["splits"]:
         group = store[split]
         loss = group["loss"][:]

@@ -332,3 +332,91 @@ def test_gpus_without_a_gpu_is_a_clear_error(fresh_run):
     result = cli("allocate", str(fresh_run("tiny_fc")), "--gpus", "0")
     assert result.returncode == 2
     assert "GPU 0 is not visible to TensorFlow" in result.stderr
+
+
+# --- LCA on a subset of the training set -------------------------------------------------
+
+
+def test_subset_allocation_conserves_the_subset_loss(fresh_run):
+    from lca.allocation import load_objective, subset_indices
+
+    run_dir = fresh_run("tiny_fc")
+    assert allocate(run_dir, subset_size=500, progress=False).complete
+    store = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
+    train = store["train"]
+    expected = np.sort(np.random.default_rng(0).choice(1600, 500, replace=False))
+    np.testing.assert_array_equal(train["subset_indices"][:], expected)
+    np.testing.assert_array_equal(subset_indices(1600, 500, 0), expected)
+    assert train["subset_indices"].metadata.dimension_names == ("subset_example",)
+    assert train.attrs["num_examples"] == 500 and train.attrs["subset_size"] == 500
+    assert store["val"].attrs["num_examples"] == 400
+    assert store.attrs["settings"]["subset_size"] == 500
+    loss, lca, error = train["loss"][:], train["lca"][:], train["error"][:]
+    np.testing.assert_allclose(lca.sum(axis=1, dtype=np.float64), np.diff(loss) - error, atol=1e-9)
+    assert np.abs(error).max() <= 1e-4
+    # the stored losses are the SUBSET loss, not the full-set one
+    theta = open_trajectory(run_dir).theta
+    sub = load_objective(run_dir, ["train"], train_subset=expected)(theta[0])["train"][0]
+    full = load_objective(run_dir, ["train"])(theta[0])["train"][0]
+    assert abs(loss[0] - sub) < 1e-6 and abs(sub - full) > 1e-4
+    assert "subset_check" not in store
+    assert verify_error(run_dir).passed
+
+
+def test_subset_resume_needs_the_same_subset_and_fits_the_train_set(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    allocate(run_dir, subset_size=500, iterations=(0, 8), progress=False)
+    with pytest.raises(RunError, match="other settings"):
+        allocate(run_dir, subset_size=400, progress=False)
+    with pytest.raises(RunError, match="other settings"):
+        allocate(run_dir, progress=False)
+    assert allocate(run_dir, subset_size=500, progress=False).complete
+    result = cli("allocate", str(run_dir), "--subset", "1600", "--restart")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "smaller than the 1600 training examples" in result.stderr
+    with pytest.raises(RunError, match="check_every"):
+        allocate(run_dir, check_every=4, restart=True, progress=False)
+
+
+def test_subset_check_compares_with_the_full_set(fresh_run, trained_runs, tmp_path):
+    import shutil
+
+    half = fresh_run("tiny_fc")
+    allocate(half, subset_size=800, check_every=4, progress=False)
+    check = zarr.open_group(str(half / LCA_STORE), mode="r")["subset_check"]
+    iteration = check["iteration"][:]
+    np.testing.assert_array_equal(iteration[iteration >= 0], np.arange(0, 40, 4))
+    assert np.isnan(check["correlation"][:][iteration < 0]).all()
+    assert check["layer_rel_error"].shape == (40, 2)
+    rows = iteration >= 0
+    # measured on tiny_fc: correlation 0.97–0.99, sign agreement 0.84–0.95, |helped| < 5 pts
+    assert check["correlation"][:][rows].min() > 0.9
+    assert check["sign_agreement"][:][rows].min() > 0.75
+    assert np.abs(check["helped_error"][:][rows]).max() < 10
+    assert np.abs(check["full_error"][:][rows]).max() < 1e-3  # the full LCA is conserved
+    assert np.median(check["layer_rel_error"][:][rows]) < 0.3
+
+    nearly = tmp_path / "nearly"
+    shutil.copytree(trained_runs("tiny_fc"), nearly)
+    allocate(nearly, subset_size=1590, check_every=4, progress=False)
+    report = verify_error(nearly).subset_check
+    assert report.checked_iterations == 10
+    assert report.correlation_mean > 0.99 and report.sign_agreement_mean > 0.98
+    assert verify_error(half).subset_check.correlation_mean < report.correlation_mean
+
+
+def test_verify_error_shows_the_subset_and_the_comparison(fresh_run):
+    import json
+
+    run_dir = fresh_run("tiny_fc")
+    result = cli("allocate", str(run_dir), "--subset", "800", "--check-every", "8")
+    assert result.returncode == 0, result.stderr
+    result = cli("verify-error", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "train (subset of 800 of 1600 examples)" in result.stdout
+    assert "subset vs full train set, 5 checked iterations" in result.stdout
+    assert "per-parameter correlation" in result.stdout
+    data = json.loads(cli("verify-error", str(run_dir), "--json").stdout)
+    assert data["subset_size"] == 800 and data["num_train"] == 1600
+    assert data["subset_check"]["checked_iterations"] == 5
+    assert data["subset_check"]["correlation_mean"] > 0.9
