@@ -10,7 +10,6 @@ resident on the device and one compiled function runs every batch of every split
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -274,8 +273,3 @@ def visible_gpus() -> list[str]:
     import tensorflow as tf
 
     return [d.name for d in tf.config.list_physical_devices("GPU")]
-
-
-def hide_gpus() -> None:
-    """Keep a CPU worker off every GPU (must run before TensorFlow starts)."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""

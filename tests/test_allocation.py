@@ -420,3 +420,15 @@ def test_verify_error_shows_the_subset_and_the_comparison(fresh_run):
     assert data["subset_size"] == 800 and data["num_train"] == 1600
     assert data["subset_check"]["checked_iterations"] == 5
     assert data["subset_check"]["correlation_mean"] > 0.9
+
+
+def test_tf32_is_off_unless_allowed(trained_runs):
+    from lca.allocation import load_objective
+    from lca.gradients import configure_tensorflow, tf32_enabled
+
+    load_objective(trained_runs("tiny_fc"), ["train"])
+    assert not tf32_enabled()
+    configure_tensorflow(allow_tf32=True)
+    assert tf32_enabled()
+    configure_tensorflow()  # back to the default for the other tests
+    assert not tf32_enabled()
