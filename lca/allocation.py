@@ -53,6 +53,8 @@ class AllocationSettings:
     subset_size: int | None = None  # train split on this many examples (None: all of them)
     subset_seed: int = 0
     check_every: int | None = None  # also allocate every k-th iteration on the full train set
+    per_class: bool = False  # also the per-class parts of every LCA
+    per_class_full: bool = False  # ... and their full (T, C, K) arrays
 
     def identity(self) -> dict:
         subset = {}
@@ -72,6 +74,9 @@ class AllocationSettings:
             "jit_compile": self.jit_compile,
             "reuse_input_layer": self.reuse_input_layer,
             **subset,
+            **(
+                {"per_class": True, "per_class_full": self.per_class_full} if self.per_class else {}
+            ),
         }
 
     def checked(self, iteration: int) -> bool:
@@ -132,6 +137,7 @@ def resolve_settings(
     subset_size: int | None = None,
     check_every: int | None = None,
     num_train: int | None = None,
+    per_class: bool | None = None,
 ) -> AllocationSettings:
     """Merge command-line choices over the run's ``allocate`` section, validated the same way."""
     merged = replace(
@@ -141,6 +147,7 @@ def resolve_settings(
         max_splits=config.max_splits if max_splits is None else max_splits,
         subset_size=config.subset_size if subset_size is None else subset_size,
         check_every=config.check_every if check_every is None else check_every,
+        per_class=config.per_class if per_class is None else per_class,
     )
     for key, problem in merged.validate().items():
         raise RunError(f"allocate.{key}: {problem}")
@@ -165,6 +172,8 @@ def resolve_settings(
         subset_size=merged.subset_size,
         subset_seed=merged.subset_seed,
         check_every=merged.check_every,
+        per_class=merged.per_class,
+        per_class_full=merged.per_class_full,
     )
 
 
@@ -238,6 +247,16 @@ def open_lca_store(
                     "subset_seed": settings.subset_seed,
                 }
             )
+    if settings.per_class:
+        for split in settings.splits:
+            _create_per_class_arrays(
+                group[split],
+                T,
+                c,
+                int(trajectory.attrs["num_classes"]),
+                trajectory.layout_json,
+                settings.per_class_full,
+            )
     if settings.check_every is not None:
         _create_check_arrays(group, T, c, len(_layer_index(trajectory.layout_json)[1]))
     group.attrs.update(
@@ -260,6 +279,56 @@ CHECK_DESCRIPTION = (
     "split with composite Simpson on the same number of sub-intervals the subset used; rows "
     "of unchecked (or not yet allocated) iterations hold iteration = -1 and NaN"
 )
+
+
+def unit_index(layout_json: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per layer group: its parameters' flat indices, their output unit, the unit count.
+
+    A parameter's unit is its index along the variable's last axis (a dense kernel's output
+    neuron, a conv kernel's output channel; a bias or batch-norm vector's own position).
+    """
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for e in layout_json:
+        last = int(e["shape"][-1]) if e["shape"] else 1
+        flat = np.arange(e["offset"], e["offset"] + e["size"])
+        groups.setdefault(e["layer"], []).append((flat, np.arange(e["size"]) % last))
+    return {
+        layer: (
+            np.concatenate([f for f, _ in parts]),
+            np.concatenate([u for _, u in parts]),
+            int(max(u.max(initial=0) for _, u in parts)) + 1,
+        )
+        for layer, parts in groups.items()
+    }
+
+
+def _create_per_class_arrays(sub: zarr.Group, T: int, c: int, C: int, layout_json, full: bool):
+    """The per-class arrays of one split (``allocate.per_class``)."""
+    _, layers = _layer_index(layout_json)
+    K = sum(int(e["size"]) for e in layout_json)
+    specs = {
+        "class_loss": ((T + 1, C), ("step", "class"), "float64"),
+        "class_error": ((T, C), ("iteration", "class"), "float64"),
+        "class_layer_lca": ((T, C, len(layers)), ("iteration", "class", "layer"), "float32"),
+    }
+    for layer, (_, _, units) in unit_index(layout_json).items():
+        specs[f"class_unit_lca/{layer}"] = (
+            (T, C, units),
+            ("iteration", "class", f"{layer}_unit"),
+            "float32",
+        )
+    if full:
+        specs["class_lca"] = ((T, C, K), ("iteration", "class", "parameter"), "float32")
+    for name, (shape, dims, dtype) in specs.items():
+        sub.create_array(
+            name,
+            shape=shape,
+            chunks=(c, *shape[1:]),
+            dtype=dtype,
+            dimension_names=dims,
+            fill_value=np.nan,
+        )
+    sub.attrs["layers"] = layers
 
 
 def _create_check_arrays(group: zarr.Group, T: int, c: int, num_layers: int) -> None:
@@ -362,6 +431,7 @@ def load_objective(
     jit_compile: bool = False,
     reuse_input_layer: bool = True,
     train_subset: np.ndarray | None = None,
+    per_class: bool = False,
 ):
     """The full-set loss/gradient function of a run's model and data, checked against the run.
 
@@ -370,7 +440,7 @@ def load_objective(
     ``train_subset`` (indices into the train split) restricts the train split to those examples.
     """
     from .data import load_dataset
-    from .gradients import FullBatchObjective, configure_tensorflow
+    from .gradients import FullBatchObjective, PerClassObjective, configure_tensorflow
     from .models import build_model, parameter_layout
 
     configure_tensorflow(allow_tf32=allow_tf32)
@@ -386,6 +456,11 @@ def load_objective(
     if train_subset is not None and "train" in data:
         x, y = data["train"]
         data["train"] = (x[train_subset], y[train_subset])
+    batch_size = eval_batch_size or config.allocate.eval_batch_size
+    if per_class:
+        return PerClassObjective(
+            model, data, batch_size, dataset.num_classes, jit_compile=jit_compile
+        )
     return FullBatchObjective(
         model,
         data,
@@ -412,7 +487,12 @@ class ChunkAllocator:
             num_train = int(self.trajectory.attrs["num_train"])
             subset = subset_indices(num_train, settings.subset_size, settings.subset_seed)
         self.objective = load_objective(
-            run_dir, settings.splits, settings.eval_batch_size, train_subset=subset, **options
+            run_dir,
+            settings.splits,
+            settings.eval_batch_size,
+            train_subset=subset,
+            per_class=settings.per_class,
+            **options,
         )
         # the exact full-train-set objective, only for the iterations that are checked
         self.full_objective = (
@@ -422,6 +502,8 @@ class ChunkAllocator:
         )
         self.layer_index, layers = _layer_index(self.trajectory.layout_json)
         self.num_layers = len(layers)
+        self.num_classes = int(self.trajectory.attrs["num_classes"])
+        self.units = unit_index(self.trajectory.layout_json)
         self._store: zarr.Group | None = None
         # Chunks are compressed and written by one background thread while the next chunk's
         # gradients are computed; at most one written chunk is pending at a time.
@@ -466,31 +548,53 @@ class ChunkAllocator:
             }
             for s in splits
         }
+        per_class = self.settings.per_class
+        if per_class:
+            C, L, K = self.num_classes, self.num_layers, thetas.shape[1]
+            for s in splits:
+                out[s]["class_loss"] = np.empty((n + 1, C))
+                out[s]["class_error"] = np.empty((n, C))
+                out[s]["class_layer_lca"] = np.empty((n, C, L), np.float32)
+                for layer, (_, _, units) in self.units.items():
+                    out[s][f"class_unit_lca/{layer}"] = np.empty((n, C, units), np.float32)
+                if self.settings.per_class_full:
+                    out[s]["class_lca"] = np.empty((n, C, K), np.float32)
         result = ChunkResult(chunk, start, stop, out)
         here = self.objective(thetas[0])
         evaluations_before = self.objective.evaluations
         for s in splits:
-            out[s]["loss"][0], out[s]["grad"][0] = here[s]
+            out[s]["loss"][0], out[s]["grad"][0] = here[s][0], here[s][1]
+            if per_class:
+                out[s]["class_loss"][0] = here[s][2]
+        components = tuple(f"{s}/class" for s in splits) if per_class else ()
+
+        def nodes(values):  # what the quadrature integrates at one point
+            found = {s: values[s][1] for s in splits}
+            found.update({f"{s}/class": values[s][3] for s in splits if per_class})
+            return found
+
         for k in range(n):
             delta = thetas[k + 1].astype(np.float64) - thetas[k]
             there = self.objective(thetas[k + 1])
 
             def gradient_at(fraction: float, k=k):
-                values = self.objective.between(thetas[k], thetas[k + 1], fraction)
-                return {s: values[s][1] for s in splits}
+                return nodes(self.objective.between(thetas[k], thetas[k + 1], fraction))
 
             step = integrate_step(
                 gradient_at,
                 delta,
                 {s: there[s][0] - here[s][0] for s in splits},
-                {s: here[s][1] for s in splits},
-                {s: there[s][1] for s in splits},
+                nodes(here),
+                nodes(there),
                 threshold=self.settings.threshold,
                 max_splits=self.settings.max_splits,
+                components=components,
             )
             for s in splits:
                 out[s]["lca"][k] = step.lca[s]
-                out[s]["loss"][k + 1], out[s]["grad"][k + 1] = there[s]
+                out[s]["loss"][k + 1], out[s]["grad"][k + 1] = there[s][0], there[s][1]
+                if per_class:
+                    self._per_class(out[s], k, step.components[f"{s}/class"], here[s], there[s])
                 out[s]["splits"][k] = step.splits
                 out[s]["error"][k] = step.error[s]
                 out[s]["error_fo"][k] = step.error_first_order[s]
@@ -504,6 +608,21 @@ class ChunkAllocator:
                 on_iteration(step.splits)
         result.evaluations = self.objective.evaluations - evaluations_before + 1
         return result
+
+    def _per_class(self, out: dict, k: int, lca: np.ndarray, here: tuple, there: tuple) -> None:
+        """Row k of the per-class arrays from the (C, K) per-class LCA of one iteration."""
+        out["class_loss"][k + 1] = there[2]
+        out["class_error"][k] = (there[2] - here[2]) - lca.sum(axis=1, dtype=np.float64)
+        for c, row in enumerate(lca):
+            out["class_layer_lca"][k, c] = np.bincount(
+                self.layer_index, weights=row, minlength=self.num_layers
+            )
+            for layer, (indices, unit_of, units) in self.units.items():
+                out[f"class_unit_lca/{layer}"][k, c] = np.bincount(
+                    unit_of, weights=row[indices], minlength=units
+                )
+        if "class_lca" in out:
+            out["class_lca"][k] = lca
 
     def _check(self, result: ChunkResult, k: int, theta0, theta1, n: int, a_subset) -> None:
         """Full-set LCA of row ``k`` by Simpson on the subset's n sub-intervals; compare.
@@ -555,6 +674,12 @@ class ChunkAllocator:
             group["loss"][a:last] = arrays["loss"][: last - a]
             for name in ("splits", "error", "error_fo"):
                 group[name][a:b] = arrays[name]
+            for name, values in arrays.items():
+                if name.startswith("class_"):  # per-class rows; losses like `loss`
+                    if name == "class_loss":
+                        group[name][a:last] = values[: last - a]
+                    else:
+                        group[name][a:b] = values
         if result.check is not None:
             for name, values in result.check.items():
                 self._store["subset_check"][name][a:b] = values
@@ -589,6 +714,7 @@ def allocate(
     max_splits: int | None = None,
     subset_size: int | None = None,
     check_every: int | None = None,
+    per_class: bool | None = None,
     iterations: tuple[int, int] | None = None,
     workers: int = 1,
     gpus: Sequence[int] | None = None,
@@ -618,6 +744,7 @@ def allocate(
         subset_size=subset_size,
         check_every=check_every,
         num_train=int(trajectory.attrs["num_train"]),
+        per_class=per_class,
     )
     if restart and (run_dir / LCA_STORE).exists():
         import shutil

@@ -138,6 +138,9 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
     metavar="K",
     help="With --subset: also allocate every K-th iteration on the full train set and compare.",
 )
+@click.option(
+    "--per-class", is_flag=True, default=None, help="Also split every LCA into per-class parts."
+)
 @click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
 @friendly_errors
 def allocate(
@@ -151,6 +154,7 @@ def allocate(
     iteration_range,
     subset,
     check_every,
+    per_class,
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
@@ -166,6 +170,7 @@ def allocate(
         max_splits=max_splits,
         subset_size=subset,
         check_every=check_every,
+        per_class=per_class,
         iterations=_parse_range(iteration_range),
         workers=workers,
         gpus=parse_gpus(gpus) if gpus else None,

@@ -186,6 +186,10 @@ class AllocateConfig:
     subset_seed: int = 0
     # with a subset: every check_every-th iteration also gets the exact full-set LCA to compare
     check_every: int | None = None
+    # also split every LCA into per-class parts (L = Σ_c N_c/N · L_c): per layer and per
+    # output unit; the full (T, classes, K) array only with per_class_full (C times the size)
+    per_class: bool = False
+    per_class_full: bool = False
 
     def validate(self) -> dict[str, str]:
         problems = {}
@@ -210,6 +214,8 @@ class AllocateConfig:
                 problems["check_every"] = "must be > 0"
             elif self.subset_size is None:
                 problems["check_every"] = "compares a subset with the full set; set subset_size"
+        if self.per_class_full and not self.per_class:
+            problems["per_class_full"] = "needs per_class: true"
         if self.subset_size is not None and "train" not in self.splits:
             problems["subset_size"] = "subsets the train split; allocate the train split"
         return problems

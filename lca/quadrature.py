@@ -79,6 +79,7 @@ class StepAllocation:
     splits: int  # sub-intervals of the accepted rule
     evaluations: int  # gradient evaluations this call made (start and end not counted)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (n, errors)
+    components: dict[str, np.ndarray] = field(default_factory=dict)  # see integrate_step
 
 
 def integrate_step(
@@ -91,6 +92,7 @@ def integrate_step(
     threshold: float = 1e-3,
     max_splits: int = 32,
     rule: QuadratureRule = SIMPSON,
+    components: tuple[str, ...] = (),
 ) -> StepAllocation:
     """Adaptive LCA of one step θ → θ + Δ for every split (train, val, …) at once.
 
@@ -98,6 +100,10 @@ def integrate_step(
     ``start``/``end`` are the gradients at s = 0 and 1, which the caller shares with the
     neighbouring iterations. Starting from ``rule.min_splits`` sub-intervals, the number is
     doubled while any split's |error| exceeds ``threshold`` and ``max_splits`` allows.
+
+    ``components`` names further entries of the node dictionaries (e.g. per-class gradients,
+    shaped (C, K)) that are integrated with the accepted rule without steering it:
+    ``result.components[name] = Δ · Σ_k w_k g_k`` as float32.
     """
     rule.check(max_splits)
     delta64 = np.asarray(delta, dtype=np.float64)
@@ -131,4 +137,10 @@ def integrate_step(
         if n >= max_splits or all(abs(e) <= threshold for e in error.values()):
             break
         n *= 2
-    return StepAllocation(lca, error, first_order, n, evaluations, history)
+    parts = {}
+    for name in components:
+        total = sum(
+            w * np.asarray(nodes[k * stride][name], np.float64) for k, w in enumerate(weights) if w
+        )
+        parts[name] = (delta64 * total).astype(np.float32)
+    return StepAllocation(lca, error, first_order, n, evaluations, history, parts)

@@ -432,3 +432,40 @@ def test_tf32_is_off_unless_allowed(trained_runs):
     assert tf32_enabled()
     configure_tensorflow()  # back to the default for the other tests
     assert not tf32_enabled()
+
+
+@pytest.mark.parametrize("name", ["tiny_fc", "tiny_resnet"])  # class-pure batches; BN masks
+def test_per_class_lca_sums_to_the_total(fresh_run, name):
+    from lca.layout import ParameterLayout
+
+    run_dir = fresh_run(name)
+    import shutil
+
+    plain = allocate(run_dir, progress=False, iterations=(0, 8))
+
+    shutil.rmtree(run_dir / LCA_STORE)
+    summary = allocate(run_dir, per_class=True, progress=False, iterations=(0, 8))
+    # no gradient evaluation more than without the per-class split
+    assert summary.gradient_evaluations == plain.gradient_evaluations
+    store = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
+    layout = ParameterLayout.from_json(open_trajectory(run_dir).layout_json)
+    C = open_trajectory(run_dir).attrs["num_classes"]
+    for split in ("train", "val"):
+        group = store[split]
+        lca = group["lca"][:8]
+        per_layer = np.stack(
+            [
+                np.bincount(layout.layer_index(), weights=row, minlength=len(layout.layers))
+                for row in lca
+            ]
+        )
+        class_layer = group["class_layer_lca"][:8]
+        assert class_layer.shape == (8, C, len(layout.layers))
+        np.testing.assert_allclose(class_layer.sum(axis=1), per_layer, atol=1e-6)
+        np.testing.assert_allclose(
+            group["class_loss"][:9].sum(axis=1), group["loss"][:9], rtol=1e-12
+        )
+        assert np.abs(group["class_error"][:8]).max() < 1e-3
+        units = group["class_unit_lca"][layout.layers[-1]][:8]  # the output layer
+        np.testing.assert_allclose(units.sum(axis=2), class_layer[:, :, -1], atol=1e-6)
+        assert not np.allclose(class_layer[:, 0], class_layer[:, 1])  # classes differ
