@@ -443,6 +443,7 @@ def make_report(
     figures.update(_comparison_figures(group, vs_group, columns, sign, vs_sign, layers, out))
     views = _views(runs[0], split, frames, chunk_rows, out)
     figures.update(views["figures"])
+    per_class = _per_class(runs[0], split, first.sync_min_fraction, chunk_rows)
 
     data = {
         "split": split,
@@ -457,6 +458,7 @@ def make_report(
         "vs_across_runs": vs_stats,
         "vs_sign_test": vs_sign,
         "views": views["info"],
+        "per_class": per_class,
         "figures": {k: p.name for k, p in figures.items()},
     }
     data = analysis._jsonable(data)
@@ -470,8 +472,67 @@ def make_report(
         data=data,
     )
     report.json.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
-    report.markdown.write_text(_markdown(report, group, vs_group, stats, sign))
+    markdown = _markdown(report, group, vs_group, stats, sign)
+    if per_class is not None:
+        markdown = markdown.rstrip("\n") + "\n\n" + _per_class_markdown(per_class) + "\n"
+    report.markdown.write_text(markdown)
     return report
+
+
+def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> dict | None:
+    """Fig 6 and S21 from ``lca allocate --per-class`` arrays (None when there are none)."""
+    group = run.lca_store[split]
+    if "class_layer_lca" not in group:
+        return None
+    sync = analysis.class_synchronisation(
+        group["class_layer_lca"][:], top=TOP_MOMENTS, min_fraction=min_fraction
+    )
+    specialisation = {}
+    for layer in run.layout.layers:
+        units = group["class_unit_lca"][layer]
+        totals = np.zeros(units.shape[1:])
+        for start in range(0, units.shape[0], chunk_rows):  # stream over iterations
+            totals += units[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
+        result = analysis.class_specialisation(totals)
+        specialisation[layer] = {
+            "units": result["units"],
+            **{f"top{k}_over_80pct": v for k, v in result["fraction_over"].items()},
+        }
+    return {"synchronisation": sync, "specialisation": specialisation, "min_fraction": min_fraction}
+
+
+def _per_class_markdown(per_class: dict) -> str:
+    sync = per_class["synchronisation"]
+    rows = [
+        [str(c), f"{n:.0f}", f"{b:.2f}", f"{p:.3g}"]
+        for c, (n, b, p) in enumerate(zip(sync["count"], sync["baseline_mean"], sync["p_value"]))
+    ]
+    spec = per_class["specialisation"]
+    return "\n".join(
+        [
+            "## Per class (Fig 6, S21)",
+            "",
+            f"Synchronised moments of learning per class: iterations where at least "
+            f"{per_class['min_fraction']:.0%} of the layers have one of their top-{TOP_MOMENTS} "
+            f"moments in that class's per-layer LCA; mean {sync['mean_count']:.1f} against "
+            f"{sync['mean_baseline']:.2f} when layers are shifted at random by −2…2 iterations "
+            "(the paper: 9.4 against 0.4 for MNIST-FC).",
+            "",
+            _table(["class", "synchronised moments", "shift baseline", "p"], rows),
+            "",
+            "Class specialisation of units (S21): for each output unit, the share of its helping "
+            "(negative total LCA, per class) carried by its top 1, 2, 3 classes; the table gives "
+            "the fraction of units where that share exceeds 80 %.",
+            "",
+            _table(
+                ["layer", "units helped", "top 1 > 80 %", "top 2 > 80 %", "top 3 > 80 %"],
+                [
+                    [layer, str(v["units"]), *(f"{v[f'top{k}_over_80pct']:.2f}" for k in (1, 2, 3))]
+                    for layer, v in spec.items()
+                ],
+            ),
+        ]
+    )
 
 
 def _figures(m: RunMeasures, out: Path) -> dict[str, Path]:

@@ -597,3 +597,30 @@ def test_summary_on_a_real_tiny_run(fresh_run):
     assert sum(s["layer_totals"].values()) == pytest.approx(s["lca_sum"])
     assert s["loss_change"] < 0  # it learned
     assert s["iterations_per_gradient_crossing"] > 1
+
+
+def test_class_specialisation_known_answer():
+    # 3 classes x 4 units; negative totals help
+    totals = np.array([
+        [-9.0, -1.0, -1.0, 2.0],
+        [-1.0, -1.0, -1.0, 3.0],
+        [0.0, -1.0, -8.0, 1.0],
+    ])
+    result = analysis.class_specialisation(totals, threshold=0.8)
+    assert result["units"] == 3  # the last unit has no helping at all
+    np.testing.assert_allclose(result["shares"][1], [0.9, 1 / 3, 0.8])
+    np.testing.assert_allclose(result["shares"][2], [1.0, 2 / 3, 0.9])
+    assert result["fraction_over"][1] == pytest.approx(1 / 3)  # 0.8 is not over 0.8
+    assert result["fraction_over"][2] == pytest.approx(2 / 3)
+    assert result["fraction_over"][3] == pytest.approx(1.0)
+
+
+def test_class_synchronisation_is_synchronisation_per_class():
+    rng = np.random.default_rng(0)
+    series = rng.normal(size=(60, 3, 2))
+    result = analysis.class_synchronisation(series, top=5, repeats=50, seed=3)
+    for c in range(3):
+        alone = analysis.synchronisation(series[:, c, :], top=5, repeats=50, seed=3 + c)
+        assert result["count"][c] == alone.count
+        assert result["baseline_mean"][c] == pytest.approx(alone.baseline_mean)
+    assert result["mean_count"] == pytest.approx(result["count"].mean())

@@ -202,3 +202,19 @@ def test_report_on_a_run_larger_than_the_memory_budget_stays_within_it(tmp_path)
     tracemalloc.stop()
     assert peak < budget, f"peak {peak / 2**20:.1f} MiB over a {budget / 2**20:.0f} MiB budget"
     assert (tmp_path / "report" / "report.json").is_file()
+
+
+def test_report_has_the_per_class_measurements_when_allocated_per_class(fresh_run, tmp_path):
+    from lca.allocation import allocate
+    from lca.report import make_report
+
+    run_dir = fresh_run("tiny_fc")
+    allocate(run_dir, per_class=True, splits=["train"], progress=False)
+    report = make_report([run_dir], out_dir=tmp_path / "report", frames=2)
+    per_class = report.data["per_class"]
+    assert len(per_class["synchronisation"]["count"]) == 10  # one count per class
+    assert set(per_class["specialisation"]) == {"dense_1", "dense_2"}
+    for values in per_class["specialisation"].values():
+        fractions = [values[f"top{k}_over_80pct"] for k in (1, 2, 3)]
+        assert fractions == sorted(fractions)  # more classes carry at least as much
+    assert "## Per class (Fig 6, S21)" in report.markdown.read_text()
