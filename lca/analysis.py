@@ -997,8 +997,9 @@ def class_specialisation(
     shares = {k: ranked[:k].sum(axis=0) / total[keep] for k in tops}
     return {
         "units": int(keep.sum()),
-        "fraction_over": {k: float((s > threshold).mean()) if s.size else float("nan")
-                          for k, s in shares.items()},
+        "fraction_over": {
+            k: float((s > threshold).mean()) if s.size else float("nan") for k, s in shares.items()
+        },
         "shares": shares,
         "threshold": threshold,
     }

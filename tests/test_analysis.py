@@ -601,11 +601,13 @@ def test_summary_on_a_real_tiny_run(fresh_run):
 
 def test_class_specialisation_known_answer():
     # 3 classes x 4 units; negative totals help
-    totals = np.array([
-        [-9.0, -1.0, -1.0, 2.0],
-        [-1.0, -1.0, -1.0, 3.0],
-        [0.0, -1.0, -8.0, 1.0],
-    ])
+    totals = np.array(
+        [
+            [-9.0, -1.0, -1.0, 2.0],
+            [-1.0, -1.0, -1.0, 3.0],
+            [0.0, -1.0, -8.0, 1.0],
+        ]
+    )
     result = analysis.class_specialisation(totals, threshold=0.8)
     assert result["units"] == 3  # the last unit has no helping at all
     np.testing.assert_allclose(result["shares"][1], [0.9, 1 / 3, 0.8])
