@@ -1003,3 +1003,16 @@ def class_specialisation(
         "shares": shares,
         "threshold": threshold,
     }
+
+
+def neuron_input_totals(
+    lca: RowSliceable, layout: Any, layer: str, unit: int, chunk_rows: int = 64
+) -> np.ndarray:
+    """Total LCA over training of each incoming weight of one unit of a dense layer (S22)."""
+    kernel = next(e for e in _layer_entries(layout, layer) if len(e.shape) == 2)
+    inputs, outputs = kernel.shape
+    columns = kernel.offset + np.arange(inputs) * outputs + unit  # kernel[:, unit], C order
+    totals = np.zeros(inputs)
+    for start, stop in _blocks(lca.shape[0], chunk_rows):
+        totals += _read(lca, start, stop)[:, columns].sum(axis=0, dtype=np.float64)
+    return totals

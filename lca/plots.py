@@ -658,3 +658,36 @@ def grouped_layer_totals(
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+# --- S22: one neuron and its classes --------------------------------------------------------
+
+
+def neuron_view(
+    layer: str,
+    unit: int,
+    class_curves: np.ndarray,
+    input_lca: np.ndarray,
+    path: str | Path,
+) -> Path:
+    """S22: a neuron's cumulative LCA by class, and its input weights' total LCA as an image.
+
+    ``class_curves`` is (T, C), cumulative over iterations; ``input_lca`` is (H, W).
+    """
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
+    colours = _layer_colours(class_curves.shape[1])
+    for c in range(class_curves.shape[1]):
+        left.plot(class_curves[:, c], color=colours[c], lw=1.2, label=f"class {c}")
+    left.axhline(0, color=ZERO, lw=0.8, ls=":")
+    left.set_xlabel("iteration")
+    left.set_ylabel(f"cumulative LCA ({NATS}); below 0 = helped")
+    left.set_title(f"{layer} unit {unit}: cumulative LCA by class", fontsize=10)
+    left.legend(fontsize=7, ncol=2, loc="lower left", frameon=False)
+    limit = _symmetric_limit(input_lca)
+    image = right.imshow(input_lca, cmap=LCA_CMAP, norm=Normalize(-limit, limit))
+    right.set_title("its input weights' total LCA", fontsize=10)
+    right.set_xticks([])
+    right.set_yticks([])
+    _cmap_bar(fig, image, right, limit, short=True)
+    return _save(fig, path)

@@ -444,6 +444,12 @@ def make_report(
     views = _views(runs[0], split, frames, chunk_rows, out)
     figures.update(views["figures"])
     per_class = _per_class(runs[0], split, first.sync_min_fraction, chunk_rows)
+    if per_class is not None and per_class["neuron"] is not None:
+        n = per_class["neuron"]
+        figures["s22_neuron"] = plots.neuron_view(
+            n["layer"], n["unit"], n["class_curves"], n["input_lca"], out / "s22_neuron.png"
+        )
+        per_class["neuron"] = {"layer": n["layer"], "unit": n["unit"]}
 
     data = {
         "split": split,
@@ -475,6 +481,15 @@ def make_report(
     markdown = _markdown(report, group, vs_group, stats, sign)
     if per_class is not None:
         markdown = markdown.rstrip("\n") + "\n\n" + _per_class_markdown(per_class) + "\n"
+        if "s22_neuron" in figures:
+            n = per_class["neuron"]
+            markdown += (
+                f"\n{_img(report, 's22_neuron', 'one neuron by class')}\n\nHow to read (S22): "
+                f"unit {n['unit']} of {n['layer']}, the one that helped most: its LCA summed "
+                "over training per class (left; the classes it serves fall below zero) and "
+                "the total LCA of each of its input weights laid out as the input image "
+                "(right; green pixels helped).\n"
+            )
     report.markdown.write_text(markdown)
     return report
 
@@ -498,7 +513,31 @@ def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> di
             "units": result["units"],
             **{f"top{k}_over_80pct": v for k, v in result["fraction_over"].items()},
         }
-    return {"synchronisation": sync, "specialisation": specialisation, "min_fraction": min_fraction}
+    neuron = _neuron_view(run, split, group, chunk_rows)
+    return {
+        "synchronisation": sync,
+        "specialisation": specialisation,
+        "min_fraction": min_fraction,
+        "neuron": neuron,
+    }
+
+
+def _neuron_view(run: Run, split: str, group, chunk_rows: int) -> dict | None:
+    """S22 for the most-helped unit of a first dense layer on image input (else None)."""
+    layer = run.layout.layers[0]
+    kernel = next((e for e in run.layout.entries if e.layer == layer), None)
+    shape = [int(v) for v in run.trajectory.attrs.get("input_shape", [])]
+    if kernel is None or len(kernel.shape) != 2 or kernel.shape[0] != int(np.prod(shape)):
+        return None
+    units = group["class_unit_lca"][layer]
+    totals = np.zeros(units.shape[1:])
+    for start in range(0, units.shape[0], chunk_rows):
+        totals += units[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
+    unit = int(np.argmin(totals.sum(axis=0)))  # the unit that helped most
+    curves = np.cumsum(units[:, :, unit].astype(np.float64), axis=0)
+    inputs = analysis.neuron_input_totals(run.lca(split), run.layout, layer, unit, chunk_rows)
+    image = inputs.reshape(shape).mean(axis=-1)
+    return {"layer": layer, "unit": unit, "class_curves": curves, "input_lca": image}
 
 
 def _per_class_markdown(per_class: dict) -> str:

@@ -626,3 +626,16 @@ def test_class_synchronisation_is_synchronisation_per_class():
         assert result["count"][c] == alone.count
         assert result["baseline_mean"][c] == pytest.approx(alone.baseline_mean)
     assert result["mean_count"] == pytest.approx(result["count"].mean())
+
+
+def test_neuron_input_totals_picks_the_units_kernel_column():
+    layout = ParameterLayout(
+        (
+            ParameterEntry("d/kernel", (3, 2), 0, 6, "d"),
+            ParameterEntry("d/bias", (2,), 6, 2, "d"),
+        )
+    )
+    lca = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)  # 4 iterations
+    totals = analysis.neuron_input_totals(lca, layout, "d", unit=1, chunk_rows=3)
+    # kernel[:, 1] sits at flat offsets 1, 3, 5 (C order); summed over the 4 rows
+    np.testing.assert_allclose(totals, lca[:, [1, 3, 5]].sum(axis=0))

@@ -218,3 +218,6 @@ def test_report_has_the_per_class_measurements_when_allocated_per_class(fresh_ru
         fractions = [values[f"top{k}_over_80pct"] for k in (1, 2, 3)]
         assert fractions == sorted(fractions)  # more classes carry at least as much
     assert "## Per class (Fig 6, S21)" in report.markdown.read_text()
+    assert per_class["neuron"]["layer"] == "dense_1"  # S22: dense on the 8x8 input
+    with Image.open(report.figures["s22_neuron"]) as image:
+        image.verify()
