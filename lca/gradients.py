@@ -73,17 +73,9 @@ class FullBatchObjective:
         self.split_names = list(splits)
         self._data = {}
         for name, (x, y) in splits.items():
-            n = len(y)
-            if n == 0:
+            if len(y) == 0:
                 raise ValueError(f"split {name} is empty")
-            bs = min(eval_batch_size, n)
-            full = (n // bs) * bs
-            batches = (
-                tf.constant(x[:full].reshape(n // bs, bs, *x.shape[1:])),
-                tf.constant(y[:full].reshape(n // bs, bs)),
-            )
-            rest = (tf.constant(x[full:]), tf.constant(y[full:])) if full < n else None
-            self._data[name] = (batches, rest, n)
+            self._data[name] = _fixed_batches(x, y, eval_batch_size)
         self.chain = _dense_input_chain(model, splits) if reuse_input_layer else None
         if self.chain is not None:
             units = self.chain[1].units
