@@ -674,8 +674,8 @@ def neuron_view(
 
     ``class_curves`` is (T, C), cumulative over iterations; ``input_lca`` is (H, W).
     """
-    fig = Figure(figsize=(11, 4))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
+    fig = Figure(figsize=(12, 4))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1], "wspace": 0.45})
     colours = _layer_colours(class_curves.shape[1])
     for c in range(class_curves.shape[1]):
         left.plot(class_curves[:, c], color=colours[c], lw=1.2, label=f"class {c}")
@@ -683,7 +683,7 @@ def neuron_view(
     left.set_xlabel("iteration")
     left.set_ylabel(f"cumulative LCA ({NATS}); below 0 = helped")
     left.set_title(f"{layer} unit {unit}: cumulative LCA by class", fontsize=10)
-    left.legend(fontsize=7, ncol=2, loc="lower left", frameon=False)
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     limit = _symmetric_limit(input_lca)
     image = right.imshow(input_lca, cmap=LCA_CMAP, norm=Normalize(-limit, limit))
     right.set_title("its input weights' total LCA", fontsize=10)
