@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,21 +160,11 @@ def resolve_settings(
             f"--subset {merged.subset_size}: must be smaller than the {num_train} "
             "training examples (omit it to allocate on the full train split)"
         )
-    return AllocationSettings(
-        splits=tuple(merged.splits),
-        threshold=merged.threshold,
-        max_splits=merged.max_splits,
-        chunk_iterations=merged.chunk_iterations or rows_per_chunk(num_params),
-        eval_batch_size=merged.eval_batch_size,
-        allow_tf32=merged.allow_tf32,
-        jit_compile=merged.jit_compile,
-        reuse_input_layer=merged.reuse_input_layer,
-        subset_size=merged.subset_size,
-        subset_seed=merged.subset_seed,
-        check_every=merged.check_every,
-        per_class=merged.per_class,
-        per_class_full=merged.per_class_full,
-    )
+    # every setting has the allocate-config field of the same name
+    values = {f.name: getattr(merged, f.name) for f in fields(AllocationSettings)}
+    values["splits"] = tuple(merged.splits)
+    values["chunk_iterations"] = merged.chunk_iterations or rows_per_chunk(num_params)
+    return AllocationSettings(**values)
 
 
 # --- the store --------------------------------------------------------------------------

@@ -68,8 +68,7 @@ class FullBatchObjective:
 
         self.model = model
         self.variables = list(model.trainable_variables)
-        self.sizes = [int(np.prod(v.shape)) for v in self.variables]
-        self.num_params = sum(self.sizes)
+        self.num_params = sum(int(np.prod(v.shape)) for v in self.variables)
         self.split_names = list(splits)
         self._data = {}
         for name, (x, y) in splits.items():
@@ -128,14 +127,6 @@ class FullBatchObjective:
 
     # --- whole splits -----------------------------------------------------------------------
 
-    def _assign(self, theta) -> None:
-        import tensorflow as tf
-
-        offset = 0
-        for var, size in zip(self.variables, self.sizes):
-            var.assign(tf.reshape(theta[offset : offset + size], var.shape))
-            offset += size
-
     def _accumulate(self, name, batch_fn, extra_full=(), extra_rest=()):
         """Sum a split's batches (one compiled loop); ``batch_fn(x, y, n, *extra)``."""
         import tensorflow as tf
@@ -165,11 +156,11 @@ class FullBatchObjective:
         return self.chain is not None and batch_fn == self._batch
 
     def _evaluate(self, theta):
-        self._assign(theta)
+        _assign_flat(self.variables, theta)
         return [self._accumulate(name, self._batch) for name in self.split_names]
 
     def _evaluate_between(self, theta, fraction, z0s, z1s):
-        self._assign(theta)
+        _assign_flat(self.variables, theta)
         results = []
         for name, (z0, r0), (z1, r1) in zip(self.split_names, z0s, z1s):
 
@@ -212,8 +203,7 @@ class FullBatchObjective:
         Cheaper when both ends were the latest points evaluated and the input layer is
         affine (see the class docstring); otherwise the point is evaluated directly.
         """
-        start64 = np.asarray(start, dtype=np.float64)
-        point = (start64 + fraction * (np.asarray(end, np.float64) - start64)).astype(np.float32)
+        point = segment_point(start, end, fraction)
         keys = [np.ascontiguousarray(e, np.float32).tobytes() for e in (start, end)]
         ends = [self._cache.get(key) for key in keys]
         if self.chain is None or ends[0] is None or ends[1] is None:
@@ -221,6 +211,23 @@ class FullBatchObjective:
         self.evaluations += 1
         results = self._compiled_between(point, np.float32(fraction), ends[0], ends[1])
         return self._unpack(results)
+
+
+def segment_point(start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
+    """θ = start + fraction (end − start), computed in float64 and stored as float32."""
+    start64 = np.asarray(start, dtype=np.float64)
+    return (start64 + fraction * (np.asarray(end, np.float64) - start64)).astype(np.float32)
+
+
+def _assign_flat(variables, theta) -> None:
+    """Load a flat θ into the model's variables (inside the compiled function)."""
+    import tensorflow as tf
+
+    offset = 0
+    for var in variables:
+        size = int(np.prod(var.shape))
+        var.assign(tf.reshape(theta[offset : offset + size], var.shape))
+        offset += size
 
 
 def _apply(layers, x):
@@ -364,11 +371,7 @@ class PerClassObjective:
     def _evaluate(self, theta):
         import tensorflow as tf
 
-        offset = 0
-        for var in self.variables:
-            size = int(np.prod(var.shape))
-            var.assign(tf.reshape(theta[offset : offset + size], var.shape))
-            offset += size
+        _assign_flat(self.variables, theta)
         results = []
         for name in self.split_names:
             class_loss, class_grad = (self._masked if self.batch_norm else self._class_pure)(name)
@@ -393,8 +396,7 @@ class PerClassObjective:
         }
 
     def between(self, start: np.ndarray, end: np.ndarray, fraction: float) -> dict[str, tuple]:
-        start64 = np.asarray(start, dtype=np.float64)
-        return self((start64 + fraction * (np.asarray(end, np.float64) - start64)).astype("f4"))
+        return self(segment_point(start, end, fraction))
 
 
 def _fixed_batches(x: np.ndarray, y: np.ndarray, eval_batch_size: int):
