@@ -299,19 +299,23 @@ def test_reusing_the_input_layer_matches_evaluating_every_node(fresh_run, tmp_pa
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, tmp_path):
-    """Allocation streams work units: a 4x longer run must not need more memory."""
+    """Allocation streams work units: a 4x longer run must not need more memory.
+
+    TensorFlow's tracing adds a few MB of noise to any peak, so the rows are made large (K ~ 77k)
+    and the growth is compared with what holding the extra rows would cost.
+    """
     import shutil
     import tracemalloc
+
+    from lca.allocation import load_objective
 
     peaks = {}
     for iterations in (64, 256):
         source = trained_runs(
-            "tiny_fc", (f"training.iterations={iterations}", "model.hidden_units=[256]")
+            "tiny_fc", (f"training.iterations={iterations}", "model.hidden_units=[1024]")
         )
         run_dir = tmp_path / f"t{iterations}"
         shutil.copytree(source, run_dir)
-        from lca.allocation import load_objective
-
         load_objective(run_dir, ["train"])  # TensorFlow's one-time start-up, outside the window
         tracemalloc.start()
         allocate(run_dir, progress=False)
@@ -319,9 +323,10 @@ def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, t
         peaks[iterations] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     K = open_trajectory(tmp_path / "t64").theta.shape[1]
-    whole = 256 * 4 * K * 4  # lca + grad of two splits for all 256 iterations, float32
-    assert peaks[256] < 1.25 * peaks[64], peaks  # not ~4x: bounded by a couple of work units
-    assert peaks[256] < whole / 2, (peaks, whole)  # holding every row would need more
+    row_bytes = 4 * K * 4  # lca + grad of two splits, float32, one iteration
+    extra_rows = (256 - 64) * row_bytes  # what holding every row would add (~236 MB)
+    assert peaks[256] - peaks[64] < 0.05 * extra_rows, (peaks, extra_rows)
+    assert peaks[256] < 256 * row_bytes / 3, (peaks, row_bytes)
 
 
 def test_gpus_without_a_gpu_is_a_clear_error(fresh_run):
