@@ -32,8 +32,10 @@ from .storage import (
     LCA_STORE,
     RunError,
     Trajectory,
+    location,
     open_group,
     open_trajectory,
+    remove_tree,
     rows_per_chunk,
 )
 
@@ -121,7 +123,7 @@ class ChunkResult:
 
 
 def read_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG_FILE
+    path = location(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
     return load_config(path)
@@ -187,7 +189,7 @@ def open_lca_store(
                 f"or delete it (or pass --restart) to start over"
             )
         return group
-    group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+    group = open_group(path, "w")
     n_chunks = math.ceil(T / c)
     group.create_array(
         "done",
@@ -464,7 +466,7 @@ class ChunkAllocator:
     """Everything a worker needs to allocate work units: data, compiled objective, stores."""
 
     def __init__(self, run_dir: str | Path, settings: AllocationSettings) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = location(run_dir)
         self.settings = settings
         self.trajectory = open_trajectory(run_dir)
         options = dict(
@@ -709,18 +711,23 @@ def allocate(
     workers: int = 1,
     gpus: Sequence[int] | None = None,
     threads: int | None = None,
+    ray: str | None = None,
+    gpus_per_task: float = 0.0,
+    cpus_per_task: float | None = None,
     restart: bool = False,
     progress: bool = True,
 ) -> AllocationSummary:
     """Allocate the loss change of every (selected) iteration of a run; resumable.
 
     ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
-    starts that many CPU worker processes; by default the work runs in this process.
-    ``threads`` pins TensorFlow's intra-op threads per worker (bitwise-reproducible results).
+    starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
+    runs each chunk as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
+    (see ``lca.cluster``); by default the work runs in this process. ``threads`` pins
+    TensorFlow's intra-op threads per worker (bitwise-reproducible results).
     """
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     config = read_run_config(run_dir)
     trajectory = open_trajectory(run_dir)
     trajectory.require_complete()
@@ -737,9 +744,7 @@ def allocate(
         per_class=per_class,
     )
     if restart and (run_dir / LCA_STORE).exists():
-        import shutil
-
-        shutil.rmtree(run_dir / LCA_STORE)
+        remove_tree(run_dir / LCA_STORE)
     store = open_lca_store(run_dir, trajectory, settings)
     T = trajectory.num_iterations
     c = settings.chunk_iterations
@@ -769,7 +774,16 @@ def allocate(
 
     start = time.perf_counter()
     try:
-        if gpus is None and workers <= 1:
+        if ray is not None:
+            from .cluster import run_on_ray
+
+            bar.set_description(f"allocate {run_dir.name} on Ray")
+            for result_stop_start, evaluations in run_on_ray(
+                run_dir, settings, todo, ray, gpus_per_task, cpus_per_task, on_iteration
+            ):
+                summary.iterations_this_run += result_stop_start
+                summary.gradient_evaluations += evaluations
+        elif gpus is None and workers <= 1:
             if threads is not None:
                 from .gradients import configure_tensorflow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .config import ConfigError, load_config
-from .storage import RunError
+from .storage import RunError, location
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
@@ -106,7 +106,7 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
     extra = [f"training.seed={seed}"] * (seed is not None)
     extra += [f"training.iterations={iterations}"] * (iterations is not None)
     config = load_config(config_file, [*overrides, *extra])
-    run_dir = Path(out) if out else Path("runs") / config.name
+    run_dir = location(out) if out else Path("runs") / config.name
     result = run_training(config, run_dir, overwrite=overwrite)
     click.echo(
         f"recorded {result.steps_recorded} steps in {run_dir} "
@@ -120,6 +120,22 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
 @click.option("--gpus", help="One worker per listed GPU: 0-3 or 0,2.")
 @click.option("--workers", type=int, default=1, show_default=True, help="CPU worker processes.")
 @click.option("--threads", type=int, help="TensorFlow intra-op threads per worker.")
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="auto|local|ADDRESS",
+    help="Run each chunk as a task on a Ray cluster (pip install 'lca[ray]').",
+)
+@click.option(
+    "--gpus-per-task",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --ray: GPUs a task holds.",
+)
+@click.option(
+    "--cpus-per-task", type=float, help="With --ray: CPUs (and threads) a task holds [1]."
+)
 @click.option("--splits", help="Comma-separated splits to allocate [config: train,val].")
 @click.option("--threshold", type=float, help="Per-iteration |error| that triggers halving.")
 @click.option("--max-splits", type=int, help="Most sub-intervals per iteration (power of 2).")
@@ -148,6 +164,9 @@ def allocate(
     gpus,
     workers,
     threads,
+    ray_address,
+    gpus_per_task,
+    cpus_per_task,
     splits,
     threshold,
     max_splits,
@@ -161,8 +180,10 @@ def allocate(
     from .allocation import allocate as run_allocation
     from .allocation import parse_gpus
 
-    if gpus and workers != 1:
-        raise click.UsageError("--gpus and --workers are exclusive")
+    if sum([bool(gpus), workers != 1, ray_address is not None]) > 1:
+        raise click.UsageError("--gpus, --workers and --ray are exclusive")
+    if ray_address is None and (gpus_per_task or cpus_per_task is not None):
+        raise click.UsageError("--gpus-per-task and --cpus-per-task need --ray")
     summary = run_allocation(
         run_dir,
         splits=splits.split(",") if splits else None,
@@ -175,6 +196,9 @@ def allocate(
         workers=workers,
         gpus=parse_gpus(gpus) if gpus else None,
         threads=threads,
+        ray=ray_address,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
         restart=restart,
     )
     per_it = summary.seconds / max(summary.iterations_this_run, 1)

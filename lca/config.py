@@ -244,7 +244,9 @@ class Config:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read and validate a YAML config; ``overrides`` are ``key.path=value`` strings."""
-    path = Path(path)
+    from .storage import location  # a run's config may live at a URL (s3://…/config.yaml)
+
+    path = location(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

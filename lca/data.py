@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DataConfig, SyntheticConfig
+from .storage import location
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
@@ -145,16 +146,20 @@ def _load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
         # download again over a copy rebuilt elsewhere (e.g. on a machine without internet).
         path = str(cached)
     if path is not None:
-        file = Path(path).expanduser()
+        file = location(path)  # a local file or a URL (s3://…/mnist.npz)
         if not file.is_file():
             raise DatasetError(f"MNIST file not found: {file}; fix data.path in the config")
-        if not zipfile.is_zipfile(file):  # np.load would call it "pickled data"
-            raise DatasetError(
-                f"MNIST file {file} is not an .npz archive; fix data.path in the config"
-            )
         try:
-            with np.load(file, allow_pickle=False) as f:
-                x, y = f["x_train"], f["y_train"]
+            with file.open("rb") as handle:
+                if not zipfile.is_zipfile(handle):  # np.load would call it "pickled data"
+                    raise DatasetError(
+                        f"MNIST file {file} is not an .npz archive; fix data.path in the config"
+                    )
+                handle.seek(0)
+                with np.load(handle, allow_pickle=False) as f:
+                    x, y = f["x_train"], f["y_train"]
+        except DatasetError:
+            raise
         except Exception as exc:  # a zip, key or format error: all mean "not mnist.npz"
             raise DatasetError(
                 f"MNIST file {file} is not a readable mnist.npz ({_one_line(exc)}); "
@@ -190,7 +195,7 @@ def _load_cifar10(path: str | None) -> tuple[np.ndarray, np.ndarray]:
             )
         return x, y
 
-    source = Path(path).expanduser()
+    source = location(path)  # a local path or a URL
     if source.is_dir():
         for candidate in (source, source / CIFAR_DIR):
             if (candidate / CIFAR_BATCHES[0]).is_file():
@@ -208,10 +213,10 @@ def _load_cifar10(path: str | None) -> tuple[np.ndarray, np.ndarray]:
     raise DatasetError(f"CIFAR-10 path not found: {source}; {_CIFAR_HINT}")
 
 
-def _load_cifar_archive(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_cifar_archive(archive) -> tuple[np.ndarray, np.ndarray]:
     """Read the batches straight out of the tar (no extraction to disk)."""
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with archive.open("rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
             members = {}
             for member in tar.getmembers():
                 base = member.name.rsplit("/", 1)[-1]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .storage import LCA_STORE, RunError, open_group
+from .storage import LCA_STORE, RunError, location, open_group
 
 TOTAL_ERROR_LIMIT_PCT = 1.0
 
@@ -213,7 +213,7 @@ def _pct(part: float, whole: float) -> float:
 
 def verify_error(run_dir: str | Path) -> ErrorReport:
     """Aggregate the conservation errors of an (even partially) allocated run."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     path = run_dir / LCA_STORE
     if not path.exists():
         raise RunError(f"{run_dir}: no {LCA_STORE}; run `lca allocate {run_dir}` first")

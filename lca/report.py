@@ -8,8 +8,11 @@ seeds) give mean ± std and a per-layer sign test; ``vs`` adds a second group to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import analysis, plots
-from .storage import Run, RunError, open_run
+from .storage import Run, RunError, is_remote, location, open_run
 
 TOP_MOMENTS = 20
 MAX_VIEW_LAYERS = 4
@@ -392,7 +395,8 @@ def _label(run_dirs: Sequence[Path], vs: bool = False) -> str:
     """Column name of a group: the run's name, or how many runs; ``vs`` marks the second."""
     prefix = "vs " if vs else ""
     if len(run_dirs) == 1:
-        return prefix + (Path(run_dirs[0]).resolve().name or "run")
+        path = location(run_dirs[0])
+        return prefix + ((path if is_remote(path) else path.resolve()).name or "run")
     return f"{prefix}{len(run_dirs)} runs"
 
 
@@ -423,7 +427,9 @@ def make_report(
             raise RunError(
                 f"{run.path}: layers {run.layout.layers} differ from {runs[0].path}'s {layers}"
             )
-    out = Path(out_dir) if out_dir is not None else runs[0].path / "report"
+    target = location(out_dir) if out_dir is not None else runs[0].path / "report"
+    # Figures are drawn into a local folder; for a URL target they are uploaded at the end.
+    out = Path(tempfile.mkdtemp(prefix="lca-report-")) if is_remote(target) else target
     out.mkdir(parents=True, exist_ok=True)
 
     group = [measure(r, split, chunk_rows, compare_splits=True) for r in runs]
@@ -491,7 +497,22 @@ def make_report(
                 "(right; green pixels helped).\n"
             )
     report.markdown.write_text(markdown)
+    if out is not target:
+        return _upload(report, target)
     return report
+
+
+def _upload(report: Report, target) -> Report:
+    """Copy a report drawn locally to its URL (``s3://…/report``); return it with URL paths."""
+    target.fs.put(str(report.out_dir) + "/", target.path, recursive=True)
+    shutil.rmtree(report.out_dir, ignore_errors=True)
+    return dataclasses.replace(
+        report,
+        out_dir=target,
+        markdown=target / report.markdown.name,
+        json=target / report.json.name,
+        figures={k: target / p.name for k, p in report.figures.items()},
+    )
 
 
 def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> dict | None:

@@ -38,6 +38,47 @@ class RunError(RuntimeError):
     """A run directory that is missing, incomplete or corrupt (one-line message)."""
 
 
+def location(where: str | os.PathLike) -> Path:
+    """A run directory or data file: a local ``Path``, or for a URL a ``UPath``.
+
+    URLs are anything fsspec and Zarr understand (``s3://bucket/runs/x``, ``gs://…``,
+    ``file:///shared/runs/x``, ``memory://x``); ``UPath`` gives them the ``pathlib`` methods
+    the rest of the code uses (``/``, ``exists``, ``read_text``, ``open``). Plain paths stay
+    ``pathlib.Path``: nothing changes for local runs.
+    """
+    if isinstance(where, Path) or hasattr(where, "fs"):  # already a Path or a UPath
+        return where
+    text = os.fspath(where)
+    if "://" not in text:
+        return Path(text).expanduser()
+    from upath import UPath  # imported on first use: local runs never pay for it
+
+    return UPath(text)
+
+
+def is_remote(path: Path) -> bool:
+    """True for a URL location (anything but a plain local path)."""
+    return "://" in str(path)
+
+
+def _storage_options(path: Path) -> dict[str, Any] | None:
+    """fsspec options for Zarr: the URL's own, plus parent directories made on write."""
+    if not is_remote(path):
+        return None
+    options = dict(getattr(path, "storage_options", {}) or {})
+    if getattr(path, "protocol", "") in ("file", "local"):
+        options.setdefault("auto_mkdir", True)
+    return options or None
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory (or a store under a URL prefix) and everything in it."""
+    if is_remote(path):
+        path.fs.rm(path.path, recursive=True)
+    else:
+        shutil.rmtree(path)
+
+
 def rows_per_chunk(num_params: int, max_rows: int = 64, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Rows of a (rows, K) float32 chunk: big enough to stream well, small enough for memory."""
     return int(max(1, min(max_rows, chunk_bytes // (4 * max(num_params, 1)))))
@@ -45,8 +86,11 @@ def rows_per_chunk(num_params: int, max_rows: int = 64, chunk_bytes: int = CHUNK
 
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     """Open a Zarr v3 group, turning a missing or unreadable store into a RunError."""
+    path = location(path)
     try:
-        return zarr.open_group(store=str(path), mode=mode, zarr_format=3)
+        return zarr.open_group(
+            store=str(path), mode=mode, zarr_format=3, storage_options=_storage_options(path)
+        )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
         raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
 
@@ -102,7 +146,7 @@ class Trajectory:
 
 
 def open_trajectory(run_dir: str | Path) -> Trajectory:
-    path = Path(run_dir) / TRAJECTORY_STORE
+    path = location(run_dir) / TRAJECTORY_STORE
     if not path.exists():
         raise RunError(f"{run_dir}: no {TRAJECTORY_STORE}; is this a run directory of `lca train`?")
     group = open_group(path, "r")
@@ -133,10 +177,10 @@ class TrajectoryWriter:
         val_indices: np.ndarray,
         attrs: dict[str, Any],
     ) -> None:
-        self.path = Path(run_dir) / TRAJECTORY_STORE
+        self.path = location(run_dir) / TRAJECTORY_STORE
         self.num_steps = num_iterations + 1
         self.rows = rows_per_chunk(num_params)
-        group = zarr.open_group(store=str(self.path), mode="w", zarr_format=3)
+        group = open_group(self.path, "w")
         group.attrs.update(
             {
                 **_json_safe(attrs),
@@ -337,11 +381,11 @@ def write_whole_raw_chunk(array: zarr.Array, start: int, rows: np.ndarray) -> bo
 
 def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
     """Create a fresh run directory; refuse to clobber an existing one without ``overwrite``."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunError(f"{run_dir} already exists; pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
+        remove_tree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -426,9 +470,16 @@ class Run:
         import xarray as xr
 
         if split is None:
-            return xr.open_zarr(self.trajectory.path, consolidated=False)
+            return xr.open_zarr(
+                str(self.trajectory.path),
+                consolidated=False,
+                storage_options=_storage_options(self.trajectory.path),
+            )
         self._group(split)
-        return xr.open_zarr(self.path / LCA_STORE, group=split, consolidated=False)
+        store = self.path / LCA_STORE
+        return xr.open_zarr(
+            str(store), group=split, consolidated=False, storage_options=_storage_options(store)
+        )
 
 
 def open_run(run_dir: str | Path) -> Run:
@@ -436,7 +487,7 @@ def open_run(run_dir: str | Path) -> Run:
     from .config import load_config
     from .layout import ParameterLayout
 
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
     trajectory = open_trajectory(run_dir)

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .config import Config, ConfigError
-from .storage import CONFIG_FILE, TrajectoryWriter, prepare_run_dir
+from .storage import CONFIG_FILE, TrajectoryWriter, location, prepare_run_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -209,7 +209,7 @@ def train(
     tcfg = config.training
     schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
 
-    run_dir = prepare_run_dir(run_dir, overwrite) if record else Path(run_dir)
+    run_dir = prepare_run_dir(run_dir, overwrite) if record else location(run_dir)
     writer = None
     if record:
         (run_dir / CONFIG_FILE).write_text(config.to_yaml())

@@ -1,0 +1,200 @@
+"""Scale-out: runs at fsspec URLs, and allocation on a (local, 2-CPU) Ray cluster."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lca.allocation import allocate
+from lca.diagnostics import verify_error
+from lca.storage import open_run
+
+NAMES = ("lca", "grad", "loss", "splits", "error", "error_fo")
+
+
+def lca_arrays(run_dir) -> dict[str, np.ndarray]:
+    """Every allocated array of a run, read through the public reader (paths or URLs)."""
+    run = open_run(run_dir)
+    return {
+        f"{split}/{name}": np.asarray(run._group(split)[name][:])
+        for split in run.splits
+        for name in NAMES
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def cli(*args, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "lca.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+# --- run directories at URLs --------------------------------------------------------------
+
+
+def test_a_run_at_a_memory_url_is_trained_allocated_and_reported_through_fsspec(
+    fresh_run, tmp_path
+):
+    import fsspec
+    from click.testing import CliRunner
+
+    from lca.cli import main
+    from lca.config import load_config
+    from lca.report import make_report
+    from lca.training import train
+
+    local = fresh_run("tiny_fc")
+    url = "memory://lca-tests/tiny_fc"
+    memory = fsspec.filesystem("memory")
+    train(load_config(local / "config.yaml"), url, progress=False, overwrite=True)
+    try:
+        runner = CliRunner()
+        result = runner.invoke(main, ["allocate", url, "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert "memory://lca-tests/tiny_fc/lca.zarr" in result.output
+        # everything went through the URL: the stores exist in fsspec's memory filesystem
+        assert {Path(p).name for p in memory.ls("/lca-tests/tiny_fc", detail=False)} == {
+            "config.yaml",
+            "trajectory.zarr",
+            "lca.zarr",
+        }
+        assert memory.exists("/lca-tests/tiny_fc/lca.zarr/train/lca/zarr.json")
+        assert not Path("memory:").exists() and not Path("lca-tests").exists()
+        # the same numbers as the same run on a local path
+        allocate(local, threads=1, progress=False)
+        assert_same(lca_arrays(url), lca_arrays(local))
+        assert verify_error(url).passed
+        verdict = runner.invoke(main, ["verify-error", url])
+        assert verdict.exit_code == 0 and "PASS" in verdict.output
+        run = open_run(url)
+        assert run.to_xarray("train")["lca"].dims == ("iteration", "parameter")
+        report = make_report([url], frames=2)
+        assert str(report.out_dir) == f"{url}/report"
+        assert memory.exists("/lca-tests/tiny_fc/report/report.md")
+        assert memory.exists("/lca-tests/tiny_fc/report/fig3a_percent_helped.png")
+    finally:
+        memory.rm("/lca-tests", recursive=True)
+
+
+def test_worker_processes_write_through_a_file_url(fresh_run, tmp_path):
+    """``--workers 2`` on a ``file://`` URL: separate processes each write their own chunks."""
+    local = fresh_run("tiny_fc")
+    shared = tmp_path / "shared" / "run"
+    shutil.copytree(local, shared)
+    url = shared.as_uri()
+    result = cli("allocate", url, "--workers", "2", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert (shared / "lca.zarr" / "done").is_dir()
+    allocate(local, threads=1, progress=False)
+    assert_same(lca_arrays(url), lca_arrays(local))
+
+
+def test_a_missing_run_at_a_url_is_a_one_line_error(tmp_path):
+    result = cli("allocate", (tmp_path / "nothing").as_uri())
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no config.yaml" in lines[0]
+
+
+# --- Ray ---------------------------------------------------------------------------------
+
+ray = pytest.importorskip("ray")
+
+SLOW = (  # chunks long enough (~1 s) to kill a worker in the middle of one
+    "data.synthetic.num_examples=12000",
+    "data.synthetic.image_shape=[28, 28, 1]",
+    "model.hidden_units=[64]",
+    "allocate.chunk_iterations=4",
+    "allocate.eval_batch_size=4000",
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster with 2 CPUs and no dashboard, shared by this module's tests."""
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def test_ray_allocation_is_bitwise_the_local_single_worker_one(ray_cluster, fresh_run, tmp_path):
+    local = fresh_run("tiny_fc")
+    on_ray = tmp_path / "on_ray"
+    shutil.copytree(local, on_ray)
+    # the real command line, joining the running cluster by its address
+    result = cli("allocate", str(on_ray), "--ray", ray_cluster, "--cpus-per-task", "1")
+    assert result.returncode == 0, result.stderr
+    assert "allocated 40 iterations" in result.stdout
+    allocate(local, threads=1, progress=False)
+    assert_same(lca_arrays(on_ray), lca_arrays(local))
+    assert verify_error(on_ray).passed
+
+
+def _chunk_worker_pids(busy: bool) -> list[int]:
+    """Ray names its actor processes after what they run: ``ray::_ChunkWorker.run`` mid-chunk."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                continue
+            if title.startswith("ray::_ChunkWorker") and (not busy or ".run" in title):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_a_ray_worker_killed_mid_chunk_is_retried_and_the_result_is_unchanged(
+    ray_cluster, fresh_run, tmp_path
+):
+    killed_run = fresh_run("tiny_fc", SLOW)
+    clean = tmp_path / "clean"
+    shutil.copytree(killed_run, clean)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = allocate(killed_run, ray="auto", cpus_per_task=1, progress=False)
+        except BaseException as exc:  # reported by the assertions below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    victim = None
+    deadline = time.time() + 240
+    while thread.is_alive() and time.time() < deadline and victim is None:
+        busy = _chunk_worker_pids(busy=True)
+        if busy:
+            time.sleep(0.3)  # well inside the chunk
+            if busy[0] in _chunk_worker_pids(busy=True):
+                victim = busy[0]
+                os.kill(victim, signal.SIGKILL)
+        time.sleep(0.02)
+    thread.join(timeout=300)
+    assert victim is not None, "no chunk worker was caught mid-chunk"
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["summary"]
+    assert summary.iterations_done == summary.iterations_total == 40
+    assert victim not in _chunk_worker_pids(busy=False)  # gone (or a zombie with no title)
+    allocate(clean, threads=1, progress=False)
+    assert_same(lca_arrays(killed_run), lca_arrays(clean))
