@@ -1,0 +1,202 @@
+"""Check the GPU path on a machine with a GPU: same LCA as the CPU, TF32 off, gradient speed.
+
+    python scripts/gpu_check.py                      # on a GPU machine (about 5 minutes)
+    python scripts/gpu_check.py --allow-cpu --examples 600 --timing-examples 2000   # no GPU
+
+1. Trains a small CIFAR-shaped run of ResNet20 (synthetic 32×32×3 images, the paper's
+   widths, a few iterations), then allocates it twice with the real command line: on GPU 0
+   (``lca allocate RUN --gpus 0``, the multi-GPU worker path) and on the CPU alone
+   (``CUDA_VISIBLE_DEVICES=-1``), and compares the two: full-set losses, per-iteration
+   conservation errors and the LCA arrays must agree within float32 reduction tolerance.
+2. Confirms TF32 is off where the allocation runs: TensorFlow's flag, and a float32 matrix
+   product on the GPU compared with float64 (TF32 would be ~1e-3 off, float32 ~1e-6).
+3. Times one full-set gradient of ResNet20 on 45000 CIFAR-sized examples (the paper's
+   training split), the unit of LCA's cost: ``lca allocate`` needs about two per iteration.
+
+Prints each figure and PASS/FAIL; exits 1 on a failed check. Without a GPU it refuses
+unless ``--allow-cpu``, which stands a single-threaded CPU worker in for the GPU (to check
+the script itself; the figures then say nothing about GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from lca.config import load_config  # noqa: E402
+from lca.storage import open_run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# float32 sums over thousands of examples in another order (another device, other kernels):
+LOSS_RTOL = 1e-5  # relative difference of full-set losses
+ERROR_ATOL = 1e-4  # absolute difference of per-iteration conservation errors (loss units)
+LCA_RTOL = 1e-3  # largest |ΔA| relative to the largest |A| of the run
+TF32_FREE = 1e-4  # relative error of a float32 matmul above this means reduced precision
+
+
+def small_config(examples: int, iterations: int):
+    """ResNet20 at the paper's widths on CIFAR-shaped synthetic data: seconds per iteration."""
+    return load_config(
+        ROOT / "configs" / "cifar_resnet_sgd.yaml",
+        [
+            "data.name=synthetic",
+            "data.synthetic.image_shape=[32, 32, 3]",
+            f"data.synthetic.num_examples={examples}",
+            f"data.val_size={max(examples // 10, 10)}",
+            f"training.iterations={iterations}",
+            "training.batch_size=50",
+            "training.log_every=0",
+            f"allocate.eval_batch_size={min(1000, examples)}",
+            "allocate.chunk_iterations=4",
+        ],
+    )
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> float:
+    """Run ``lca …`` in a fresh process (its own device view); return its wall time."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "lca.cli", *args], env={**os.environ, **env}, cwd=ROOT
+    )
+    if done.returncode != 0:
+        sys.exit(f"error: `lca {' '.join(args)}` failed (exit {done.returncode})")
+    return time.perf_counter() - start
+
+
+def compare(a_dir: Path, b_dir: Path) -> dict[str, float]:
+    """Largest differences between two allocations of the same run."""
+    a, b = open_run(a_dir), open_run(b_dir)
+    out = {"loss": 0.0, "error": 0.0, "lca": 0.0, "max_error": 0.0}
+    for split in a.splits:
+        la, lb = a.loss(split), b.loss(split)
+        out["loss"] = max(out["loss"], float(np.max(np.abs(la - lb) / np.abs(lb))))
+        ea, eb = a.error(split), b.error(split)
+        out["error"] = max(out["error"], float(np.max(np.abs(ea - eb))))
+        out["max_error"] = max(out["max_error"], float(np.abs(ea).max()), float(np.abs(eb).max()))
+        xa, xb = np.asarray(a.lca(split)[:]), np.asarray(b.lca(split)[:])
+        out["lca"] = max(out["lca"], float(np.abs(xa - xb).max() / np.abs(xb).max()))
+    return out
+
+
+def tf32_check(tf) -> tuple[bool, float]:
+    """TensorFlow's TF32 flag and the measured precision of a float32 product on the device."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, 1024)).astype(np.float32)
+    b = rng.standard_normal((1024, 1024)).astype(np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    product = tf.linalg.matmul(tf.constant(a), tf.constant(b)).numpy()
+    relative = float(np.abs(product - exact).max() / np.abs(exact).max())
+    return bool(tf.config.experimental.tensor_float_32_execution_enabled()), relative
+
+
+def gradient_seconds(examples: int, repeats: int) -> tuple[float, str]:
+    """Median time of one full-set gradient of ResNet20 on ``examples`` CIFAR-sized images."""
+    from lca.allocation import load_objective
+    from lca.training import train
+
+    config = load_config(
+        ROOT / "configs" / "cifar_resnet_sgd.yaml",
+        [
+            "data.name=synthetic",
+            "data.synthetic.image_shape=[32, 32, 3]",
+            f"data.synthetic.num_examples={examples + 5000}",
+            "data.val_size=5000",
+            "training.iterations=1",
+            "training.log_every=0",
+        ],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "timing"
+        train(config, run_dir, progress=False)
+        objective = load_objective(run_dir, ["train"], config.allocate.eval_batch_size)
+        theta = np.asarray(open_run(run_dir).theta[0])
+        objective(theta)  # trace and warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            objective(theta)
+            times.append(time.perf_counter() - start)
+    return float(
+        np.median(times)
+    ), f"{examples} examples, eval batches of {config.allocate.eval_batch_size}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=5000, help="size of the small run")
+    parser.add_argument("--iterations", type=int, default=8, help="iterations of the small run")
+    parser.add_argument("--timing-examples", type=int, default=45000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--allow-cpu", action="store_true", help="no GPU: check the script")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:  # leave memory to the allocation worker processes started below
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if not gpus and not args.allow_cpu:
+        print("error: no GPU visible to TensorFlow; run this on a GPU machine (or --allow-cpu)")
+        return 2
+    from lca.gradients import configure_tensorflow
+    from lca.training import train
+
+    configure_tensorflow()  # what lca allocate does: TF32 off
+    device = gpus[0].name if gpus else "CPU (--allow-cpu: standing in for the GPU)"
+    print(f"device: {device}; TensorFlow {tf.__version__}")
+    failures = []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        on_gpu, on_cpu = Path(tmp) / "on_gpu", Path(tmp) / "on_cpu"
+        config = small_config(args.examples, args.iterations)
+        train(config, on_gpu, progress=False)
+        subprocess.run(["cp", "-r", str(on_gpu), str(on_cpu)], check=True)
+        if gpus:
+            first = run_cli(["allocate", str(on_gpu), "--gpus", "0"], {})
+        else:
+            first = run_cli(["allocate", str(on_gpu), "--threads", "1"], {})
+        second = run_cli(["allocate", str(on_cpu)], {"CUDA_VISIBLE_DEVICES": "-1"})
+        diff = compare(on_gpu, on_cpu)
+    print(
+        f"small ResNet20 run ({args.examples} examples, {args.iterations} iterations): "
+        f"allocate {first:.1f} s on {'GPU 0' if gpus else 'CPU, 1 thread'}, "
+        f"{second:.1f} s on the CPU"
+    )
+    checks = [
+        ("full-set losses, largest relative difference", diff["loss"], LOSS_RTOL),
+        ("per-iteration errors, largest difference", diff["error"], ERROR_ATOL),
+        ("LCA, largest difference / largest |A|", diff["lca"], LCA_RTOL),
+    ]
+    for label, value, limit in checks:
+        ok = value <= limit
+        print(f"  {label}: {value:.2e} (limit {limit:.0e}) {'PASS' if ok else 'FAIL'}")
+        if not ok:
+            failures.append(label)
+    print(f"  largest |conservation error| of either: {diff['max_error']:.2e}")
+
+    flag, relative = tf32_check(tf)
+    ok = not flag and relative <= TF32_FREE
+    print(
+        f"TF32: flag {'on' if flag else 'off'}; float32 matmul relative error {relative:.1e} "
+        f"on {device} (TF32 would be ~1e-3) {'PASS' if ok else 'FAIL'}"
+    )
+    if not ok:
+        failures.append("TF32")
+
+    seconds, what = gradient_seconds(args.timing_examples, args.repeats)
+    print(f"one full-set gradient of ResNet20 ({what}): {seconds:.3f} s (median of {args.repeats})")
+    print("PASS" if not failures else f"FAIL: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
