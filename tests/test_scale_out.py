@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import cifar_sources  # noqa: F401  (the fixture, shared)
 
 from lca.allocation import allocate
 from lca.diagnostics import verify_error
@@ -104,6 +105,33 @@ def test_worker_processes_write_through_a_file_url(fresh_run, tmp_path):
     assert (shared / "lca.zarr" / "done").is_dir()
     allocate(local, threads=1, progress=False)
     assert_same(lca_arrays(url), lca_arrays(local))
+
+
+def test_datasets_load_from_urls_as_from_paths(tmp_path, cifar_sources):  # noqa: F811
+    """data.path may be a URL: mnist.npz and a CIFAR tar.gz read through fsspec agree."""
+    import fsspec
+    from test_data import write_fake_mnist
+
+    from lca.config import DataConfig
+    from lca.data import load_dataset
+
+    memory = fsspec.filesystem("memory")
+    write_fake_mnist(tmp_path / "mnist.npz")
+    sources = cifar_sources
+    memory.put(str(tmp_path / "mnist.npz"), "/lca-data/mnist.npz")
+    memory.put(str(sources["archive"]), "/lca-data/cifar-10-python.tar.gz")
+    try:
+        for name, local, url in (
+            ("mnist", tmp_path / "mnist.npz", "memory://lca-data/mnist.npz"),
+            ("cifar10", sources["archive"], "memory://lca-data/cifar-10-python.tar.gz"),
+            ("cifar10", sources["plain"], (tmp_path / "plain").as_uri()),
+        ):
+            a = load_dataset(DataConfig(name=name, path=str(local), val_size=30))
+            b = load_dataset(DataConfig(name=name, path=url, val_size=30))
+            for field in ("x_train", "y_train", "x_val", "y_val"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    finally:
+        memory.rm("/lca-data", recursive=True)
 
 
 def test_a_missing_run_at_a_url_is_a_one_line_error(tmp_path):
