@@ -143,10 +143,13 @@ def run_on_ray(
 def _one_line_ray_error(exc: BaseException) -> str:
     """The root cause of a failed Ray task, as one line, with how to resume."""
     cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    message = text[-1] if text else type(cause).__name__
     if isinstance(cause, RunError):
         return str(cause)
+    text = str(cause).strip().splitlines()
+    for line in reversed(text):  # a worker's RunError, wrapped by Ray in a traceback
+        if "RunError: " in line:
+            return line.split("RunError: ", 1)[1].strip()
+    message = text[-1] if text else type(cause).__name__
     return (
         f"a Ray chunk worker failed ({type(cause).__name__}: {message}); "
         "rerun the same command to resume from the finished chunks"
