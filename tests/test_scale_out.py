@@ -226,3 +226,18 @@ def test_a_ray_worker_killed_mid_chunk_is_retried_and_the_result_is_unchanged(
     assert victim not in _chunk_worker_pids(busy=False)  # gone (or a zombie with no title)
     allocate(clean, threads=1, progress=False)
     assert_same(lca_arrays(killed_run), lca_arrays(clean))
+
+
+def test_a_run_the_ray_workers_cannot_read_is_a_one_line_error(ray_cluster, tmp_path):
+    from lca.allocation import AllocationSettings
+    from lca.cluster import run_on_ray
+    from lca.storage import RunError
+
+    settings = AllocationSettings(
+        splits=("train",), threshold=1e-3, max_splits=32, chunk_iterations=8, eval_batch_size=64
+    )
+    with pytest.raises(RunError) as excinfo:
+        list(run_on_ray(tmp_path / "not_here", settings, [0], "auto", 0.0, 1, print))
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "no trajectory.zarr" in message and "filesystem every node sees" in message
