@@ -19,6 +19,7 @@ import yaml
 MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
 LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
 CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
+USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
 DATASET_NAMES = ("mnist", "cifar10", "synthetic")
 OPTIMIZER_NAMES = ("sgd", "adam")
 SPLIT_NAMES = ("train", "val")
@@ -271,7 +272,13 @@ class Config:
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All settings; a builder's section keeps only the keys that apply to it."""
+        data = dataclasses.asdict(self)
+        if self.model.builder is not None:
+            data["model"] = {k: data["model"][k] for k in USER_MODEL_KEYS}
+        if self.data.builder is not None:
+            data["data"] = {k: data["data"][k] for k in ("builder", "kwargs")}
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
