@@ -26,10 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .data import DatasetError
-    from .models import ModelError
     from .training import TrainingDiverged
 
-    return (ConfigError, RunError, DatasetError, ModelError, TrainingDiverged, FileNotFoundError)
+    return (ConfigError, RunError, DatasetError, TrainingDiverged, FileNotFoundError)
 
 
 def friendly_errors(func):

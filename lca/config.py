@@ -29,6 +29,10 @@ class ConfigError(ValueError):
     """A configuration problem, worded as one line: ``key.path: problem in file``."""
 
 
+class ModelError(ConfigError):
+    """A user's model that cannot be built or allocated honestly (one line, naming the key)."""
+
+
 @dataclass
 class ModelConfig:
     """Which network to build; the size options exist for tiny test and quick-start runs.

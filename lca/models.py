@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, ModelError
 from .layout import ParameterEntry, ParameterLayout
 
 __all__ = [
@@ -32,10 +32,6 @@ __all__ = [
 ]
 
 BN_SUFFIX = "_bn"
-
-
-class ModelError(ValueError):
-    """A user model that cannot be built or cannot be allocated honestly (one-line message)."""
 
 
 def import_function(path: str, key: str):

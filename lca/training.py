@@ -50,7 +50,8 @@ def resolve_layer_settings(config: Config, layout) -> LayerSettings:
     for layer in opt.layers:
         if layer not in known:
             raise ConfigError(
-                f"optimizer.layers.{layer}: no such layer in model {config.model.name} "
+                f"optimizer.layers.{layer}: no such layer in model "
+                f"{config.model.builder or config.model.name} "
                 f"(layers: {', '.join(known)})"
             )
     never = np.iinfo(np.int64).max

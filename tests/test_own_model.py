@@ -218,3 +218,15 @@ def test_missing_builder_module_is_a_one_line_cli_error(tmp_path):
         from lca.models import build_user_model
 
         build_user_model(config_from_dict(_builder_config("nope_net")).model)
+
+
+def test_describe_a_builder_config_needs_no_data(tmp_path):
+    config = tmp_path / "c.yaml"
+    raw = _builder_config("batch_norm_net") | {"data": {"builder": "no_such_mod:f"}}
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["describe", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "user_models:batch_norm_net" in result.output
+    for layer in ("hidden", "bn", "logits"):
+        assert layer in result.output
+    assert "total" in result.output and " 99 " in result.output  # 6*8+8 + 2*8 + 8*3+3
