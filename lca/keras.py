@@ -74,7 +74,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     """Record θ after every optimizer step of ``model.fit`` into an LCA run directory.
 
     ``model_fn`` and ``data_fn`` are ``"module:function"`` import paths (as in the config's
-    ``model.builder`` and ``data.builder``), called with ``model_kwargs`` / ``data_kwargs``;
+    ``model.builder`` and ``data.builder``), called with ``model_kwargs`` / ``data_kwargs``.
+    Without ``model_fn`` the model's own Keras config (``model.to_json()``) goes into the run's
+    config as the kwargs of the builder ``lca.models:from_keras_config``;
     ``data_fn`` returns ``(train, val)`` as :func:`lca.data.load_builder_dataset` describes,
     and its train split must be the data the loss is allocated on (usually the one fitted).
     ``loss``/``from_logits`` override the compiled model's loss; ``allocate`` holds settings
@@ -85,8 +87,8 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         self,
         run_dir: str | Path,
         *,
-        model_fn: str,
         data_fn: str,
+        model_fn: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         data_kwargs: dict[str, Any] | None = None,
         loss: str | None = None,
@@ -109,6 +111,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     # --- start -------------------------------------------------------------------------
 
     def _config(self, iterations: int) -> Config:
+        if self.model_fn is None:  # the model's own architecture, kept in the config
+            self.model_fn = "lca.models:from_keras_config"
+            self.model_kwargs = {"config": self.model.to_json()}
         loss, from_logits = (self.loss, self.from_logits) if self.loss else (None, None)
         if loss is None:
             loss, from_logits = compiled_loss(self.model)

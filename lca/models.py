@@ -59,6 +59,12 @@ def import_function(path: str, key: str):
     return obj
 
 
+def from_keras_config(config: str) -> keras.Model:
+    """A builder for a model saved as ``model.to_json()`` (what the recorder stores without
+    ``model_fn``); its custom layers, if any, must be registered Keras serializables."""
+    return keras.models.model_from_json(config)
+
+
 def build_user_model(cfg: ModelConfig) -> keras.Model:
     """Call ``cfg.builder(**cfg.kwargs)`` and check it returned a built Keras model."""
     model = import_function(cfg.builder, "model.builder")(**cfg.kwargs)

@@ -230,3 +230,28 @@ def test_describe_a_builder_config_needs_no_data(tmp_path):
     for layer in ("hidden", "bn", "logits"):
         assert layer in result.output
     assert "total" in result.output and " 99 " in result.output  # 6*8+8 + 2*8 + 8*3+3
+
+
+def test_recording_does_not_change_training(tmp_path):
+    """Same seed, shuffle and dropout: the fit ends bitwise where it ends without the recorder."""
+
+    def fit(recorder):
+        keras.utils.set_random_seed(0)
+        (x, y), _ = my_model.load_data()
+        model = my_model.build()
+        model.compile(
+            keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        model.fit(x, y, batch_size=50, epochs=2, verbose=0, callbacks=[recorder] * bool(recorder))
+        return np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+
+    plain = fit(None)
+    recorded = fit(TrajectoryRecorder(tmp_path / "r", data_fn="my_model:load_data"))
+    np.testing.assert_array_equal(plain, recorded)
+    run = lca.open_run(tmp_path / "r")  # without model_fn: the Keras config rebuilds the model
+    assert run.config.model.builder == "lca.models:from_keras_config"
+    np.testing.assert_array_equal(run.theta[-1], recorded)
+    summary = lca.allocate(tmp_path / "r", iterations=(0, 4), progress=False)
+    assert summary.iterations_this_run >= 4
+    errors = lca.open_run(tmp_path / "r").error("train")[:4]
+    assert np.all(np.abs(errors) < 1e-3)
