@@ -124,7 +124,8 @@ def test_lca_train_with_builders_and_batch_norm_conserves(tmp_path):
     theta = lca.open_run(run_dir).theta[5]
     first, second = objective(theta)["train"], objective(theta)["train"]
     assert first[0] == second[0] and np.array_equal(first[1], second[1])
-    summary = lca.allocate(run_dir, progress=False)
+    with pytest.warns(UserWarning, match="batch normalization"):
+        summary = lca.allocate(run_dir, progress=False)
     assert summary.complete
     report = lca.verify_error(run_dir)
     assert report.passed, report.failures()
