@@ -431,6 +431,8 @@ def load_objective(
     was trained on; the evaluation model (no dropout) must have the recorded layout.
     ``train_subset`` (indices into the train split) restricts the train split to those examples.
     """
+    import keras
+
     from .data import load_dataset
     from .gradients import FullBatchObjective, PerClassObjective, configure_tensorflow
     from .models import build_model, parameter_layout
@@ -441,25 +443,80 @@ def load_objective(
     dataset = load_dataset(config.data)
     if not np.array_equal(trajectory.group["train_indices"][:], dataset.train_indices):
         raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
+    user_model = config.model.builder is not None
+    if user_model:
+        keras.utils.set_random_seed(int(trajectory.attrs.get("seed", 0)))
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, evaluation=True)
-    if parameter_layout(model).to_json() != trajectory.layout_json:
-        raise RunError(f"{run_dir}: the model's parameter layout differs from the recorded one")
     data = {split: dataset.split(split) for split in splits}
+    for split, (_, y) in data.items():
+        if len(y) == 0:
+            raise RunError(
+                f"allocate.splits: the run has no {split} examples (data.builder returned "
+                f"none); allocate with --splits train"
+            )
+    if user_model:
+        _prepare_user_model(run_dir, model, trajectory, data)
+    elif parameter_layout(model).to_json() != trajectory.layout_json:
+        raise RunError(f"{run_dir}: the model's parameter layout differs from the recorded one")
     if train_subset is not None and "train" in data:
         x, y = data["train"]
         data["train"] = (x[train_subset], y[train_subset])
     batch_size = eval_batch_size or config.allocate.eval_batch_size
+    options = {"from_logits": config.model.from_logits, "training": not user_model}
     if per_class:
+        if not config.model.classification:
+            raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
         return PerClassObjective(
-            model, data, batch_size, dataset.num_classes, jit_compile=jit_compile
+            model, data, batch_size, dataset.num_classes, jit_compile=jit_compile, **options
         )
     return FullBatchObjective(
         model,
         data,
-        eval_batch_size or config.allocate.eval_batch_size,
+        batch_size,
         jit_compile=jit_compile,
         reuse_input_layer=reuse_input_layer,
+        loss=config.model.loss,
+        **options,
     )
+
+
+def _prepare_user_model(run_dir, model, trajectory: Trajectory, data) -> None:
+    """Make a user's model evaluate the run's loss honestly, or say why it cannot.
+
+    Restores the non-trainable weights the run stored, switches batch norm to batch
+    statistics (a warning: the allocated loss is then the one of the fixed evaluation batches),
+    and checks that the layout matches and that the model is deterministic at a fixed θ.
+    """
+    import warnings
+
+    from .gradients import check_deterministic, evaluation_mode
+    from .models import parameter_layout, restore_fixed_weights, same_structure
+    from .storage import read_fixed_weights
+
+    if not same_structure(parameter_layout(model).to_json(), trajectory.layout_json):
+        raise RunError(
+            f"{run_dir}: model.builder builds a model whose trainable weights differ in number "
+            "or shape from the recorded ones"
+        )
+    changed = trajectory.attrs.get("non_trainable_changed")
+    if changed:
+        raise RunError(
+            f"{run_dir}: non-trainable weight {changed[0]} changed during training, so the "
+            "loss is not a function of the recorded θ alone; make it trainable or keep it fixed"
+        )
+    stored = read_fixed_weights(trajectory.group)
+    if stored is not None:
+        restore_fixed_weights(model, stored)
+    switched = evaluation_mode(model)
+    if switched:
+        warnings.warn(
+            f"layer {switched[0]} is batch normalization: the allocated loss uses the batch "
+            "statistics of the fixed evaluation batches (allocate.eval_batch_size), not its "
+            "moving averages",
+            stacklevel=3,
+        )
+    x = next(iter(data.values()))[0][:256]
+    check_deterministic(model, x, training=False)
 
 
 class ChunkAllocator:
@@ -732,6 +789,8 @@ def allocate(
     trajectory = open_trajectory(run_dir)
     trajectory.require_complete()
     K = trajectory.theta.shape[1]
+    if per_class and not config.model.classification:
+        raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
     settings = resolve_settings(
         config.allocate,
         K,

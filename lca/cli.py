@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -61,6 +62,7 @@ def _parse_range(value: str | None) -> tuple[int, int] | None:
 @click.version_option(package_name="lca")
 def main() -> None:
     """Loss Change Allocation: record a training run, allocate its loss change, verify it."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 override_option = click.option(
@@ -82,6 +84,11 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
     from .models import build_model, describe_layout, parameter_layout
 
     config = load_config(config_file, overrides)
+    if config.model.builder is not None:  # a user's model needs no data to be built
+        model = build_model(config.model, (), 0)
+        click.echo(f"{config.name}: model {config.model.builder}, loss {config.model.loss}")
+        click.echo(describe_layout(parameter_layout(model)))
+        return
     input_shape, num_classes = input_spec(config.data)
     model = build_model(config.model, input_shape, num_classes)
     click.echo(
@@ -177,7 +184,7 @@ def allocate(
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
-    from .allocation import allocate as run_allocation
+    from . import allocate as run_allocation
     from .allocation import parse_gpus
 
     if sum([bool(gpus), workers != 1, ray_address is not None]) > 1:
@@ -215,7 +222,7 @@ def allocate(
 @friendly_errors
 def verify_error(run_dir: str, as_json: bool) -> None:
     """Report how well the allocation conserves the loss (paper Table S1); exit 1 if it fails."""
-    from .diagnostics import verify_error as run_verify
+    from . import verify_error as run_verify
 
     report = run_verify(run_dir)
     if as_json:

@@ -17,6 +17,9 @@ from typing import Any, Literal, Union
 import yaml
 
 MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
+LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
+CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
+USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
 DATASET_NAMES = ("mnist", "cifar10", "synthetic")
 OPTIMIZER_NAMES = ("sgd", "adam")
 SPLIT_NAMES = ("train", "val")
@@ -26,19 +29,46 @@ class ConfigError(ValueError):
     """A configuration problem, worded as one line: ``key.path: problem in file``."""
 
 
+class ModelError(ConfigError):
+    """A user's model that cannot be built or allocated honestly (one line, naming the key)."""
+
+
 @dataclass
 class ModelConfig:
-    """Which network to build; the size options exist for tiny test and quick-start runs."""
+    """Which network to build; the size options exist for tiny test and quick-start runs.
+
+    ``builder: "module:function"`` builds a user's Keras model instead of ``name``: the
+    function is called with ``kwargs`` (after seeding) and returns a ``keras.Model``. The
+    model's outputs are what ``loss`` compares with the labels: logits by default for the
+    classification loss (``from_logits``), raw predictions for mean squared error.
+    """
 
     name: Literal["fc", "lenet", "resnet20", "allcnn"] = "fc"
+    builder: str | None = None  # "module:function" returning a keras.Model
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
+    loss: Literal["sparse_categorical_crossentropy", "mean_squared_error"] = (
+        "sparse_categorical_crossentropy"
+    )
+    from_logits: bool = True  # sparse_categorical_crossentropy only
     hidden_units: list[int] = field(default_factory=lambda: [100, 50])  # fc
     conv_filters: list[int] = field(default_factory=lambda: [20, 40])  # lenet
     dense_units: int = 400  # lenet
     widths: list[int] | None = None  # resnet20 (16, 32, 64) and allcnn (96, 192)
     blocks_per_stage: int = 3  # resnet20
 
+    @property
+    def classification(self) -> bool:
+        """Whether the loss is a per-class cross-entropy (per-class LCA needs one)."""
+        return self.loss in CLASSIFICATION_LOSSES
+
     def validate(self) -> dict[str, str]:
         problems = {}
+        if self.builder is not None and not _is_import_path(self.builder):
+            problems["builder"] = "must be 'module:function', e.g. mypkg.models:build"
+        if self.kwargs and self.builder is None:
+            problems["kwargs"] = "only applies with model.builder"
+        if self.builder is None and self.loss != "sparse_categorical_crossentropy":
+            problems["loss"] = "the built-in networks are classifiers; set model.builder"
         for key in ("hidden_units", "conv_filters", "widths"):
             values = getattr(self, key)
             if values is not None and any(v <= 0 for v in values):
@@ -82,6 +112,10 @@ class DataConfig:
     """Dataset and the paper's split: ``val_size`` examples held out of the training set."""
 
     name: Literal["mnist", "cifar10", "synthetic"] = "mnist"
+    # "module:function" returning the train and validation data instead of ``name`` (see
+    # lca.data.load_builder_dataset); it must give the same arrays, in the same order, each call
+    builder: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
     path: str | None = None  # local mnist.npz, CIFAR python batches dir or tar.gz
     val_size: int = 5000  # examples held out of the training set for validation
     split_seed: int = 0  # seed of the random train/validation split
@@ -90,6 +124,10 @@ class DataConfig:
 
     def validate(self) -> dict[str, str]:
         problems = {}
+        if self.builder is not None and not _is_import_path(self.builder):
+            problems["builder"] = "must be 'module:function', e.g. mypkg.data:load"
+        if self.kwargs and self.builder is None:
+            problems["kwargs"] = "only applies with data.builder"
         if self.val_size <= 0:
             problems["val_size"] = "must be > 0"
         if self.train_size is not None and self.train_size <= 0:
@@ -232,14 +270,32 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
 
+    def validate(self) -> dict[str, str]:
+        if self.allocate.per_class and not self.model.classification:
+            return {"allocate.per_class": f"needs a classification loss, not {self.model.loss}"}
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All settings; a builder's section keeps only the keys that apply to it."""
+        data = dataclasses.asdict(self)
+        if self.model.builder is not None:
+            data["model"] = {k: data["model"][k] for k in USER_MODEL_KEYS}
+        if self.data.builder is not None:
+            data["data"] = {k: data["data"][k] for k in ("builder", "kwargs")}
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 # --- loading and validation -------------------------------------------------------------
+
+
+def _is_import_path(value: str) -> bool:
+    """``package.module:function``: dotted identifiers, one colon."""
+    module, sep, attr = value.partition(":")
+    parts = [*module.split("."), *attr.split(".")]
+    return bool(sep) and all(p.isidentifier() for p in parts)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -325,6 +381,8 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     def fail() -> typing.NoReturn:
         raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r} in {source}")
 
+    if tp is Any:  # free-form values (builder kwargs): whatever YAML gave
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)

@@ -52,10 +52,9 @@ class Dataset:
     num_classes: int
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape of one image, (H, W, C), as the model builders want it."""
-        h, w, c = (int(s) for s in self.x_train.shape[1:])
-        return h, w, c
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. (H, W, C) for images, as the model builders want it."""
+        return tuple(int(s) for s in self.x_train.shape[1:])
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` of the ``"train"`` or ``"val"`` split."""
@@ -68,6 +67,8 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load ``cfg.name`` and split it as the paper does; every failure is a DatasetError."""
+    if cfg.builder is not None:
+        return load_builder_dataset(cfg)
     if cfg.name == "mnist":
         x, y = _load_mnist(cfg.path)
         num_classes = 10
@@ -93,6 +94,104 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         val_indices=val_idx,
         num_classes=num_classes,
     )
+
+
+def load_builder_dataset(cfg: DataConfig) -> Dataset:
+    """The data of ``data.builder: "module:function"``, called with ``data.kwargs``.
+
+    The function returns ``(train, val)``, each ``(x, y)`` numpy arrays or a ``tf.data.Dataset``
+    of ``(x, y)`` (batched or not); ``val`` may be None (then allocate only ``train``). It is
+    the user's split: ``val_size``, ``split_seed`` and ``train_size`` do not apply. Integer
+    labels count classes (``num_classes`` = largest label + 1); float targets are regression
+    targets (``num_classes`` = 0). A dataset is read twice and must give bitwise the same
+    examples in the same order: shuffling or augmentation would make the loss that LCA
+    integrates change from one evaluation to the next.
+    """
+    from .models import ModelError, import_function
+
+    try:
+        fn = import_function(cfg.builder, "data.builder")
+    except ModelError as exc:
+        raise DatasetError(str(exc)) from None
+    out = fn(**cfg.kwargs)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise DatasetError(
+            f"data.builder: {cfg.builder} must return (train, val), each (x, y) or a "
+            f"tf.data.Dataset; got {type(out).__name__}"
+        )
+    (x_train, y_train), val = (_split_arrays(out[0], "train", cfg.builder), out[1])
+    if val is None:
+        x_val, y_val = x_train[:0], y_train[:0]
+    else:
+        x_val, y_val = _split_arrays(val, "val", cfg.builder)
+    if len(y_train) == 0:
+        raise DatasetError(f"data.builder: {cfg.builder} returned an empty training set")
+    if x_val.shape[1:] != x_train.shape[1:] or y_val.shape[1:] != y_train.shape[1:]:
+        raise DatasetError(
+            f"data.builder: train and val shapes differ ({x_train.shape[1:]} vs {x_val.shape[1:]})"
+        )
+    classes = 0
+    if np.issubdtype(y_train.dtype, np.integer):
+        labels = np.concatenate([y_train.reshape(-1), y_val.reshape(-1)])
+        if labels.min() < 0:
+            raise DatasetError(f"data.builder: {cfg.builder} returned negative labels")
+        classes = int(labels.max()) + 1
+        y_train, y_val = y_train.astype(np.int32), y_val.astype(np.int32)
+    return Dataset(
+        name=cfg.builder,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        train_indices=np.arange(len(y_train), dtype=np.int64),
+        val_indices=np.arange(len(y_val), dtype=np.int64),
+        num_classes=classes,
+    )
+
+
+def _split_arrays(part, split: str, builder: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arrays of one returned split; a tf.data.Dataset is read twice and compared."""
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = (np.asarray(a) for a in part)
+    elif hasattr(part, "as_numpy_iterator"):  # a tf.data.Dataset
+        x, y = _read_dataset(part, split, builder)
+        again = _read_dataset(part, split, builder)
+        if not (np.array_equal(x, again[0]) and np.array_equal(y, again[1])):
+            raise DatasetError(
+                f"data.builder: the {split} tf.data.Dataset of {builder} gives other examples "
+                "on a second pass (shuffle or random augmentation?); LCA needs a fixed set: "
+                "remove them from the dataset"
+            )
+    else:
+        raise DatasetError(
+            f"data.builder: {split} must be (x, y) arrays or a tf.data.Dataset, "
+            f"got {type(part).__name__}"
+        )
+    if len(x) != len(y):
+        raise DatasetError(f"data.builder: {split} has {len(x)} inputs but {len(y)} targets")
+    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if np.issubdtype(y.dtype, np.floating) and y.dtype != np.float32:
+        y = y.astype(np.float32)
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def _read_dataset(ds, split: str, builder: str) -> tuple[np.ndarray, np.ndarray]:
+    """All (x, y) of a dataset as two arrays; batched datasets are concatenated."""
+    xs, ys = [], []
+    for element in ds.as_numpy_iterator():
+        if not isinstance(element, tuple) or len(element) != 2:
+            raise DatasetError(
+                f"data.builder: the {split} dataset of {builder} must yield (x, y) pairs"
+            )
+        xs.append(np.asarray(element[0]))
+        ys.append(np.asarray(element[1]))
+    if not xs:
+        raise DatasetError(f"data.builder: the {split} dataset of {builder} is empty")
+    batched = len(ds.element_spec[0].shape) > 0 and ds.element_spec[0].shape[0] is None
+    if batched:
+        return np.concatenate(xs), np.concatenate(ys)
+    return np.stack(xs), np.stack(ys)
 
 
 def input_spec(cfg: DataConfig) -> tuple[tuple[int, int, int], int]:

@@ -6,6 +6,12 @@ evaluation variant (no dropout), batch norm uses the statistics of each fixed, u
 evaluation batch (``training=True``; moving averages are not parameters), and the
 per-example losses and per-batch gradients are summed in float64. For speed the data stay
 resident on the device and one compiled function runs every batch of every split.
+
+A user's model is not built by us in an evaluation variant, so it is evaluated in inference
+mode (``training=False``: dropout and noise layers off) with its batch-norm layers switched to
+the statistics of each fixed evaluation batch (:func:`evaluation_mode`), which is what the
+built-ins' ``training=True`` evaluation variants compute; :func:`check_deterministic` then
+verifies that the result does not change from one call to the next.
 """
 
 from __future__ import annotations
@@ -42,11 +48,114 @@ def tf32_enabled() -> bool:
     return bool(tf.config.experimental.tensor_float_32_execution_enabled())
 
 
+def per_example_loss(name: str = "sparse_categorical_crossentropy", from_logits: bool = True):
+    """``f(y, outputs) -> (N,) float32`` losses of the run's declared loss.
+
+    The mean over examples of these is what Keras' ``model.fit`` minimises with the same loss
+    (mean squared error: the mean over each example's outputs, then over examples).
+    """
+    import tensorflow as tf
+
+    if name == "sparse_categorical_crossentropy":
+        if from_logits:
+            return lambda y, out: tf.nn.sparse_softmax_cross_entropy_with_logits(
+                y, tf.cast(out, tf.float32)
+            )
+        import keras
+
+        return lambda y, out: keras.losses.sparse_categorical_crossentropy(
+            y, tf.cast(out, tf.float32)
+        )
+    if name == "mean_squared_error":
+
+        def mse(y, out):
+            out = tf.cast(out, tf.float32)
+            y = tf.cast(y, tf.float32)
+            if y.shape.rank == out.shape.rank - 1:
+                y = y[..., None]
+            squared = tf.square(out - y)
+            return tf.reduce_mean(tf.reshape(squared, [tf.shape(squared)[0], -1]), 1)
+
+        return mse
+    raise ValueError(f"unknown loss {name!r}")
+
+
+def all_layers(model) -> list:
+    """Every layer of a model, nested models' layers included (depth first)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(all_layers(layer))
+    return found
+
+
+def evaluation_mode(model) -> list[str]:
+    """Make the model's batch-norm layers use batch statistics even at ``training=False``.
+
+    The loss LCA integrates must be a function of the trainable weights alone; moving
+    averages are not among them. Returns the names of the layers switched.
+    """
+    import keras
+
+    switched = []
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and not getattr(
+            layer, "_lca_batch_statistics", False
+        ):
+            original = layer.call
+
+            def call(inputs, training=None, mask=None, _original=original):
+                return _original(inputs, training=True, mask=mask)
+
+            layer.call = call
+            layer._lca_batch_statistics = True
+            switched.append(layer.name)
+    return switched
+
+
+def check_deterministic(model, x: np.ndarray, training: bool) -> None:
+    """Raise ModelError unless two forward passes on ``x`` agree bitwise; name the layer.
+
+    Catches what makes the loss random at a fixed θ: dropout or noise active at evaluation,
+    random ops in a custom layer.
+    """
+    import keras
+    import tensorflow as tf
+
+    from .models import ModelError
+
+    x = tf.constant(x)
+    first = tf.nest.flatten(model(x, training=training))
+    second = tf.nest.flatten(model(x, training=training))
+    if all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(first, second)):
+        return
+    culprit = "its output"
+    try:  # the first layer whose output differs, through a probe model over every layer
+        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        probe = keras.Model(model.inputs, [layer.output for layer in layers])
+        a = probe(x, training=training)
+        b = probe(x, training=training)
+        for layer, u, v in zip(layers, a, b):
+            if not np.array_equal(np.asarray(u), np.asarray(v)):
+                culprit = f"layer {layer.name} ({type(layer).__name__})"
+                break
+    except Exception:  # a subclassed model has no symbolic layer outputs
+        pass
+    raise ModelError(
+        f"model: the loss is not a deterministic function of the trainable weights: {culprit} "
+        "gives different values on the same input (dropout, noise or random ops active at "
+        "evaluation); make it honour training=False"
+    )
+
+
 class FullBatchObjective:
     """L and ∇L of every split at a flat θ, compiled once: ``objective(theta)``.
 
-    Returns ``{split: (loss, grad)}`` with ``loss`` a float64 mean cross-entropy over the
-    split and ``grad`` its float32 gradient as a flat vector in the layout's order.
+    Returns ``{split: (loss, grad)}`` with ``loss`` the float64 mean of the per-example
+    ``loss`` (:func:`per_example_loss`) over the split and ``grad`` its float32 gradient as a
+    flat vector in the layout's order. ``training`` is the mode the model is called in: True
+    for the built-ins' evaluation variants, False for a user's model after
+    :func:`evaluation_mode`.
 
     For a network whose first weighted layer is a dense layer on the (flattened) input, the
     pre-activations z = xW + b are affine along a training step, z(s) = z(0) + s (z(1) − z(0)):
@@ -63,10 +172,15 @@ class FullBatchObjective:
         jit_compile: bool = False,
         reuse_input_layer: bool = True,
         cache_bytes: int = 2**30,
+        loss: str = "sparse_categorical_crossentropy",
+        from_logits: bool = True,
+        training: bool = True,
     ) -> None:
         import tensorflow as tf
 
         self.model = model
+        self.training = training
+        self._per_example = per_example_loss(loss, from_logits)
         self.variables = list(model.trainable_variables)
         self.num_params = sum(int(np.prod(v.shape)) for v in self.variables)
         self.split_names = list(splits)
@@ -75,7 +189,7 @@ class FullBatchObjective:
             if len(y) == 0:
                 raise ValueError(f"split {name} is empty")
             self._data[name] = _fixed_batches(x, y, eval_batch_size)
-        self.chain = _dense_input_chain(model, splits) if reuse_input_layer else None
+        self.chain = _dense_input_chain(model, splits, training) if reuse_input_layer else None
         if self.chain is not None:
             units = self.chain[1].units
             needed = 2 * 4 * units * sum(len(y) for _, y in splits.values())
@@ -91,7 +205,7 @@ class FullBatchObjective:
     def _loss_terms(self, logits, y, n):
         import tensorflow as tf
 
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.cast(logits, tf.float32))
+        losses = self._per_example(y, logits)
         return tf.reduce_sum(losses) / n, tf.reduce_sum(tf.cast(losses, tf.float64))
 
     def _batch(self, x, y, n):
@@ -100,11 +214,13 @@ class FullBatchObjective:
 
         with tf.GradientTape() as tape:
             if self.chain is None:
-                logits, z = self.model(x, training=True), None  # no dropout; BN batch stats
+                # no dropout; BN batch stats (see the module docstring)
+                logits, z = self.model(x, training=self.training), None
             else:
                 pre, dense, tail = self.chain
-                z = tf.matmul(_apply(pre, x), dense.kernel.value) + dense.bias.value
-                logits = _apply(tail, dense.activation(z))
+                h = _apply(pre, x, self.training)
+                z = tf.matmul(h, dense.kernel.value) + dense.bias.value
+                logits = _apply(tail, dense.activation(z), self.training)
             scaled, loss_sum = self._loss_terms(logits, y, n)
         grads = tape.gradient(scaled, self.variables)
         return loss_sum, [tf.cast(g, tf.float64) for g in grads], z
@@ -118,10 +234,10 @@ class FullBatchObjective:
         tail_vars = self.variables[2:]
         with tf.GradientTape() as tape:
             tape.watch(z)
-            logits = _apply(tail, dense.activation(z))
+            logits = _apply(tail, dense.activation(z), self.training)
             scaled, loss_sum = self._loss_terms(logits, y, n)
         dz, *grads = tape.gradient(scaled, [z, *tail_vars])
-        h = _apply(pre, x)
+        h = _apply(pre, x, self.training)
         grads = [tf.matmul(h, dz, transpose_a=True), tf.reduce_sum(dz, 0), *grads]
         return loss_sum, [tf.cast(g, tf.float64) for g in grads]
 
@@ -230,17 +346,18 @@ def _assign_flat(variables, theta) -> None:
         offset += size
 
 
-def _apply(layers, x):
+def _apply(layers, x, training: bool = True):
     for layer in layers:
-        x = layer(x, training=True)
+        x = layer(x, training=training)
     return x
 
 
-def _dense_input_chain(model, splits):
+def _dense_input_chain(model, splits, training: bool = True):
     """(pre, dense, tail) when the model is ``tail(dense(pre(x)))`` with ``pre`` weightless.
 
     Only plain chains qualify, checked numerically on a few examples, and the dense layer's
-    kernel and bias must be the first two trainable variables (θ's layout order).
+    kernel and bias must be the first two trainable variables (θ's layout order) and act on
+    flat (N, features) inputs.
     """
     import keras
     import tensorflow as tf
@@ -260,10 +377,18 @@ def _dense_input_chain(model, splits):
         return None
     x = next(iter(splits.values()))[0][:16]
     try:
-        chained = _apply(tail, dense(_apply(pre, tf.constant(x)), training=True))
+        h = _apply(pre, tf.constant(x), training)
+        if h.shape.rank != 2:  # the reuse multiplies (N, features) by the kernel
+            return None
+        chained = _apply(tail, dense(h, training=training), training)
+        direct = model(x, training=training)
     except (ValueError, TypeError):  # not a chain after all (a branch needs other inputs)
         return None
-    if not np.allclose(chained.numpy(), model(x, training=True).numpy(), rtol=1e-5, atol=1e-6):
+    if not hasattr(direct, "shape"):  # several outputs
+        return None
+    if chained.shape != direct.shape or not np.allclose(
+        chained.numpy(), direct.numpy(), rtol=1e-5, atol=1e-6
+    ):
         return None
     return pre, dense, tail
 
@@ -292,17 +417,21 @@ class PerClassObjective:
         num_classes: int,
         *,
         jit_compile: bool = False,
+        from_logits: bool = True,
+        training: bool = True,
     ) -> None:
         import keras
         import tensorflow as tf
 
         self.model = model
+        self.training = training
+        self._per_example = per_example_loss("sparse_categorical_crossentropy", from_logits)
         self.variables = list(model.trainable_variables)
         self.num_params = sum(int(np.prod(v.shape)) for v in self.variables)
         self.num_classes = num_classes
         self.split_names = list(splits)
         self.batch_norm = any(
-            isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers
+            isinstance(layer, keras.layers.BatchNormalization) for layer in all_layers(model)
         )
         self.padding = {}  # split -> padded examples (class-pure batches only)
         self._data = {}
@@ -330,8 +459,8 @@ class PerClassObjective:
         class_grad = tf.zeros([C, self.num_params], tf.float64)
         for i in tf.range(tf.shape(xb)[0]):
             with tf.GradientTape() as tape:
-                logits = self.model(xb[i], training=True)
-                losses = wb[i] * tf.nn.sparse_softmax_cross_entropy_with_logits(yb[i], logits)
+                logits = self.model(xb[i], training=self.training)
+                losses = wb[i] * self._per_example(yb[i], logits)
                 scaled = tf.reduce_sum(losses) / n
             flat = self._flat(tape.gradient(scaled, self.variables))
             index = tf.reshape(cb[i], [1, 1])
@@ -348,8 +477,8 @@ class PerClassObjective:
 
         def batch(x, y):
             with tf.GradientTape(persistent=True) as tape:
-                logits = self.model(x, training=True)
-                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+                logits = self.model(x, training=self.training)
+                losses = self._per_example(y, logits)
                 per_class = tf.math.unsorted_segment_sum(losses, y, C) / n
                 targets = [per_class[c] for c in range(C)]  # sliced inside: taped
             grads = tf.stack([self._flat(tape.gradient(t, self.variables)) for t in targets])

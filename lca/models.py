@@ -7,6 +7,10 @@ here are explicit and stable rather than Keras's auto-generated ones.
 
 Every network outputs logits. ``evaluation=True`` builds the same network without dropout,
 because the full-set loss that LCA integrates must be a deterministic function of θ.
+
+A user's model (``model.builder: "module:function"``) is built by calling that function with
+``model.kwargs``; its evaluation is made deterministic differently (inference mode, batch norm
+on batch statistics: see :func:`lca.gradients.evaluation_mode`), since its code is not ours.
 """
 
 from __future__ import annotations
@@ -14,18 +18,66 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, ModelError
 from .layout import ParameterEntry, ParameterLayout
 
 __all__ = [
+    "ModelError",
     "ParameterEntry",
     "ParameterLayout",
     "build_model",
+    "import_function",
     "describe_layout",
     "parameter_layout",
 ]
 
 BN_SUFFIX = "_bn"
+
+
+def import_function(path: str, key: str):
+    """``"package.module:function"`` -> the function; failures name the config ``key``."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` does: modules beside the user count too
+        sys.path.append(os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module's own error while importing
+        raise ModelError(
+            f"{key}: cannot import {module_name} ({exc.__class__.__name__}: {exc}); "
+            "is it on PYTHONPATH or in the current directory?"
+        ) from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ModelError(f"{key}: {module_name} has no {attr}")
+    if not callable(obj):
+        raise ModelError(f"{key}: {path} is not callable")
+    return obj
+
+
+def from_keras_config(config: str) -> keras.Model:
+    """A builder for a model saved as ``model.to_json()`` (what the recorder stores without
+    ``model_fn``); its custom layers, if any, must be registered Keras serializables."""
+    return keras.models.model_from_json(config)
+
+
+def build_user_model(cfg: ModelConfig) -> keras.Model:
+    """Call ``cfg.builder(**cfg.kwargs)`` and check it returned a built Keras model."""
+    model = import_function(cfg.builder, "model.builder")(**cfg.kwargs)
+    if not isinstance(model, keras.Model):
+        raise ModelError(
+            f"model.builder: {cfg.builder} returned {type(model).__name__}, not a keras.Model"
+        )
+    if not model.built or not model.trainable_variables:
+        raise ModelError(
+            f"model.builder: {cfg.builder} returned a model without built weights; give it a "
+            "keras.Input (or call model.build(input_shape)) before returning it"
+        )
+    return model
 
 
 # --- building blocks -----------------------------------------------------------------------
@@ -153,8 +205,11 @@ def build_model(
     """Build ``cfg.name`` with He-normal weights and zero biases, outputting logits.
 
     Seed with ``keras.utils.set_random_seed`` first: the same seed gives bitwise the same
-    weights, in both the training and the evaluation (dropout-free) variant.
+    weights, in both the training and the evaluation (dropout-free) variant. With
+    ``cfg.builder`` the user's function builds the model (``evaluation`` does not apply).
     """
+    if cfg.builder is not None:
+        return build_user_model(cfg)
     try:
         body = _ARCHITECTURES[cfg.name]
     except KeyError:
@@ -177,19 +232,37 @@ def _layer_group(layer_name: str) -> str:
 
 
 def parameter_layout(model: keras.Model) -> ParameterLayout:
-    """The layout of ``model.trainable_variables``, in that order (the order of θ)."""
+    """The layout of ``model.trainable_variables``, in that order (the order of θ).
+
+    A variable's layer group is the top-level layer that owns it (a Sequential model's paths
+    start with the model's name, so the path alone would put every variable in one group).
+    """
+    owner = {}
+    for layer in model.layers:
+        for v in layer.trainable_weights:
+            owner.setdefault(id(v), layer.name)
     entries = []
     offset = 0
     for v in model.trainable_variables:
         shape = tuple(int(s) for s in v.shape)
         size = int(np.prod(shape, dtype=np.int64))
-        layer = v.path.split("/")[0]
-        entries.append(ParameterEntry(v.path, shape, offset, size, _layer_group(layer)))
+        layer = owner.get(id(v), v.path.split("/")[0])
+        name = v.path if v.path.startswith(layer + "/") else f"{layer}/{v.name}"
+        entries.append(ParameterEntry(name, shape, offset, size, _layer_group(layer)))
         offset += size
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
-        raise ValueError(f"model {model.name} has duplicate variable paths: {names}")
+        raise ModelError(f"model {model.name} has duplicate variable names: {names}")
     return ParameterLayout(tuple(entries))
+
+
+def same_structure(a: list[dict], b: list[dict]) -> bool:
+    """Layouts with the same variables' shapes in the same order (names aside).
+
+    Keras numbers auto-named layers per process (dense, dense_1, ...), so a user's model
+    rebuilt elsewhere may be named differently; the recorded names stay authoritative.
+    """
+    return [(e["shape"], e["offset"]) for e in a] == [(e["shape"], e["offset"]) for e in b]
 
 
 def _short_name(name: str, layer: str) -> str:
@@ -225,3 +298,60 @@ def describe_layout(layout: ParameterLayout) -> str:
 
     rule = "-" * (sum(widths) + 6)
     return "\n".join([fmt(header), rule, *map(fmt, rows), rule, fmt(footer)])
+
+
+# --- weights that are not in θ -------------------------------------------------------------
+
+
+def _is_moving_statistic(layer, variable) -> bool:
+    """A batch-norm moving mean/variance: the objective uses batch statistics instead."""
+    return isinstance(layer, keras.layers.BatchNormalization) and variable.name in (
+        "moving_mean",
+        "moving_variance",
+    )
+
+
+def fixed_weights(model: keras.Model) -> list[tuple[str, np.ndarray, bool]]:
+    """``(name, value, is_moving_statistic)`` of every non-trainable weight, in model order.
+
+    These are part of the loss but not of θ (a frozen layer's kernel, a constant), so a run
+    stores them and the allocation restores them. Seed-generator states are not weights.
+    """
+    from .gradients import all_layers
+
+    owner = {}
+    for layer in all_layers(model):
+        for v in layer.non_trainable_weights:
+            owner.setdefault(id(v), layer)
+    out = []
+    for v in model.non_trainable_weights:
+        layer = owner.get(id(v))
+        out.append(
+            (v.path, np.array(v.numpy()), layer is not None and _is_moving_statistic(layer, v))
+        )
+    return out
+
+
+def changed_fixed_weights(model: keras.Model, before) -> list[str]:
+    """Names of non-trainable weights (moving statistics aside) that differ from ``before``."""
+    now = fixed_weights(model)
+    return [
+        name
+        for (name, old, moving), (_, new, _) in zip(before, now)
+        if not moving and not np.array_equal(old, new)
+    ]
+
+
+def restore_fixed_weights(model: keras.Model, stored: list[tuple[str, np.ndarray]]) -> None:
+    """Load stored non-trainable weights back, matched by order and shape (names may differ)."""
+    variables = model.non_trainable_weights
+    if len(variables) != len(stored) or any(
+        tuple(v.shape) != a.shape for v, (_, a) in zip(variables, stored)
+    ):
+        raise ModelError(
+            f"model: the rebuilt model has {len(variables)} non-trainable weights, the run "
+            f"recorded {len(stored)} (or their shapes differ); does model.builder still build "
+            "the same model?"
+        )
+    for v, (_, a) in zip(variables, stored):
+        v.assign(a)

@@ -485,6 +485,9 @@ def make_report(
     )
     report.json.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
     markdown = _markdown(report, group, vs_group, stats, sign)
+    model_cfg = runs[0].config.model
+    if not model_cfg.classification:  # say why the class sections are absent
+        markdown = markdown.rstrip("\n") + "\n\n" + PER_CLASS_NA.format(loss=model_cfg.loss)
     if per_class is not None:
         markdown = markdown.rstrip("\n") + "\n\n" + _per_class_markdown(per_class) + "\n"
         if "s22_neuron" in figures:
@@ -513,6 +516,12 @@ def _upload(report: Report, target) -> Report:
         json=target / report.json.name,
         figures={k: target / p.name for k, p in report.figures.items()},
     )
+
+
+PER_CLASS_NA = (
+    "## Per class\n\nNot applicable: this run's loss ({loss}) is not a classification loss, "
+    "so the loss has no per-class parts (Fig 6, S21, S22 are skipped).\n"
+)
 
 
 def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> dict | None:

@@ -499,3 +499,25 @@ def open_run(run_dir: str | Path) -> Run:
         trajectory=trajectory,
         lca_store=store,
     )
+
+
+# --- non-trainable weights (a user's model) ------------------------------------------------
+
+FIXED_WEIGHTS_GROUP = "non_trainable"
+
+
+def write_fixed_weights(group: zarr.Group, weights: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Store a model's non-trainable weights (not in θ, but part of the loss) in a trajectory."""
+    sub = group.create_group(FIXED_WEIGHTS_GROUP)
+    sub.attrs["names"] = [name for name, _ in weights]
+    for i, (_, value) in enumerate(weights):
+        value = np.asarray(value)
+        sub.create_array(str(i), shape=value.shape, dtype=value.dtype)[...] = value
+
+
+def read_fixed_weights(group: zarr.Group) -> list[tuple[str, np.ndarray]] | None:
+    """The stored non-trainable weights, or None for a run that has none stored."""
+    if FIXED_WEIGHTS_GROUP not in group:
+        return None
+    sub = group[FIXED_WEIGHTS_GROUP]
+    return [(name, sub[str(i)][...]) for i, name in enumerate(sub.attrs["names"])]

@@ -18,7 +18,13 @@ import numpy as np
 
 from . import __version__
 from .config import Config, ConfigError
-from .storage import CONFIG_FILE, TrajectoryWriter, location, prepare_run_dir
+from .storage import (
+    CONFIG_FILE,
+    TrajectoryWriter,
+    location,
+    prepare_run_dir,
+    write_fixed_weights,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,7 +56,8 @@ def resolve_layer_settings(config: Config, layout) -> LayerSettings:
     for layer in opt.layers:
         if layer not in known:
             raise ConfigError(
-                f"optimizer.layers.{layer}: no such layer in model {config.model.name} "
+                f"optimizer.layers.{layer}: no such layer in model "
+                f"{config.model.builder or config.model.name} "
                 f"(layers: {', '.join(known)})"
             )
     never = np.iinfo(np.int64).max
@@ -92,6 +99,7 @@ class Trainer:
         import keras
         import tensorflow as tf
 
+        from .gradients import per_example_loss
         from .models import build_model, parameter_layout
 
         self.config = config
@@ -101,6 +109,8 @@ class Trainer:
         self.layout = parameter_layout(self.model)
         self.settings = resolve_layer_settings(config, self.layout)
         self.variables = list(self.model.trainable_variables)
+        self.per_example = per_example_loss(config.model.loss, config.model.from_logits)
+        self.classification = config.model.classification
         self.x_train = tf.constant(dataset.x_train)
         self.y_train = tf.constant(dataset.y_train)
         self.x_val = tf.constant(dataset.x_val)
@@ -114,8 +124,8 @@ class Trainer:
         self._evaluate = tf.function(
             self._val_accuracy,
             input_signature=[
-                tf.TensorSpec([None, *dataset.input_shape], tf.float32),
-                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, *dataset.input_shape], dataset.x_val.dtype),
+                tf.TensorSpec([None, *dataset.y_val.shape[1:]], dataset.y_val.dtype),
             ],
         )
 
@@ -139,8 +149,7 @@ class Trainer:
             y = tf.gather(self.y_train, idx)
             with tf.GradientTape() as tape:
                 logits = self.model(x, training=True)
-                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
-                loss = tf.reduce_mean(losses)
+                loss = tf.reduce_mean(self.per_example(y, logits))
             grads = tape.gradient(loss, self.variables)
             if opt.name == "sgd":
                 for i, (var, g) in enumerate(zip(self.variables, grads)):
@@ -156,8 +165,12 @@ class Trainer:
                     m.assign_add(active[i] * (g - m) * (1.0 - b1))
                     v.assign_add(active[i] * (tf.square(g) - v) * (1.0 - b2))
                     var.assign_sub(active[i] * lr[i] * scale * m / (tf.sqrt(v) + opt.epsilon))
-            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
-            outputs = [loss, tf.reduce_mean(hits)]
+            if self.classification:
+                hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
+                accuracy = tf.reduce_mean(hits)
+            else:  # a regressor has no accuracy
+                accuracy = tf.constant(float("nan"))
+            outputs = [loss, accuracy]
             if record:  # θ after the update: a finiteness probe, then each variable's value
                 outputs.append(tf.add_n([tf.reduce_sum(v) for v in self.variables]))
                 outputs.extend(tf.identity(v.value) for v in self.variables)
@@ -180,13 +193,43 @@ class Trainer:
         return [np.asarray(o) for o in outputs]
 
     def validation_accuracy(self, batch_size: int = 2500) -> float:
-        """Accuracy on the validation split in inference mode (moving BN statistics)."""
+        """Accuracy on the validation split in inference mode (moving BN statistics).
+
+        NaN for a regressor or without a validation split.
+        """
         n = int(self.y_val.shape[0])
+        if not self.classification or n == 0:
+            return float("nan")
         hits = sum(
             int(self._evaluate(self.x_val[i : i + batch_size], self.y_val[i : i + batch_size]))
             for i in range(0, n, batch_size)
         )
         return hits / n
+
+
+def trajectory_attrs(name: str, layout, seed: int, dataset, *, recorded_by: str) -> dict:
+    """The trajectory's metadata: what ``lca allocate`` and the analyses read back."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "config_name": name,
+        "layout": layout.to_json(),
+        "seed": seed,
+        "dataset": dataset.name,
+        "input_shape": list(dataset.input_shape),
+        "num_classes": dataset.num_classes,
+        "num_train": len(dataset.y_train),
+        "num_val": len(dataset.y_val),
+        "recorded_by": recorded_by,
+        "versions": {
+            "lca": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
 
 
 def train(
@@ -198,14 +241,14 @@ def train(
     record: bool = True,
 ) -> TrainResult:
     """Train ``config`` and write the run directory; ``record=False`` is for benchmarks only."""
-    import keras
-    import tensorflow as tf
     from tqdm.auto import tqdm
 
     from .data import load_dataset
+    from .models import changed_fixed_weights, fixed_weights
 
     dataset = load_dataset(config.data)
     trainer = Trainer(config, dataset, record=record)
+    fixed_before = fixed_weights(trainer.model)
     tcfg = config.training
     schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
 
@@ -220,24 +263,12 @@ def train(
             batch_size=tcfg.batch_size,
             train_indices=dataset.train_indices,
             val_indices=dataset.val_indices,
-            attrs={
-                "config_name": config.name,
-                "layout": trainer.layout.to_json(),
-                "seed": tcfg.seed,
-                "dataset": dataset.name,
-                "input_shape": list(dataset.input_shape),
-                "num_classes": dataset.num_classes,
-                "num_train": len(dataset.y_train),
-                "num_val": len(dataset.y_val),
-                "versions": {
-                    "lca": __version__,
-                    "tensorflow": tf.__version__,
-                    "keras": keras.__version__,
-                    "numpy": np.__version__,
-                    "python": platform.python_version(),
-                },
-            },
+            attrs=trajectory_attrs(
+                config.name, trainer.layout, tcfg.seed, dataset, recorded_by="lca train"
+            ),
         )
+        if config.model.builder is not None:  # a user's model may hold weights not in θ
+            write_fixed_weights(writer.group, [(n, a) for n, a, _ in fixed_before])
         writer.append(trainer.theta(), None)
 
     start = time.perf_counter()
@@ -265,6 +296,9 @@ def train(
                 if progress:
                     bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
         status = "complete"
+        changed = changed_fixed_weights(trainer.model, fixed_before)
+        if changed and writer is not None:
+            writer.group.attrs["non_trainable_changed"] = changed
     finally:
         bar.close()
         steps = writer.close(status) if writer is not None else tcfg.iterations + 1

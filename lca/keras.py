@@ -1,0 +1,237 @@
+"""Record an ordinary ``model.fit`` as an LCA run: ``lca.keras.TrajectoryRecorder``.
+
+    model.fit(x, y, epochs=2, callbacks=[TrajectoryRecorder("runs/mine",
+              model_fn="my_model:build", data_fn="my_model:load_data")])
+
+After every optimizer step the callback copies θ (the model's trainable variables, in
+``model.trainable_variables`` order) into ``RUN/trajectory.zarr`` through the same buffered,
+asynchronous writer ``lca train`` uses, and it writes ``RUN/config.yaml`` naming the model
+builder, the loss (taken from ``model.compile``) and the data builder, so that ``lca
+allocate/verify-error/report RUN`` rebuild everything with no extra arguments.
+
+The builders must rebuild *this* model and *this* data: the callback checks at the start of
+training that ``model_fn`` gives the same trainable shapes and ``data_fn`` loads, and at the
+end that no non-trainable weight other than batch-norm moving statistics changed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from .config import (
+    AllocateConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainingConfig,
+    config_from_dict,
+)
+from .storage import (
+    CONFIG_FILE,
+    TrajectoryWriter,
+    location,
+    prepare_run_dir,
+    write_fixed_weights,
+)
+
+__all__ = ["TrajectoryRecorder", "compiled_loss"]
+
+_HEADER = (
+    "# Written by lca.keras.TrajectoryRecorder: model.fit trained this run; `training` records\n"
+    "# its number of optimizer steps and is otherwise informational.\n"
+)
+
+
+def compiled_loss(model: keras.Model) -> tuple[str, bool]:
+    """``(model.loss name, from_logits)`` from a compiled model's loss, or a clear error."""
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        raise ConfigError("model: compile the model (model.compile(loss=...)) before fit")
+    if isinstance(loss, str):
+        name = keras.losses.get(loss).__name__
+        from_logits = False
+    else:
+        config = loss.get_config() if hasattr(loss, "get_config") else {}
+        fn = getattr(loss, "fn", loss)
+        name = getattr(fn, "__name__", type(loss).__name__)
+        from_logits = bool(config.get("from_logits", False))
+    aliases = {
+        "sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
+        "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+        "mean_squared_error": "mean_squared_error",
+        "MeanSquaredError": "mean_squared_error",
+    }
+    if name not in aliases:
+        raise ConfigError(
+            f"model.loss: {name} is not supported; use sparse_categorical_crossentropy or "
+            "mean_squared_error (or pass loss= to the recorder)"
+        )
+    return aliases[name], from_logits
+
+
+class TrajectoryRecorder(keras.callbacks.Callback):
+    """Record θ after every optimizer step of ``model.fit`` into an LCA run directory.
+
+    ``model_fn`` and ``data_fn`` are ``"module:function"`` import paths (as in the config's
+    ``model.builder`` and ``data.builder``), called with ``model_kwargs`` / ``data_kwargs``.
+    Without ``model_fn`` the model's own Keras config (``model.to_json()``) goes into the run's
+    config as the kwargs of the builder ``lca.models:from_keras_config``;
+    ``data_fn`` returns ``(train, val)`` as :func:`lca.data.load_builder_dataset` describes,
+    and its train split must be the data the loss is allocated on (usually the one fitted).
+    ``loss``/``from_logits`` override the compiled model's loss; ``allocate`` holds settings
+    of the config's ``allocate`` section (e.g. ``{"eval_batch_size": 1000}``).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        data_fn: str,
+        model_fn: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        data_kwargs: dict[str, Any] | None = None,
+        loss: str | None = None,
+        from_logits: bool | None = None,
+        allocate: dict[str, Any] | None = None,
+        seed: int = 0,
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__()
+        self.run_dir = location(run_dir)
+        self.model_fn, self.data_fn = model_fn, data_fn
+        self.model_kwargs, self.data_kwargs = dict(model_kwargs or {}), dict(data_kwargs or {})
+        self.loss, self.from_logits = loss, from_logits
+        self.allocate = dict(allocate or {})
+        self.seed = seed
+        self.overwrite = overwrite
+        self.writer: TrajectoryWriter | None = None
+        self.steps = 0
+
+    # --- start -------------------------------------------------------------------------
+
+    def _config(self, iterations: int) -> Config:
+        if self.model_fn is None:  # the model's own architecture, kept in the config
+            self.model_fn = "lca.models:from_keras_config"
+            self.model_kwargs = {"config": self.model.to_json()}
+        loss, from_logits = (self.loss, self.from_logits) if self.loss else (None, None)
+        if loss is None:
+            loss, from_logits = compiled_loss(self.model)
+        raw = Config(
+            name=self.run_dir.name,
+            model=ModelConfig(
+                builder=self.model_fn,
+                kwargs=self.model_kwargs,
+                loss=loss,
+                from_logits=True if from_logits is None else from_logits,
+            ),
+            data=DataConfig(builder=self.data_fn, kwargs=self.data_kwargs),
+            training=TrainingConfig(iterations=iterations, seed=self.seed, log_every=0),
+            allocate=AllocateConfig(),
+        ).to_dict()
+        raw["allocate"].update(self.allocate)
+        return config_from_dict(raw, source="TrajectoryRecorder")  # validated like a file
+
+    def on_train_begin(self, logs=None) -> None:
+        from .data import load_dataset
+        from .models import build_model, fixed_weights, parameter_layout, same_structure
+        from .training import trajectory_attrs
+
+        model = self.model
+        if not model.trainable_variables:
+            raise ConfigError(
+                "model: build the model before fit (give it a keras.Input or call model.build)"
+            )
+        if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
+            raise ConfigError(
+                "model: compile with steps_per_execution=1; the recorder needs θ after every step"
+            )
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        if not steps:
+            raise ConfigError(
+                "model.fit: the number of steps per epoch is unknown; pass steps_per_epoch"
+            )
+        iterations = int(epochs) * int(steps)
+        config = self._config(iterations)
+        dataset = load_dataset(config.data)
+        layout = parameter_layout(model)
+        rebuilt = build_model(config.model, dataset.input_shape, dataset.num_classes)
+        if not same_structure(parameter_layout(rebuilt).to_json(), layout.to_json()):
+            raise ConfigError(
+                f"model.builder: {self.model_fn} builds a model whose trainable weights differ "
+                "in number or shape from the model being fitted"
+            )
+        del rebuilt
+        run_dir = prepare_run_dir(self.run_dir, self.overwrite)
+        (run_dir / CONFIG_FILE).write_text(_HEADER + config.to_yaml())
+        self._written = config
+        self.writer = TrajectoryWriter(
+            run_dir,
+            num_iterations=iterations,
+            num_params=layout.total,
+            batch_size=1,
+            train_indices=dataset.train_indices,
+            val_indices=dataset.val_indices,
+            attrs={
+                **trajectory_attrs(
+                    config.name,
+                    layout,
+                    self.seed,
+                    dataset,
+                    recorded_by="lca.keras.TrajectoryRecorder",
+                ),
+                "metrics": "loss, accuracy and batch_indices are not recorded by model.fit",
+            },
+        )
+        self._fixed = fixed_weights(model)
+        write_fixed_weights(self.writer.group, [(n, a) for n, a, _ in self._fixed])
+        self._variables = list(model.trainable_variables)
+        self._no_metrics = (math.nan, math.nan, np.full(1, -1, np.int64))
+        self.writer.append([v.numpy() for v in self._variables], None)
+        self.steps = 0
+
+    # --- every step ----------------------------------------------------------------------
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if self.writer is None:
+            return
+        if self.steps >= self.writer.num_steps - 1:
+            raise ConfigError("model.fit ran more steps than it announced; cannot record them")
+        self.writer.append([v.numpy() for v in self._variables], self._no_metrics)
+        self.steps += 1
+
+    # --- end -------------------------------------------------------------------------------
+
+    def on_train_end(self, logs=None) -> None:
+        from .models import changed_fixed_weights
+
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        recorded = writer.close("complete")
+        group = writer.group
+        if recorded < writer.num_steps:  # stopped early (EarlyStopping, initial_epoch)
+            iterations = recorded - 1
+            group["theta"].resize((recorded, group["theta"].shape[1]))
+            for name in ("loss", "accuracy"):
+                group[name].resize((iterations,))
+            group["batch_indices"].resize((iterations, 1))
+            group.attrs.update(
+                {"num_iterations": iterations, "steps_recorded": recorded, "complete": True}
+            )
+            self._written.training.iterations = iterations
+            (self.run_dir / CONFIG_FILE).write_text(_HEADER + self._written.to_yaml())
+        changed = changed_fixed_weights(self.model, self._fixed)
+        if changed:
+            group.attrs["non_trainable_changed"] = changed
+            warnings.warn(
+                f"non-trainable weight {changed[0]} changed during training: the loss is not "
+                "a function of θ alone, and `lca allocate` will refuse this run",
+                stacklevel=2,
+            )

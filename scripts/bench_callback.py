@@ -1,0 +1,116 @@
+"""Cost of ``lca.keras.TrajectoryRecorder`` on ``model.fit``: with the recorder vs without.
+
+    python scripts/bench_callback.py                  # MNIST-FC shape: 784-100-50-10, batch 250
+    python scripts/bench_callback.py --epochs 2 --repeats 5
+
+The data are MNIST-sized random images (55,000 × 784, 10 classes; the step time does not depend
+on their content). Each ``fit`` is timed whole, and its loop alone: the whole time less the
+recorder's one-off start and end (loading the data through ``data_fn`` and rebuilding the model
+for its checks, creating and closing the stores), which is what ``bench_train.py`` compares for
+``lca train``. A first untimed fit of each kind traces the step. Runs alternate so that drift
+of the machine hits both. Target, as for ``lca train``: recording adds ≤ 20 % to the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lca.keras import TrajectoryRecorder  # noqa: E402
+
+
+def load(n: int = 55000):
+    """MNIST-sized random data: ((x, y), (x_val, y_val))."""
+    rng = np.random.default_rng(0)
+    x = rng.random((n + 5000, 784), dtype=np.float32)
+    y = rng.integers(0, 10, n + 5000).astype(np.int32)
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+def build() -> keras.Model:
+    inputs = keras.Input((784,))
+    x = keras.layers.Dense(100, activation="relu")(inputs)
+    x = keras.layers.Dense(50, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+class TimedRecorder(TrajectoryRecorder):
+    """The recorder, timing its one-off start and end."""
+
+    one_off = 0.0
+
+    def on_train_begin(self, logs=None):
+        start = time.perf_counter()
+        super().on_train_begin(logs)
+        self.one_off += time.perf_counter() - start
+
+    def on_train_end(self, logs=None):
+        start = time.perf_counter()
+        super().on_train_end(logs)
+        self.one_off += time.perf_counter() - start
+
+
+def fit(x, y, epochs: int, recorder: TimedRecorder | None) -> tuple[float, float]:
+    """(whole fit, its loop) in seconds."""
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=250, epochs=epochs, verbose=0, callbacks=[recorder] * bool(recorder))
+    seconds = time.perf_counter() - start
+    return seconds, seconds - (recorder.one_off if recorder else 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4, help="4 epochs = 880 iterations")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    (x, y), _ = load()
+    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def recorder(i):
+            return TimedRecorder(
+                Path(tmp) / f"run{i}",
+                model_fn="bench_callback:build",
+                data_fn="bench_callback:load",
+            )
+
+        fit(x, y, 1, None), fit(x, y, 1, recorder("warmup"))  # tracing, caches
+        for i in range(args.repeats):
+            for record in (True, False):
+                times[record].append(fit(x, y, args.epochs, recorder(i) if record else None))
+    T = args.epochs * (len(y) // 250)
+    print(
+        f"model.fit of a 784-100-50-10 network: {T} iterations, {args.repeats} runs each, alternating"
+    )
+    for part, label in ((1, "loop"), (0, "whole fit")):
+        plain = [t[part] for t in times[False]]
+        recorded = [t[part] for t in times[True]]
+        print(
+            f"  {label:9s}  plain best {min(plain):5.2f} s (median {statistics.median(plain):5.2f})"
+            f"  with the recorder best {min(recorded):5.2f} s (median {statistics.median(recorded):5.2f})"
+            f"  overhead best {100 * (min(recorded) / min(plain) - 1):+5.1f} %"
+            f" median {100 * (statistics.median(recorded) / statistics.median(plain) - 1):+5.1f} %"
+        )
+    one_off = statistics.median(t[0] - t[1] for t in times[True])
+    print(f"  recorder start and end (one-off): {one_off:.2f} s; target: loop overhead ≤ +20 %")
+
+
+if __name__ == "__main__":
+    main()
