@@ -7,12 +7,14 @@ backend switch, safe on machines without a display.
 
 Colour meaning is the paper's throughout: **green = helped** (negative LCA, lowered the
 loss), **red = hurt** (positive LCA), white = zero, darker = larger. Losses and LCA are in
-the loss's units, nats (natural-log cross-entropy).
+the loss's units: nats for cross-entropy (natural log), or what :data:`LOSS_UNIT` is set to
+(``lca report`` sets it from the run's loss, e.g. "MSE" for a regressor).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,8 @@ LCA_CMAP = LinearSegmentedColormap.from_list(
     "lca_green_white_red", ["#00441b", HELP, "#ffffff", HURT, "#67000d"]
 )
 DPI = 110
-NATS = "nats"
+#: The unit of losses and LCA in labels; a context variable, so concurrent reports keep theirs.
+LOSS_UNIT: ContextVar[str] = ContextVar("loss_unit", default="nats")
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -94,9 +97,11 @@ def _cmap_bar(fig: Figure, mappable, ax, limit: float, short: bool = False) -> N
     bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
     bar.ax.tick_params(labelsize=7)
     if short:
-        bar.set_label(f"LCA ({NATS})", fontsize=8)
+        bar.set_label(f"LCA ({LOSS_UNIT.get()})", fontsize=8)
     else:
-        label = f"LCA ({NATS}); green = helped, red = hurt\ncolour clipped at ±{limit:.2g}"
+        label = (
+            f"LCA ({LOSS_UNIT.get()}); green = helped, red = hurt\ncolour clipped at ±{limit:.2g}"
+        )
         bar.set_label(label, fontsize=8)
 
 
@@ -126,7 +131,7 @@ def percent_helped(
     ax.set_ylabel("parameters (%)")
     loss_ax = ax.twinx()
     loss_ax.plot(np.arange(len(loss)), loss, color=LOSS, lw=1.5, label=f"{split} loss")
-    loss_ax.set_ylabel(f"full {split}-set loss L(θ_t) ({NATS})")
+    loss_ax.set_ylabel(f"full {split}-set loss L(θ_t) ({LOSS_UNIT.get()})")
     lines = ax.get_lines()[:3] + loss_ax.get_lines()
     ax.legend(
         lines,
@@ -161,7 +166,7 @@ def value_histogram(
     if np.any(np.asarray(helped_counts) > 0) or np.any(np.asarray(hurt_counts) > 0):
         ax.set_yscale("log")
     ax.axvline(0, color="k", lw=0.6)
-    ax.set_xlabel(f"LCA of one parameter at one iteration ({NATS})")
+    ax.set_xlabel(f"LCA of one parameter at one iteration ({LOSS_UNIT.get()})")
     ax.set_ylabel("count (parameter-iterations, log scale)")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     ax.legend(fontsize=8, title=f"zeros left out: {zero:,}\n1 % tails cut: {clipped:,}")
@@ -253,7 +258,7 @@ def layer_totals(
             )
         ax.margins(y=0.15)
     _layer_axis(ax, layers)
-    ax.set_ylabel(f"total LCA over training ({NATS})")
+    ax.set_ylabel(f"total LCA over training ({LOSS_UNIT.get()})")
     ax.set_xlabel("layer (bias and batch norm merged into their layer)")
     _sign_legend(ax)
     ax.set_title(title or f"LCA per layer, summed over iterations (sum {_fmt(totals.sum())})")
@@ -280,7 +285,7 @@ def cumulative_layer_lca(layers: Sequence[str], series: np.ndarray, path: str | 
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlim(0, T)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(f"cumulative LCA ({NATS}); below 0 = helped")
+    ax.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()}); below 0 = helped")
     if len(layers) > 10:
         ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
@@ -393,7 +398,7 @@ def synchronisation(
         grid[0, 1].set_title(f"zoom: iterations 0–{zoom_end}, full y range", fontsize=9)
         grid[-1, 1].set_xlabel("iteration")
         grid[-1, 1].set_xlim(0, zoom_end)
-    fig.supylabel(f"layer LCA per iteration ({NATS})", fontsize=9)
+    fig.supylabel(f"layer LCA per iteration ({LOSS_UNIT.get()})", fontsize=9)
     from matplotlib.lines import Line2D
 
     fig.legend(
@@ -493,7 +498,7 @@ def kernel_animation(
         bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
         bar.ax.tick_params(labelsize=6)
         bar.ax.yaxis.get_offset_text().set_fontsize(6)
-        bar.set_label(f"LCA ({NATS})", fontsize=7)
+        bar.set_label(f"LCA ({LOSS_UNIT.get()})", fontsize=7)
         images.append(image)
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -557,7 +562,7 @@ def parameter_curves(
             fontsize=9,
         )
         ax.set_xlabel("iteration")
-        ax.set_ylabel(f"cumulative LCA ({NATS})")
+        ax.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()})")
         ax.set_xlim(0, t[-1] if t.size else 1)
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -583,12 +588,12 @@ def approximate_loss(
     top.plot(t, measured, color=LOSS, lw=2.2, label=f"measured full {split}-set loss")
     top.plot(t, rk4, color="#2171b5", lw=1.1, ls="--", label="L(θ_0) + Σ LCA, RK4 (Simpson)")
     top.plot(t, fo, color="#e6550d", lw=1.1, ls=":", label="L(θ_0) + Σ LCA, first order")
-    top.set_ylabel(f"loss ({NATS})")
+    top.set_ylabel(f"loss ({LOSS_UNIT.get()})")
     top.legend(fontsize=8)
     bottom.plot(t, rk4 - measured, color="#2171b5", lw=1.1, label="RK4 − measured")
     bottom.plot(t, fo - measured, color="#e6550d", lw=1.1, label="first order − measured")
     bottom.axhline(0, color="k", lw=0.5)
-    bottom.set_ylabel(f"cumulative error ({NATS})")
+    bottom.set_ylabel(f"cumulative error ({LOSS_UNIT.get()})")
     bottom.set_xlabel("iteration")
     bottom.set_xlim(0, max(len(t) - 1, 1))
     bottom.legend(fontsize=8)
@@ -653,7 +658,7 @@ def grouped_layer_totals(
     ax.axhline(0, color="k", lw=0.6)
     ax.margins(y=0.2)
     _layer_axis(ax, layers)
-    ax.set_ylabel(f"total LCA over training ({NATS}); < 0 helped, > 0 hurt")
+    ax.set_ylabel(f"total LCA over training ({LOSS_UNIT.get()}); < 0 helped, > 0 hurt")
     ax.set_xlabel("layer")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -681,7 +686,7 @@ def neuron_view(
         left.plot(class_curves[:, c], color=colours[c], lw=1.2, label=f"class {c}")
     left.axhline(0, color=ZERO, lw=0.8, ls=":")
     left.set_xlabel("iteration")
-    left.set_ylabel(f"cumulative LCA ({NATS}); below 0 = helped")
+    left.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()}); below 0 = helped")
     left.set_title(f"{layer} unit {unit}: cumulative LCA by class", fontsize=10)
     left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     limit = _symmetric_limit(input_lca)

@@ -250,14 +250,14 @@ def _group_rows(
             "total error first order (% of |ΔL|)",
             _cell(stats["total_error_first_order_pct"], "+.3f"),
         ),
-        ("loss change ΔL (nats)", _cell(stats["loss_change"], "+.4f")),
+        (f"loss change ΔL ({_unit()})", _cell(stats["loss_change"], "+.4f")),
     ]
     for i, name in enumerate(layers):
         text = _cell(stats[f"layer_total/{name}"], "+.4g", ".2g")
         if sign is not None:
             hurt = int(round(sign["fraction_positive"][i] * n))
             text += f" (p={_num(sign['p_value'][i], '.2g')}, {hurt}/{n} hurt)"
-        rows.append((f"total LCA {name} (nats)", text))
+        rows.append((f"total LCA {name} ({_unit()})", text))
     return rows
 
 
@@ -400,6 +400,17 @@ def _label(run_dirs: Sequence[Path], vs: bool = False) -> str:
     return f"{prefix}{len(run_dirs)} runs"
 
 
+def _unit() -> str:
+    """The unit of losses and LCA in this report's text and figures (see plots.LOSS_UNIT)."""
+    return plots.LOSS_UNIT.get()
+
+
+def loss_unit(run: Run) -> str:
+    """Nats for cross-entropy (natural log); the loss's own name for anything else."""
+    loss = getattr(run.config.model, "loss", "sparse_categorical_crossentropy")
+    return {"sparse_categorical_crossentropy": "nats", "mean_squared_error": "MSE"}.get(loss, loss)
+
+
 def make_report(
     run_dirs: Sequence[str | Path],
     split: str = "train",
@@ -427,6 +438,18 @@ def make_report(
             raise RunError(
                 f"{run.path}: layers {run.layout.layers} differ from {runs[0].path}'s {layers}"
             )
+    units = {loss_unit(r) for r in runs + others}
+    if len(units) > 1:
+        raise RunError(f"runs with different losses ({', '.join(sorted(units))}) in one report")
+    token = plots.LOSS_UNIT.set(units.pop())
+    try:
+        return _make_report(runs, others, layers, split, out_dir, frames, chunk_rows)
+    finally:
+        plots.LOSS_UNIT.reset(token)
+
+
+def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Report:
+    """make_report's work, with the loss unit set."""
     target = location(out_dir) if out_dir is not None else runs[0].path / "report"
     # Figures are drawn into a local folder; for a URL target they are uploaded at the end.
     out = Path(tempfile.mkdtemp(prefix="lca-report-")) if is_remote(target) else target
@@ -744,7 +767,7 @@ def _markdown(
         "",
         f"{m.iterations} iterations, {m.parameters:,} parameters, layers: {', '.join(layers)}. "
         "Sign convention: **negative LCA = helped** (lowered the loss), positive = hurt; "
-        "in figures green = helped, red = hurt, white = zero. LCA and losses are in nats.",
+        f"in figures green = helped, red = hurt, white = zero. LCA and losses are in {_unit()}.",
     ]
     if len(group) > 1 or vs_group:
         parts.append(
@@ -810,7 +833,7 @@ def _markdown(
         if sign is not None:
             row += [f"{sign['mean'][i]:+.4g} ± {sign['std'][i]:.2g}", f"{sign['p_value'][i]:.3g}"]
         totals_rows.append(row)
-    header = ["layer", f"total LCA of {name} (nats)", "share of ΔL"]
+    header = ["layer", f"total LCA of {name} ({_unit()})", "share of ΔL"]
     if sign is not None:
         header += [f"mean ± std over {len(group)} runs", "p (t-test vs 0)"]
     parts += [
@@ -845,7 +868,7 @@ def _markdown(
         parts += [
             f"### {m.split} vs {other}",
             "",
-            _table(["layer", f"{m.split} (nats)", f"{other} (nats)"], rows),
+            _table(["layer", f"{m.split} ({_unit()})", f"{other} ({_unit()})"], rows),
             "",
             _img(report, "train_vs_val", "train vs validation per-layer totals"),
             "",
@@ -909,8 +932,8 @@ def _markdown(
         _table(
             ["", "value"],
             [
-                ["ΔL measured (nats)", f"{m.loss_change:+.6f}"],
-                ["Σ LCA (nats)", f"{m.totals.sum():+.6f}"],
+                [f"ΔL measured ({_unit()})", f"{m.loss_change:+.6f}"],
+                [f"Σ LCA ({_unit()})", f"{m.totals.sum():+.6f}"],
                 ["total error RK4 (% of |ΔL|)", _num(m.error_pct("rk4"), "+.4f")],
                 ["total error first order (% of |ΔL|)", _num(m.error_pct("first_order"), "+.4f")],
             ],

@@ -95,7 +95,9 @@ def test_regression_with_mse_is_allocated_and_conserves(tmp_path):
     assert loss[0] == pytest.approx(mse, rel=1e-5)
     report = runner.invoke(main, ["report", str(out), "--frames", "2"])
     assert report.exit_code == 0, report.output
-    assert "Not applicable" in (out / "report" / "report.md").read_text()
+    markdown = (out / "report" / "report.md").read_text()
+    assert "Not applicable" in markdown
+    assert "loss change ΔL (MSE)" in markdown and "nats" not in markdown  # the loss's own unit
 
 
 def _builder_config(model: str, data: str = "user_models:blobs", **allocate) -> dict:
