@@ -440,7 +440,7 @@ def load_objective(
     configure_tensorflow(allow_tf32=allow_tf32)
     config = read_run_config(run_dir)
     trajectory = open_trajectory(run_dir)
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, run_dir)
     if not np.array_equal(trajectory.group["train_indices"][:], dataset.train_indices):
         raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
     user_model = config.model.builder is not None

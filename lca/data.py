@@ -65,10 +65,14 @@ class Dataset:
         raise ValueError(f"unknown split {name!r} (expected 'train' or 'val')")
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load ``cfg.name`` and split it as the paper does; every failure is a DatasetError."""
+def load_dataset(cfg: DataConfig, run_dir=None) -> Dataset:
+    """Load ``cfg.name`` and split it as the paper does; every failure is a DatasetError.
+
+    ``run_dir`` is handed to a ``data.builder`` that takes a ``run_dir`` argument (data
+    stored inside the run, such as :func:`run_arrays`).
+    """
     if cfg.builder is not None:
-        return load_builder_dataset(cfg)
+        return load_builder_dataset(cfg, run_dir)
     if cfg.name == "mnist":
         x, y = _load_mnist(cfg.path)
         num_classes = 10
@@ -96,7 +100,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     )
 
 
-def load_builder_dataset(cfg: DataConfig) -> Dataset:
+def load_builder_dataset(cfg: DataConfig, run_dir=None) -> Dataset:
     """The data of ``data.builder: "module:function"``, called with ``data.kwargs``.
 
     The function returns ``(train, val)``, each ``(x, y)`` numpy arrays or a ``tf.data.Dataset``
@@ -107,25 +111,36 @@ def load_builder_dataset(cfg: DataConfig) -> Dataset:
     examples in the same order: shuffling or augmentation would make the loss that LCA
     integrates change from one evaluation to the next.
     """
+    import inspect
+
     from .models import ModelError, import_function
 
     try:
         fn = import_function(cfg.builder, "data.builder")
     except ModelError as exc:
         raise DatasetError(str(exc)) from None
-    out = fn(**cfg.kwargs)
+    kwargs = dict(cfg.kwargs)
+    if "run_dir" in inspect.signature(fn).parameters:
+        if run_dir is None:
+            raise DatasetError(f"data.builder: {cfg.builder} reads data stored in a run directory")
+        kwargs["run_dir"] = run_dir
+    return dataset_from_parts(fn(**kwargs), cfg.builder)
+
+
+def dataset_from_parts(out, builder: str) -> Dataset:
+    """A Dataset from ``(train, val)`` as a data builder returns them (see above)."""
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise DatasetError(
-            f"data.builder: {cfg.builder} must return (train, val), each (x, y) or a "
+            f"data.builder: {builder} must return (train, val), each (x, y) or a "
             f"tf.data.Dataset; got {type(out).__name__}"
         )
-    (x_train, y_train), val = (_split_arrays(out[0], "train", cfg.builder), out[1])
+    (x_train, y_train), val = (_split_arrays(out[0], "train", builder), out[1])
     if val is None:
         x_val, y_val = x_train[:0], y_train[:0]
     else:
-        x_val, y_val = _split_arrays(val, "val", cfg.builder)
+        x_val, y_val = _split_arrays(val, "val", builder)
     if len(y_train) == 0:
-        raise DatasetError(f"data.builder: {cfg.builder} returned an empty training set")
+        raise DatasetError(f"data.builder: {builder} returned an empty training set")
     if x_val.shape[1:] != x_train.shape[1:] or y_val.shape[1:] != y_train.shape[1:]:
         raise DatasetError(
             f"data.builder: train and val shapes differ ({x_train.shape[1:]} vs {x_val.shape[1:]})"
@@ -134,11 +149,11 @@ def load_builder_dataset(cfg: DataConfig) -> Dataset:
     if np.issubdtype(y_train.dtype, np.integer):
         labels = np.concatenate([y_train.reshape(-1), y_val.reshape(-1)])
         if labels.min() < 0:
-            raise DatasetError(f"data.builder: {cfg.builder} returned negative labels")
+            raise DatasetError(f"data.builder: {builder} returned negative labels")
         classes = int(labels.max()) + 1
         y_train, y_val = y_train.astype(np.int32), y_val.astype(np.int32)
     return Dataset(
-        name=cfg.builder,
+        name=builder,
         x_train=x_train,
         y_train=y_train,
         x_val=x_val,
@@ -147,6 +162,42 @@ def load_builder_dataset(cfg: DataConfig) -> Dataset:
         val_indices=np.arange(len(y_val), dtype=np.int64),
         num_classes=classes,
     )
+
+
+RUN_ARRAYS = "lca.data:run_arrays"  # the data.builder of data stored inside a run
+
+
+def run_arrays(run_dir) -> tuple:
+    """``data.builder`` of a run that carries its own data (``RUN/data.zarr``).
+
+    ``TrajectoryRecorder(..., train_data=(x, y))`` stores the arrays ``model.fit`` saw, so a
+    notebook user needs no data module; the run directory stays movable (nothing absolute).
+    """
+    from .storage import DATA_STORE, RunError, location, open_group
+
+    try:
+        group = open_group(location(run_dir) / DATA_STORE, "r")
+    except RunError as exc:
+        raise DatasetError(f"{run_dir}: the run's stored data is missing ({exc})") from None
+    train = (group["x_train"][...], group["y_train"][...])
+    val = (group["x_val"][...], group["y_val"][...]) if "x_val" in group else None
+    return train, val
+
+
+def write_run_arrays(run_dir, dataset: Dataset) -> None:
+    """Store a dataset's splits in ``RUN/data.zarr`` (read back by :func:`run_arrays`)."""
+    from .storage import DATA_STORE, location, open_group
+
+    group = open_group(location(run_dir) / DATA_STORE, "w")
+    group.attrs["description"] = "the examples model.fit trained on, stored by the recorder"
+    parts = {"x_train": dataset.x_train, "y_train": dataset.y_train}
+    if len(dataset.y_val):
+        parts |= {"x_val": dataset.x_val, "y_val": dataset.y_val}
+    for name, values in parts.items():
+        dims = ("example",) + tuple(f"{name[0]}_{i}" for i in range(1, values.ndim))
+        group.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=dims)[
+            ...
+        ] = values
 
 
 def _split_arrays(part, split: str, builder: str) -> tuple[np.ndarray, np.ndarray]:

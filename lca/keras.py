@@ -2,6 +2,8 @@
 
     model.fit(x, y, epochs=2, callbacks=[TrajectoryRecorder("runs/mine",
               model_fn="my_model:build", data_fn="my_model:load_data")])
+    model.fit(x, y, epochs=2, callbacks=[TrajectoryRecorder("runs/mine",
+              train_data=(x, y), validation_data=(x_val, y_val))])   # no module at all
 
 After every optimizer step the callback copies θ (the model's trainable variables, in
 ``model.trainable_variables`` order) into ``RUN/trajectory.zarr`` through the same buffered,
@@ -33,6 +35,7 @@ from .config import (
     TrainingConfig,
     config_from_dict,
 )
+from .data import RUN_ARRAYS
 from .storage import (
     CONFIG_FILE,
     TrajectoryWriter,
@@ -93,7 +96,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         self,
         run_dir: str | Path,
         *,
-        data_fn: str,
+        data_fn: str | None = None,
+        train_data: tuple[Any, Any] | None = None,
+        validation_data: tuple[Any, Any] | None = None,
         model_fn: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         data_kwargs: dict[str, Any] | None = None,
@@ -105,7 +110,14 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self.run_dir = location(run_dir)
+        if (data_fn is None) == (train_data is None):
+            raise ConfigError(
+                "TrajectoryRecorder: give either data_fn ('module:function') or train_data=(x, y)"
+            )
+        if validation_data is not None and train_data is None:
+            raise ConfigError("TrajectoryRecorder: validation_data goes with train_data")
         self.model_fn, self.data_fn = model_fn, data_fn
+        self.train_data, self.validation_data = train_data, validation_data
         self.model_kwargs, self.data_kwargs = dict(model_kwargs or {}), dict(data_kwargs or {})
         self.loss, self.from_logits = loss, from_logits
         self.allocate = dict(allocate or {})
@@ -131,7 +143,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
                 loss=loss,
                 from_logits=True if from_logits is None else from_logits,
             ),
-            data=DataConfig(builder=self.data_fn, kwargs=self.data_kwargs),
+            data=DataConfig(builder=self.data_fn or RUN_ARRAYS, kwargs=self.data_kwargs),
             training=TrainingConfig(iterations=iterations, seed=self.seed, log_every=0),
             allocate=AllocateConfig(),
         ).to_dict()
@@ -139,7 +151,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         return config_from_dict(raw, source="TrajectoryRecorder")  # validated like a file
 
     def on_train_begin(self, logs=None) -> None:
-        from .data import load_dataset
+        from .data import dataset_from_parts, load_dataset, write_run_arrays
         from .models import build_model, fixed_weights, parameter_layout, same_structure
         from .training import trajectory_attrs
 
@@ -159,7 +171,10 @@ class TrajectoryRecorder(keras.callbacks.Callback):
             )
         iterations = int(epochs) * int(steps)
         config = self._config(iterations)
-        dataset = load_dataset(config.data)
+        if self.train_data is not None:  # stored in the run below, read back by run_arrays
+            dataset = dataset_from_parts((self.train_data, self.validation_data), "model.fit data")
+        else:
+            dataset = load_dataset(config.data)
         layout = parameter_layout(model)
         rebuilt = build_model(config.model, dataset.input_shape, dataset.num_classes)
         if not same_structure(parameter_layout(rebuilt).to_json(), layout.to_json()):
@@ -170,6 +185,8 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         del rebuilt
         run_dir = prepare_run_dir(self.run_dir, self.overwrite)
         (run_dir / CONFIG_FILE).write_text(_HEADER + config.to_yaml())
+        if self.train_data is not None:
+            write_run_arrays(run_dir, dataset)
         self._written = config
         self.writer = TrajectoryWriter(
             run_dir,

@@ -31,6 +31,7 @@ import zarr
 CONFIG_FILE = "config.yaml"
 TRAJECTORY_STORE = "trajectory.zarr"
 LCA_STORE = "lca.zarr"
+DATA_STORE = "data.zarr"  # a recorded model.fit's own examples (TrajectoryRecorder(train_data=…))
 CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
 
 

@@ -258,3 +258,46 @@ def test_recording_does_not_change_training(tmp_path):
     assert summary.iterations_this_run >= 4
     errors = lca.open_run(tmp_path / "r").error("train")[:4]
     assert np.all(np.abs(errors) < 1e-3)
+
+
+def test_notebook_fit_with_arrays_needs_no_module_and_the_run_is_movable(tmp_path):
+    """TrajectoryRecorder(train_data=…): a model made inline, its arrays stored in the run."""
+    import shutil
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 360)
+    x = (2 * rng.normal(size=(3, 6))[y] + rng.normal(size=(360, 6))).astype("float32")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, "tanh")(inputs)))
+    model.compile(
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    recorded = tmp_path / "recorded"
+    recorder = TrajectoryRecorder(
+        recorded,
+        train_data=(x[:300], y[:300]),
+        validation_data=(x[300:], y[300:]),
+        allocate={"eval_batch_size": 150, "threshold": 1e-4},
+    )
+    model.fit(x[:300], y[:300], batch_size=30, epochs=2, verbose=0, callbacks=[recorder])
+    config = yaml.safe_load((recorded / "config.yaml").read_text())
+    assert config["data"] == {"builder": "lca.data:run_arrays", "kwargs": {}}
+    assert config["model"]["builder"] == "lca.models:from_keras_config"
+    moved = tmp_path / "elsewhere" / "run"  # nothing in the run points outside it
+    shutil.move(str(recorded), moved)
+    lca.allocate(moved, progress=False)
+    assert lca.verify_error(moved).passed
+    loss = _conserved(moved)
+    _conserved(moved, "val")
+    assert lca.open_run(moved).theta.shape[0] == 21  # θ_0 and 2 epochs × 10 steps
+    keras_loss = model.evaluate(x[:300], y[:300], batch_size=300, verbose=0)
+    assert loss[-1] == pytest.approx(keras_loss, rel=1e-5)  # L(θ_T): the fitted model's loss
+
+
+def test_recorder_needs_exactly_one_data_source():
+    with pytest.raises(ConfigError, match="either data_fn"):
+        TrajectoryRecorder("unused")
+    with pytest.raises(ConfigError, match="either data_fn"):
+        TrajectoryRecorder("unused", data_fn="my_model:load_data", train_data=([0], [0]))
