@@ -88,6 +88,8 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     config as the kwargs of the builder ``lca.models:from_keras_config``;
     ``data_fn`` returns ``(train, val)`` as :func:`lca.data.load_builder_dataset` describes,
     and its train split must be the data the loss is allocated on (usually the one fitted).
+    Instead of ``data_fn``, ``train_data=(x, y)`` (and ``validation_data``) are stored in the
+    run (``RUN/data.zarr``), which then needs no module of yours to be allocated.
     ``loss``/``from_logits`` override the compiled model's loss; ``allocate`` holds settings
     of the config's ``allocate`` section (e.g. ``{"eval_batch_size": 1000}``).
     """
