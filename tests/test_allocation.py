@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from helpers import cli
 
 from lca.allocation import allocate, chunks_for, parse_gpus
 from lca.diagnostics import verify_error
@@ -22,17 +23,6 @@ def lca_arrays(run_dir):
         for split in store.attrs["settings"]["splits"]
         for name in ("lca", "grad", "loss", "splits", "error", "error_fo")
     }
-
-
-def cli(*args, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "lca.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.mark.parametrize("name", ["tiny_fc", "tiny_lenet", "tiny_resnet"])

@@ -3,14 +3,13 @@
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli
 from test_data import cifar_sources  # noqa: F401  (the fixture, shared)
 
 from lca.allocation import allocate
@@ -34,17 +33,6 @@ def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and a
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def cli(*args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "lca.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 # --- run directories at URLs --------------------------------------------------------------
