@@ -74,19 +74,25 @@ def connect(address: str) -> Any:
 
 
 def worker_count(
-    resources: dict[str, float], gpus_per_task: float, cpus_per_task: float, chunks: int
+    nodes: Sequence[dict[str, float]], gpus_per_task: float, cpus_per_task: float, chunks: int
 ) -> int:
-    """How many chunk workers the cluster holds at once (at least 1, at most ``chunks``)."""
-    if gpus_per_task > 0:
-        available = resources.get("GPU", 0.0)
-        if available < gpus_per_task:
-            raise RunError(
-                f"--gpus-per-task {gpus_per_task}: the Ray cluster has {available:g} GPUs"
-            )
-        fit = min(available // gpus_per_task, resources.get("CPU", 0.0) // cpus_per_task)
-    else:
-        fit = resources.get("CPU", 0.0) // cpus_per_task
-    return int(max(1, min(fit, chunks)))
+    """How many chunk workers the cluster's nodes hold at once (at most ``chunks``).
+
+    A worker lives on one node, so each node counts for what fits in it; a task that fits
+    in no node would wait forever, so that is an error instead.
+    """
+    fit = 0
+    for resources in nodes:
+        on_node = resources.get("CPU", 0.0) // cpus_per_task
+        if gpus_per_task > 0:
+            on_node = min(on_node, resources.get("GPU", 0.0) // gpus_per_task)
+        fit += int(on_node)
+    if fit == 0:
+        raise RunError(
+            f"--cpus-per-task {cpus_per_task:g} --gpus-per-task {gpus_per_task:g}: no node of "
+            "the Ray cluster has that many CPUs and GPUs"
+        )
+    return min(fit, chunks)
 
 
 def run_on_ray(
@@ -104,7 +110,8 @@ def run_on_ray(
         cpus_per_task = 1
     threads = max(1, int(cpus_per_task))
     where = str(run_dir) if is_remote(run_dir) else str(run_dir.resolve())
-    count = worker_count(ray.cluster_resources(), gpus_per_task, cpus_per_task, len(todo))
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    count = worker_count(nodes, gpus_per_task, cpus_per_task, len(todo))
     actor = ray.remote(
         num_cpus=cpus_per_task,
         num_gpus=gpus_per_task,

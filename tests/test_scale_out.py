@@ -131,6 +131,42 @@ def test_a_missing_run_at_a_url_is_a_one_line_error(tmp_path):
 
 # --- Ray ---------------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ray", "auto", "--workers", "2"], "--gpus, --workers and --ray are exclusive"),
+        (["--ray", "auto", "--gpus", "0"], "--gpus, --workers and --ray are exclusive"),
+        (["--gpus-per-task", "1"], "--gpus-per-task and --cpus-per-task need --ray"),
+        (["--cpus-per-task", "4"], "--gpus-per-task and --cpus-per-task need --ray"),
+    ],
+)
+def test_ray_options_are_checked_before_anything_runs(args, message, tmp_path):
+    from click.testing import CliRunner
+
+    from lca.cli import main
+
+    result = CliRunner().invoke(main, ["allocate", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_worker_count_follows_the_cluster_resources():
+    from lca.cluster import worker_count
+    from lca.storage import RunError
+
+    two_nodes = [{"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}]
+    assert worker_count(two_nodes, 1, 1, chunks=100) == 8  # one per GPU
+    assert worker_count(two_nodes, 0.5, 1, chunks=100) == 16  # two per GPU
+    assert worker_count(two_nodes, 1, 16, chunks=100) == 4  # CPUs run out first
+    assert worker_count(two_nodes, 0, 8, chunks=100) == 8  # CPU-only tasks
+    assert worker_count(two_nodes, 1, 1, chunks=3) == 3  # no idle workers
+    assert worker_count([{"CPU": 3.0}, {"CPU": 3.0}], 0, 2, chunks=10) == 2  # per node, not 6 // 2
+    with pytest.raises(RunError, match="no node of the Ray cluster"):
+        worker_count([{"CPU": 2.0}, {"CPU": 2.0}], 0, 4, chunks=10)  # would wait forever
+    with pytest.raises(RunError, match="no node of the Ray cluster"):
+        worker_count([{"CPU": 8.0}], 1, 1, chunks=10)  # no GPU anywhere
+
+
 ray = pytest.importorskip("ray")
 
 SLOW = (  # chunks long enough (~1 s) to kill a worker in the middle of one
