@@ -192,10 +192,15 @@ def test_ray_allocation_is_bitwise_the_local_single_worker_one(ray_cluster, fres
     local = fresh_run("tiny_fc")
     on_ray = tmp_path / "on_ray"
     shutil.copytree(local, on_ray)
-    # the real command line, joining the running cluster by its address
-    result = cli("allocate", str(on_ray), "--ray", ray_cluster, "--cpus-per-task", "1")
-    assert result.returncode == 0, result.stderr
-    assert "allocated 40 iterations" in result.stdout
+    # the real command line, joining the running cluster by its address: first a part of the
+    # run (as if the cluster had gone away), then the rest, resumed from the finished chunks
+    ray_args = ("--ray", ray_cluster, "--cpus-per-task", "1")
+    part = cli("allocate", str(on_ray), "--iterations", "8:24", *ray_args)
+    assert part.returncode == 0, part.stderr
+    assert "allocated 16 iterations" in part.stdout and "16 of 40 done" in part.stdout
+    rest = cli("allocate", str(on_ray), *ray_args)
+    assert rest.returncode == 0, rest.stderr
+    assert "allocated 24 iterations" in rest.stdout and "40 of 40 done" in rest.stdout
     allocate(local, threads=1, progress=False)
     assert_same(lca_arrays(on_ray), lca_arrays(local))
     assert verify_error(on_ray).passed
