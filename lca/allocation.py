@@ -838,7 +838,7 @@ def allocate(
 
             bar.set_description(f"allocate {run_dir.name} on Ray")
             for result_stop_start, evaluations in run_on_ray(
-                run_dir, settings, todo, ray, gpus_per_task, cpus_per_task, on_iteration
+                run_dir, settings, todo, ray, gpus_per_task, cpus_per_task, on_iteration, threads
             ):
                 summary.iterations_this_run += result_stop_start
                 summary.gradient_evaluations += evaluations

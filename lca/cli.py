@@ -126,7 +126,9 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--gpus", help="One worker per listed GPU: 0-3 or 0,2.")
 @click.option("--workers", type=int, default=1, show_default=True, help="CPU worker processes.")
-@click.option("--threads", type=int, help="TensorFlow intra-op threads per worker.")
+@click.option(
+    "--threads", type=int, help="TensorFlow intra-op threads per worker [--ray: its CPUs]."
+)
 @click.option(
     "--ray",
     "ray_address",

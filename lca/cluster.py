@@ -103,12 +103,16 @@ def run_on_ray(
     gpus_per_task: float,
     cpus_per_task: float | None,
     on_iteration: Callable[[int], None],
+    threads: int | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """Run the chunks ``todo`` on a Ray cluster; yield (iterations, evaluations) per chunk."""
+    """Run the chunks ``todo`` on a Ray cluster; yield (iterations, evaluations) per chunk.
+
+    Each worker runs TensorFlow on ``threads`` threads, by default as many as its CPUs.
+    """
     ray = connect(address)
     if cpus_per_task is None:
         cpus_per_task = 1
-    threads = max(1, int(cpus_per_task))
+    threads = threads or max(1, int(cpus_per_task))
     where = str(run_dir) if is_remote(run_dir) else str(run_dir.resolve())
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     count = worker_count(nodes, gpus_per_task, cpus_per_task, len(todo))
