@@ -301,3 +301,55 @@ def test_recorder_needs_exactly_one_data_source():
         TrajectoryRecorder("unused")
     with pytest.raises(ConfigError, match="either data_fn"):
         TrajectoryRecorder("unused", data_fn="my_model:load_data", train_data=([0], [0]))
+
+
+class _ReadEveryStep(keras.callbacks.Callback):
+    """The obvious reference: θ read from Python after every step."""
+
+    def on_train_begin(self, logs=None):
+        self.rows = [np.concatenate([v.numpy().ravel() for v in self.model.trainable_variables])]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.rows.append(
+            np.concatenate([v.numpy().ravel() for v in self.model.trainable_variables])
+        )
+
+
+@keras.saving.register_keras_serializable(package="lca_tests")
+class OwnTrainStep(keras.Model):
+    """A custom train_step that updates through optimizer.apply, bypassing apply_gradients."""
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True))
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return {"loss": loss}
+
+
+@pytest.mark.parametrize("model_class", [keras.Model, OwnTrainStep])
+def test_recorded_theta_is_theta_after_every_step(tmp_path, model_class):
+    """The stored θ rows are θ read after every step, for Keras' train step and a custom one;
+    several writer buffers and a partial last one."""
+    keras.utils.set_random_seed(0)
+    (x, y), _ = my_model.load_data()
+    inputs = keras.Input(x.shape[1:])
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(inputs))
+    model = model_class(inputs, keras.layers.Dense(int(y.max()) + 1)(hidden))
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    reference = _ReadEveryStep()
+    recorder = TrajectoryRecorder(tmp_path / "r", train_data=(x, y))
+    model.fit(x, y, batch_size=7, epochs=3, verbose=0, callbacks=[reference, recorder])
+    run = lca.open_run(tmp_path / "r")
+    from lca.storage import rows_per_chunk
+
+    steps = len(reference.rows)  # θ_0 and one row per step: several buffers and a partial one
+    assert run.theta.shape[0] == steps and (steps - 1) % rows_per_chunk(run.theta.shape[1]) != 0
+    assert steps - 1 > rows_per_chunk(run.theta.shape[1])
+    np.testing.assert_array_equal(run.theta[:], np.stack(reference.rows))
