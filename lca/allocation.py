@@ -10,6 +10,7 @@ ends with exactly the arrays of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -833,35 +834,22 @@ def allocate(
 
     start = time.perf_counter()
     try:
+        # three ways to schedule the same work units; each yields (iterations, evaluations)
         if ray is not None:
             from .cluster import run_on_ray
 
             bar.set_description(f"allocate {run_dir.name} on Ray")
-            for result_stop_start, evaluations in run_on_ray(
+            finished = run_on_ray(
                 run_dir, settings, todo, ray, gpus_per_task, cpus_per_task, on_iteration, threads
-            ):
-                summary.iterations_this_run += result_stop_start
-                summary.gradient_evaluations += evaluations
+            )
         elif gpus is None and workers <= 1:
-            if threads is not None:
-                from .gradients import configure_tensorflow
-
-                configure_tensorflow(threads)
-            allocator = ChunkAllocator(run_dir, settings)
-            try:
-                for k in todo:
-                    result = allocator.compute(k, on_iteration)
-                    allocator.submit(result)
-                    summary.gradient_evaluations += result.evaluations
-                    summary.iterations_this_run += result.stop - result.start
-            finally:
-                allocator.wait()  # what was computed is written, even on Ctrl-C
+            finished = _run_here(run_dir, settings, todo, threads, on_iteration)
         else:
             devices = [str(g) for g in gpus] if gpus is not None else [""] * workers
-            for result_stop_start, evaluations in _run_workers(
-                run_dir, settings, todo, devices, threads, on_iteration
-            ):
-                summary.iterations_this_run += result_stop_start
+            finished = _run_workers(run_dir, settings, todo, devices, threads, on_iteration)
+        with contextlib.closing(finished):
+            for iterations_done, evaluations in finished:
+                summary.iterations_this_run += iterations_done
                 summary.gradient_evaluations += evaluations
     finally:
         bar.close()
@@ -869,6 +857,22 @@ def allocate(
         done = open_group(run_dir / LCA_STORE, "r")["done"][:]
         summary.iterations_done = sum(min(c, T - k * c) for k in np.flatnonzero(done))
     return summary
+
+
+def _run_here(run_dir, settings, todo, threads, on_iteration):
+    """Compute the work units in this process, writing each while the next is computed."""
+    if threads is not None:
+        from .gradients import configure_tensorflow
+
+        configure_tensorflow(threads)
+    allocator = ChunkAllocator(run_dir, settings)
+    try:
+        for k in todo:
+            result = allocator.compute(k, on_iteration)
+            allocator.submit(result)
+            yield result.stop - result.start, result.evaluations
+    finally:
+        allocator.wait()  # what was computed is written, even on Ctrl-C
 
 
 def _run_workers(run_dir, settings, todo, devices, threads, on_iteration):

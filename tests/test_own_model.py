@@ -317,7 +317,7 @@ class _ReadEveryStep(keras.callbacks.Callback):
 
 @keras.saving.register_keras_serializable(package="lca_tests")
 class OwnTrainStep(keras.Model):
-    """A custom train_step that updates through optimizer.apply, bypassing apply_gradients."""
+    """A custom train_step (the update through optimizer.apply), as research code often has."""
 
     def train_step(self, data):
         import tensorflow as tf
