@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,30 @@ def compiled_loss(model: keras.Model) -> tuple[str, bool]:
             "mean_squared_error (or pass loss= to the recorder)"
         )
     return aliases[name], from_logits
+
+
+def _theta_reader(variables: list) -> Callable[[], list[np.ndarray]]:
+    """A function returning the variables' values as numpy arrays, as cheaply as possible.
+
+    ``KerasVariable.numpy()`` costs ~30 µs a variable in Python-side dispatch; reading the
+    TensorFlow resource directly costs ~8 µs, which matters when it is paid at every step.
+    Variables without a plain resource handle (e.g. under a distribution strategy) are read
+    the ordinary way.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            handles = [(v.value.handle, v.value.dtype) for v in variables]
+            read = tf.raw_ops.ReadVariableOp
+            for (handle, dtype), v in zip(handles, variables, strict=True):
+                if not np.array_equal(np.asarray(read(resource=handle, dtype=dtype)), v.numpy()):
+                    raise ValueError("the resource holds another value")
+        except (AttributeError, ValueError, TypeError, tf.errors.OpError):
+            pass
+        else:
+            return lambda: [np.asarray(read(resource=h, dtype=d)) for h, d in handles]
+    return lambda: [v.numpy() for v in variables]
 
 
 class TrajectoryRecorder(keras.callbacks.Callback):
@@ -210,9 +235,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         )
         self._fixed = fixed_weights(model)
         write_fixed_weights(self.writer.group, [(n, a) for n, a, _ in self._fixed])
-        self._variables = list(model.trainable_variables)
+        self._read_theta = _theta_reader(model.trainable_variables)
         self._no_metrics = (math.nan, math.nan, np.full(1, -1, np.int64))
-        self.writer.append([v.numpy() for v in self._variables], None)
+        self.writer.append(self._read_theta(), None)
         self.steps = 0
 
     # --- every step ----------------------------------------------------------------------
@@ -222,7 +247,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
             return
         if self.steps >= self.writer.num_steps - 1:
             raise ConfigError("model.fit ran more steps than it announced; cannot record them")
-        self.writer.append([v.numpy() for v in self._variables], self._no_metrics)
+        self.writer.append(self._read_theta(), self._no_metrics)
         self.steps += 1
 
     # --- end -------------------------------------------------------------------------------

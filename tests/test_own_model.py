@@ -353,3 +353,43 @@ def test_recorded_theta_is_theta_after_every_step(tmp_path, model_class):
     assert run.theta.shape[0] == steps and (steps - 1) % rows_per_chunk(run.theta.shape[1]) != 0
     assert steps - 1 > rows_per_chunk(run.theta.shape[1])
     np.testing.assert_array_equal(run.theta[:], np.stack(reference.rows))
+
+
+def test_recorded_last_theta_is_before_the_optimizers_moving_average_replaces_it(tmp_path):
+    """With use_ema, fit's last act overwrites the weights with their moving average; the
+    trajectory must still end at θ after the last step, the point the steps reached."""
+    keras.utils.set_random_seed(0)
+    (x, y), _ = my_model.load_data()
+    model = my_model.build()
+    model.compile(
+        keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.5),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    reference = _ReadEveryStep()
+    recorder = TrajectoryRecorder(tmp_path / "ema", train_data=(x, y))
+    model.fit(x, y, batch_size=50, epochs=2, verbose=0, callbacks=[reference, recorder])
+    theta = lca.open_run(tmp_path / "ema").theta[:]
+    np.testing.assert_array_equal(theta, np.stack(reference.rows))
+    final = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+    assert not np.array_equal(theta[-1], final)  # the weights fit left are the average
+
+
+def test_recorder_under_a_distribution_strategy_records_every_step(tmp_path):
+    """A model built under a tf.distribute strategy (its variables are MirroredVariables, read
+    through a replica's resource): the rows are still θ after every step."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    (x, y), _ = my_model.load_data()
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = my_model.build()
+        model.compile(
+            keras.optimizers.SGD(0.05, momentum=0.9),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    reference = _ReadEveryStep()
+    recorder = TrajectoryRecorder(tmp_path / "mirrored", train_data=(x, y))
+    model.fit(x, y, batch_size=50, epochs=1, verbose=0, callbacks=[reference, recorder])
+    np.testing.assert_array_equal(
+        lca.open_run(tmp_path / "mirrored").theta[:], np.stack(reference.rows)
+    )
