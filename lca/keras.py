@@ -85,8 +85,8 @@ def _theta_reader(variables: list) -> Callable[[], list[np.ndarray]]:
 
     ``KerasVariable.numpy()`` costs ~30 µs a variable in Python-side dispatch; reading the
     TensorFlow resource directly costs ~8 µs, which matters when it is paid at every step.
-    Variables without a plain resource handle (e.g. under a distribution strategy) are read
-    the ordinary way.
+    Variables without a TensorFlow resource handle (another Keras backend) are read the
+    ordinary way.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

@@ -315,6 +315,16 @@ class _ReadEveryStep(keras.callbacks.Callback):
         )
 
 
+def _fit_recorded(model, x, y, run_dir, *, batch_size: int, epochs: int):
+    """Fit with the recorder and the per-step reference: (recorded θ rows, reference rows)."""
+    reference = _ReadEveryStep()
+    recorder = TrajectoryRecorder(run_dir, train_data=(x, y))
+    model.fit(
+        x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[reference, recorder]
+    )
+    return lca.open_run(run_dir).theta[:], np.stack(reference.rows)
+
+
 @keras.saving.register_keras_serializable(package="lca_tests")
 class OwnTrainStep(keras.Model):
     """A custom train_step (the update through optimizer.apply), as research code often has."""
@@ -343,16 +353,13 @@ def test_recorded_theta_is_theta_after_every_step(tmp_path, model_class):
         keras.optimizers.SGD(0.05, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    reference = _ReadEveryStep()
-    recorder = TrajectoryRecorder(tmp_path / "r", train_data=(x, y))
-    model.fit(x, y, batch_size=7, epochs=3, verbose=0, callbacks=[reference, recorder])
-    run = lca.open_run(tmp_path / "r")
+    theta, reference = _fit_recorded(model, x, y, tmp_path / "r", batch_size=7, epochs=3)
     from lca.storage import rows_per_chunk
 
-    steps = len(reference.rows)  # θ_0 and one row per step: several buffers and a partial one
-    assert run.theta.shape[0] == steps and (steps - 1) % rows_per_chunk(run.theta.shape[1]) != 0
-    assert steps - 1 > rows_per_chunk(run.theta.shape[1])
-    np.testing.assert_array_equal(run.theta[:], np.stack(reference.rows))
+    steps = len(reference)  # θ_0 and one row per step: several buffers and a partial one
+    assert theta.shape[0] == steps and (steps - 1) % rows_per_chunk(theta.shape[1]) != 0
+    assert steps - 1 > rows_per_chunk(theta.shape[1])
+    np.testing.assert_array_equal(theta, reference)
 
 
 def test_recorded_last_theta_is_before_the_optimizers_moving_average_replaces_it(tmp_path):
@@ -365,11 +372,8 @@ def test_recorded_last_theta_is_before_the_optimizers_moving_average_replaces_it
         keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.5),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    reference = _ReadEveryStep()
-    recorder = TrajectoryRecorder(tmp_path / "ema", train_data=(x, y))
-    model.fit(x, y, batch_size=50, epochs=2, verbose=0, callbacks=[reference, recorder])
-    theta = lca.open_run(tmp_path / "ema").theta[:]
-    np.testing.assert_array_equal(theta, np.stack(reference.rows))
+    theta, reference = _fit_recorded(model, x, y, tmp_path / "ema", batch_size=50, epochs=2)
+    np.testing.assert_array_equal(theta, reference)
     final = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
     assert not np.array_equal(theta[-1], final)  # the weights fit left are the average
 
@@ -387,9 +391,5 @@ def test_recorder_under_a_distribution_strategy_records_every_step(tmp_path):
             keras.optimizers.SGD(0.05, momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-    reference = _ReadEveryStep()
-    recorder = TrajectoryRecorder(tmp_path / "mirrored", train_data=(x, y))
-    model.fit(x, y, batch_size=50, epochs=1, verbose=0, callbacks=[reference, recorder])
-    np.testing.assert_array_equal(
-        lca.open_run(tmp_path / "mirrored").theta[:], np.stack(reference.rows)
-    )
+    theta, reference = _fit_recorded(model, x, y, tmp_path / "mirrored", batch_size=50, epochs=1)
+    np.testing.assert_array_equal(theta, reference)
