@@ -1,0 +1,390 @@
+"""One work unit: replay its stretch of the trajectory and allocate every iteration in it.
+
+A unit computes the gradient at its first θ once, then walks its iterations, reusing every
+endpoint gradient as the next start; its arrays are written (in the background) only after
+the whole unit is computed, and the unit is marked done last.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from ..quadrature import integrate_step
+from ..storage import LCA_STORE, RunError, Trajectory, location, open_group, open_trajectory
+from .settings import AllocationSettings, read_run_config, subset_indices
+from .store import CHECK_SCALARS, _layer_index, unit_index
+
+
+@dataclass
+class ChunkResult:
+    """What one work unit computed, before it is written."""
+
+    chunk: int
+    start: int
+    stop: int
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    halvings: int = 0
+    evaluations: int = 0
+    check: dict[str, np.ndarray] | None = None  # rows of ``subset_check/`` (checked units)
+    check_seconds: float = 0.0  # time spent on the full-set check (benchmarks subtract it)
+
+
+def compare_lca(
+    a_subset: np.ndarray, a_full: np.ndarray, layer_index: np.ndarray, num_layers: int
+) -> dict[str, np.ndarray | float]:
+    """How far one iteration's subset LCA is from its full-set LCA, per layer and overall."""
+    sub = np.asarray(a_subset, dtype=np.float64)
+    full = np.asarray(a_full, dtype=np.float64)
+    layer_sub = np.bincount(layer_index, weights=sub, minlength=num_layers)
+    layer_full = np.bincount(layer_index, weights=full, minlength=num_layers)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer_rel = np.abs(layer_sub - layer_full) / np.abs(layer_full)
+    correlation = (
+        float(np.corrcoef(sub, full)[0, 1]) if sub.std() > 0 and full.std() > 0 else float("nan")
+    )
+    nonzero = full != 0
+    sign_agreement = (
+        float((np.sign(sub[nonzero]) == np.sign(full[nonzero])).mean())
+        if nonzero.any()
+        else float("nan")
+    )
+
+    def helped_pct(a: np.ndarray) -> float:
+        moved = np.count_nonzero(a)
+        return 100.0 * np.count_nonzero(a < 0) / moved if moved else float("nan")
+
+    return {
+        "layer_rel_error": layer_rel,
+        "correlation": correlation,
+        "sign_agreement": sign_agreement,
+        "helped_error": helped_pct(sub) - helped_pct(full),
+    }
+
+
+def load_objective(
+    run_dir: str | Path,
+    splits: Sequence[str] = ("train", "val"),
+    eval_batch_size: int | None = None,
+    *,
+    allow_tf32: bool = False,
+    jit_compile: bool = False,
+    reuse_input_layer: bool = True,
+    train_subset: np.ndarray | None = None,
+    per_class: bool = False,
+):
+    """The full-set loss/gradient function of a run's model and data, checked against the run.
+
+    The dataset is reloaded from the run's config and must hold exactly the examples the run
+    was trained on; the evaluation model (no dropout) must have the recorded layout.
+    ``train_subset`` (indices into the train split) restricts the train split to those examples.
+    """
+    import keras
+
+    from ..data import load_dataset
+    from ..gradients import FullBatchObjective, PerClassObjective, configure_tensorflow
+    from ..models import build_model, parameter_layout
+
+    configure_tensorflow(allow_tf32=allow_tf32)
+    config = read_run_config(run_dir)
+    trajectory = open_trajectory(run_dir)
+    dataset = load_dataset(config.data, run_dir)
+    if not np.array_equal(trajectory.group["train_indices"][:], dataset.train_indices):
+        raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
+    user_model = config.model.builder is not None
+    if user_model:
+        keras.utils.set_random_seed(int(trajectory.attrs.get("seed", 0)))
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes, evaluation=True)
+    data = {split: dataset.split(split) for split in splits}
+    for split, (_, y) in data.items():
+        if len(y) == 0:
+            raise RunError(
+                f"allocate.splits: the run has no {split} examples (data.builder returned "
+                f"none); allocate with --splits train"
+            )
+    if user_model:
+        _prepare_user_model(run_dir, model, trajectory, data)
+    elif parameter_layout(model).to_json() != trajectory.layout_json:
+        raise RunError(f"{run_dir}: the model's parameter layout differs from the recorded one")
+    if train_subset is not None and "train" in data:
+        x, y = data["train"]
+        data["train"] = (x[train_subset], y[train_subset])
+    batch_size = eval_batch_size or config.allocate.eval_batch_size
+    options = {"from_logits": config.model.from_logits, "training": not user_model}
+    if per_class:
+        if not config.model.classification:
+            raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
+        return PerClassObjective(
+            model, data, batch_size, dataset.num_classes, jit_compile=jit_compile, **options
+        )
+    return FullBatchObjective(
+        model,
+        data,
+        batch_size,
+        jit_compile=jit_compile,
+        reuse_input_layer=reuse_input_layer,
+        loss=config.model.loss,
+        **options,
+    )
+
+
+def _prepare_user_model(run_dir, model, trajectory: Trajectory, data) -> None:
+    """Make a user's model evaluate the run's loss honestly, or say why it cannot.
+
+    Restores the non-trainable weights the run stored, switches batch norm to batch
+    statistics (a warning: the allocated loss is then the one of the fixed evaluation batches),
+    and checks that the layout matches and that the model is deterministic at a fixed θ.
+    """
+    import warnings
+
+    from ..gradients import check_deterministic, evaluation_mode
+    from ..models import parameter_layout, restore_fixed_weights, same_structure
+    from ..storage import read_fixed_weights
+
+    if not same_structure(parameter_layout(model).to_json(), trajectory.layout_json):
+        raise RunError(
+            f"{run_dir}: model.builder builds a model whose trainable weights differ in number "
+            "or shape from the recorded ones"
+        )
+    changed = trajectory.attrs.get("non_trainable_changed")
+    if changed:
+        raise RunError(
+            f"{run_dir}: non-trainable weight {changed[0]} changed during training, so the "
+            "loss is not a function of the recorded θ alone; make it trainable or keep it fixed"
+        )
+    stored = read_fixed_weights(trajectory.group)
+    if stored is not None:
+        restore_fixed_weights(model, stored)
+    switched = evaluation_mode(model)
+    if switched:
+        warnings.warn(
+            f"layer {switched[0]} is batch normalization: the allocated loss uses the batch "
+            "statistics of the fixed evaluation batches (allocate.eval_batch_size), not its "
+            "moving averages",
+            stacklevel=3,
+        )
+    x = next(iter(data.values()))[0][:256]
+    check_deterministic(model, x, training=False)
+
+
+class ChunkAllocator:
+    """Everything a worker needs to allocate work units: data, compiled objective, stores."""
+
+    def __init__(self, run_dir: str | Path, settings: AllocationSettings) -> None:
+        self.run_dir = location(run_dir)
+        self.settings = settings
+        self.trajectory = open_trajectory(run_dir)
+        options = dict(
+            allow_tf32=settings.allow_tf32,
+            jit_compile=settings.jit_compile,
+            reuse_input_layer=settings.reuse_input_layer,
+        )
+        subset = None
+        if settings.subset_size is not None:
+            num_train = int(self.trajectory.attrs["num_train"])
+            subset = subset_indices(num_train, settings.subset_size, settings.subset_seed)
+        self.objective = load_objective(
+            run_dir,
+            settings.splits,
+            settings.eval_batch_size,
+            train_subset=subset,
+            per_class=settings.per_class,
+            **options,
+        )
+        # the exact full-train-set objective, only for the iterations that are checked
+        self.full_objective = (
+            load_objective(run_dir, ("train",), settings.eval_batch_size, **options)
+            if settings.check_every is not None
+            else None
+        )
+        self.layer_index, layers = _layer_index(self.trajectory.layout_json)
+        self.num_layers = len(layers)
+        self.num_classes = int(self.trajectory.attrs["num_classes"])
+        self.units = unit_index(self.trajectory.layout_json)
+        self._store: zarr.Group | None = None
+        # Chunks are compressed and written by one background thread while the next chunk's
+        # gradients are computed; at most one written chunk is pending at a time.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-writer")
+        self._pending: Future | None = None
+
+    def submit(self, result: ChunkResult, then: Callable[[ChunkResult], None] | None = None):
+        """Write ``result`` in the background, then call ``then(result)`` (from that thread)."""
+        self.wait()
+
+        def write_then() -> None:
+            self.write(result)
+            if then is not None:
+                then(result)
+
+        self._pending = self._writer.submit(write_then)
+
+    def wait(self) -> None:
+        """Block until the pending write (if any) is done; re-raise its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def compute(self, chunk: int, on_iteration: Callable[[int], None] | None = None) -> ChunkResult:
+        """Allocate the iterations of work unit ``chunk`` (nothing is written here)."""
+        T = self.trajectory.num_iterations
+        c = self.settings.chunk_iterations
+        start, stop = chunk * c, min(chunk * c + c, T)
+        thetas = self.trajectory.theta[start : stop + 1]
+        if not np.isfinite(thetas).all():
+            raise RunError(f"{self.run_dir}: θ between steps {start} and {stop} is not finite")
+        splits = self.settings.splits
+        n = stop - start
+        out = {
+            s: {
+                "lca": np.empty((n, thetas.shape[1]), np.float32),
+                "grad": np.empty((n + 1, thetas.shape[1]), np.float32),
+                "loss": np.empty(n + 1),
+                "splits": np.empty(n, np.int32),
+                "error": np.empty(n),
+                "error_fo": np.empty(n),
+            }
+            for s in splits
+        }
+        per_class = self.settings.per_class
+        if per_class:
+            C, L, K = self.num_classes, self.num_layers, thetas.shape[1]
+            for s in splits:
+                out[s]["class_loss"] = np.empty((n + 1, C))
+                out[s]["class_error"] = np.empty((n, C))
+                out[s]["class_layer_lca"] = np.empty((n, C, L), np.float32)
+                for layer, (_, _, units) in self.units.items():
+                    out[s][f"class_unit_lca/{layer}"] = np.empty((n, C, units), np.float32)
+                if self.settings.per_class_full:
+                    out[s]["class_lca"] = np.empty((n, C, K), np.float32)
+        result = ChunkResult(chunk, start, stop, out)
+        here = self.objective(thetas[0])
+        evaluations_before = self.objective.evaluations
+        for s in splits:
+            out[s]["loss"][0], out[s]["grad"][0] = here[s][0], here[s][1]
+            if per_class:
+                out[s]["class_loss"][0] = here[s][2]
+        components = tuple(f"{s}/class" for s in splits) if per_class else ()
+
+        def nodes(values):  # what the quadrature integrates at one point
+            found = {s: values[s][1] for s in splits}
+            found.update({f"{s}/class": values[s][3] for s in splits if per_class})
+            return found
+
+        for k in range(n):
+            delta = thetas[k + 1].astype(np.float64) - thetas[k]
+            there = self.objective(thetas[k + 1])
+
+            def gradient_at(fraction: float, k=k):
+                return nodes(self.objective.between(thetas[k], thetas[k + 1], fraction))
+
+            step = integrate_step(
+                gradient_at,
+                delta,
+                {s: there[s][0] - here[s][0] for s in splits},
+                nodes(here),
+                nodes(there),
+                threshold=self.settings.threshold,
+                max_splits=self.settings.max_splits,
+                components=components,
+            )
+            for s in splits:
+                out[s]["lca"][k] = step.lca[s]
+                out[s]["loss"][k + 1], out[s]["grad"][k + 1] = there[s][0], there[s][1]
+                if per_class:
+                    self._per_class(out[s], k, step.components[f"{s}/class"], here[s], there[s])
+                out[s]["splits"][k] = step.splits
+                out[s]["error"][k] = step.error[s]
+                out[s]["error_fo"][k] = step.error_first_order[s]
+            result.halvings += int(math.log2(step.splits // 2))
+            if self.settings.checked(start + k):
+                self._check(
+                    result, k, thetas[k], thetas[k + 1], step.splits, out["train"]["lca"][k]
+                )
+            here = there
+            if on_iteration is not None:
+                on_iteration(step.splits)
+        result.evaluations = self.objective.evaluations - evaluations_before + 1
+        return result
+
+    def _per_class(self, out: dict, k: int, lca: np.ndarray, here: tuple, there: tuple) -> None:
+        """Row k of the per-class arrays from the (C, K) per-class LCA of one iteration."""
+        out["class_loss"][k + 1] = there[2]
+        out["class_error"][k] = (there[2] - here[2]) - lca.sum(axis=1, dtype=np.float64)
+        for c, row in enumerate(lca):
+            out["class_layer_lca"][k, c] = np.bincount(
+                self.layer_index, weights=row, minlength=self.num_layers
+            )
+            for layer, (indices, unit_of, units) in self.units.items():
+                out[f"class_unit_lca/{layer}"][k, c] = np.bincount(
+                    unit_of, weights=row[indices], minlength=units
+                )
+        if "class_lca" in out:
+            out["class_lca"][k] = lca
+
+    def _check(self, result: ChunkResult, k: int, theta0, theta1, n: int, a_subset) -> None:
+        """Full-set LCA of row ``k`` by Simpson on the subset's n sub-intervals; compare.
+
+        Using the subset's n (not an adaptive rule of its own) keeps the two LCAs on the same
+        quadrature, so their difference is the subset's sampling error alone; the full set's
+        own conservation error is stored beside it as ``full_error``.
+        """
+        began = time.perf_counter()
+        objective = self.full_objective
+        rows = result.stop - result.start
+        if result.check is None:
+            result.check = {"iteration": np.full(rows, -1, np.int64)}
+            result.check["layer_rel_error"] = np.full((rows, self.num_layers), np.nan)
+            result.check.update({name: np.full(rows, np.nan) for name in CHECK_SCALARS})
+        here, there = objective(theta0)["train"], objective(theta1)["train"]
+        delta = theta1.astype(np.float64) - theta0
+        step = integrate_step(
+            lambda fraction: {"train": objective.between(theta0, theta1, fraction)["train"][1]},
+            delta,
+            {"train": there[0] - here[0]},
+            {"train": here[1]},
+            {"train": there[1]},
+            threshold=0.0,  # never accept early: refine up to exactly n sub-intervals
+            max_splits=n,
+        )
+        check = result.check
+        check["iteration"][k] = result.start + k
+        for name, value in compare_lca(
+            a_subset, step.lca["train"], self.layer_index, self.num_layers
+        ).items():
+            check[name][k] = value
+        check["full_loss_change"][k] = there[0] - here[0]
+        check["full_error"][k] = step.error["train"]
+        result.check_seconds += time.perf_counter() - began
+
+    def write(self, result: ChunkResult) -> None:
+        """Write a unit's own chunks, then (and only then) mark it done."""
+        if self._store is None:
+            self._store = open_group(self.run_dir / LCA_STORE, "r+")
+        T = self.trajectory.num_iterations
+        a, b = result.start, result.stop
+        # grad/loss rows a..b-1 belong to this unit's chunk; row T only to the last unit.
+        last = b + 1 if b == T else b
+        for split, arrays in result.arrays.items():
+            group = self._store[split]
+            group["lca"][a:b] = arrays["lca"]
+            group["grad"][a:last] = arrays["grad"][: last - a]
+            group["loss"][a:last] = arrays["loss"][: last - a]
+            for name in ("splits", "error", "error_fo"):
+                group[name][a:b] = arrays[name]
+            for name, values in arrays.items():
+                if name.startswith("class_"):  # per-class rows; losses like `loss`
+                    if name == "class_loss":
+                        group[name][a:last] = values[: last - a]
+                    else:
+                        group[name][a:b] = values
+        if result.check is not None:
+            for name, values in result.check.items():
+                self._store["subset_check"][name][a:b] = values
+        self._store["done"][result.chunk] = True

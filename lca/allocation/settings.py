@@ -1,0 +1,115 @@
+"""What fixes the numbers of an allocation: the settings, merged from config and command line.
+
+A resumed allocation must use exactly the settings its store was made with, so they have an
+``identity()`` that ``lca.zarr`` records and compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import AllocateConfig, Config, load_config
+from ..storage import CONFIG_FILE, RunError, location, rows_per_chunk
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    """What fixes the numbers of an allocation; a resumed run must use the same."""
+
+    splits: tuple[str, ...]
+    threshold: float
+    max_splits: int
+    chunk_iterations: int
+    eval_batch_size: int
+    allow_tf32: bool = False
+    jit_compile: bool = False
+    reuse_input_layer: bool = True
+    subset_size: int | None = None  # train split on this many examples (None: all of them)
+    subset_seed: int = 0
+    check_every: int | None = None  # also allocate every k-th iteration on the full train set
+    per_class: bool = False  # also the per-class parts of every LCA
+    per_class_full: bool = False  # ... and their full (T, C, K) arrays
+
+    def identity(self) -> dict:
+        subset = {}
+        if self.subset_size is not None:  # absent otherwise, so older stores still resume
+            subset = {
+                "subset_size": self.subset_size,
+                "subset_seed": self.subset_seed,
+                "check_every": self.check_every,
+            }
+        return {
+            "splits": list(self.splits),
+            "threshold": self.threshold,
+            "max_splits": self.max_splits,
+            "chunk_iterations": self.chunk_iterations,
+            "eval_batch_size": self.eval_batch_size,
+            "allow_tf32": self.allow_tf32,
+            "jit_compile": self.jit_compile,
+            "reuse_input_layer": self.reuse_input_layer,
+            **subset,
+            **(
+                {"per_class": True, "per_class_full": self.per_class_full} if self.per_class else {}
+            ),
+        }
+
+    def checked(self, iteration: int) -> bool:
+        """Whether ``iteration`` also gets the full-set LCA (``subset_check/``)."""
+        return self.check_every is not None and iteration % self.check_every == 0
+
+
+def subset_indices(num_train: int, size: int, seed: int) -> np.ndarray:
+    """The fixed, sorted training examples an allocation with ``subset_size`` uses."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_train, size, replace=False)).astype(np.int64)
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    path = location(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
+    return load_config(path)
+
+
+def resolve_settings(
+    config: AllocateConfig,
+    num_params: int,
+    *,
+    splits: Sequence[str] | None = None,
+    threshold: float | None = None,
+    max_splits: int | None = None,
+    subset_size: int | None = None,
+    check_every: int | None = None,
+    num_train: int | None = None,
+    per_class: bool | None = None,
+) -> AllocationSettings:
+    """Merge command-line choices over the run's ``allocate`` section, validated the same way."""
+    merged = replace(
+        config,
+        splits=list(splits) if splits else list(config.splits),
+        threshold=config.threshold if threshold is None else threshold,
+        max_splits=config.max_splits if max_splits is None else max_splits,
+        subset_size=config.subset_size if subset_size is None else subset_size,
+        check_every=config.check_every if check_every is None else check_every,
+        per_class=config.per_class if per_class is None else per_class,
+    )
+    for key, problem in merged.validate().items():
+        raise RunError(f"allocate.{key}: {problem}")
+    unknown = [s for s in merged.splits if s not in ("train", "val")]
+    if unknown:
+        raise RunError(f"--splits: unknown split {unknown[0]!r} (choose from train, val)")
+    too_big = num_train is not None and (merged.subset_size or 0) >= num_train
+    if too_big:
+        raise RunError(
+            f"--subset {merged.subset_size}: must be smaller than the {num_train} "
+            "training examples (omit it to allocate on the full train split)"
+        )
+    # every setting has the allocate-config field of the same name
+    values = {f.name: getattr(merged, f.name) for f in fields(AllocationSettings)}
+    values["splits"] = tuple(merged.splits)
+    values["chunk_iterations"] = merged.chunk_iterations or rows_per_chunk(num_params)
+    return AllocationSettings(**values)

@@ -1,0 +1,211 @@
+"""The layout of ``lca.zarr``: which arrays an allocation writes, their shapes and metadata."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .. import __version__
+from ..storage import LCA_STORE, RunError, Trajectory, open_group
+from .settings import AllocationSettings, subset_indices
+
+
+def open_lca_store(
+    run_dir: Path, trajectory: Trajectory, settings: AllocationSettings
+) -> zarr.Group:
+    """Create ``lca.zarr`` or reopen it for resuming, refusing one made with other settings."""
+    path = run_dir / LCA_STORE
+    T = trajectory.num_iterations
+    K = trajectory.theta.shape[1]
+    c = settings.chunk_iterations
+    if path.exists():
+        group = open_group(path, "r+")
+        made_with = group.attrs.get("settings")
+        if made_with != settings.identity():
+            raise RunError(
+                f"{path} was made with other settings ({made_with}); use the same options, "
+                f"or delete it (or pass --restart) to start over"
+            )
+        return group
+    group = open_group(path, "w")
+    n_chunks = math.ceil(T / c)
+    group.create_array(
+        "done",
+        shape=(n_chunks,),
+        chunks=(1,),
+        dtype="bool",
+        fill_value=False,
+        dimension_names=("work_unit",),
+    )
+    arrays = {  # name: (shape, dimension names, dtype, fill value); chunks of c rows
+        "lca": ((T, K), ("iteration", "parameter"), "float32", np.nan),
+        "grad": ((T + 1, K), ("step", "parameter"), "float32", np.nan),
+        "loss": ((T + 1,), ("step",), "float64", np.nan),
+        "splits": ((T,), ("iteration",), "int32", 0),
+        "error": ((T,), ("iteration",), "float64", np.nan),
+        "error_fo": ((T,), ("iteration",), "float64", np.nan),
+    }
+    num_train = int(trajectory.attrs["num_train"])
+    for split in settings.splits:
+        sub = group.create_group(split)
+        for name, (shape, dims, dtype, fill) in arrays.items():
+            chunks = (c, *shape[1:])
+            sub.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims, fill_value=fill
+            )
+        sub.attrs.update(
+            {
+                "split": split,
+                "num_examples": int(
+                    trajectory.attrs["num_train" if split == "train" else "num_val"]
+                ),
+            }
+        )
+        if split == "train" and settings.subset_size is not None:
+            indices = subset_indices(num_train, settings.subset_size, settings.subset_seed)
+            sub.create_array(
+                "subset_indices",
+                shape=indices.shape,
+                dtype="int64",
+                dimension_names=("subset_example",),
+            )[:] = indices
+            sub.attrs.update(
+                {
+                    "num_examples": settings.subset_size,
+                    "num_examples_full": num_train,
+                    "subset_size": settings.subset_size,
+                    "subset_seed": settings.subset_seed,
+                }
+            )
+    if settings.per_class:
+        for split in settings.splits:
+            _create_per_class_arrays(
+                group[split],
+                T,
+                c,
+                int(trajectory.attrs["num_classes"]),
+                trajectory.layout_json,
+                settings.per_class_full,
+            )
+    if settings.check_every is not None:
+        _create_check_arrays(group, T, c, len(_layer_index(trajectory.layout_json)[1]))
+    group.attrs.update(
+        {
+            "settings": settings.identity(),
+            "rule": "simpson",
+            "num_iterations": T,
+            "num_params": K,
+            "layout": trajectory.layout_json,
+            "lca_version": __version__,
+            "description": "A[t, i] = Δθ_i · ∫ g_i along the step t (adaptive composite Simpson); "
+            "error = (L[t+1] − L[t]) − Σ_i A[t, i]; negative LCA helps",
+        }
+    )
+    return group
+
+
+CHECK_DESCRIPTION = (
+    "every check_every-th iteration of a subset allocation, also allocated on the full train "
+    "split with composite Simpson on the same number of sub-intervals the subset used; rows "
+    "of unchecked (or not yet allocated) iterations hold iteration = -1 and NaN"
+)
+
+
+def unit_index(layout_json: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per layer group: its parameters' flat indices, their output unit, the unit count.
+
+    A parameter's unit is its index along the variable's last axis (a dense kernel's output
+    neuron, a conv kernel's output channel; a bias or batch-norm vector's own position).
+    """
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for e in layout_json:
+        last = int(e["shape"][-1]) if e["shape"] else 1
+        flat = np.arange(e["offset"], e["offset"] + e["size"])
+        groups.setdefault(e["layer"], []).append((flat, np.arange(e["size"]) % last))
+    return {
+        layer: (
+            np.concatenate([f for f, _ in parts]),
+            np.concatenate([u for _, u in parts]),
+            int(max(u.max(initial=0) for _, u in parts)) + 1,
+        )
+        for layer, parts in groups.items()
+    }
+
+
+def _create_per_class_arrays(sub: zarr.Group, T: int, c: int, C: int, layout_json, full: bool):
+    """The per-class arrays of one split (``allocate.per_class``)."""
+    _, layers = _layer_index(layout_json)
+    K = sum(int(e["size"]) for e in layout_json)
+    specs = {
+        "class_loss": ((T + 1, C), ("step", "class"), "float64"),
+        "class_error": ((T, C), ("iteration", "class"), "float64"),
+        "class_layer_lca": ((T, C, len(layers)), ("iteration", "class", "layer"), "float32"),
+    }
+    for layer, (_, _, units) in unit_index(layout_json).items():
+        specs[f"class_unit_lca/{layer}"] = (
+            (T, C, units),
+            ("iteration", "class", f"{layer}_unit"),
+            "float32",
+        )
+    if full:
+        specs["class_lca"] = ((T, C, K), ("iteration", "class", "parameter"), "float32")
+    for name, (shape, dims, dtype) in specs.items():
+        sub.create_array(
+            name,
+            shape=shape,
+            chunks=(c, *shape[1:]),
+            dtype=dtype,
+            dimension_names=dims,
+            fill_value=np.nan,
+        )
+    sub.attrs["layers"] = layers
+
+
+def _create_check_arrays(group: zarr.Group, T: int, c: int, num_layers: int) -> None:
+    """``subset_check/`` at full length T, chunked like the (T,) arrays: units write own rows."""
+    check = group.create_group("subset_check")
+    check.create_array(
+        "iteration",
+        shape=(T,),
+        chunks=(c,),
+        dtype="int64",
+        fill_value=-1,
+        dimension_names=("iteration",),
+    )
+    check.create_array(
+        "layer_rel_error",
+        shape=(T, num_layers),
+        chunks=(c, num_layers),
+        dtype="float64",
+        fill_value=np.nan,
+        dimension_names=("iteration", "layer"),
+    )
+    for name in CHECK_SCALARS:
+        check.create_array(
+            name,
+            shape=(T,),
+            chunks=(c,),
+            dtype="float64",
+            fill_value=np.nan,
+            dimension_names=("iteration",),
+        )
+    check.attrs["description"] = CHECK_DESCRIPTION
+
+
+CHECK_SCALARS = (
+    "correlation",  # Pearson of per-parameter A_subset vs A_full
+    "sign_agreement",  # share of parameters with A_full ≠ 0 whose signs agree
+    "helped_error",  # % helped on the subset − % helped on the full set (percentage points)
+    "full_loss_change",  # L_full(θ_t+1) − L_full(θ_t)
+    "full_error",  # full_loss_change − Σ_i A_full
+)
+
+
+def _layer_index(layout_json) -> tuple[np.ndarray, list[str]]:
+    from ..layout import ParameterLayout
+
+    layout = ParameterLayout.from_json(layout_json)
+    return layout.layer_index(), layout.layers
