@@ -166,6 +166,21 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
 @click.option(
     "--per-class", is_flag=True, default=None, help="Also split every LCA into per-class parts."
 )
+@click.option(
+    "--rule",
+    type=click.Choice(["simpson", "adaptive"]),
+    help="simpson: the paper's; adaptive: trapezoid on the endpoints first [config].",
+)
+@click.option(
+    "--trapezoid-threshold",
+    type=float,
+    help="With --rule adaptive: |error| within which the trapezoid is accepted [config].",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "tf32"]),
+    help="Arithmetic of the gradients; losses stay float32 [config].",
+)
 @click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
 @friendly_errors
 def allocate(
@@ -183,6 +198,9 @@ def allocate(
     subset,
     check_every,
     per_class,
+    rule,
+    trapezoid_threshold,
+    precision,
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
@@ -201,6 +219,9 @@ def allocate(
         subset_size=subset,
         check_every=check_every,
         per_class=per_class,
+        rule=rule,
+        trapezoid_threshold=trapezoid_threshold,
+        precision=precision,
         iterations=_parse_range(iteration_range),
         workers=workers,
         gpus=parse_gpus(gpus) if gpus else None,
@@ -210,11 +231,15 @@ def allocate(
         cpus_per_task=cpus_per_task,
         restart=restart,
     )
-    per_it = summary.seconds / max(summary.iterations_this_run, 1)
+    done = f"{summary.iterations_done} of {summary.iterations_total} done in {run_dir}/lca.zarr"
+    n = summary.iterations_this_run
+    if n == 0:
+        click.echo(f"nothing left to allocate: {done}")
+        return
     click.echo(
-        f"allocated {summary.iterations_this_run} iterations in {summary.seconds:.1f} s "
-        f"({per_it:.3f} s/iteration, {summary.halvings} halvings); "
-        f"{summary.iterations_done} of {summary.iterations_total} done in {run_dir}/lca.zarr"
+        f"allocated {n} iterations in {summary.seconds:.1f} s ({summary.seconds / n:.3f} "
+        f"s/iteration, {summary.gradient_evaluations / n:.2f} gradients/iteration, "
+        f"{summary.halvings} halvings); {done}"
     )
 
 

@@ -45,11 +45,11 @@ class _ChunkWorker:
             ) from None
 
     def run(self, chunk: int) -> tuple[int, int, list[int]]:
-        """Compute and write one chunk: (iterations, gradient evaluations, splits used)."""
-        splits_used: list[int] = []
-        result = self.allocator.compute(chunk, splits_used.append)
+        """Compute and write one chunk: (iterations, gradient evaluations, halvings of each)."""
+        halvings: list[int] = []
+        result = self.allocator.compute(chunk, halvings.append)
         self.allocator.write(result)
-        return result.stop - result.start, result.evaluations, splits_used
+        return result.stop - result.start, result.evaluations, halvings
 
 
 def connect(address: str) -> Any:
@@ -139,10 +139,10 @@ def run_on_ray(
             ready, _ = ray.wait(list(running), num_returns=1)
             worker = running.pop(ready[0])
             try:
-                iterations, evaluations, splits_used = ray.get(ready[0])
+                iterations, evaluations, halvings = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
                 raise RunError(_one_line_ray_error(exc)) from None
-            for n in splits_used:
+            for n in halvings:
                 on_iteration(n)
             yield iterations, evaluations
             feed(worker)

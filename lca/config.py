@@ -212,6 +212,17 @@ class AllocateConfig:
     eval_batch_size: int = 11000
     threshold: float = 1e-3
     max_splits: int = 32
+    # the refinement sequence (lca.quadrature.METHODS): "simpson" is the paper's composite
+    # Simpson from 2 sub-intervals; "adaptive" starts from the trapezoid on the endpoints (one
+    # new gradient per iteration) and refines to Simpson only where its error is too large
+    rule: Literal["simpson", "adaptive"] = "simpson"
+    # |error| within which "adaptive" accepts the trapezoid (default threshold / 10: its
+    # errors share a sign along training and add up where Simpson's do not)
+    trapezoid_threshold: float | None = None
+    # arithmetic of the gradients (losses are always float32 with float64 sums): bfloat16 runs
+    # matrix products on bf16 units, tf32 allows TF32 tensor cores on GPUs; an iteration still
+    # over the threshold after refinement is recomputed in float32
+    precision: Literal["float32", "bfloat16", "tf32"] = "float32"
     chunk_iterations: int | None = None  # iterations per work unit (default: storage chunk)
     allow_tf32: bool = False
     jit_compile: bool = False
@@ -241,6 +252,13 @@ class AllocateConfig:
             problems["threshold"] = "must be > 0"
         if self.max_splits < 2 or self.max_splits & (self.max_splits - 1):
             problems["max_splits"] = "must be a power of two >= 2"
+        if self.trapezoid_threshold is not None:
+            if self.trapezoid_threshold <= 0:
+                problems["trapezoid_threshold"] = "must be > 0"
+            elif self.rule != "adaptive":
+                problems["trapezoid_threshold"] = "applies to rule: adaptive only"
+        if self.precision != "float32" and self.per_class:
+            problems["precision"] = "per_class needs precision: float32"
         if self.chunk_iterations is not None and self.chunk_iterations <= 0:
             problems["chunk_iterations"] = "must be > 0"
         if self.subset_size is not None and self.subset_size <= 0:

@@ -17,6 +17,10 @@ import numpy as np
 from .storage import LCA_STORE, RunError, location, open_group
 
 TOTAL_ERROR_LIMIT_PCT = 1.0
+RULE_NOTES = {
+    "simpson": " (the paper's RK4: composite Simpson)",
+    "adaptive": " (trapezoid on the endpoints, Simpson where its error is too large)",
+}
 
 
 @dataclass
@@ -38,6 +42,11 @@ class SplitErrors:
     splits_used: dict[int, int]  # sub-intervals -> iterations
     over_threshold: int
     stored_mismatch: float  # max |Σ_i A_t,i (re-summed) − (ΔL_t − error_t)|
+    # by the rule that produced each iteration (trapezoid: 1 sub-interval; simpson: 2 or more)
+    rule_iterations: dict[str, int] = field(default_factory=dict)
+    rule_mean_abs_error: dict[str, float] = field(default_factory=dict)
+    rule_total_error: dict[str, float] = field(default_factory=dict)  # Σ error of those
+    fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
 
 
 @dataclass
@@ -64,6 +73,13 @@ class ErrorReport:
     subset_size: int | None = None  # train split allocated on this many examples …
     num_train: int | None = None  # … of this many
     subset_check: SubsetCheck | None = None
+    rule: str = "simpson"  # the refinement sequence that produced the arrays
+    precision: str = "float32"  # the arithmetic of the gradients (losses: float32)
+
+    @property
+    def label(self) -> str:
+        """How the tables name the allocation's own rule (the paper calls Simpson RK4)."""
+        return "RK4" if self.rule == "simpson" else self.rule
 
     @property
     def complete(self) -> bool:
@@ -85,7 +101,7 @@ class ErrorReport:
                 )
             if not abs(s.total_error_pct) <= TOTAL_ERROR_LIMIT_PCT:
                 problems.append(
-                    f"{name}: total RK4 error {s.total_error_pct:+.3f}% exceeds "
+                    f"{name}: total {self.label} error {s.total_error_pct:+.3f}% exceeds "
                     f"±{TOTAL_ERROR_LIMIT_PCT:g}% of the loss change"
                 )
             if s.stored_mismatch > 1e-6 * max(1.0, abs(s.loss_change)):
@@ -114,31 +130,59 @@ class ErrorReport:
             ),
             ("actual loss change", [f"{s.loss_change:+.6f}" for s in self.splits.values()]),
             ("Σ LCA", [f"{s.lca_total:+.6f}" for s in self.splits.values()]),
-            ("total error, RK4", [f"{s.total_error_pct:+.4f} %" for s in self.splits.values()]),
+            (
+                f"total error, {self.label}",
+                [f"{s.total_error_pct:+.4f} %" for s in self.splits.values()],
+            ),
             (
                 "total error, first order",
                 [f"{s.total_error_first_order_pct:+.4f} %" for s in self.splits.values()],
             ),
             (
-                "mean |error| per iteration, RK4",
+                f"mean |error| per iteration, {self.label}",
                 [f"{s.mean_abs_error:.3e}" for s in self.splits.values()],
             ),
             (
                 "mean |error| per iteration, first order",
                 [f"{s.mean_abs_error_first_order:.3e}" for s in self.splits.values()],
             ),
-            ("max |error|, RK4", [f"{s.max_abs_error:.3e}" for s in self.splits.values()]),
+            (
+                f"max |error|, {self.label}",
+                [f"{s.max_abs_error:.3e}" for s in self.splits.values()],
+            ),
             (
                 "max |error|, first order",
                 [f"{s.max_abs_error_first_order:.3e}" for s in self.splits.values()],
             ),
         ]
-        levels = [2**k for k in range(1, int(math.log2(self.max_splits)) + 1)]
+        first = 0 if self.rule == "adaptive" else 1
+        levels = [2**k for k in range(first, int(math.log2(self.max_splits)) + 1)]
         for n in levels:
             rows.append(
                 (
-                    f"iterations with {n} sub-intervals",
+                    "iterations with 1 sub-interval (trapezoid)"
+                    if n == 1
+                    else f"iterations with {n} sub-intervals",
                     [str(s.splits_used.get(n, 0)) for s in self.splits.values()],
+                )
+            )
+        if self.rule != "simpson":
+            for rule in ("trapezoid", "simpson"):
+                rows.append(
+                    (
+                        f"{rule}: mean |error|, total error",
+                        [
+                            f"{s.rule_mean_abs_error.get(rule, math.nan):.2e}, "
+                            f"{_pct(s.rule_total_error.get(rule, 0.0), s.loss_change):+.4f} %"
+                            for s in self.splits.values()
+                        ],
+                    )
+                )
+        if self.precision != "float32":
+            rows.append(
+                (
+                    "iterations recomputed in float32",
+                    [str(s.fallbacks) for s in self.splits.values()],
                 )
             )
         rows.append(
@@ -152,6 +196,8 @@ class ErrorReport:
         lines = [
             f"{self.run_dir}: {self.iterations_done} of {self.iterations_total} iterations "
             f"allocated (threshold {self.threshold:g}, at most {self.max_splits} sub-intervals)",
+            f"rule {self.rule}{RULE_NOTES[self.rule]}; gradients in {self.precision}"
+            + ("" if self.precision == "float32" else ", losses in float32"),
             " " * width + "".join(n.rjust(col) for n in names),
         ]
         if self.subset_size is not None:
@@ -226,7 +272,13 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
     for k in done_units:
         done[k * c : (k + 1) * c] = True
     report = ErrorReport(
-        str(run_dir), T, int(done.sum()), float(settings["threshold"]), int(settings["max_splits"])
+        str(run_dir),
+        T,
+        int(done.sum()),
+        float(settings["threshold"]),
+        int(settings["max_splits"]),
+        rule=settings.get("rule", "simpson"),
+        precision=settings.get("precision", "float32"),
     )
     if settings.get("subset_size") is not None:
         report.subset_size = int(settings["subset_size"])
@@ -268,5 +320,14 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
             splits_used={int(v): int(n) for v, n in zip(values, counts)},
             over_threshold=int((np.abs(error) > report.threshold).sum()),
             stored_mismatch=float(np.abs(sums - (dl - error)).max()) if error.size else 0.0,
+            fallbacks=int(group["fallback"][:][done].sum()) if "fallback" in group else 0,
         )
+        by_rule = {"trapezoid": used == 1, "simpson": used >= 2}
+        stats = report.splits[split]
+        for rule, rows in by_rule.items():
+            stats.rule_iterations[rule] = int(rows.sum())
+            stats.rule_total_error[rule] = float(error[rows].sum())
+            stats.rule_mean_abs_error[rule] = (
+                float(np.abs(error[rows]).mean()) if rows.any() else float("nan")
+            )
     return report

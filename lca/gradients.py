@@ -16,9 +16,12 @@ verifies that the result does not change from one call to the next.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
+
+from .precision import kernel_gradient, matmul, tensor_float_32
 
 
 def configure_tensorflow(threads: int | None = None, allow_tf32: bool = False) -> None:
@@ -175,11 +178,11 @@ class FullBatchObjective:
         loss: str = "sparse_categorical_crossentropy",
         from_logits: bool = True,
         training: bool = True,
+        precision: str = "float32",
     ) -> None:
-        import tensorflow as tf
-
         self.model = model
         self.training = training
+        self._jit_compile = jit_compile
         self._per_example = per_example_loss(loss, from_logits)
         self.variables = list(model.trainable_variables)
         self.num_params = sum(int(np.prod(v.shape)) for v in self.variables)
@@ -195,10 +198,44 @@ class FullBatchObjective:
             needed = 2 * 4 * units * sum(len(y) for _, y in splits.values())
             if needed > cache_bytes:  # two cached ends of every split's pre-activations
                 self.chain = None
-        self._compiled = tf.function(self._evaluate, jit_compile=jit_compile)
-        self._compiled_between = tf.function(self._evaluate_between, jit_compile=jit_compile)
+        self._compile(precision)
+
+    def _compile(self, precision: str) -> None:
+        """(Re)create the compiled functions for gradients in ``precision``.
+
+        ``bfloat16`` reduces the backward matrix products of dense and convolution layers
+        (:mod:`lca.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the gradient pass
+        and takes the losses from a separate forward pass with TF32 off. The losses are
+        float32 in every case, bitwise those of ``float32``.
+        """
+        import tensorflow as tf
+
+        from .precision import backward_precision, enable_reduced_backward
+
+        if precision not in ("float32", "bfloat16", "tf32"):
+            raise ValueError(f"unknown precision {precision!r}")
+        if precision == "bfloat16":
+            enable_reduced_backward(self.model)
+        self.precision = precision
+
+        def traced(fn):  # the switch is read while TensorFlow traces the function
+            def run(*args):
+                with backward_precision(precision):
+                    return fn(*args)
+
+            return tf.function(run, jit_compile=self._jit_compile)
+
+        self._compiled = traced(self._evaluate)
+        self._compiled_between = traced(self._evaluate_between)
+        self._compiled_losses = tf.function(self._evaluate_losses, jit_compile=self._jit_compile)
         self._cache: dict[bytes, list] = {}  # θ fingerprint -> per-split z tensors
         self.evaluations = 0
+
+    def with_precision(self, precision: str) -> FullBatchObjective:
+        """The same objective (model, data) with gradients in ``precision``: a fall-back."""
+        other = copy.copy(self)
+        other._compile(precision)
+        return other
 
     # --- one evaluation batch ---------------------------------------------------------------
 
@@ -213,17 +250,19 @@ class FullBatchObjective:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            if self.chain is None:
-                # no dropout; BN batch stats (see the module docstring)
-                logits, z = self.model(x, training=self.training), None
-            else:
-                pre, dense, tail = self.chain
-                h = _apply(pre, x, self.training)
-                z = tf.matmul(h, dense.kernel.value) + dense.bias.value
-                logits = _apply(tail, dense.activation(z), self.training)
+            logits, z = self._forward(x)
             scaled, loss_sum = self._loss_terms(logits, y, n)
         grads = tape.gradient(scaled, self.variables)
         return loss_sum, [tf.cast(g, tf.float64) for g in grads], z
+
+    def _forward(self, x):
+        """Logits of one batch, and the first dense layer's z when the chain is used."""
+        if self.chain is None:  # no dropout; BN batch stats (see the module docstring)
+            return self.model(x, training=self.training), None
+        pre, dense, tail = self.chain
+        h = _apply(pre, x, self.training)
+        z = matmul(h, dense.kernel.value) + dense.bias.value
+        return _apply(tail, dense.activation(z), self.training), z
 
     def _batch_between(self, x, y, n, z0, z1, fraction):
         """The same at θ(s) from the ends' pre-activations: z(s) = z0 + s (z1 − z0)."""
@@ -238,7 +277,7 @@ class FullBatchObjective:
             scaled, loss_sum = self._loss_terms(logits, y, n)
         dz, *grads = tape.gradient(scaled, [z, *tail_vars])
         h = _apply(pre, x, self.training)
-        grads = [tf.matmul(h, dz, transpose_a=True), tf.reduce_sum(dz, 0), *grads]
+        grads = [kernel_gradient(h, dz), tf.reduce_sum(dz, 0), *grads]
         return loss_sum, [tf.cast(g, tf.float64) for g in grads]
 
     # --- whole splits -----------------------------------------------------------------------
@@ -275,6 +314,22 @@ class FullBatchObjective:
         _assign_flat(self.variables, theta)
         return [self._accumulate(name, self._batch) for name in self.split_names]
 
+    def _evaluate_losses(self, theta):
+        """Every split's loss, forward only: the same operations as :meth:`_evaluate`'s."""
+        import tensorflow as tf
+
+        _assign_flat(self.variables, theta)
+        losses = []
+        for name in self.split_names:
+            (xb, yb), rest, n = self._data[name]
+            total = tf.constant(0.0, tf.float64)
+            for i in tf.range(tf.shape(xb)[0]):
+                total += self._loss_terms(self._forward(xb[i])[0], yb[i], n)[1]
+            if rest is not None:
+                total += self._loss_terms(self._forward(rest[0])[0], rest[1], n)[1]
+            losses.append(total / n)
+        return losses
+
     def _evaluate_between(self, theta, fraction, z0s, z1s):
         _assign_flat(self.variables, theta)
         results = []
@@ -304,7 +359,14 @@ class FullBatchObjective:
     def __call__(self, theta: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
         theta = self._checked(theta)
         self.evaluations += 1
-        results = self._compiled(theta)
+        if self.precision == "tf32":  # gradients on TF32 cores, losses from a float32 pass
+            with tensor_float_32(True):
+                results = self._compiled(theta)
+            with tensor_float_32(False):
+                losses = self._compiled_losses(theta)
+            results = [(loss, *rest) for loss, (_, *rest) in zip(losses, results)]
+        else:
+            results = self._compiled(theta)
         if self.chain is not None:  # keep the pre-activations of the two latest points
             self._cache[theta.tobytes()] = [r[2] for r in results]
             while len(self._cache) > 2:
@@ -325,7 +387,8 @@ class FullBatchObjective:
         if self.chain is None or ends[0] is None or ends[1] is None:
             return self(point)
         self.evaluations += 1
-        results = self._compiled_between(point, np.float32(fraction), ends[0], ends[1])
+        with tensor_float_32(self.precision == "tf32" or tf32_enabled()):
+            results = self._compiled_between(point, np.float32(fraction), ends[0], ends[1])
         return self._unpack(results)
 
 

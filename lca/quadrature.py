@@ -3,9 +3,11 @@
 LCA of iteration t is A_t,i = Δ_i ∫_0^1 g_i(θ_t + sΔ) ds. The integral is approximated by a
 quadrature rule on equally spaced nodes s = k/n; the rule is a pluggable object (Simpson's
 rule is the paper's "RK4"), and :func:`integrate_step` refines it adaptively, halving the
-sub-intervals while the conservation error of any split exceeds the threshold. Nodes live on
-the grid of ``max_splits`` sub-intervals, so every gradient computed at a coarse level is
-reused at the finer ones and never evaluated twice.
+sub-intervals while the conservation error of any split exceeds the threshold. The sequence
+of rules is pluggable too (:data:`METHODS`): ``simpson`` is the paper's, ``adaptive`` starts
+from the trapezoid on the two endpoints, which costs one new gradient per iteration instead
+of two. Nodes live on the grid of the finest level, so every gradient computed at a coarse
+level is reused at the finer ones and never evaluated twice.
 """
 
 from __future__ import annotations
@@ -69,6 +71,59 @@ def integrate(rule: QuadratureRule, values: np.ndarray) -> np.ndarray:
     return np.tensordot(rule.weights(n), values, axes=1)
 
 
+@dataclass(frozen=True)
+class Level:
+    """One stage of a refinement: ``rule`` on ``splits`` sub-intervals, accepted when every
+    split's |conservation error| is at most ``threshold``."""
+
+    splits: int
+    rule: QuadratureRule
+    threshold: float
+
+
+def simpson_levels(threshold: float, max_splits: int, **_) -> tuple[Level, ...]:
+    """The paper's rule: composite Simpson on 2, 4, …, ``max_splits`` sub-intervals."""
+    SIMPSON.check(max_splits)
+    return tuple(Level(2**k, SIMPSON, threshold) for k in range(1, int(np.log2(max_splits)) + 1))
+
+
+def adaptive_levels(
+    threshold: float, max_splits: int, trapezoid_threshold: float | None = None
+) -> tuple[Level, ...]:
+    """Endpoint-first: the trapezoid on the two endpoints, whose gradients every iteration
+    shares with its neighbours (one new gradient per iteration), then the paper's Simpson
+    levels where the trapezoid's error is too large.
+
+    The trapezoid's error has one sign along smooth stretches of training, so its errors add
+    up over iterations where Simpson's (two orders smaller) do not: it is accepted only within
+    the stricter ``trapezoid_threshold`` (default: ``threshold``/10).
+    """
+    strict = threshold / 10 if trapezoid_threshold is None else trapezoid_threshold
+    first = (Level(1, TRAPEZOID, min(strict, threshold)),)
+    return first + (simpson_levels(threshold, max_splits) if max_splits >= 2 else ())
+
+
+#: The pluggable refinement sequences, by the name ``allocate.rule`` takes.
+METHODS: dict[str, Callable[..., tuple[Level, ...]]] = {
+    "simpson": simpson_levels,
+    "adaptive": adaptive_levels,
+}
+
+
+def refinement_levels(
+    method: str,
+    threshold: float = 1e-3,
+    max_splits: int = 32,
+    trapezoid_threshold: float | None = None,
+) -> tuple[Level, ...]:
+    """The levels ``method`` tries, coarsest first (see :data:`METHODS`)."""
+    try:
+        make = METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown rule {method!r} (choose from {', '.join(METHODS)})") from None
+    return make(threshold, max_splits, trapezoid_threshold=trapezoid_threshold)
+
+
 @dataclass
 class StepAllocation:
     """The LCA of one iteration, with the conservation error that certifies it."""
@@ -76,10 +131,18 @@ class StepAllocation:
     lca: dict[str, np.ndarray]  # split -> (K,) float32, A_i = Δ_i · mean gradient on the path
     error: dict[str, float]  # split -> ΔL − Σ_i A_i (float64, from the stored float32 values)
     error_first_order: dict[str, float]  # split -> ΔL − Σ_i Δ_i g_i(θ_t)
-    splits: int  # sub-intervals of the accepted rule
+    splits: int  # sub-intervals of the accepted rule (1: the trapezoid on the endpoints)
     evaluations: int  # gradient evaluations this call made (start and end not counted)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (n, errors)
     components: dict[str, np.ndarray] = field(default_factory=dict)  # see integrate_step
+    rule: str = "simpson"  # the rule of the accepted level
+    converged: bool = True  # the last level tried is within its threshold
+    stalled: bool = False  # refinement stopped early: it no longer reduced the error
+
+    @property
+    def halvings(self) -> int:
+        """How often the sub-intervals were halved beyond the first level."""
+        return len(self.history) - 1
 
 
 def integrate_step(
@@ -91,23 +154,30 @@ def integrate_step(
     *,
     threshold: float = 1e-3,
     max_splits: int = 32,
-    rule: QuadratureRule = SIMPSON,
+    method: str = "simpson",
+    trapezoid_threshold: float | None = None,
     components: tuple[str, ...] = (),
+    stop_when_stalled: bool = False,
 ) -> StepAllocation:
     """Adaptive LCA of one step θ → θ + Δ for every split (train, val, …) at once.
 
     ``gradient_at(s)`` returns the gradient of each split at θ + sΔ for an interior s;
     ``start``/``end`` are the gradients at s = 0 and 1, which the caller shares with the
-    neighbouring iterations. Starting from ``rule.min_splits`` sub-intervals, the number is
-    doubled while any split's |error| exceeds ``threshold`` and ``max_splits`` allows.
+    neighbouring iterations. The levels of ``method`` (:func:`refinement_levels`) are tried in
+    order until every split's |error| is within the level's threshold or none is left.
+
+    ``stop_when_stalled`` (for reduced-precision gradients, whose rounding puts a floor under
+    the error) stops once a Simpson halving fails to reduce the largest |error| at all:
+    refining further would only spend gradients. The result then says ``converged=False``.
 
     ``components`` names further entries of the node dictionaries (e.g. per-class gradients,
     shaped (C, K)) that are integrated with the accepted rule without steering it:
     ``result.components[name] = Δ · Σ_k w_k g_k`` as float32.
     """
-    rule.check(max_splits)
+    levels = refinement_levels(method, threshold, max_splits, trapezoid_threshold)
+    finest = levels[-1].splits
     delta64 = np.asarray(delta, dtype=np.float64)
-    nodes: dict[int, Mapping[str, np.ndarray]] = {0: start, max_splits: end}
+    nodes: dict[int, Mapping[str, np.ndarray]] = {0: start, finest: end}
     evaluations = 0
     history: list[tuple[int, dict[str, float]]] = []
 
@@ -116,15 +186,16 @@ def integrate_step(
     first_order = {
         split: float(loss_change[split] - (delta64 * start[split]).sum()) for split in loss_change
     }
-    n = rule.min_splits
-    while True:
-        stride = max_splits // n
+    converged = stalled = False
+    previous: Level | None = None
+    for level in levels:
+        n, stride = level.splits, finest // level.splits
         for k in range(n + 1):
             j = k * stride
             if j not in nodes:
-                nodes[j] = gradient_at(j / max_splits)
+                nodes[j] = gradient_at(j / finest)
                 evaluations += 1
-        weights = rule.weights(n)
+        weights = level.rule.weights(n)
         lca, error = {}, {}
         for split in loss_change:
             mean_grad = np.zeros_like(delta64)
@@ -133,14 +204,34 @@ def integrate_step(
                     mean_grad += w * np.asarray(nodes[k * stride][split], dtype=np.float64)
             lca[split] = (delta64 * mean_grad).astype(np.float32)
             error[split] = float(loss_change[split] - lca[split].sum(dtype=np.float64))
+        worst = max(abs(e) for e in error.values())
+        if (
+            stop_when_stalled
+            and previous is not None
+            and previous.rule is level.rule
+            and worst >= max(abs(e) for e in history[-1][1].values())
+        ):
+            stalled = True
         history.append((n, error))
-        if n >= max_splits or all(abs(e) <= threshold for e in error.values()):
+        converged = worst <= level.threshold
+        if converged or stalled:
             break
-        n *= 2
+        previous = level
     parts = {}
     for name in components:
         total = sum(
             w * np.asarray(nodes[k * stride][name], np.float64) for k, w in enumerate(weights) if w
         )
         parts[name] = (delta64 * total).astype(np.float32)
-    return StepAllocation(lca, error, first_order, n, evaluations, history, parts)
+    return StepAllocation(
+        lca,
+        error,
+        first_order,
+        n,
+        evaluations,
+        history,
+        parts,
+        rule=level.rule.name,
+        converged=converged,
+        stalled=stalled,
+    )

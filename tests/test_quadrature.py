@@ -9,6 +9,7 @@ from lca.quadrature import (
     TRAPEZOID,
     integrate,
     integrate_step,
+    refinement_levels,
     simpson_weights,
 )
 
@@ -143,3 +144,105 @@ def test_error_of_either_split_triggers_halving():
     )
     assert result.splits > 2
     assert abs(result.error["val"]) < 1e-5 * abs(float(g0 @ delta))  # float32 rounding only
+
+
+# --- the endpoint-first rule ("adaptive") ----------------------------------------------------
+
+
+def test_rule_sequences():
+    simpson = refinement_levels("simpson", 1e-3, 32)
+    assert [(lv.splits, lv.rule.name) for lv in simpson] == [
+        (2, "simpson"),
+        (4, "simpson"),
+        (8, "simpson"),
+        (16, "simpson"),
+        (32, "simpson"),
+    ]
+    adaptive = refinement_levels("adaptive", 1e-3, 8, trapezoid_threshold=2e-4)
+    assert [(lv.splits, lv.rule.name, lv.threshold) for lv in adaptive] == [
+        (1, "trapezoid", 2e-4),
+        (2, "simpson", 1e-3),
+        (4, "simpson", 1e-3),
+        (8, "simpson", 1e-3),
+    ]
+    assert refinement_levels("adaptive", 1e-3, 8)[0].threshold == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="unknown rule 'rk45'"):
+        refinement_levels("rk45")
+
+
+def test_endpoint_first_is_exact_for_gradients_linear_along_the_step():
+    rng = np.random.default_rng(5)
+    # a quadratic loss: its gradient is linear in s, so the trapezoid on the ends is exact
+    f = CountingGradient(rng.normal(size=30), rng.normal(size=30), 2, rng.normal(size=30))
+    result = _step(f, method="adaptive", threshold=1e-3, trapezoid_threshold=1e-6)
+    assert (result.splits, result.rule, result.evaluations, result.halvings) == (
+        1,
+        "trapezoid",
+        0,
+        0,
+    )
+    assert f.calls == []  # no new gradient at all: both ends are shared with the neighbours
+    assert abs(result.error["train"]) < 1e-6 and result.converged
+    expected = f.delta * (f.grad(0.0) + f.grad(1.0)) / 2
+    np.testing.assert_allclose(result.lca["train"], expected, rtol=1e-6)
+
+
+def _trapezoid_error(f):
+    dl = f.loss(1.0) - f.loss(0.0)
+    return dl - float(np.sum(f.delta * (f.grad(0.0) + f.grad(1.0)) / 2))
+
+
+@pytest.mark.parametrize("margin", [0.9, 1.1])
+def test_endpoint_first_refines_exactly_where_the_trapezoid_error_exceeds_its_threshold(margin):
+    rng = np.random.default_rng(6)
+    # a cubic loss: quadratic gradient, so the trapezoid errs and Simpson is exact
+    f = CountingGradient(rng.uniform(0.5, 1, 25), rng.uniform(0.1, 0.3, 25), 3, np.ones(25))
+    err = abs(_trapezoid_error(f))  # the larger of the two splits ("val" is half of "train")
+    assert err > 1e-6
+    result = _step(f, method="adaptive", threshold=1.0, trapezoid_threshold=margin * err)
+    if margin > 1:  # within the trapezoid's threshold: accepted with no new gradient
+        assert [n for n, _ in result.history] == [1] and f.calls == []
+        assert result.error["train"] == pytest.approx(_trapezoid_error(f), rel=1e-5, abs=1e-9)
+    else:  # just above it: the midpoint, Simpson, exact for a cubic loss
+        assert [n for n, _ in result.history] == [1, 2] and f.calls == [0.5]
+        assert result.rule == "simpson" and abs(result.error["train"]) < 1e-5
+        assert result.history[0][1]["train"] == pytest.approx(_trapezoid_error(f), rel=1e-5)
+
+
+def test_endpoint_first_reuses_every_gradient_up_the_levels():
+    rng = np.random.default_rng(2)
+    f = CountingGradient(
+        rng.uniform(0.5, 1.5, 40), 0.5 * rng.uniform(0.5, 1.5, 40), 6, rng.uniform(0.5, 1.0, 40)
+    )
+    result = _step(f, method="adaptive", threshold=1e-3, max_splits=32)
+    ns = [n for n, _ in result.history]
+    assert ns == [1, 2, 4, 8, 16]
+    assert result.halvings == 4 and result.converged
+    # each interior node evaluated exactly once, on the finest grid: n - 1 new gradients
+    assert len(f.calls) == len(set(f.calls)) == result.splits - 1 == result.evaluations
+    assert sorted(f.calls) == [k / result.splits for k in range(1, result.splits)]
+    # above the trapezoid level the result is the paper's rule, bit for bit
+    g = CountingGradient(f.theta0, f.delta, f.power, f.coef)
+    paper = _step(g, method="simpson", threshold=1e-3, max_splits=32)
+    assert paper.splits == result.splits
+    np.testing.assert_array_equal(paper.lca["train"], result.lca["train"])
+
+
+class NoisyGradient(CountingGradient):
+    """Gradients with a fixed relative rounding error per node, like bfloat16 arithmetic."""
+
+    def __call__(self, s):
+        g = super().__call__(s)["train"]
+        noise = np.random.default_rng(int(s * 1e6)).normal(size=g.shape)
+        g = g * (1 + 1e-2 * noise)
+        return {"train": g, "val": 0.5 * g}
+
+
+def test_a_rounding_floor_stops_refinement_early_when_asked():
+    rng = np.random.default_rng(7)
+    args = (rng.uniform(0.5, 1.5, 200), 0.3 * rng.uniform(0.5, 1.5, 200), 4, np.ones(200))
+    stalled = _step(NoisyGradient(*args), method="adaptive", threshold=1e-9, stop_when_stalled=True)
+    assert stalled.stalled and not stalled.converged
+    assert stalled.splits < 32  # stopped once a halving no longer reduced the error
+    plain = _step(NoisyGradient(*args), method="adaptive", threshold=1e-9)
+    assert plain.splits == 32 and not plain.stalled and not plain.converged

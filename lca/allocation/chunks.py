@@ -7,7 +7,6 @@ the whole unit is computed, and the unit is marked done last.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +32,7 @@ class ChunkResult:
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     halvings: int = 0
     evaluations: int = 0
+    fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
     check: dict[str, np.ndarray] | None = None  # rows of ``subset_check/`` (checked units)
     check_seconds: float = 0.0  # time spent on the full-set check (benchmarks subtract it)
 
@@ -79,12 +79,14 @@ def load_objective(
     reuse_input_layer: bool = True,
     train_subset: np.ndarray | None = None,
     per_class: bool = False,
+    precision: str = "float32",
 ):
     """The full-set loss/gradient function of a run's model and data, checked against the run.
 
     The dataset is reloaded from the run's config and must hold exactly the examples the run
     was trained on; the evaluation model (no dropout) must have the recorded layout.
     ``train_subset`` (indices into the train split) restricts the train split to those examples.
+    ``precision`` is the arithmetic of the gradients (:mod:`lca.precision`); losses are float32.
     """
     import keras
 
@@ -131,6 +133,7 @@ def load_objective(
         jit_compile=jit_compile,
         reuse_input_layer=reuse_input_layer,
         loss=config.model.loss,
+        precision=precision,
         **options,
     )
 
@@ -185,6 +188,7 @@ class ChunkAllocator:
             allow_tf32=settings.allow_tf32,
             jit_compile=settings.jit_compile,
             reuse_input_layer=settings.reuse_input_layer,
+            precision=settings.precision,
         )
         subset = None
         if settings.subset_size is not None:
@@ -208,6 +212,7 @@ class ChunkAllocator:
         self.num_layers = len(layers)
         self.num_classes = int(self.trajectory.attrs["num_classes"])
         self.units = unit_index(self.trajectory.layout_json)
+        self._exact = None  # the float32 objective, for reduced-precision fall-backs
         self._store: zarr.Group | None = None
         # Chunks are compressed and written by one background thread while the next chunk's
         # gradients are computed; at most one written chunk is pending at a time.
@@ -249,6 +254,7 @@ class ChunkAllocator:
                 "splits": np.empty(n, np.int32),
                 "error": np.empty(n),
                 "error_fo": np.empty(n),
+                **({"fallback": np.zeros(n, bool)} if self.settings.reduced_precision else {}),
             }
             for s in splits
         }
@@ -270,7 +276,6 @@ class ChunkAllocator:
             out[s]["loss"][0], out[s]["grad"][0] = here[s][0], here[s][1]
             if per_class:
                 out[s]["class_loss"][0] = here[s][2]
-        components = tuple(f"{s}/class" for s in splits) if per_class else ()
 
         def nodes(values):  # what the quadrature integrates at one point
             found = {s: values[s][1] for s in splits}
@@ -278,22 +283,23 @@ class ChunkAllocator:
             return found
 
         for k in range(n):
-            delta = thetas[k + 1].astype(np.float64) - thetas[k]
             there = self.objective(thetas[k + 1])
-
-            def gradient_at(fraction: float, k=k):
-                return nodes(self.objective.between(thetas[k], thetas[k + 1], fraction))
-
-            step = integrate_step(
-                gradient_at,
-                delta,
-                {s: there[s][0] - here[s][0] for s in splits},
-                nodes(here),
-                nodes(there),
-                threshold=self.settings.threshold,
-                max_splits=self.settings.max_splits,
-                components=components,
-            )
+            step = self._integrate(self.objective, thetas[k], thetas[k + 1], here, there, nodes)
+            fallback = self.settings.reduced_precision and not step.converged
+            if fallback:  # the reduced arithmetic's rounding floor: redo this step in float32
+                exact = self.exact_objective()
+                before = exact.evaluations
+                step = self._integrate(
+                    exact,
+                    thetas[k],
+                    thetas[k + 1],
+                    exact(thetas[k]),
+                    exact(thetas[k + 1]),
+                    nodes,
+                    reduced=False,
+                )
+                result.fallbacks += 1
+                result.evaluations += exact.evaluations - before
             for s in splits:
                 out[s]["lca"][k] = step.lca[s]
                 out[s]["loss"][k + 1], out[s]["grad"][k + 1] = there[s][0], there[s][1]
@@ -302,16 +308,45 @@ class ChunkAllocator:
                 out[s]["splits"][k] = step.splits
                 out[s]["error"][k] = step.error[s]
                 out[s]["error_fo"][k] = step.error_first_order[s]
-            result.halvings += int(math.log2(step.splits // 2))
+                if "fallback" in out[s]:
+                    out[s]["fallback"][k] = fallback
+            result.halvings += step.halvings
             if self.settings.checked(start + k):
                 self._check(
                     result, k, thetas[k], thetas[k + 1], step.splits, out["train"]["lca"][k]
                 )
             here = there
             if on_iteration is not None:
-                on_iteration(step.splits)
-        result.evaluations = self.objective.evaluations - evaluations_before + 1
+                on_iteration(step.halvings)
+        result.evaluations += self.objective.evaluations - evaluations_before + 1
         return result
+
+    def _integrate(self, objective, theta0, theta1, here, there, nodes, reduced=None):
+        """One step's LCA by the settings' rule, from the objective's values at both ends.
+
+        The loss change always comes from ``here``/``there`` as given: float32 losses, the
+        same bitwise whatever arithmetic the gradients use.
+        """
+        splits = self.settings.splits
+        return integrate_step(
+            lambda fraction: nodes(objective.between(theta0, theta1, fraction)),
+            theta1.astype(np.float64) - theta0,
+            {s: there[s][0] - here[s][0] for s in splits},
+            nodes(here),
+            nodes(there),
+            threshold=self.settings.threshold,
+            max_splits=self.settings.max_splits,
+            method=self.settings.rule,
+            trapezoid_threshold=self.settings.trapezoid_threshold,
+            components=tuple(f"{s}/class" for s in splits) if self.settings.per_class else (),
+            stop_when_stalled=self.settings.reduced_precision if reduced is None else reduced,
+        )
+
+    def exact_objective(self):
+        """The float32 objective for fall-backs, built on first use from the same data."""
+        if self._exact is None:
+            self._exact = self.objective.with_precision("float32")
+        return self._exact
 
     def _per_class(self, out: dict, k: int, lca: np.ndarray, here: tuple, there: tuple) -> None:
         """Row k of the per-class arrays from the (C, K) per-class LCA of one iteration."""
@@ -329,7 +364,7 @@ class ChunkAllocator:
             out["class_lca"][k] = lca
 
     def _check(self, result: ChunkResult, k: int, theta0, theta1, n: int, a_subset) -> None:
-        """Full-set LCA of row ``k`` by Simpson on the subset's n sub-intervals; compare.
+        """Full-set LCA of row ``k`` by the subset's rule on its n sub-intervals; compare.
 
         Using the subset's n (not an adaptive rule of its own) keeps the two LCAs on the same
         quadrature, so their difference is the subset's sampling error alone; the full set's
@@ -352,6 +387,7 @@ class ChunkAllocator:
             {"train": there[1]},
             threshold=0.0,  # never accept early: refine up to exactly n sub-intervals
             max_splits=n,
+            method="adaptive" if n == 1 else "simpson",  # n = 1: the trapezoid
         )
         check = result.check
         check["iteration"][k] = result.start + k
@@ -376,8 +412,9 @@ class ChunkAllocator:
             group["lca"][a:b] = arrays["lca"]
             group["grad"][a:last] = arrays["grad"][: last - a]
             group["loss"][a:last] = arrays["loss"][: last - a]
-            for name in ("splits", "error", "error_fo"):
-                group[name][a:b] = arrays[name]
+            for name in ("splits", "error", "error_fo", "fallback"):
+                if name in arrays:
+                    group[name][a:b] = arrays[name]
             for name, values in arrays.items():
                 if name.startswith("class_"):  # per-class rows; losses like `loss`
                     if name == "class_loss":

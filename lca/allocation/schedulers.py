@@ -77,6 +77,9 @@ def allocate(
     subset_size: int | None = None,
     check_every: int | None = None,
     per_class: bool | None = None,
+    rule: str | None = None,
+    trapezoid_threshold: float | None = None,
+    precision: str | None = None,
     iterations: tuple[int, int] | None = None,
     workers: int = 1,
     gpus: Sequence[int] | None = None,
@@ -93,7 +96,8 @@ def allocate(
     starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
     runs each chunk as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
     (see ``lca.cluster``); by default the work runs in this process. ``threads`` pins
-    TensorFlow's intra-op threads per worker (bitwise-reproducible results).
+    TensorFlow's intra-op threads per worker (bitwise-reproducible results). ``rule``,
+    ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings.
     """
     from tqdm.auto import tqdm
 
@@ -114,6 +118,9 @@ def allocate(
         check_every=check_every,
         num_train=int(trajectory.attrs["num_train"]),
         per_class=per_class,
+        rule=rule,
+        trapezoid_threshold=trapezoid_threshold,
+        precision=precision,
     )
     if restart and (run_dir / LCA_STORE).exists():
         remove_tree(run_dir / LCA_STORE)
@@ -139,8 +146,8 @@ def allocate(
         disable=not progress,
     )
 
-    def on_iteration(splits_used: int) -> None:
-        summary.halvings += int(math.log2(splits_used // 2))
+    def on_iteration(halvings: int) -> None:
+        summary.halvings += halvings
         bar.update(1)
         bar.set_postfix(halvings=summary.halvings, refresh=False)
 

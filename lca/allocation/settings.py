@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import AllocateConfig, Config, load_config
+from ..quadrature import METHODS
 from ..storage import CONFIG_FILE, RunError, location, rows_per_chunk
+
+#: The arithmetic ``allocate.precision`` may choose for the gradients.
+PRECISIONS = ("float32", "bfloat16", "tf32")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,13 @@ class AllocationSettings:
     check_every: int | None = None  # also allocate every k-th iteration on the full train set
     per_class: bool = False  # also the per-class parts of every LCA
     per_class_full: bool = False  # ... and their full (T, C, K) arrays
+    rule: str = "simpson"  # the refinement sequence (lca.quadrature.METHODS)
+    trapezoid_threshold: float | None = None  # rule "adaptive": when the trapezoid is accepted
+    precision: str = "float32"  # arithmetic of the gradients; losses always float32
+
+    @property
+    def reduced_precision(self) -> bool:
+        return self.precision != "float32"
 
     def identity(self) -> dict:
         subset = {}
@@ -55,6 +66,14 @@ class AllocationSettings:
             **(
                 {"per_class": True, "per_class_full": self.per_class_full} if self.per_class else {}
             ),
+            # absent at their defaults, so that stores made before they existed still resume
+            **({"rule": self.rule} if self.rule != "simpson" else {}),
+            **(
+                {"trapezoid_threshold": self.trapezoid_threshold}
+                if self.trapezoid_threshold is not None
+                else {}
+            ),
+            **({"precision": self.precision} if self.reduced_precision else {}),
         }
 
     def checked(self, iteration: int) -> bool:
@@ -86,6 +105,9 @@ def resolve_settings(
     check_every: int | None = None,
     num_train: int | None = None,
     per_class: bool | None = None,
+    rule: str | None = None,
+    trapezoid_threshold: float | None = None,
+    precision: str | None = None,
 ) -> AllocationSettings:
     """Merge command-line choices over the run's ``allocate`` section, validated the same way."""
     merged = replace(
@@ -96,7 +118,14 @@ def resolve_settings(
         subset_size=config.subset_size if subset_size is None else subset_size,
         check_every=config.check_every if check_every is None else check_every,
         per_class=config.per_class if per_class is None else per_class,
+        rule=rule or config.rule,
+        trapezoid_threshold=trapezoid_threshold or config.trapezoid_threshold,
+        precision=precision or config.precision,
     )
+    if merged.rule not in METHODS:
+        raise RunError(f"--rule {merged.rule!r}: choose from {', '.join(METHODS)}")
+    if merged.precision not in PRECISIONS:
+        raise RunError(f"--precision {merged.precision!r}: choose from {', '.join(PRECISIONS)}")
     for key, problem in merged.validate().items():
         raise RunError(f"allocate.{key}: {problem}")
     unknown = [s for s in merged.splits if s not in ("train", "val")]

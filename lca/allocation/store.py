@@ -48,6 +48,8 @@ def open_lca_store(
         "error": ((T,), ("iteration",), "float64", np.nan),
         "error_fo": ((T,), ("iteration",), "float64", np.nan),
     }
+    if settings.reduced_precision:  # which iterations had to be recomputed in float32
+        arrays["fallback"] = ((T,), ("iteration",), "bool", False)
     num_train = int(trajectory.attrs["num_train"])
     for split in settings.splits:
         sub = group.create_group(split)
@@ -95,16 +97,27 @@ def open_lca_store(
     group.attrs.update(
         {
             "settings": settings.identity(),
-            "rule": "simpson",
+            "rule": settings.rule,
+            "precision": settings.precision,
             "num_iterations": T,
             "num_params": K,
             "layout": trajectory.layout_json,
             "lca_version": __version__,
-            "description": "A[t, i] = Δθ_i · ∫ g_i along the step t (adaptive composite Simpson); "
-            "error = (L[t+1] − L[t]) − Σ_i A[t, i]; negative LCA helps",
+            "description": RULE_DESCRIPTIONS[settings.rule]
+            + "; error = (L[t+1] − L[t]) − Σ_i A[t, i]; splits = the sub-intervals used; "
+            "negative LCA helps",
         }
     )
     return group
+
+
+RULE_DESCRIPTIONS = {
+    "simpson": "A[t, i] = Δθ_i · ∫ g_i along the step t (composite Simpson on 2, 4, … "
+    "sub-intervals, halved while |error| > threshold)",
+    "adaptive": "A[t, i] = Δθ_i · ∫ g_i along the step t (trapezoid on the endpoints, "
+    "splits = 1, where its |error| ≤ trapezoid_threshold; else composite Simpson on 2, 4, … "
+    "sub-intervals, halved while |error| > threshold)",
+}
 
 
 CHECK_DESCRIPTION = (

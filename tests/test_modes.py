@@ -1,0 +1,179 @@
+"""Cheaper allocations (``allocate.rule``, ``allocate.precision``), held to the same oracle."""
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from helpers import cli
+
+from lca.allocation import allocate, chunks_for, load_objective
+from lca.diagnostics import verify_error
+from lca.storage import LCA_STORE, open_trajectory
+
+
+def split_arrays(run_dir, split="train"):
+    group = zarr.open_group(str(run_dir / LCA_STORE), mode="r")[split]
+    return {name: group[name][:] for name in group.array_keys()}
+
+
+def trapezoid_errors(run_dir, split, rows):
+    """ΔL − Σ_i Δ_i (g_i(θ_t) + g_i(θ_t+1)) / 2 from the stored endpoint gradients."""
+    theta = open_trajectory(run_dir).theta[: rows + 1].astype(np.float64)
+    a = split_arrays(run_dir, split)
+    errors = []
+    for t in range(rows):
+        mean = (a["grad"][t].astype(np.float64) + a["grad"][t + 1]) / 2
+        lca = ((theta[t + 1] - theta[t]) * mean).astype(np.float32)
+        errors.append(a["loss"][t + 1] - a["loss"][t] - lca.sum(dtype=np.float64))
+    return np.array(errors)
+
+
+def copy_of(run_dir, name):
+    target = run_dir.parent / name
+    shutil.copytree(run_dir, target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["tiny_fc", "tiny_lenet", "tiny_resnet"])
+def test_endpoint_first_rule_refines_exactly_where_the_trapezoid_errs(fresh_run, name):
+    """fc; conv with dropout in training; batch norm. Rows 0-14 (two work units)."""
+    paper = fresh_run(name)
+    fast = copy_of(paper, "fast")
+    rows = 15  # gradient row 16 is stored by the unit that starts there: not allocated here
+    threshold = 1e-3
+    options = dict(threshold=threshold, iterations=(0, rows), progress=False)
+    allocate(paper, **options)
+    trap = {s: trapezoid_errors(paper, s, rows) for s in ("train", "val")}
+    worst = np.maximum(np.abs(trap["train"]), np.abs(trap["val"]))
+    tolerance = float(np.median(worst))  # so that some steps pass and some do not
+    assert tolerance < threshold
+    summary = allocate(fast, rule="adaptive", trapezoid_threshold=tolerance, **options)
+    accepted = worst <= tolerance
+    assert 0 < accepted.sum() < rows
+    for split in ("train", "val"):
+        a, p = split_arrays(fast, split), split_arrays(paper, split)
+        n = a["splits"][:rows]
+        np.testing.assert_array_equal(n == 1, accepted)
+        # the losses and endpoint gradients are those of the paper's rule, bit for bit …
+        np.testing.assert_array_equal(a["loss"][: rows + 1], p["loss"][: rows + 1])
+        np.testing.assert_array_equal(a["grad"][: rows + 1], p["grad"][: rows + 1])
+        # … where refined, so is the LCA; where accepted, it is the trapezoid on the ends
+        np.testing.assert_array_equal(a["lca"][:rows][~accepted], p["lca"][:rows][~accepted])
+        np.testing.assert_array_equal(n[~accepted], p["splits"][:rows][~accepted])
+        np.testing.assert_allclose(a["error"][:rows][accepted], trap[split][accepted], atol=1e-12)
+        # conservation, per iteration, within the thresholds
+        error = a["error"][:rows]
+        np.testing.assert_allclose(
+            a["lca"][:rows].sum(axis=1, dtype=np.float64),
+            np.diff(a["loss"][: rows + 1]) - error,
+            atol=1e-9,
+        )
+        assert np.abs(error[accepted]).max() <= tolerance
+        assert np.abs(error).max() <= threshold
+    # one new gradient per accepted step, n per refined one, one extra start per work unit
+    units = len(chunks_for(summary.iterations_total, 8, (0, rows)))  # rows 0-15
+    used = split_arrays(fast)["splits"][: 8 * units]
+    assert summary.gradient_evaluations == int(used.sum()) + units
+    paper_evaluations = int(split_arrays(paper)["splits"][: 8 * units].sum()) + units
+    assert summary.gradient_evaluations < paper_evaluations
+
+
+def test_endpoint_first_rule_passes_verify_error_and_says_so(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    result = cli("allocate", str(run_dir), "--rule", "adaptive", "--trapezoid-threshold", "1e-4")
+    assert result.returncode == 0, result.stderr
+    assert "gradients/iteration" in result.stdout
+    report = verify_error(run_dir)
+    assert report.passed, report.failures()
+    assert report.rule == "adaptive" and report.label == "adaptive"
+    train = report.splits["train"]
+    assert train.rule_iterations["trapezoid"] + train.rule_iterations["simpson"] == 40
+    assert train.rule_iterations["trapezoid"] == train.splits_used.get(1, 0) > 0
+    text = cli("verify-error", str(run_dir)).stdout
+    assert "rule adaptive" in text and "iterations with 1 sub-interval (trapezoid)" in text
+    assert "trapezoid: mean |error|, total error" in text and text.rstrip().endswith(
+        "total error within ±1 %"
+    )
+    # a resumed allocation must use the same rule
+    again = cli("allocate", str(run_dir), "--rule", "simpson")
+    assert again.returncode == 2 and "other settings" in again.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny_lenet", "tiny_resnet"])
+def test_reduced_precision_leaves_the_losses_bitwise_float32(trained_runs, name):
+    run_dir = trained_runs(name)
+    theta = open_trajectory(run_dir).theta
+    exact = load_objective(run_dir, ["train", "val"], eval_batch_size=300)
+    bf16 = load_objective(run_dir, ["train", "val"], eval_batch_size=300, precision="bfloat16")
+    tf32 = exact.with_precision("tf32")
+    for t in (0, 20):
+        want = exact(theta[t])
+        for split, (loss, grad) in bf16(theta[t]).items():
+            assert loss == want[split][0]  # bitwise: the loss defines ΔL
+            assert not np.array_equal(grad, want[split][1])  # the arithmetic did change …
+            relative = np.linalg.norm(grad - want[split][1]) / np.linalg.norm(want[split][1])
+            assert relative < 1e-2  # … by bfloat16's rounding only
+        for split, (loss, grad) in tf32(theta[t]).items():  # a CPU has no TF32: no change
+            assert loss == want[split][0] and np.array_equal(grad, want[split][1])
+    # the interior nodes too (the first dense layer's shortcut included)
+    a, b = theta[3], theta[4]
+    mid, mid_exact = bf16.between(a, b, 0.5), exact.between(a, b, 0.5)
+    for split in mid:
+        diff = np.linalg.norm(mid[split][1] - mid_exact[split][1])
+        assert 0 < diff < 1e-2 * np.linalg.norm(mid_exact[split][1])
+
+
+def test_reduced_precision_conserves_and_falls_back_to_float32_where_it_must(fresh_run):
+    exact = fresh_run("tiny_lenet")
+    reduced = copy_of(exact, "reduced")
+    rows = 8
+    # tiny LeNet's large steps need more than 8 sub-intervals for 1e-4 in some iterations:
+    # bfloat16 gives up on those and redoes them in float32
+    options = dict(threshold=1e-4, max_splits=8, iterations=(0, rows), progress=False)
+    allocate(exact, **options)
+    allocate(reduced, precision="bfloat16", **options)
+    for split in ("train", "val"):
+        e, r = split_arrays(exact, split), split_arrays(reduced, split)
+        np.testing.assert_array_equal(r["loss"][:rows], e["loss"][:rows])
+        fell_back = r["fallback"][:rows]
+        assert 0 < fell_back.sum() < rows
+        # the steps redone in float32 are the float32 allocation's, bit for bit
+        np.testing.assert_array_equal(r["lca"][:rows][fell_back], e["lca"][:rows][fell_back])
+        np.testing.assert_array_equal(r["error"][:rows][fell_back], e["error"][:rows][fell_back])
+        # the others met the threshold in bfloat16
+        kept = ~fell_back
+        assert np.abs(r["error"][:rows][kept]).max() <= 1e-4
+        known = rows - 1  # loss row 8 is stored by the next work unit
+        np.testing.assert_allclose(
+            r["lca"][:known].sum(axis=1, dtype=np.float64),
+            np.diff(r["loss"][:rows]) - r["error"][:known],
+            atol=1e-9,
+        )
+    report = verify_error(reduced)
+    assert report.precision == "bfloat16"
+    assert report.splits["train"].fallbacks == int(split_arrays(reduced)["fallback"][:rows].sum())
+
+
+def test_reduced_precision_allocation_passes_verify_error(fresh_run):
+    run_dir = fresh_run("tiny_lenet")
+    result = cli("allocate", str(run_dir), "--rule", "adaptive", "--precision", "bfloat16")
+    assert result.returncode == 0, result.stderr
+    text = cli("verify-error", str(run_dir))
+    assert text.returncode == 0, text.stdout
+    assert "gradients in bfloat16, losses in float32" in text.stdout
+    assert "iterations recomputed in float32" in text.stdout
+
+
+def test_mode_options_are_checked(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    bad = cli("allocate", str(run_dir), "--precision", "float16")
+    assert bad.returncode == 2 and "float16" in bad.stderr
+    result = cli("allocate", str(run_dir), "--trapezoid-threshold", "1e-4")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: allocate.trapezoid_threshold: applies to rule: adaptive only"
+    )
+    result = cli("allocate", str(run_dir), "--per-class", "--precision", "bfloat16")
+    assert result.returncode == 2
+    assert "per_class needs precision: float32" in result.stderr
