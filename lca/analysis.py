@@ -791,6 +791,66 @@ def parameter_curves(
     }
 
 
+# --- agreement of two allocations of the same run (cheaper rules, reduced precision) -------
+
+
+@dataclass
+class Agreement(_Result):
+    """How far a candidate LCA array is from a reference one of the same iterations."""
+
+    sign_agreement: float  # share of entries with reference ≠ 0 whose signs agree
+    helped: float  # mean % helped of the candidate (Helped.mean_helped)
+    helped_reference: float
+    helped_difference: float  # candidate − reference, percentage points
+    layer_totals: np.ndarray  # (L,) Σ_t Σ_{i in layer} A of the candidate
+    layer_totals_reference: np.ndarray
+    layer_relative_difference: np.ndarray  # (L,) |candidate − reference| / |reference|
+    max_layer_relative_difference: float
+
+
+def agreement(
+    candidate: RowSliceable,
+    reference: RowSliceable,
+    layer_index: np.ndarray,
+    num_layers: int,
+    chunk_rows: int = 64,
+) -> Agreement:
+    """Sign agreement, % helped and per-layer totals of ``candidate`` against ``reference``.
+
+    The measures a researcher reads off an allocation, so a cheaper way to compute it can be
+    judged by what it would change in the conclusions, not only by its conservation error.
+    """
+    _check_layers(num_layers)
+    rows, K = _shape2(reference)
+    if _shape2(candidate) != (rows, K):
+        raise ValueError(f"shapes differ: {candidate.shape} vs {reference.shape}")
+    reduce = _LayerReducer(layer_index, num_layers, K)
+    agree = nonzero = 0
+    totals = np.zeros((2, num_layers))
+    helped = [_HelpedAcc(reduce, rows, K) for _ in range(2)]
+    for start, stop in _blocks(rows, chunk_rows):
+        cand, ref = _read(candidate, start, stop), _read(reference, start, stop)
+        moved = ref != 0
+        nonzero += int(moved.sum())
+        agree += int((np.sign(cand[moved]) == np.sign(ref[moved])).sum())
+        for k, block in enumerate((cand, ref)):
+            totals[k] += reduce(block).sum(axis=0)
+            helped[k].update(block, start)
+    mean = [acc.result().mean_helped for acc in helped]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = np.abs(totals[0] - totals[1]) / np.abs(totals[1])
+    return Agreement(
+        sign_agreement=agree / nonzero if nonzero else float("nan"),
+        helped=mean[0],
+        helped_reference=mean[1],
+        helped_difference=mean[0] - mean[1],
+        layer_totals=totals[0],
+        layer_totals_reference=totals[1],
+        layer_relative_difference=relative,
+        max_layer_relative_difference=float(np.nanmax(relative)) if num_layers else float("nan"),
+    )
+
+
 # --- 10. across runs, with a t-test that needs no scipy -------------------------------------
 
 

@@ -50,6 +50,7 @@ class RunMeasures:
     layer_index: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int32))
     other_split: str | None = None  # the split compared with (train vs val)
     other_totals: np.ndarray | None = None
+    allocated_with: str = ""  # Run.allocated_with: the rule and precision behind the arrays
 
     @property
     def iterations(self) -> int:
@@ -107,6 +108,7 @@ class RunMeasures:
             "iterations": self.iterations,
             "parameters": self.parameters,
             "layers": self.layers,
+            "allocated_with": self.allocated_with,
             "headline": self.headline(),
             "percent_helped": self.helped.to_dict(),
             "value_histogram": self.histogram.to_dict(),
@@ -153,6 +155,7 @@ def measure(
         sync_min_fraction=min_fraction,
         approx=approx,
         layer_index=index,
+        allocated_with=run.allocated_with,
     )
     other = _other_split(run, split)
     if compare_splits and other is not None:
@@ -928,6 +931,8 @@ def _markdown(
         ),
         "",
         "## Conservation: the loss rebuilt from LCA",
+        "",
+        f"The LCA arrays were allocated with {m.allocated_with} (losses in float32).",
         "",
         _table(
             ["", "value"],

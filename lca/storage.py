@@ -427,6 +427,16 @@ class Run:
         return self.trajectory.theta
 
     @property
+    def allocated_with(self) -> str:
+        """How the LCA arrays were computed: the rule and the gradients' arithmetic."""
+        if self.lca_store is None:
+            return "not allocated"
+        attrs = self.lca_store.attrs
+        rule = attrs.get("rule", "simpson")
+        rule = "simpson (the paper's RK4)" if rule == "simpson" else rule
+        return f"rule {rule}, gradients in {attrs.get('precision', 'float32')}"
+
+    @property
     def splits(self) -> list[str]:
         """The allocated splits (empty before ``lca allocate``)."""
         return list(self.lca_store.attrs["settings"]["splits"]) if self.lca_store else []

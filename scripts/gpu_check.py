@@ -11,7 +11,9 @@
 2. Confirms TF32 is off where the allocation runs: TensorFlow's flag, and a float32 matrix
    product on the GPU compared with float64 (TF32 would be ~1e-3 off, float32 ~1e-6).
 3. Times one full-set gradient of ResNet20 on 45000 CIFAR-sized examples (the paper's
-   training split), the unit of LCA's cost: ``lca allocate`` needs about two per iteration.
+   training split), the unit of LCA's cost, in each ``allocate.precision``: float32, tf32
+   (TF32 tensor cores) and bfloat16 (bf16 backward products). Their losses must be bitwise
+   float32's and their gradients within 1 % of it.
 
 Prints each figure and PASS/FAIL; exits 1 on a failed check. Without a GPU it refuses
 unless ``--allow-cpu``, which stands a single-threaded CPU worker in for the GPU (to check
@@ -41,6 +43,9 @@ LOSS_RTOL = 1e-5  # relative difference of full-set losses
 ERROR_ATOL = 1e-4  # absolute difference of per-iteration conservation errors (loss units)
 LCA_RTOL = 1e-3  # largest |ΔA| relative to the largest |A| of the run
 TF32_FREE = 1e-4  # relative error of a float32 matmul above this means reduced precision
+PRECISIONS = ("float32", "tf32", "bfloat16")  # allocate.precision, compared with float32
+# relative L2 distance of a reduced-precision full-set gradient from the float32 one
+GRADIENT_RTOL = {"float32": 0.0, "tf32": 1e-2, "bfloat16": 1e-2}
 
 
 def small_config(examples: int, iterations: int):
@@ -98,8 +103,13 @@ def tf32_check(tf) -> tuple[bool, float]:
     return bool(tf.config.experimental.tensor_float_32_execution_enabled()), relative
 
 
-def gradient_seconds(examples: int, repeats: int) -> tuple[float, str]:
-    """Median time of one full-set gradient of ResNet20 on ``examples`` CIFAR-sized images."""
+def gradient_timings(examples: int, repeats: int) -> tuple[dict[str, dict], str]:
+    """One full-set gradient of ResNet20 on ``examples`` CIFAR-sized images, per precision.
+
+    For each ``allocate.precision``: the median time, whether the loss is bitwise the float32
+    one (it must be: the loss defines ΔL), and the gradient's relative L2 distance from the
+    float32 gradient.
+    """
     from lca.allocation import load_objective
     from lca.training import train
 
@@ -114,20 +124,30 @@ def gradient_seconds(examples: int, repeats: int) -> tuple[float, str]:
             "training.log_every=0",
         ],
     )
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "timing"
         train(config, run_dir, progress=False)
-        objective = load_objective(run_dir, ["train"], config.allocate.eval_batch_size)
-        theta = np.asarray(open_run(run_dir).theta[0])
-        objective(theta)  # trace and warm up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            objective(theta)
-            times.append(time.perf_counter() - start)
-    return float(
-        np.median(times)
-    ), f"{examples} examples, eval batches of {config.allocate.eval_batch_size}"
+        exact = load_objective(run_dir, ["train"], config.allocate.eval_batch_size)
+        theta = np.asarray(open_run(run_dir).theta[1])
+        reference = None
+        for precision in PRECISIONS:
+            objective = exact if precision == "float32" else exact.with_precision(precision)
+            loss, grad = objective(theta)["train"]  # trace and warm up
+            reference = reference or (loss, grad)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                objective(theta)
+                times.append(time.perf_counter() - start)
+            results[precision] = {
+                "seconds": float(np.median(times)),
+                "loss_bitwise": loss == reference[0],
+                "gradient_error": float(
+                    np.linalg.norm(grad - reference[1]) / np.linalg.norm(reference[1])
+                ),
+            }
+    return results, f"{examples} examples, eval batches of {config.allocate.eval_batch_size}"
 
 
 def main() -> int:
@@ -192,8 +212,19 @@ def main() -> int:
     if not ok:
         failures.append("TF32")
 
-    seconds, what = gradient_seconds(args.timing_examples, args.repeats)
-    print(f"one full-set gradient of ResNet20 ({what}): {seconds:.3f} s (median of {args.repeats})")
+    timings, what = gradient_timings(args.timing_examples, args.repeats)
+    print(f"one full-set gradient of ResNet20 ({what}), median of {args.repeats}:")
+    base = timings["float32"]["seconds"]
+    for precision, t in timings.items():
+        ok = t["loss_bitwise"] and t["gradient_error"] <= GRADIENT_RTOL[precision]
+        print(
+            f"  {precision:<9} {t['seconds']:8.3f} s ({base / t['seconds']:.2f}x float32), loss "
+            f"{'bitwise float32' if t['loss_bitwise'] else 'NOT float32'}, gradient off by "
+            f"{t['gradient_error']:.1e} (limit {GRADIENT_RTOL[precision]:.0e}) "
+            f"{'PASS' if ok else 'FAIL'}"
+        )
+        if not ok:
+            failures.append(f"precision {precision}")
     print("PASS" if not failures else f"FAIL: {', '.join(failures)}")
     return 1 if failures else 0
 

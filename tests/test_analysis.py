@@ -639,3 +639,29 @@ def test_neuron_input_totals_picks_the_units_kernel_column():
     totals = analysis.neuron_input_totals(lca, layout, "d", unit=1, chunk_rows=3)
     # kernel[:, 1] sits at flat offsets 1, 3, 5 (C order); summed over the 4 rows
     np.testing.assert_allclose(totals, lca[:, [1, 3, 5]].sum(axis=0))
+
+
+def test_agreement_of_two_allocations_known_answer():
+    from lca.analysis import agreement
+
+    reference = np.array([[-1.0, 2.0, 0.0, -3.0], [1.0, -1.0, -2.0, 4.0]])
+    candidate = reference.copy()
+    candidate[0, 1] = -0.5  # one sign flipped (a hurting parameter now helps)
+    candidate[1, 2] = 0.0  # one helping entry now zero: no sign, disagrees
+    candidate[0, 2] = 7.0  # reference zero: not counted in the sign agreement
+    layers = np.array([0, 0, 1, 1])
+    result = agreement(candidate, reference, layers, 2, chunk_rows=1)
+    assert result.sign_agreement == pytest.approx(5 / 7)
+    # % helped per row, over non-zero entries: reference 2/3 and 2/4; candidate 3/4 and 1/3
+    assert result.helped_reference == pytest.approx(100 * (2 / 3 + 2 / 4) / 2)
+    assert result.helped == pytest.approx(100 * (3 / 4 + 1 / 3) / 2)
+    assert result.helped_difference == pytest.approx(result.helped - result.helped_reference)
+    np.testing.assert_allclose(result.layer_totals_reference, [1.0, -1.0])
+    np.testing.assert_allclose(result.layer_totals, [-1.5, 8.0])
+    np.testing.assert_allclose(result.layer_relative_difference, [2.5, 9.0])
+    assert result.max_layer_relative_difference == pytest.approx(9.0)
+    same = agreement(reference, reference, layers, 2)
+    assert same.sign_agreement == 1.0 and same.helped_difference == 0.0
+    assert same.max_layer_relative_difference == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        agreement(reference[:1], reference, layers, 2)
