@@ -217,6 +217,7 @@ class FullBatchObjective:
         if precision == "bfloat16":
             enable_reduced_backward(self.model)
         self.precision = precision
+        self._h16 = self._cast_inputs()  # split -> the chain's inputs in bfloat16, made once
 
         def traced(fn):  # the switch is read while TensorFlow traces the function
             def run(*args):
@@ -245,26 +246,29 @@ class FullBatchObjective:
         losses = self._per_example(y, logits)
         return tf.reduce_sum(losses) / n, tf.reduce_sum(tf.cast(losses, tf.float64))
 
-    def _batch(self, x, y, n):
-        """Loss sum and float64 gradients of one batch; also its z when the chain is used."""
+    def _batch(self, x, y, n, h16=None):
+        """Loss sum and float64 gradients of one batch; also its z when the chain is used.
+
+        ``h16``: the chain's flat inputs already in bfloat16 (``precision: bfloat16``).
+        """
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            logits, z = self._forward(x)
+            logits, z = self._forward(x, h16)
             scaled, loss_sum = self._loss_terms(logits, y, n)
         grads = tape.gradient(scaled, self.variables)
         return loss_sum, [tf.cast(g, tf.float64) for g in grads], z
 
-    def _forward(self, x):
+    def _forward(self, x, h16=None):
         """Logits of one batch, and the first dense layer's z when the chain is used."""
         if self.chain is None:  # no dropout; BN batch stats (see the module docstring)
             return self.model(x, training=self.training), None
         pre, dense, tail = self.chain
         h = _apply(pre, x, self.training)
-        z = matmul(h, dense.kernel.value) + dense.bias.value
+        z = matmul(h, dense.kernel.value, h16) + dense.bias.value
         return _apply(tail, dense.activation(z), self.training), z
 
-    def _batch_between(self, x, y, n, z0, z1, fraction):
+    def _batch_between(self, x, y, n, z0, z1, fraction, h16=None):
         """The same at θ(s) from the ends' pre-activations: z(s) = z0 + s (z1 − z0)."""
         import tensorflow as tf
 
@@ -277,7 +281,7 @@ class FullBatchObjective:
             scaled, loss_sum = self._loss_terms(logits, y, n)
         dz, *grads = tape.gradient(scaled, [z, *tail_vars])
         h = _apply(pre, x, self.training)
-        grads = [kernel_gradient(h, dz), tf.reduce_sum(dz, 0), *grads]
+        grads = [kernel_gradient(h, dz, h16), tf.reduce_sum(dz, 0), *grads]
         return loss_sum, [tf.cast(g, tf.float64) for g in grads]
 
     # --- whole splits -----------------------------------------------------------------------
@@ -312,7 +316,31 @@ class FullBatchObjective:
 
     def _evaluate(self, theta):
         _assign_flat(self.variables, theta)
-        return [self._accumulate(name, self._batch) for name in self.split_names]
+        return [
+            self._accumulate(name, self._batch, *self._inputs16(name)) for name in self.split_names
+        ]
+
+    def _inputs16(self, name) -> tuple[tuple, tuple]:
+        """The chain's flat inputs of a split in bfloat16, as extra batch arguments (or none)."""
+        return self._h16.get(name, ((), ()))
+
+    def _cast_inputs(self) -> dict[str, tuple]:
+        """A first dense layer's kernel gradient multiplies by the data themselves: under
+        ``precision: bfloat16`` they are cast once, here (eagerly), not at every evaluation."""
+        import tensorflow as tf
+
+        if self.chain is None or self.precision != "bfloat16":
+            return {}
+        cast = {}
+        for name, ((xb, _), rest, _) in self._data.items():
+            full = tf.cast(tf.reshape(xb, [xb.shape[0], xb.shape[1], -1]), tf.bfloat16)
+            tail = (
+                ()
+                if rest is None
+                else (tf.cast(tf.reshape(rest[0], [rest[0].shape[0], -1]), tf.bfloat16),)
+            )
+            cast[name] = ((full,), tail)
+        return cast
 
     def _evaluate_losses(self, theta):
         """Every split's loss, forward only: the same operations as :meth:`_evaluate`'s."""
@@ -335,10 +363,11 @@ class FullBatchObjective:
         results = []
         for name, (z0, r0), (z1, r1) in zip(self.split_names, z0s, z1s):
 
-            def batch_fn(x, y, n, a, b):
-                return self._batch_between(x, y, n, a, b, fraction)
+            def batch_fn(x, y, n, a, b, h16=None):
+                return self._batch_between(x, y, n, a, b, fraction, h16)
 
-            loss, grad, _ = self._accumulate(name, batch_fn, (z0, z1), (r0, r1))
+            full, rest = self._inputs16(name)
+            loss, grad, _ = self._accumulate(name, batch_fn, (z0, z1, *full), (r0, r1, *rest))
             results.append((loss, grad))
         return results
 

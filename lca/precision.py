@@ -20,9 +20,48 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _BACKWARD = contextvars.ContextVar("lca_backward_precision", default="float32")
+
+#: CPU flags of bfloat16 matrix units (Intel AMX, AVX512-BF16): where bfloat16 pays off.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (Linux ``/proc/cpuinfo`` flags).
+
+    Elsewhere TensorFlow emulates bfloat16 products, slower than float32.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(
+    precision: str, *, on_gpu: bool | Callable[[], bool], per_class: bool = False
+) -> str:
+    """``auto``: bfloat16 on a CPU with bfloat16 units, float32 otherwise.
+
+    Where ``auto`` picks bfloat16 it met the agreement limits with the paper's float32
+    allocation on all three MNIST-FC set-ups (README, "Faster allocations"). GPUs get float32
+    until TF32 and bf16 there are measured (``scripts/gpu_check.py``); per-class LCA has
+    no reduced-precision path.
+    """
+    if precision != "auto":
+        return precision
+    if per_class or not cpu_has_bf16_units():
+        return "float32"
+    gpu = on_gpu() if callable(on_gpu) else on_gpu  # may import TensorFlow: asked last
+    return "float32" if gpu else "bfloat16"
 
 
 @contextlib.contextmanager
@@ -53,7 +92,7 @@ def reduced() -> bool:
     return _BACKWARD.get() == "bfloat16"
 
 
-def _matmul_bf16_backward(x, w):
+def _matmul_bf16_backward(x, w, x16=None):
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -61,7 +100,8 @@ def _matmul_bf16_backward(x, w):
         def grad(dy):
             dy16 = tf.cast(dy, tf.bfloat16)
             dx = tf.matmul(dy16, tf.cast(w, tf.bfloat16), transpose_b=True)
-            dw = tf.matmul(tf.cast(x, tf.bfloat16), dy16, transpose_a=True)
+            inputs = tf.cast(x, tf.bfloat16) if x16 is None else x16
+            dw = tf.matmul(inputs, dy16, transpose_a=True)
             return tf.cast(dx, x.dtype), tf.cast(dw, w.dtype)
 
         return tf.matmul(x, w), grad
@@ -69,19 +109,24 @@ def _matmul_bf16_backward(x, w):
     return matmul(x, w)
 
 
-def matmul(x, w):
-    """``x @ w`` (float32, x of rank 2) with the gradients in the traced precision."""
+def matmul(x, w, x16=None):
+    """``x @ w`` (float32, x of rank 2) with the gradients in the traced precision.
+
+    ``x16``, when given, is ``x`` already in bfloat16 (inputs that never change, such as a
+    first layer's data, are cast once rather than at every evaluation).
+    """
     import tensorflow as tf
 
-    return _matmul_bf16_backward(x, w) if reduced() else tf.matmul(x, w)
+    return _matmul_bf16_backward(x, w, x16) if reduced() else tf.matmul(x, w)
 
 
-def kernel_gradient(h, dz):
+def kernel_gradient(h, dz, h16=None):
     """``hᵀ dz``, a dense kernel's gradient computed directly, in the traced precision."""
     import tensorflow as tf
 
     if reduced():
-        product = tf.matmul(tf.cast(h, tf.bfloat16), tf.cast(dz, tf.bfloat16), transpose_a=True)
+        inputs = tf.cast(h, tf.bfloat16) if h16 is None else h16
+        product = tf.matmul(inputs, tf.cast(dz, tf.bfloat16), transpose_a=True)
         return tf.cast(product, dz.dtype)
     return tf.matmul(h, dz, transpose_a=True)
 

@@ -88,7 +88,8 @@ def main() -> None:
         config = read_run_config(run_dir)
         trajectory = open_trajectory(run_dir)
         K = trajectory.theta.shape[1]
-        settings = resolve_settings(config.allocate, K)
+        # the paper's rule in float32: the floor below is two gradients per iteration
+        settings = resolve_settings(config.allocate, K, rule="simpson", precision="float32")
         theta = trajectory.theta[:2]
 
         allocator = ChunkAllocator(run_dir, settings)

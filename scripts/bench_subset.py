@@ -93,6 +93,8 @@ def main() -> None:
                 subset_size=subset,
                 check_every=args.check_every if subset else None,
                 num_train=M,
+                rule="simpson",  # the figures in the README's subset section
+                precision="float32",
             )
             return replace(settings, chunk_iterations=args.chunk_iterations)
 

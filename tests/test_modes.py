@@ -100,8 +100,9 @@ def test_endpoint_first_rule_passes_verify_error_and_says_so(fresh_run):
     assert again.returncode == 2 and "other settings" in again.stderr
 
 
-@pytest.mark.parametrize("name", ["tiny_lenet", "tiny_resnet"])
+@pytest.mark.parametrize("name", ["tiny_fc", "tiny_lenet", "tiny_resnet"])
 def test_reduced_precision_leaves_the_losses_bitwise_float32(trained_runs, name):
+    """tiny_fc: the first dense layer's shortcut, on inputs cast to bfloat16 once."""
     run_dir = trained_runs(name)
     theta = open_trajectory(run_dir).theta
     exact = load_objective(run_dir, ["train", "val"], eval_batch_size=300)
@@ -169,7 +170,7 @@ def test_mode_options_are_checked(fresh_run):
     run_dir = fresh_run("tiny_fc")
     bad = cli("allocate", str(run_dir), "--precision", "float16")
     assert bad.returncode == 2 and "float16" in bad.stderr
-    result = cli("allocate", str(run_dir), "--trapezoid-threshold", "1e-4")
+    result = cli("allocate", str(run_dir), "--rule", "simpson", "--trapezoid-threshold", "1e-4")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: allocate.trapezoid_threshold: applies to rule: adaptive only"
@@ -177,3 +178,41 @@ def test_mode_options_are_checked(fresh_run):
     result = cli("allocate", str(run_dir), "--per-class", "--precision", "bfloat16")
     assert result.returncode == 2
     assert "per_class needs precision: float32" in result.stderr
+
+
+def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():
+    from lca.precision import cpu_has_bf16_units, resolve_precision
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n"
+    avx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n"
+    plain = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert cpu_has_bf16_units(amx) and cpu_has_bf16_units(avx)
+    assert not cpu_has_bf16_units(plain) and not cpu_has_bf16_units("")
+    assert resolve_precision("auto", on_gpu=True) == "float32"  # GPUs: not measured yet
+    assert resolve_precision("auto", on_gpu=False, per_class=True) == "float32"
+    assert resolve_precision("tf32", on_gpu=False) == "tf32"  # an explicit choice stands
+    here = "bfloat16" if cpu_has_bf16_units() else "float32"
+    assert resolve_precision("auto", on_gpu=False) == here
+
+
+def test_default_allocation_records_the_resolved_rule_and_precision(fresh_run):
+    from lca.precision import cpu_has_bf16_units
+
+    run_dir = fresh_run("tiny_fc")
+    allocate(run_dir, iterations=(0, 8), progress=False)
+    attrs = zarr.open_group(str(run_dir / LCA_STORE), mode="r").attrs
+    assert attrs["rule"] == "adaptive"
+    assert attrs["precision"] == ("bfloat16" if cpu_has_bf16_units() else "float32")
+
+
+def test_resuming_continues_with_the_rule_and_precision_of_the_store(fresh_run):
+    """A store made with the paper's rule (as every store before these options) resumes."""
+    run_dir = fresh_run("tiny_fc")
+    one_go = copy_of(run_dir, "one_go")
+    allocate(run_dir, rule="simpson", precision="float32", iterations=(0, 8), progress=False)
+    summary = allocate(run_dir, progress=False)  # the defaults are adaptive and auto
+    assert summary.complete and summary.chunks_skipped == 1
+    attrs = zarr.open_group(str(run_dir / LCA_STORE), mode="r").attrs
+    assert (attrs["rule"], attrs["precision"]) == ("simpson", "float32")
+    allocate(one_go, rule="simpson", precision="float32", progress=False)
+    np.testing.assert_array_equal(split_arrays(run_dir)["lca"], split_arrays(one_go)["lca"])

@@ -108,6 +108,13 @@ def allocate(
     K = trajectory.theta.shape[1]
     if per_class and not config.model.classification:
         raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
+    if not restart and (run_dir / LCA_STORE).exists():
+        # resuming: what is not chosen explicitly continues as the store was made
+        made_with = open_group(run_dir / LCA_STORE, "r").attrs.get("settings") or {}
+        rule = rule or made_with.get("rule", "simpson")
+        if trapezoid_threshold is None:
+            trapezoid_threshold = made_with.get("trapezoid_threshold")
+        precision = precision or made_with.get("precision", "float32")
     settings = resolve_settings(
         config.allocate,
         K,
@@ -121,6 +128,7 @@ def allocate(
         rule=rule,
         trapezoid_threshold=trapezoid_threshold,
         precision=precision,
+        on_gpu=lambda: _on_gpu(gpus, ray, gpus_per_task),
     )
     if restart and (run_dir / LCA_STORE).exists():
         remove_tree(run_dir / LCA_STORE)
@@ -176,6 +184,17 @@ def allocate(
         done = open_group(run_dir / LCA_STORE, "r")["done"][:]
         summary.iterations_done = sum(min(c, T - k * c) for k in np.flatnonzero(done))
     return summary
+
+
+def _on_gpu(gpus, ray, gpus_per_task) -> bool:
+    """Whether the allocation will run on GPUs (for ``precision: auto``)."""
+    if gpus is not None or (ray is not None and gpus_per_task > 0):
+        return True
+    if ray is not None or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    from ..gradients import visible_gpus
+
+    return bool(visible_gpus())
 
 
 def _run_here(run_dir, settings, todo, threads, on_iteration):

@@ -6,18 +6,19 @@ A resumed allocation must use exactly the settings its store was made with, so t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..config import AllocateConfig, Config, load_config
+from ..precision import resolve_precision
 from ..quadrature import METHODS
 from ..storage import CONFIG_FILE, RunError, location, rows_per_chunk
 
 #: The arithmetic ``allocate.precision`` may choose for the gradients.
-PRECISIONS = ("float32", "bfloat16", "tf32")
+PRECISIONS = ("auto", "float32", "bfloat16", "tf32")
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,13 @@ def resolve_settings(
     rule: str | None = None,
     trapezoid_threshold: float | None = None,
     precision: str | None = None,
+    on_gpu: bool | Callable[[], bool] = False,
 ) -> AllocationSettings:
-    """Merge command-line choices over the run's ``allocate`` section, validated the same way."""
+    """Merge command-line choices over the run's ``allocate`` section, validated the same way.
+
+    ``precision: auto`` is resolved here (``on_gpu``: the allocation runs on GPUs), so the
+    settings, and the store they make, name the arithmetic actually used.
+    """
     merged = replace(
         config,
         splits=list(splits) if splits else list(config.splits),
@@ -128,6 +134,10 @@ def resolve_settings(
         raise RunError(f"--precision {merged.precision!r}: choose from {', '.join(PRECISIONS)}")
     for key, problem in merged.validate().items():
         raise RunError(f"allocate.{key}: {problem}")
+    merged = replace(
+        merged,
+        precision=resolve_precision(merged.precision, on_gpu=on_gpu, per_class=merged.per_class),
+    )
     unknown = [s for s in merged.splits if s not in ("train", "val")]
     if unknown:
         raise RunError(f"--splits: unknown split {unknown[0]!r} (choose from train, val)")
