@@ -168,8 +168,8 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
 )
 @click.option(
     "--rule",
-    type=click.Choice(["simpson", "adaptive"]),
-    help="simpson: the paper's; adaptive: trapezoid on the endpoints first [config].",
+    type=click.Choice(["adaptive", "simpson"]),
+    help="adaptive: trapezoid on the endpoints first; simpson: the paper's [config: adaptive].",
 )
 @click.option(
     "--trapezoid-threshold",
@@ -178,8 +178,9 @@ def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "tf32"]),
-    help="Arithmetic of the gradients; losses stay float32 [config].",
+    type=click.Choice(["auto", "float32", "bfloat16", "tf32"]),
+    help="Arithmetic of the gradients; losses stay float32 [config: auto, bfloat16 on CPUs "
+    "with bf16 units].",
 )
 @click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
 @friendly_errors
