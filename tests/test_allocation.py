@@ -118,7 +118,7 @@ def test_objective_matches_an_eager_reference_and_ignores_moving_statistics(trai
 
 def test_gradient_work_reuses_endpoints(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    summary = allocate(run_dir, progress=False)
+    summary = allocate(run_dir, rule="simpson", progress=False)
     chunks = len(chunks_for(summary.iterations_total, 8, None))
     # per iteration: the end point and the interior nodes; one extra start per work unit
     splits = lca_arrays(run_dir)["train/splits"]
@@ -177,7 +177,10 @@ def test_verify_error_cli(fresh_run):
     allocate(run_dir, progress=False)
     result = cli("verify-error", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "total error, RK4" in result.stdout and "PASS" in result.stdout
+    assert "total error, adaptive" in result.stdout and "PASS" in result.stdout  # the default
+    allocate(run_dir, rule="simpson", restart=True, progress=False)
+    result = cli("verify-error", str(run_dir))
+    assert "total error, RK4" in result.stdout and "PASS" in result.stdout  # the paper's
     result = cli("verify-error", str(run_dir), "--json")
     import json
 

@@ -198,7 +198,7 @@ def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():
 def test_default_allocation_records_the_resolved_rule_and_precision(fresh_run):
     from lca.precision import cpu_has_bf16_units
 
-    run_dir = fresh_run("tiny_fc")
+    run_dir = fresh_run("tiny_fc", ("allocate.precision=auto",))  # tiny configs pin float32
     allocate(run_dir, iterations=(0, 8), progress=False)
     attrs = zarr.open_group(str(run_dir / LCA_STORE), mode="r").attrs
     assert attrs["rule"] == "adaptive"

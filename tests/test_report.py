@@ -64,7 +64,7 @@ def test_report_writes_markdown_json_and_every_figure(single):
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# LCA report") and "| measurement |" in markdown
     # which rule produced the arrays (issue 11: the report says so)
-    assert "allocated with rule simpson (the paper's RK4), gradients in float32" in markdown
+    assert "allocated with rule adaptive, gradients in float32" in markdown
     for name in FIGURES:
         path = out / name
         assert path.is_file(), name

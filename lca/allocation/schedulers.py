@@ -112,7 +112,7 @@ def allocate(
         # resuming: what is not chosen explicitly continues as the store was made
         made_with = open_group(run_dir / LCA_STORE, "r").attrs.get("settings") or {}
         rule = rule or made_with.get("rule", "simpson")
-        if trapezoid_threshold is None:
+        if trapezoid_threshold is None and rule == made_with.get("rule", "simpson"):
             trapezoid_threshold = made_with.get("trapezoid_threshold")
         precision = precision or made_with.get("precision", "float32")
     settings = resolve_settings(
