@@ -186,7 +186,7 @@ def run_arrays(run_dir) -> tuple:
 
 def write_run_arrays(run_dir, dataset: Dataset) -> None:
     """Store a dataset's splits in ``RUN/data.zarr`` (read back by :func:`run_arrays`)."""
-    from .storage import DATA_STORE, location, open_group
+    from .storage import DATA_STORE, checksummed, location, open_group
 
     group = open_group(location(run_dir) / DATA_STORE, "w")
     group.attrs["description"] = "the examples model.fit trained on, stored by the recorder"
@@ -195,9 +195,13 @@ def write_run_arrays(run_dir, dataset: Dataset) -> None:
         parts |= {"x_val": dataset.x_val, "y_val": dataset.y_val}
     for name, values in parts.items():
         dims = ("example",) + tuple(f"{name[0]}_{i}" for i in range(1, values.ndim))
-        group.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=dims)[
-            ...
-        ] = values
+        group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            dimension_names=dims,
+            compressors=checksummed(),
+        )[...] = values
 
 
 def _split_arrays(part, split: str, builder: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 from .. import __version__
-from ..storage import LCA_STORE, RunError, Trajectory, open_group
+from ..storage import LCA_STORE, RunError, Trajectory, checksummed, open_group
 from .settings import AllocationSettings, subset_indices
 
 
@@ -39,6 +39,7 @@ def open_lca_store(
         dtype="bool",
         fill_value=False,
         dimension_names=("work_unit",),
+        compressors=checksummed(),
     )
     arrays = {  # name: (shape, dimension names, dtype, fill value); chunks of c rows
         "lca": ((T, K), ("iteration", "parameter"), "float32", np.nan),
@@ -56,7 +57,13 @@ def open_lca_store(
         for name, (shape, dims, dtype, fill) in arrays.items():
             chunks = (c, *shape[1:])
             sub.create_array(
-                name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims, fill_value=fill
+                name,
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                dimension_names=dims,
+                fill_value=fill,
+                compressors=checksummed(),
             )
         sub.attrs.update(
             {
@@ -73,6 +80,7 @@ def open_lca_store(
                 shape=indices.shape,
                 dtype="int64",
                 dimension_names=("subset_example",),
+                compressors=checksummed(),
             )[:] = indices
             sub.attrs.update(
                 {
@@ -173,6 +181,7 @@ def _create_per_class_arrays(sub: zarr.Group, T: int, c: int, C: int, layout_jso
             dtype=dtype,
             dimension_names=dims,
             fill_value=np.nan,
+            compressors=checksummed(),
         )
     sub.attrs["layers"] = layers
 
@@ -187,6 +196,7 @@ def _create_check_arrays(group: zarr.Group, T: int, c: int, num_layers: int) -> 
         dtype="int64",
         fill_value=-1,
         dimension_names=("iteration",),
+        compressors=checksummed(),
     )
     check.create_array(
         "layer_rel_error",
@@ -195,6 +205,7 @@ def _create_check_arrays(group: zarr.Group, T: int, c: int, num_layers: int) -> 
         dtype="float64",
         fill_value=np.nan,
         dimension_names=("iteration", "layer"),
+        compressors=checksummed(),
     )
     for name in CHECK_SCALARS:
         check.create_array(
@@ -204,6 +215,7 @@ def _create_check_arrays(group: zarr.Group, T: int, c: int, num_layers: int) -> 
             dtype="float64",
             fill_value=np.nan,
             dimension_names=("iteration",),
+            compressors=checksummed(),
         )
     check.attrs["description"] = CHECK_DESCRIPTION
 

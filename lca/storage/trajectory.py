@@ -1,23 +1,9 @@
-"""The run directory: the interface between ``lca train``, ``lca allocate`` and the analyses.
-
-A run directory holds::
-
-    config.yaml        the resolved configuration
-    trajectory.zarr/   θ_t for every step, mini-batch metrics, the examples used (lca train)
-    lca.zarr/          per split: LCA, losses, gradients, errors (lca allocate)
-
-Both stores are Zarr v3 groups whose arrays carry dimension names (``step`` for the T+1
-points θ_t, ``iteration`` for the T updates, ``parameter`` for the K weights), so
-``xarray.open_zarr`` opens them, and whose attributes carry the metadata needed to read
-them (parameter layout, seed, versions): nothing is encoded in file names.
-"""
+"""``trajectory.zarr``: θ_t of every step, written by ``lca train`` (or the Keras recorder)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,75 +14,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-CONFIG_FILE = "config.yaml"
-TRAJECTORY_STORE = "trajectory.zarr"
-LCA_STORE = "lca.zarr"
-DATA_STORE = "data.zarr"  # a recorded model.fit's own examples (TrajectoryRecorder(train_data=…))
-CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
-
-
-class RunError(RuntimeError):
-    """A run directory that is missing, incomplete or corrupt (one-line message)."""
-
-
-def location(where: str | os.PathLike) -> Path:
-    """A run directory or data file: a local ``Path``, or for a URL a ``UPath``.
-
-    URLs are anything fsspec and Zarr understand (``s3://bucket/runs/x``, ``gs://…``,
-    ``file:///shared/runs/x``, ``memory://x``); ``UPath`` gives them the ``pathlib`` methods
-    the rest of the code uses (``/``, ``exists``, ``read_text``, ``open``). Plain paths stay
-    ``pathlib.Path``: nothing changes for local runs.
-    """
-    if isinstance(where, Path) or hasattr(where, "fs"):  # already a Path or a UPath
-        return where
-    text = os.fspath(where)
-    if "://" not in text:
-        return Path(text).expanduser()
-    from upath import UPath  # imported on first use: local runs never pay for it
-
-    return UPath(text)
-
-
-def is_remote(path: Path) -> bool:
-    """True for a URL location (anything but a plain local path)."""
-    return "://" in str(path)
-
-
-def _storage_options(path: Path) -> dict[str, Any] | None:
-    """fsspec options for Zarr: the URL's own, plus parent directories made on write."""
-    if not is_remote(path):
-        return None
-    options = dict(getattr(path, "storage_options", {}) or {})
-    if getattr(path, "protocol", "") in ("file", "local"):
-        options.setdefault("auto_mkdir", True)
-    return options or None
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a directory (or a store under a URL prefix) and everything in it."""
-    if is_remote(path):
-        path.fs.rm(path.path, recursive=True)
-    else:
-        shutil.rmtree(path)
-
-
-def rows_per_chunk(num_params: int, max_rows: int = 64, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows of a (rows, K) float32 chunk: big enough to stream well, small enough for memory."""
-    return int(max(1, min(max_rows, chunk_bytes // (4 * max(num_params, 1)))))
-
-
-def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open a Zarr v3 group, turning a missing or unreadable store into a RunError."""
-    path = location(path)
-    try:
-        return zarr.open_group(
-            store=str(path), mode=mode, zarr_format=3, storage_options=_storage_options(path)
-        )
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
-        raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
-
-
-# --- trajectory (written by lca train) ---------------------------------------------------
+from .base import (
+    TRAJECTORY_STORE,
+    RunError,
+    _json_safe,
+    checksummed,
+    location,
+    open_group,
+    rows_per_chunk,
+)
 
 
 @dataclass
@@ -197,7 +123,7 @@ class TrajectoryWriter:
             chunks=(self.rows, num_params),
             dtype="float32",
             dimension_names=("step", "parameter"),
-            compressors=None,
+            compressors=checksummed(compress=False),
             # Zarr would otherwise compare every chunk with the fill value before writing it
             # (to skip empty ones): a full extra pass that doubled the writer's CPU time.
             config={"write_empty_chunks": True},
@@ -207,10 +133,20 @@ class TrajectoryWriter:
         metric = {"chunks": (self.rows,), "dimension_names": ("iteration",)}
         shape = (num_iterations,)
         self.loss = group.create_array(
-            "loss", shape=shape, dtype="float64", fill_value=np.nan, **metric
+            "loss",
+            shape=shape,
+            dtype="float64",
+            fill_value=np.nan,
+            **metric,
+            compressors=checksummed(),
         )
         self.accuracy = group.create_array(
-            "accuracy", shape=shape, dtype="float64", fill_value=np.nan, **metric
+            "accuracy",
+            shape=shape,
+            dtype="float64",
+            fill_value=np.nan,
+            **metric,
+            compressors=checksummed(),
         )
         self.batch_indices = group.create_array(
             "batch_indices",
@@ -218,6 +154,7 @@ class TrajectoryWriter:
             chunks=(self.rows, batch_size),
             dtype="int64",
             dimension_names=("iteration", "batch_position"),
+            compressors=checksummed(),
         )
         for name, values in (("train_indices", train_indices), ("val_indices", val_indices)):
             arr = group.create_array(
@@ -225,6 +162,7 @@ class TrajectoryWriter:
                 shape=values.shape,
                 dtype="int64",
                 dimension_names=(name.replace("_indices", "_example"),),
+                compressors=checksummed(),
             )
             arr[:] = values
         self.group = group
@@ -313,10 +251,14 @@ class _RowBuffer:
         self._new()
 
     def _new(self) -> None:
-        self.data = {
-            name: np.empty((self.rows, *arr.shape[1:]), dtype=arr.dtype)
-            for name, arr in self.arrays.items()
-        }
+        # each buffer keeps 4 spare bytes after its rows, where a whole chunk's crc32c goes:
+        # the checksummed chunk is then written with no copy (write_whole_raw_chunk)
+        self.data = {}
+        for name, arr in self.arrays.items():
+            shape = (self.rows, *arr.shape[1:])
+            nbytes = int(np.prod(shape)) * arr.dtype.itemsize
+            backing = np.empty(nbytes + 4, np.uint8)
+            self.data[name] = backing[:nbytes].view(arr.dtype).reshape(shape)
 
     def append(self, values: dict[str, Any]) -> bool:
         """Add one row; True when the buffer is full."""
@@ -352,22 +294,26 @@ class _RowBuffer:
 def write_whole_raw_chunk(array: zarr.Array, start: int, rows: np.ndarray) -> bool:
     """Store ``rows`` as one whole chunk of an uncompressed array, bypassing the codec pipeline.
 
-    For a chunk stored as plain little-endian bytes, the encoded chunk *is* the C-ordered
-    array, and handing it straight to the store is about 5x faster than ``array[a:b] = rows``
-    (which copies and scans it several times): that difference is most of the cost of
-    recording θ every iteration. Returns False, having written nothing, when the fast path
-    does not apply (compressed array, partial or edge chunk, other zarr internals).
+    For a chunk stored as plain little-endian bytes (optionally followed by its crc32c), the
+    encoded chunk *is* the C-ordered array, and handing it straight to the store is about 5x
+    faster than ``array[a:b] = rows`` (which copies and scans it several times): that
+    difference is most of the cost of recording θ every iteration. Returns False, having
+    written nothing, when the fast path does not apply (compressed array, partial or edge
+    chunk, other zarr internals).
     """
     try:
-        from zarr.codecs import BytesCodec
+        import google_crc32c
+        from zarr.codecs import BytesCodec, Crc32cCodec
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         meta = array.metadata
+        codecs = list(meta.codecs)
+        checksum = len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec)
         chunk_rows = array.chunks[0]
         if (
-            len(meta.codecs) != 1
-            or not isinstance(meta.codecs[0], BytesCodec)
+            len(codecs) != 1 + checksum
+            or not isinstance(codecs[0], BytesCodec)
             or rows.shape != (chunk_rows, *array.shape[1:])
             or start % chunk_rows
             or rows.dtype != array.dtype
@@ -376,143 +322,35 @@ def write_whole_raw_chunk(array: zarr.Array, start: int, rows: np.ndarray) -> bo
         ):
             return False
         key = meta.encode_chunk_key((start // chunk_rows,) + (0,) * (rows.ndim - 1))
-        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        data = np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
+        if checksum:  # the crc32c codec's layout: the bytes, then their crc as uint32 LE
+            crc = np.array([google_crc32c.value(data)], "<u4").view(np.uint8)
+            encoded = _room_for_checksum(rows)
+            if encoded is None:
+                encoded = np.empty(data.size + 4, np.uint8)
+                encoded[:-4] = data
+            encoded[-4:] = crc
+            data = encoded
+        data = memoryview(data)
         sync((array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data)))
         return True
     except (ImportError, AttributeError, TypeError):
         return False
 
 
-def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
-    """Create a fresh run directory; refuse to clobber an existing one without ``overwrite``."""
-    run_dir = location(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(f"{run_dir} already exists; pass --overwrite to replace it")
-        remove_tree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _json_safe(value: Any) -> Any:
-    """Round-trip through JSON so numpy scalars and tuples become plain attributes."""
-    return json.loads(
-        json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+def _room_for_checksum(rows: np.ndarray) -> np.ndarray | None:
+    """The byte buffer ``rows`` starts, when it has 4 spare bytes after them (see _RowBuffer)."""
+    root = rows
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    fits = (
+        root.dtype == np.uint8
+        and root.ndim == 1
+        and root.size == rows.nbytes + 4
+        and rows.flags.c_contiguous
+        and root.ctypes.data == rows.ctypes.data
     )
-
-
-# --- a whole run, for analyses and notebooks --------------------------------------------
-
-
-@dataclass
-class Run:
-    """An opened run directory: its config, layout, trajectory and (once allocated) LCA.
-
-    Arrays are returned as Zarr arrays, which slice like numpy arrays but read only the rows
-    asked for, so analyses can stream a (T, K) array that does not fit in memory.
-    """
-
-    path: Path
-    config: Any  # lca.config.Config
-    layout: Any  # lca.layout.ParameterLayout
-    trajectory: Trajectory
-    lca_store: zarr.Group | None
-
-    @property
-    def num_iterations(self) -> int:
-        return self.trajectory.num_iterations
-
-    @property
-    def theta(self) -> zarr.Array:
-        return self.trajectory.theta
-
-    @property
-    def allocated_with(self) -> str:
-        """How the LCA arrays were computed: the rule and the gradients' arithmetic."""
-        if self.lca_store is None:
-            return "not allocated"
-        attrs = self.lca_store.attrs
-        rule = attrs.get("rule", "simpson")
-        rule = "simpson (the paper's RK4)" if rule == "simpson" else rule
-        return f"rule {rule}, gradients in {attrs.get('precision', 'float32')}"
-
-    @property
-    def splits(self) -> list[str]:
-        """The allocated splits (empty before ``lca allocate``)."""
-        return list(self.lca_store.attrs["settings"]["splits"]) if self.lca_store else []
-
-    def _group(self, split: str) -> zarr.Group:
-        if self.lca_store is None:
-            raise RunError(f"{self.path}: not allocated yet; run `lca allocate {self.path}`")
-        if split not in self.splits:
-            raise RunError(f"{self.path}: split {split!r} not allocated (have {self.splits})")
-        return self.lca_store[split]
-
-    def lca(self, split: str = "train") -> zarr.Array:
-        """A[t, i], shape (T, K)."""
-        return self._group(split)["lca"]
-
-    def grad(self, split: str = "train") -> zarr.Array:
-        """Full-set gradient at every θ_t, shape (T+1, K)."""
-        return self._group(split)["grad"]
-
-    def loss(self, split: str = "train") -> np.ndarray:
-        """Full-set loss L(θ_t), shape (T+1,)."""
-        return self._group(split)["loss"][:]
-
-    def error(self, split: str = "train", first_order: bool = False) -> np.ndarray:
-        return self._group(split)["error_fo" if first_order else "error"][:]
-
-    def done(self) -> np.ndarray:
-        """Per-iteration mask of what ``lca allocate`` has finished."""
-        if self.lca_store is None:
-            return np.zeros(self.num_iterations, dtype=bool)
-        c = int(self.lca_store.attrs["settings"]["chunk_iterations"])
-        mask = np.repeat(self.lca_store["done"][:], c)[: self.num_iterations]
-        return mask.astype(bool)
-
-    def require_allocated(self) -> None:
-        done = self.done()
-        if not done.all():
-            raise RunError(
-                f"{self.path}: allocation incomplete ({int(done.sum())} of {done.size} "
-                f"iterations); finish it with `lca allocate {self.path}`"
-            )
-
-    def to_xarray(self, split: str | None = None):
-        """The trajectory (``split=None``) or one split's LCA group as an ``xarray.Dataset``."""
-        import xarray as xr
-
-        if split is None:
-            return xr.open_zarr(
-                str(self.trajectory.path),
-                consolidated=False,
-                storage_options=_storage_options(self.trajectory.path),
-            )
-        self._group(split)
-        store = self.path / LCA_STORE
-        return xr.open_zarr(
-            str(store), group=split, consolidated=False, storage_options=_storage_options(store)
-        )
-
-
-def open_run(run_dir: str | Path) -> Run:
-    """Open a run directory written by ``lca train`` (and possibly ``lca allocate``)."""
-    from .config import load_config
-    from .layout import ParameterLayout
-
-    run_dir = location(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
-    trajectory = open_trajectory(run_dir)
-    store = open_group(run_dir / LCA_STORE, "r") if (run_dir / LCA_STORE).exists() else None
-    return Run(
-        path=run_dir,
-        config=load_config(run_dir / CONFIG_FILE),
-        layout=ParameterLayout.from_json(trajectory.layout_json),
-        trajectory=trajectory,
-        lca_store=store,
-    )
+    return root if fits else None
 
 
 # --- non-trainable weights (a user's model) ------------------------------------------------
@@ -526,7 +364,9 @@ def write_fixed_weights(group: zarr.Group, weights: Sequence[tuple[str, np.ndarr
     sub.attrs["names"] = [name for name, _ in weights]
     for i, (_, value) in enumerate(weights):
         value = np.asarray(value)
-        sub.create_array(str(i), shape=value.shape, dtype=value.dtype)[...] = value
+        sub.create_array(str(i), shape=value.shape, dtype=value.dtype, compressors=checksummed())[
+            ...
+        ] = value
 
 
 def read_fixed_weights(group: zarr.Group) -> list[tuple[str, np.ndarray]] | None:

@@ -1,0 +1,66 @@
+"""The run directory: the interface between ``lca train``, ``lca allocate`` and the analyses.
+
+A run directory holds::
+
+    config.yaml        the resolved configuration
+    trajectory.zarr/   θ_t for every step, mini-batch metrics, the examples used (lca train)
+    lca.zarr/          per split: LCA, losses, gradients, errors (lca allocate)
+
+Both stores are Zarr v3 groups whose arrays carry dimension names (``step`` for the T+1
+points θ_t, ``iteration`` for the T updates, ``parameter`` for the K weights), so
+``xarray.open_zarr`` opens them, and whose attributes carry the metadata needed to read
+them (parameter layout, seed, versions): nothing is encoded in file names.
+"""
+
+from .base import (
+    CHUNK_BYTES,
+    CONFIG_FILE,
+    DATA_STORE,
+    LCA_STORE,
+    TRAJECTORY_STORE,
+    RunError,
+    checksummed,
+    is_remote,
+    location,
+    open_group,
+    prepare_run_dir,
+    remove_tree,
+    rows_per_chunk,
+    without_checksums,
+)
+from .run import Run, open_run
+from .trajectory import (
+    FIXED_WEIGHTS_GROUP,
+    Trajectory,
+    TrajectoryWriter,
+    open_trajectory,
+    read_fixed_weights,
+    write_fixed_weights,
+    write_whole_raw_chunk,
+)
+
+__all__ = [
+    "CHUNK_BYTES",
+    "CONFIG_FILE",
+    "DATA_STORE",
+    "FIXED_WEIGHTS_GROUP",
+    "LCA_STORE",
+    "TRAJECTORY_STORE",
+    "Run",
+    "RunError",
+    "Trajectory",
+    "TrajectoryWriter",
+    "checksummed",
+    "is_remote",
+    "location",
+    "open_group",
+    "open_run",
+    "open_trajectory",
+    "prepare_run_dir",
+    "read_fixed_weights",
+    "remove_tree",
+    "rows_per_chunk",
+    "write_fixed_weights",
+    "without_checksums",
+    "write_whole_raw_chunk",
+]

@@ -1,0 +1,124 @@
+"""Where runs live (local paths or URLs) and how their Zarr stores are opened and created."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+CONFIG_FILE = "config.yaml"
+TRAJECTORY_STORE = "trajectory.zarr"
+LCA_STORE = "lca.zarr"
+DATA_STORE = "data.zarr"  # a recorded model.fit's own examples (TrajectoryRecorder(train_data=…))
+CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
+
+_checksums = True  # every new array carries per-chunk crc32c (benchmarks turn it off)
+
+
+class RunError(RuntimeError):
+    """A run directory that is missing, incomplete or corrupt (one-line message)."""
+
+
+def location(where: str | os.PathLike) -> Path:
+    """A run directory or data file: a local ``Path``, or for a URL a ``UPath``.
+
+    URLs are anything fsspec and Zarr understand (``s3://bucket/runs/x``, ``gs://…``,
+    ``file:///shared/runs/x``, ``memory://x``); ``UPath`` gives them the ``pathlib`` methods
+    the rest of the code uses (``/``, ``exists``, ``read_text``, ``open``). Plain paths stay
+    ``pathlib.Path``: nothing changes for local runs.
+    """
+    if isinstance(where, Path) or hasattr(where, "fs"):  # already a Path or a UPath
+        return where
+    text = os.fspath(where)
+    if "://" not in text:
+        return Path(text).expanduser()
+    from upath import UPath  # imported on first use: local runs never pay for it
+
+    return UPath(text)
+
+
+def is_remote(path: Path) -> bool:
+    """True for a URL location (anything but a plain local path)."""
+    return "://" in str(path)
+
+
+def _storage_options(path: Path) -> dict[str, Any] | None:
+    """fsspec options for Zarr: the URL's own, plus parent directories made on write."""
+    if not is_remote(path):
+        return None
+    options = dict(getattr(path, "storage_options", {}) or {})
+    if getattr(path, "protocol", "") in ("file", "local"):
+        options.setdefault("auto_mkdir", True)
+    return options or None
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory (or a store under a URL prefix) and everything in it."""
+    if is_remote(path):
+        path.fs.rm(path.path, recursive=True)
+    else:
+        shutil.rmtree(path)
+
+
+def rows_per_chunk(num_params: int, max_rows: int = 64, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows of a (rows, K) float32 chunk: big enough to stream well, small enough for memory."""
+    return int(max(1, min(max_rows, chunk_bytes // (4 * max(num_params, 1)))))
+
+
+def checksummed(compress: bool = True) -> list:
+    """The compressors of a new array: Zstd (unless ``compress=False``), then Zarr v3's crc32c.
+
+    The checksum is the last bytes-to-bytes codec, so it covers the stored (compressed) bytes:
+    a truncated or flipped chunk fails before it is decompressed, and any Zarr v3 reader
+    checks it too.
+    """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    codecs = [ZstdCodec(level=0)] if compress else []
+    return [*codecs, Crc32cCodec()] if _checksums else codecs
+
+
+@contextlib.contextmanager
+def without_checksums() -> Iterator[None]:
+    """Create arrays without crc32c inside this block: for benchmarks measuring their cost."""
+    global _checksums
+    before, _checksums = _checksums, False
+    try:
+        yield
+    finally:
+        _checksums = before
+
+
+def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a Zarr v3 group, turning a missing or unreadable store into a RunError."""
+    path = location(path)
+    try:
+        return zarr.open_group(
+            store=str(path), mode=mode, zarr_format=3, storage_options=_storage_options(path)
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
+        raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
+    """Create a fresh run directory; refuse to clobber an existing one without ``overwrite``."""
+    run_dir = location(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"{run_dir} already exists; pass --overwrite to replace it")
+        remove_tree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _json_safe(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and tuples become plain attributes."""
+    return json.loads(
+        json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    )
