@@ -96,14 +96,35 @@ def without_checksums() -> Iterator[None]:
 
 
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open a Zarr v3 group, turning a missing or unreadable store into a RunError."""
+    """Open a Zarr v3 group whose chunk reads are verified (``integrity.CheckedStore``).
+
+    A missing or unreadable store becomes a RunError. Which absent chunks are errors is
+    attached by the caller that knows the store (``group.store.required``).
+    """
+    from .integrity import CheckedStore
+
     path = location(path)
     try:
-        return zarr.open_group(
-            store=str(path), mode=mode, zarr_format=3, storage_options=_storage_options(path)
-        )
+        if is_remote(path):
+            from zarr.storage import FsspecStore
+
+            inner = FsspecStore.from_url(
+                str(path), storage_options=_storage_options(path), read_only=mode == "r"
+            )
+        else:
+            from zarr.storage import LocalStore
+
+            if mode == "r" and not path.exists():
+                raise FileNotFoundError(f"no such directory: {path}")
+            inner = LocalStore(path, read_only=mode == "r")
+        group = zarr.open_group(store=CheckedStore(inner, str(path)), mode=mode, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
         raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
+    if mode != "w":
+        from .integrity import attach_requirements
+
+        attach_requirements(group, path.name)
+    return group
 
 
 def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:

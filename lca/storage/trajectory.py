@@ -82,6 +82,10 @@ def open_trajectory(run_dir: str | Path) -> Trajectory:
             raise RunError(f"{path}: array '{key}' is missing; the store is corrupt")
     if "num_iterations" not in group.attrs or "layout" not in group.attrs:
         raise RunError(f"{path}: metadata missing; the store is corrupt")
+    from .integrity import warn_if_unchecked
+
+    codecs = tuple(type(c).__name__ for c in group["theta"].metadata.codecs)
+    warn_if_unchecked(str(location(run_dir)), ("crc32c",) if "Crc32cCodec" in codecs else codecs)
     return Trajectory(group=group, path=path)
 
 
