@@ -10,6 +10,7 @@ import zarr
 
 from .. import __version__
 from ..storage import LCA_STORE, RunError, Trajectory, checksummed, open_group
+from ..storage.integrity import missing_chunks
 from .settings import AllocationSettings, subset_indices
 
 
@@ -28,6 +29,14 @@ def open_lca_store(
             raise RunError(
                 f"{path} was made with other settings ({made_with}); use the same options, "
                 f"or delete it (or pass --restart) to start over"
+            )
+        missing = missing_chunks(group)
+        if missing:  # a done unit lost a chunk: resuming would skip it and leave a hole
+            name, chunk = missing[0]
+            raise RunError(
+                f"{path}: {len(missing)} chunk(s) of finished work units are missing (first: "
+                f"chunk {','.join(map(str, chunk))} of {name}); run `lca check "
+                f"{run_dir} --repair`, then `lca allocate {run_dir}` recomputes them"
             )
         return group
     group = open_group(path, "w")

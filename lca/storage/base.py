@@ -20,6 +20,11 @@ CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
 
 _checksums = True  # every new array carries per-chunk crc32c (benchmarks turn it off)
 
+# Zarr skips writing a chunk that equals the fill value, so an absent chunk would be
+# ambiguous: lost, or all False / all zero? lca stores every chunk it writes, which is what
+# lets a store's openers treat an absent chunk of finished work as an error.
+zarr.config.set({"array.write_empty_chunks": True})
+
 
 class RunError(RuntimeError):
     """A run directory that is missing, incomplete or corrupt (one-line message)."""
@@ -95,11 +100,12 @@ def without_checksums() -> Iterator[None]:
         _checksums = before
 
 
-def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_group(path: str | Path, mode: str = "r", *, requirements: bool = True) -> zarr.Group:
     """Open a Zarr v3 group whose chunk reads are verified (``integrity.CheckedStore``).
 
     A missing or unreadable store becomes a RunError. Which absent chunks are errors is
-    attached by the caller that knows the store (``group.store.required``).
+    attached here from the store's own attributes (``integrity.attach_requirements``) unless
+    ``requirements=False`` (``lca check``, which reports absent chunks instead of raising).
     """
     from .integrity import CheckedStore
 
@@ -120,7 +126,7 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         group = zarr.open_group(store=CheckedStore(inner, str(path)), mode=mode, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
         raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
-    if mode != "w":
+    if mode != "w" and requirements:
         from .integrity import attach_requirements
 
         attach_requirements(group, path.name)

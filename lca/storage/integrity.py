@@ -233,3 +233,30 @@ def attach_requirements(group, name: str) -> None:
         store.required = lca_required(np.asarray(group["done"][:], bool), unit)
     elif name == DATA_STORE:
         store.required = lambda info, chunk: True
+
+
+def missing_chunks(group) -> list[tuple[str, tuple[int, ...]]]:
+    """Chunks the store must have but does not (by listing keys: nothing is read or decoded)."""
+    import zarr
+    from zarr.core.sync import sync
+
+    store = group.store
+    if not isinstance(store, CheckedStore) or store.required is None:
+        return []
+
+    async def listed() -> set[str]:
+        return {key async for key in store._store.list_prefix("")}
+
+    present = sync(listed())
+    root = group.path.strip("/")
+    missing = []
+    for _, node in group.members(max_depth=None):
+        if not isinstance(node, zarr.Array):
+            continue
+        info = ArrayInfo.from_metadata(node.path, node.metadata.to_dict())
+        for chunk in np.ndindex(*info.grid):
+            key = f"{node.path}/c/" + "/".join(map(str, chunk))
+            key = f"{root}/{key}" if root and not key.startswith(root) else key
+            if key not in present and store.required(info, chunk):
+                missing.append((node.path, chunk))
+    return missing

@@ -1,0 +1,350 @@
+"""``lca check RUN [--repair]``: read every chunk of a run and say what is whole and what is not.
+
+Damage in ``lca.zarr`` is recoverable: each chunk belongs to one work unit of the
+allocation, so ``repair`` marks those units not done (and removes their bad chunks), and
+``lca allocate RUN`` recomputes exactly them. Damage in ``trajectory.zarr`` (or in the
+recorder's ``data.zarr``) is not: θ cannot be recomputed from the LCA, so the report names
+the steps lost and the ``--iterations`` ranges that avoid them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from .base import DATA_STORE, LCA_STORE, TRAJECTORY_STORE, RunError, location, open_group
+from .integrity import (
+    ArrayInfo,
+    Required,
+    chunk_problem,
+    lca_required,
+    trajectory_required,
+    unit_of_chunk,
+)
+
+
+@dataclass
+class ChunkIssue:
+    store: str
+    array: str
+    chunk: tuple[int, ...]
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.store}/{self.array} chunk {','.join(map(str, self.chunk))}: {self.problem}"
+
+
+@dataclass
+class ArrayCheck:
+    """One array's chunks: how many the grid has, are stored, check out, hold finite values."""
+
+    store: str
+    array: str
+    chunks: int
+    required: int
+    present: int
+    checksummed: bool
+    checksum_ok: int  # present chunks that pass their checksum (or size/decode test, if none)
+    finite: int | None  # decodable chunks whose values are all finite (None: not floats)
+    issues: list[ChunkIssue] = field(default_factory=list)
+
+
+@dataclass
+class RunCheck:
+    """Everything ``lca check`` found in a run directory."""
+
+    run_dir: Path
+    arrays: list[ArrayCheck]
+    num_iterations: int
+    unit_iterations: int  # the allocation's work-unit length (for --iterations advice)
+    bad_units: list[int]  # lca.zarr work units holding a bad chunk
+    lost_iterations: list[tuple[int, int]]  # [a, b) that cannot be allocated (θ damaged)
+    fatal: list[str]  # damage that no allocation can work around
+    notes: list[str]
+
+    @property
+    def issues(self) -> list[ChunkIssue]:
+        return [issue for a in self.arrays for issue in a.issues]
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    def allowed_ranges(self) -> list[tuple[int, int]]:
+        """``--iterations`` ranges, in whole work units, that avoid every lost iteration."""
+        c, T = self.unit_iterations, self.num_iterations
+        bad = np.zeros(math.ceil(T / c), bool)
+        for a, b in self.lost_iterations:
+            bad[a // c : math.ceil(b / c)] = True
+        ranges, start = [], None
+        for k, is_bad in enumerate([*bad, True]):
+            if not is_bad and start is None:
+                start = k
+            elif is_bad and start is not None:
+                ranges.append((start * c, min(k * c, T)))
+                start = None
+        return ranges
+
+    def to_text(self) -> str:
+        rows = [("array", "chunks", "required", "present", "checksum OK", "finite", "problems")]
+        for a in self.arrays:
+            rows.append(
+                (
+                    f"{a.store}/{a.array}",
+                    str(a.chunks),
+                    str(a.required),
+                    str(a.present),
+                    str(a.checksum_ok) if a.checksummed else f"{a.checksum_ok} (no crc)",
+                    "—" if a.finite is None else str(a.finite),
+                    _problems(a.issues),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+            for row in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [""] + [f"note: {n}" for n in self.notes]
+        if self.ok:
+            lines.append(f"{self.run_dir}: every chunk is present and checks out")
+            return "\n".join(lines)
+        lines += [f"damaged: {issue}" for issue in self.issues]
+        if self.bad_units:
+            c = self.unit_iterations
+            spans = ", ".join(
+                f"{k * c}:{min(k * c + c, self.num_iterations)}" for k in self.bad_units
+            )
+            lines.append(
+                f"lca.zarr: {len(self.bad_units)} work unit(s) hold damaged chunks (iterations "
+                f"{spans}); `lca check {self.run_dir} --repair` marks them for recomputation, "
+                f"then `lca allocate {self.run_dir}` recomputes exactly them"
+            )
+        lines += [f"cannot be repaired: {reason}" for reason in self.fatal]
+        if self.lost_iterations and not self.fatal:
+            lost = ", ".join(f"{a}:{b}" for a, b in self.lost_iterations)
+            allowed = " ".join(f"--iterations {a}:{b}" for a, b in self.allowed_ranges())
+            lines.append(
+                f"trajectory.zarr: θ is damaged, which the LCA cannot restore: iterations {lost} "
+                f"cannot be allocated; {allowed or 'no whole work unit'} avoid(s) them"
+            )
+        return "\n".join(lines)
+
+
+def _problems(issues: list[ChunkIssue]) -> str:
+    if not issues:
+        return ""
+    counts: dict[str, int] = {}
+    for issue in issues:
+        kind = "missing" if issue.problem == "missing" else "bad"
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+
+def _keys(group: zarr.Group, prefix: str) -> set[str]:
+    async def collect() -> set[str]:
+        return {key async for key in group.store._store.list_prefix(prefix)}
+
+    return sync(collect())
+
+
+def _check_array(
+    store_name: str, group: zarr.Group, array: zarr.Array, required: Required
+) -> tuple[ArrayCheck, np.ndarray | None]:
+    """Read every chunk of one array; returns the check and, for ``done``, its values."""
+    meta = array.metadata.to_dict()
+    info = ArrayInfo.from_metadata(array.path, meta)
+    encoding = meta.get("chunk_key_encoding", {})
+    default = (
+        encoding.get("name") == "default"
+        and encoding.get("configuration", {}).get("separator", "/") == "/"
+    )
+    present_keys = _keys(group, f"{array.path}/c/" if default else f"{array.path}/")
+    is_float = np.dtype(array.dtype).kind in "fc"
+    result = ArrayCheck(store_name, array.path, 0, 0, 0, info.checksum, 0, 0 if is_float else None)
+    done = np.zeros(info.grid[0], bool) if array.path == "done" else None
+    for chunk in np.ndindex(*info.grid) if info.grid else [()]:
+        key = f"{array.path}/c/" + "/".join(map(str, chunk)) if chunk else f"{array.path}/c"
+        result.chunks += 1
+        needed = required(info, chunk)
+        result.required += needed
+        if key not in present_keys:
+            if needed:
+                result.issues.append(ChunkIssue(store_name, array.path, chunk, "missing"))
+            continue
+        result.present += 1
+        raw = sync(group.store._store.get(key, default_buffer_prototype()))
+        problem = chunk_problem(info, raw.as_numpy_array()) if raw is not None else "vanished"
+        if problem is None:
+            try:
+                values = np.asarray(array.get_block_selection(chunk))
+            except Exception as exc:  # noqa: BLE001 - any decoder failure: a damaged chunk
+                problem = f"cannot be decoded ({exc.__class__.__name__}: {exc})"
+        if problem is not None:
+            result.issues.append(ChunkIssue(store_name, array.path, chunk, problem))
+            continue
+        result.checksum_ok += 1
+        if is_float:
+            result.finite += bool(np.isfinite(values).all())
+        if done is not None:
+            done[chunk[0]] = bool(values.reshape(-1)[0])
+    return result, done
+
+
+def _walk(group: zarr.Group) -> list[zarr.Array]:
+    arrays = [node for _, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
+    # `done` first: the LCA store's requirements depend on it
+    return sorted(arrays, key=lambda a: (a.path != "done", a.path))
+
+
+def check_run(run_dir: str | Path) -> RunCheck:
+    """Read every chunk of every store of ``run_dir``; nothing is written."""
+    from ..allocation.settings import read_run_config
+
+    run_dir = location(run_dir)
+    path = run_dir / TRAJECTORY_STORE
+    if not path.exists():
+        raise RunError(f"{run_dir}: no {TRAJECTORY_STORE}; is this a run directory of `lca train`?")
+    trajectory = open_group(path, "r", requirements=False)
+    attrs = trajectory.attrs
+    T = int(attrs["num_iterations"])
+    K = int(trajectory["theta"].shape[1])
+    lca = (
+        open_group(run_dir / LCA_STORE, "r", requirements=False)
+        if (run_dir / LCA_STORE).exists()
+        else None
+    )
+    if lca is not None:
+        c = int(lca.attrs["settings"]["chunk_iterations"])
+    else:
+        from .base import rows_per_chunk
+
+        c = read_run_config(run_dir).allocate.chunk_iterations or rows_per_chunk(K)
+    report = RunCheck(run_dir, [], T, c, [], [], [], [])
+    complete = bool(attrs.get("complete", False))
+    if not complete:
+        report.notes.append(
+            f"trajectory incomplete ({attrs.get('steps_recorded', 0)} of {T + 1} steps): only "
+            "recorded steps are required"
+        )
+    required = trajectory_required(int(attrs.get("steps_recorded", 0)), complete)
+    for array in _walk(trajectory):
+        result, _ = _check_array(TRAJECTORY_STORE, trajectory, array, required)
+        report.arrays.append(result)
+        info = ArrayInfo.from_metadata(array.path, array.metadata.to_dict())
+        for issue in result.issues:
+            if array.path == "theta":
+                first = issue.chunk[0] * info.chunks[0]
+                last = min(first + info.chunks[0], T + 1)  # steps first..last-1 are lost
+                report.lost_iterations.append((max(first - 1, 0), min(last, T)))
+            elif info.dims and info.dims[0] == "iteration":
+                report.notes.append(
+                    f"{array.path}{info.rows(issue.chunk)}: a training metric; the allocation "
+                    "does not need it"
+                )
+            elif not array.path.startswith("resume"):
+                report.fatal.append(
+                    f"trajectory.zarr/{array.path} holds what every allocation needs; "
+                    "retrain (or restore the run from a copy)"
+                )
+    report.lost_iterations = _merge(report.lost_iterations)
+    if (run_dir / DATA_STORE).exists():
+        data = open_group(run_dir / DATA_STORE, "r", requirements=False)
+        for array in _walk(data):
+            result, _ = _check_array(DATA_STORE, data, array, lambda info, chunk: True)
+            report.arrays.append(result)
+            if result.issues:
+                report.fatal.append(
+                    f"data.zarr/{array.path}: the recorded examples are damaged; restore the "
+                    "run from a copy"
+                )
+    if lca is not None:
+        _check_lca(lca, report)
+    else:
+        report.notes.append("no lca.zarr: not allocated yet")
+    return report
+
+
+def _check_lca(lca: zarr.Group, report: RunCheck) -> None:
+    c = report.unit_iterations
+    units = math.ceil(report.num_iterations / c)
+    done = np.zeros(units, bool)
+    bad: set[int] = set()
+    for array in _walk(lca):
+        result, values = _check_array(LCA_STORE, lca, array, lca_required(done, c))
+        report.arrays.append(result)
+        if values is not None:
+            done[:] = values[:units]
+        info = ArrayInfo.from_metadata(array.path, array.metadata.to_dict())
+        for issue in result.issues:
+            unit = unit_of_chunk(info, issue.chunk, c, units)
+            if array.path == "done":
+                bad.add(issue.chunk[0])
+            elif unit is not None:
+                bad.add(unit)
+    report.bad_units = sorted(bad)
+    if done.all() and not bad:
+        report.notes.append(f"lca.zarr: all {units} work units done")
+    else:
+        report.notes.append(f"lca.zarr: {int(done.sum())} of {units} work units done")
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+@dataclass
+class RepairResult:
+    units_reset: list[int]
+    chunks_removed: int
+    rewritten: list[str]
+
+
+def repair_run(run_dir: str | Path, report: RunCheck | None = None) -> RepairResult:
+    """Mark the LCA work units holding damaged chunks as not done, removing those chunks.
+
+    ``lca allocate RUN`` then recomputes exactly those units, with the store's own settings,
+    so the repaired ``lca.zarr`` equals the original (bitwise, with the same threads). Damage
+    outside ``lca.zarr`` is left alone: it cannot be recomputed from the LCA.
+    """
+    run_dir = location(run_dir)
+    report = report or check_run(run_dir)
+    result = RepairResult([], 0, [])
+    lca_issues = [i for i in report.issues if i.store == LCA_STORE]
+    if not lca_issues:
+        return result
+    lca = open_group(run_dir / LCA_STORE, "r+", requirements=False)
+    inner = lca.store._store
+    for issue in lca_issues:
+        key = f"{issue.array}/c/" + "/".join(map(str, issue.chunk))
+        if issue.problem != "missing":
+            sync(inner.delete(key))
+            result.chunks_removed += 1
+        if issue.array == "train/subset_indices":
+            from ..allocation.settings import subset_indices
+
+            settings = lca.attrs["settings"]
+            num_train = int(lca["train"].attrs["num_examples_full"])
+            lca[issue.array][:] = subset_indices(
+                num_train, settings["subset_size"], settings["subset_seed"]
+            )
+            result.rewritten.append(issue.array)
+    for unit in report.bad_units:
+        lca["done"][unit] = False  # written last: the unit's other chunks are gone first
+    result.units_reset = list(report.bad_units)
+    return result
