@@ -8,12 +8,15 @@ Prints, measured side by side: the time of one full-set gradient (every allocate
 allocate evaluates them), allocate's time per iteration and its ratio to the floor of two
 gradients per iteration (target ≤ 1.15; halvings add gradients and are reported), and the
 same allocation done the straightforward way (eager Keras model, numpy batches fed per
-call, variables assigned per point) as a baseline ratio.
+call, variables assigned per point) as a baseline ratio. Last, the cost of the per-chunk
+checksums: whole `lca allocate` runs (writing lca.zarr) on two copies of the run trained
+with and without crc32c, alternated (target ≤ 3 %).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -26,13 +29,14 @@ import numpy as np  # noqa: E402
 
 from lca.allocation import (  # noqa: E402
     ChunkAllocator,
+    allocate,
     load_objective,
     read_run_config,
     resolve_settings,
 )
 from lca.config import load_config  # noqa: E402
 from lca.quadrature import simpson_weights  # noqa: E402
-from lca.storage import open_trajectory  # noqa: E402
+from lca.storage import open_trajectory, without_checksums  # noqa: E402
 from lca.training import train  # noqa: E402
 
 
@@ -68,6 +72,37 @@ def straightforward_iteration(model, layout, theta0, theta1, splits, batch_size,
     return end, lca
 
 
+def checksum_cost(config, tmp: Path, iterations: int, repeats: int) -> dict[str, float]:
+    """Seconds per iteration of whole allocations with and without crc32c, alternated.
+
+    Both runs are trained from the same config (so θ is the same), one of them with every
+    array created without the checksum codec; each allocation starts over (``restart``) and
+    writes its lca.zarr, where the checksums are computed, and reads θ, where they are checked.
+    """
+    runs = {}
+    for name in ("with", "without"):
+        with without_checksums() if name == "without" else contextlib.nullcontext():
+            runs[name] = tmp / f"checksums_{name}"
+            train(config, runs[name], progress=False)
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for repeat in range(repeats + 1):  # the first round warms up (tracing) and is not counted
+        for name in ("with", "without") if repeat % 2 else ("without", "with"):
+            with without_checksums() if name == "without" else contextlib.nullcontext():
+                t0 = time.perf_counter()
+                summary = allocate(
+                    runs[name],
+                    iterations=(0, iterations),
+                    rule="simpson",
+                    precision="float32",
+                    threads=None,
+                    restart=True,
+                    progress=False,
+                )
+                if repeat:
+                    times[name].append((time.perf_counter() - t0) / summary.iterations_this_run)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", help="a config file (a run is trained first) or a run directory")
@@ -75,6 +110,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=64, help="iterations to allocate")
     parser.add_argument("--repeats", type=int, default=5, help="gradient timings")
     parser.add_argument("--baseline-iterations", type=int, default=3)
+    parser.add_argument(
+        "--checksum-repeats", type=int, default=3, help="allocations with and without crc32c"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +180,9 @@ def main() -> None:
                 start,
             )
         t_naive = (time.perf_counter() - t0) / args.baseline_iterations
+        train_config = config
+        train_config.training.iterations = iterations
+        costs = checksum_cost(train_config, Path(tmp), iterations, args.checksum_repeats)
 
     n = {s: len(data.split(s)[1]) for s in settings.splits}
     print(f"{config.name}: K = {K:,} parameters, splits {n}, eval batch {settings.eval_batch_size}")
@@ -158,6 +199,15 @@ def main() -> None:
     print(f"  straightforward way, per iteration       {t_naive:8.4f} s   (eager, numpy batches)")
     print(f"  baseline ratio to the floor              {t_naive / (2 * t_grad):8.3f}")
     print(f"  speed-up over the straightforward way    {t_naive / t_iter:8.2f} x")
+    print(
+        f"  allocate with crc32c, per iteration      {costs['with']:8.4f} s   (whole runs of "
+        f"{iterations} iterations, lca.zarr written; median of {args.checksum_repeats})"
+    )
+    print(f"  allocate without checksums               {costs['without']:8.4f} s")
+    print(
+        f"  checksum cost                            {100 * (costs['with'] / costs['without'] - 1):+7.1f} %"
+        "    (target ≤ 3 %)"
+    )
     print(
         f"  projected allocate of all {trajectory.num_iterations} iterations: "
         f"{t_iter * trajectory.num_iterations:.0f} s on this machine"
