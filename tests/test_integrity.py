@@ -185,7 +185,7 @@ def test_runs_written_before_checksums_still_open_and_say_so(allocated, tmp_path
 
     run = tmp_path / "old"
     shutil.copytree(allocated, run)
-    # rewrite θ as an array without the crc32c codec (how lca < 0.5 wrote it)
+    # rewrite θ as an array without the crc32c codec (as lca wrote it before checksums)
     group = zarr.open_group(str(run / TRAJECTORY_STORE), mode="r+")
     theta = group["theta"][...]
     with without_checksums():

@@ -173,7 +173,7 @@ def warn_if_unchecked(label: str, codecs: tuple[str, ...]) -> None:
         return
     _warned.add(label)
     warnings.warn(
-        f"{label} was written without checksums (before lca 0.5): a damaged chunk is found "
+        f"{label} was written without checksums (by an older lca): a damaged chunk is found "
         "only where it fails to decode; `lca check` reads every chunk",
         stacklevel=3,
     )
