@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .base import CONFIG_FILE, LCA_STORE, RunError, _storage_options, location, open_group
+from .base import CONFIG_FILE, LCA_STORE, RunError, location, open_group
 from .trajectory import Trajectory, open_trajectory
 
 
@@ -89,20 +89,16 @@ class Run:
             )
 
     def to_xarray(self, split: str | None = None):
-        """The trajectory (``split=None``) or one split's LCA group as an ``xarray.Dataset``."""
+        """The trajectory (``split=None``) or one split's LCA group as an ``xarray.Dataset``.
+
+        Opened on the same checked store as everything else: a damaged chunk is a ChunkError
+        when xarray reads it, not a silent fill value.
+        """
         import xarray as xr
 
         if split is None:
-            return xr.open_zarr(
-                str(self.trajectory.path),
-                consolidated=False,
-                storage_options=_storage_options(self.trajectory.path),
-            )
-        self._group(split)
-        store = self.path / LCA_STORE
-        return xr.open_zarr(
-            str(store), group=split, consolidated=False, storage_options=_storage_options(store)
-        )
+            return xr.open_zarr(self.trajectory.group.store, consolidated=False)
+        return xr.open_zarr(self._group(split).store, group=split, consolidated=False)
 
 
 def open_run(run_dir: str | Path) -> Run:
