@@ -41,11 +41,35 @@ def friendly_errors(func):
         except _known_errors() as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # disk full, read-only, no permission: one line, no traceback
+            click.echo(f"error: {_os_error_line(exc, func.__name__)}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: what was written so far is kept", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _os_error_line(exc: OSError, command: str) -> str:
+    """``cannot write PATH: No space left on device (…)`` for an OSError lca did not expect."""
+    import errno
+    import re
+
+    from .storage.lock import os_error_cause
+
+    where = exc.filename
+    if where is not None:  # a file being written atomically: name the file, not its temp copy
+        where = re.sub(r"\.[0-9a-f]{32}\.partial$", "", os.fsdecode(where))
+    cause = os_error_cause(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES):
+        verb = "access" if exc.errno == errno.EACCES else "write"
+        what = f"cannot {verb} {where}" if where else f"lca {command} cannot {verb}"
+        return (
+            f"{what}: {cause} (what was written before is kept; free space or fix the "
+            f"permissions, then rerun the same command to resume)"
+        )
+    return f"{where}: {cause}" if where else f"lca {command}: {cause}"
 
 
 def _parse_range(value: str | None) -> tuple[int, int] | None:
@@ -75,11 +99,25 @@ override_option = click.option(
 
 
 @main.command()
-@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("config_file", metavar="CONFIG_FILE|RUN")
 @override_option
 @friendly_errors
 def describe(config_file: str, overrides: tuple[str, ...]) -> None:
-    """Print the parameter layout (layers, shapes, counts) of CONFIG_FILE's model."""
+    """Print the parameter layout (layers, shapes, counts) of CONFIG_FILE's model.
+
+    For a RUN directory: what allocating it would execute (its builders), its stores'
+    status, versions and checksums, and its layout, without building or importing anything.
+    """
+    from .storage import CONFIG_FILE
+
+    where = location(config_file)
+    if where.is_dir() or (where / CONFIG_FILE).is_file():
+        if overrides:
+            raise click.UsageError("--set applies to a config file, not a run directory")
+        from .diagnostics import describe_run
+
+        click.echo(describe_run(where).to_text())
+        return
     from .data import input_spec
     from .models import build_model, describe_layout, parameter_layout
 

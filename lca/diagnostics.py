@@ -9,6 +9,7 @@ whether the allocation can be trusted.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,16 @@ class SplitErrors:
     rule_mean_abs_error: dict[str, float] = field(default_factory=dict)
     rule_total_error: dict[str, float] = field(default_factory=dict)  # Σ error of those
     fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
+    # iterations whose loss change is known: allocated, and L after them stored too (in a
+    # partial allocation the loss after a finished stretch belongs to the next, unfinished unit)
+    iterations_measured: int = 0
+    nonfinite_loss_steps: list[int] = field(default_factory=list)  # stored L(θ_t) not finite
+    nonfinite_error_iterations: list[int] = field(default_factory=list)  # error not finite
+
+    @property
+    def loss_unchanged(self) -> bool:
+        """The measured loss did not change: a relative total error is undefined."""
+        return self.iterations_measured > 0 and self.loss_change == 0.0
 
 
 @dataclass
@@ -94,12 +105,21 @@ class ErrorReport:
                 "iterations allocated"
             )
         for name, s in self.splits.items():
+            if s.nonfinite_loss_steps:
+                problems.append(
+                    f"{name}: the loss is not finite at steps {_list(s.nonfinite_loss_steps)}"
+                )
+            if s.nonfinite_error_iterations:
+                problems.append(
+                    f"{name}: the conservation error is not finite at iterations "
+                    f"{_list(s.nonfinite_error_iterations)}"
+                )
             if s.over_threshold:
                 problems.append(
                     f"{name}: {s.over_threshold} iterations have |error| > "
                     f"{self.threshold:g} even at {self.max_splits} sub-intervals"
                 )
-            if not abs(s.total_error_pct) <= TOTAL_ERROR_LIMIT_PCT:
+            if math.isfinite(s.total_error_pct) and abs(s.total_error_pct) > TOTAL_ERROR_LIMIT_PCT:
                 problems.append(
                     f"{name}: total {self.label} error {s.total_error_pct:+.3f}% exceeds "
                     f"±{TOTAL_ERROR_LIMIT_PCT:g}% of the loss change"
@@ -116,12 +136,41 @@ class ErrorReport:
         return not self.failures()
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = _finite_or_none(asdict(self))  # strict JSON: no NaN
         data["passed"] = self.passed
         data["failures"] = self.failures()
+        data["notes"] = self.notes()
         return data
 
+    def notes(self) -> list[str]:
+        """What the numbers leave out or cannot say (a partial allocation, ΔL = 0)."""
+        notes = []
+        if self.iterations_done and not self.complete:
+            notes.append(
+                f"partial allocation: {self.iterations_done} of {self.iterations_total} "
+                f"iterations allocated; finish it with `lca allocate {self.run_dir}`"
+            )
+        for name, s in self.splits.items():
+            if s.iterations_measured < s.iterations_done:
+                notes.append(
+                    f"{name}: totals cover the {s.iterations_measured} allocated iterations "
+                    "whose loss after the step is stored too (the loss after the last "
+                    "iteration of a finished stretch is stored by the next work unit)"
+                )
+            if s.loss_unchanged:
+                notes.append(
+                    f"{name}: the loss did not change (ΔL = 0), so a relative total error is "
+                    "undefined; the per-iteration errors alone judge the allocation"
+                )
+        return notes
+
     def to_text(self) -> str:
+        if not self.iterations_done:
+            return (
+                f"{self.run_dir}: nothing allocated yet (0 of {self.iterations_total} "
+                f"iterations); run `lca allocate {self.run_dir}`\nFAIL: "
+                + "; ".join(self.failures())
+            )
         names = list(self.splits)
         rows: list[tuple[str, list[str]]] = [
             (
@@ -132,27 +181,27 @@ class ErrorReport:
             ("Σ LCA", [f"{s.lca_total:+.6f}" for s in self.splits.values()]),
             (
                 f"total error, {self.label}",
-                [f"{s.total_error_pct:+.4f} %" for s in self.splits.values()],
+                [_pct_text(s.total_error_pct, s) for s in self.splits.values()],
             ),
             (
                 "total error, first order",
-                [f"{s.total_error_first_order_pct:+.4f} %" for s in self.splits.values()],
+                [_pct_text(s.total_error_first_order_pct, s) for s in self.splits.values()],
             ),
             (
                 f"mean |error| per iteration, {self.label}",
-                [f"{s.mean_abs_error:.3e}" for s in self.splits.values()],
+                [_num(s.mean_abs_error, ".3e") for s in self.splits.values()],
             ),
             (
                 "mean |error| per iteration, first order",
-                [f"{s.mean_abs_error_first_order:.3e}" for s in self.splits.values()],
+                [_num(s.mean_abs_error_first_order, ".3e") for s in self.splits.values()],
             ),
             (
                 f"max |error|, {self.label}",
-                [f"{s.max_abs_error:.3e}" for s in self.splits.values()],
+                [_num(s.max_abs_error, ".3e") for s in self.splits.values()],
             ),
             (
                 "max |error|, first order",
-                [f"{s.max_abs_error_first_order:.3e}" for s in self.splits.values()],
+                [_num(s.max_abs_error_first_order, ".3e") for s in self.splits.values()],
             ),
         ]
         first = 0 if self.rule == "adaptive" else 1
@@ -172,8 +221,9 @@ class ErrorReport:
                     (
                         f"{rule}: mean |error|, total error",
                         [
-                            f"{s.rule_mean_abs_error.get(rule, math.nan):.2e}, "
-                            f"{_pct(s.rule_total_error.get(rule, 0.0), s.loss_change):+.4f} %"
+                            _num(s.rule_mean_abs_error.get(rule, math.nan), ".2e")
+                            + ", "
+                            + _pct_text(_pct(s.rule_total_error.get(rule, 0.0), s.loss_change), s)
                             for s in self.splits.values()
                         ],
                     )
@@ -207,6 +257,7 @@ class ErrorReport:
         ]
         if self.subset_check is not None:
             lines += self._subset_check_lines(self.subset_check)
+        lines += [f"note: {note}" for note in self.notes()]
         failures = self.failures()
         lines.append(
             "PASS: every iteration within the threshold, total error within "
@@ -218,6 +269,8 @@ class ErrorReport:
 
     @staticmethod
     def _subset_check_lines(c: SubsetCheck) -> list[str]:
+        if not c.checked_iterations:
+            return ["subset vs full train set: no checked iteration is allocated yet"]
         return [
             f"subset vs full train set, {c.checked_iterations} checked iterations:",
             f"  per-layer relative error of Σ LCA   mean {c.layer_rel_error_mean:.4f}, "
@@ -257,6 +310,36 @@ def _pct(part: float, whole: float) -> float:
     return float(part / abs(whole) * 100.0) if whole else float("nan")
 
 
+def _num(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
+def _pct_text(value: float, s: SplitErrors) -> str:
+    """A total error in percent, or why there is none (instead of ``+nan %``)."""
+    if math.isfinite(value):
+        return f"{value:+.4f} %"
+    if s.loss_unchanged:
+        return "undefined (ΔL = 0)"
+    return "n/a"
+
+
+def _list(values: list[int], most: int = 8) -> str:
+    """``3, 4, 9`` or ``3, 4, … (12 in all)``."""
+    shown = ", ".join(map(str, values[:most]))
+    return shown if len(values) <= most else f"{shown}, … ({len(values)} in all)"
+
+
+def _finite_or_none(value):
+    """A nested structure with every non-finite float replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def verify_error(run_dir: str | Path) -> ErrorReport:
     """Aggregate the conservation errors of an (even partially) allocated run."""
     run_dir = location(run_dir)
@@ -264,7 +347,12 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
     if not path.exists():
         raise RunError(f"{run_dir}: no {LCA_STORE}; run `lca allocate {run_dir}` first")
     store = open_group(path, "r")
-    settings = store.attrs["settings"]
+    settings = store.attrs.get("settings")
+    if not settings:
+        raise RunError(
+            f"{path}: its creation did not finish (no settings recorded), so nothing is "
+            f"allocated; run `lca allocate {run_dir}`"
+        )
     T = int(store.attrs["num_iterations"])
     c = int(settings["chunk_iterations"])
     done_units = np.flatnonzero(store["done"][:])
@@ -284,50 +372,279 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         report.subset_size = int(settings["subset_size"])
         report.num_train = int(store["train"].attrs["num_examples_full"])
         report.subset_check = _subset_check(store)
+    # L(θ_t) is stored by the unit of iteration t; L(θ_T) by the last unit
+    stored = np.append(done, bool(done_units.size) and done_units[-1] == store["done"].shape[0] - 1)
     for split in settings["splits"]:
         group = store[split]
         loss = group["loss"][:]
-        dl = np.diff(loss)[done]
-        error = group["error"][:][done]
-        error_fo = group["error_fo"][:][done]
+        error_all = group["error"][:]
+        nonfinite_loss = np.flatnonzero(stored & ~np.isfinite(loss))
+        nonfinite_error = np.flatnonzero(done & ~np.isfinite(error_all))
+        # the iterations whose loss change is known, and finite
+        measured = done & stored[1:] & np.isfinite(np.diff(loss))
+        dl = np.diff(loss)[measured]
+        ok = done & np.isfinite(error_all)
+        error = error_all[ok]
+        error_fo = group["error_fo"][:][measured]
         used = group["splits"][:][done]
         sums = np.full(T, np.nan)
         lca = group["lca"]
         for k in done_units:  # stream: one chunk of rows at a time
             a, b = k * c, min(T, (k + 1) * c)
             sums[a:b] = lca[a:b].sum(axis=1, dtype=np.float64)
-        sums = sums[done]
         loss_change = float(dl.sum())
-        lca_total = float(sums.sum())
-        first_done = int(np.argmax(done)) if done.any() else 0
-        last_done = int(T - 1 - np.argmax(done[::-1])) if done.any() else -1
+        lca_total = float(sums[measured].sum())
+        first = int(np.argmax(measured)) if measured.any() else 0
+        last = int(T - 1 - np.argmax(measured[::-1])) if measured.any() else -1
         values, counts = np.unique(used, return_counts=True)
+        mismatch = np.abs(sums[measured] - (dl - error_all[measured]))
         report.splits[split] = SplitErrors(
             split=split,
             iterations_done=int(done.sum()),
-            loss_start=float(loss[first_done]),
-            loss_end=float(loss[last_done + 1]),
+            loss_start=float(loss[first]) if measured.any() else math.nan,
+            loss_end=float(loss[last + 1]) if measured.any() else math.nan,
             loss_change=loss_change,
             lca_total=lca_total,
             total_error_pct=_pct(lca_total - loss_change, loss_change),
             total_error_first_order_pct=_pct(-float(error_fo.sum()), loss_change),
-            mean_abs_error=float(np.abs(error).mean()) if error.size else float("nan"),
-            mean_abs_error_first_order=float(np.abs(error_fo).mean())
-            if error.size
-            else float("nan"),
-            max_abs_error=float(np.abs(error).max()) if error.size else float("nan"),
-            max_abs_error_first_order=float(np.abs(error_fo).max()) if error.size else float("nan"),
+            mean_abs_error=float(np.abs(error).mean()) if error.size else math.nan,
+            mean_abs_error_first_order=_nanstat(np.mean, np.abs(group["error_fo"][:][done])),
+            max_abs_error=float(np.abs(error).max()) if error.size else math.nan,
+            max_abs_error_first_order=_nanstat(np.max, np.abs(group["error_fo"][:][done])),
             splits_used={int(v): int(n) for v, n in zip(values, counts)},
             over_threshold=int((np.abs(error) > report.threshold).sum()),
-            stored_mismatch=float(np.abs(sums - (dl - error)).max()) if error.size else 0.0,
+            stored_mismatch=float(np.nanmax(mismatch)) if np.isfinite(mismatch).any() else 0.0,
             fallbacks=int(group["fallback"][:][done].sum()) if "fallback" in group else 0,
+            iterations_measured=int(measured.sum()),
+            nonfinite_loss_steps=[int(t) for t in nonfinite_loss],
+            nonfinite_error_iterations=[int(t) for t in nonfinite_error],
         )
-        by_rule = {"trapezoid": used == 1, "simpson": used >= 2}
+        used_all = group["splits"][:]
         stats = report.splits[split]
-        for rule, rows in by_rule.items():
-            stats.rule_iterations[rule] = int(rows.sum())
-            stats.rule_total_error[rule] = float(error[rows].sum())
-            stats.rule_mean_abs_error[rule] = (
-                float(np.abs(error[rows]).mean()) if rows.any() else float("nan")
-            )
+        for rule, rows in {"trapezoid": used_all == 1, "simpson": used_all >= 2}.items():
+            stats.rule_iterations[rule] = int((rows & done).sum())
+            stats.rule_total_error[rule] = float(error_all[rows & measured].sum())
+            stats.rule_mean_abs_error[rule] = _nanstat(np.mean, np.abs(error_all[rows & done]))
     return report
+
+
+# --- what a run is, and what running it would execute ---------------------------------------
+
+
+def _short_name(name: str, layer: str) -> str:
+    """``conv_1/kernel`` -> ``kernel`` inside the conv_1 row; a BN's variables keep their path."""
+    return name[len(layer) + 1 :] if name.startswith(layer + "/") else name
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def describe_layout(layout) -> str:
+    """A table of layer groups, their variables, counts and shares: what ``lca describe`` prints."""
+    total = layout.total
+    rows = []
+    for layer in layout.layers:
+        entries = [e for e in layout.entries if e.layer == layer]
+        variables = ", ".join(
+            f"{_short_name(e.name, layer)} {_shape_text(e.shape)}" for e in entries
+        )
+        count = sum(e.size for e in entries)
+        share = 100.0 * count / total if total else 0.0
+        rows.append((layer, variables, f"{count:,}", f"{share:.1f}%"))
+    header = ("layer", "variables", "params", "share")
+    footer = ("total", f"{len(layout.entries)} variables", f"{total:,}", "100.0%")
+    table = [header, *rows, footer]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return (
+            f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+        ).rstrip()
+
+    rule = "-" * (sum(widths) + 6)
+    return "\n".join([fmt(header), rule, *map(fmt, rows), rule, fmt(footer)])
+
+
+@dataclass
+class RunDescription:
+    """What ``lca describe RUN`` prints: read from the run's files, nothing built or imported."""
+
+    run_dir: str
+    name: str
+    code: list[str]  # what allocating the run would execute, one entry per builder
+    trajectory: str
+    allocation: str
+    versions: dict[str, str]
+    checksums: str
+    layout: str | None  # the parameter layout table, if the trajectory records one
+
+    def to_text(self) -> str:
+        lines = [f"{self.run_dir}: run {self.name}"]
+        lines += ["code it runs when allocated:"] + [f"  {c}" for c in self.code]
+        lines += [f"trajectory: {self.trajectory}", f"lca.zarr: {self.allocation}"]
+        versions = ", ".join(f"{k} {v}" for k, v in self.versions.items()) or "not recorded"
+        lines += [f"recorded with: {versions}", f"checksums: {self.checksums}"]
+        if self.layout:
+            lines += ["", self.layout]
+        return "\n".join(lines)
+
+
+def describe_run(run_dir: str | Path) -> RunDescription:
+    """Describe a run directory without building its model or importing any of its code.
+
+    Reads ``config.yaml`` (YAML safe load) and the stores' metadata only, so it is the way to
+    inspect a run from someone else before ``lca allocate`` runs the builders it names.
+    """
+    from .config import load_config
+    from .layout import ParameterLayout
+    from .storage import CONFIG_FILE, TRAJECTORY_STORE
+
+    run_dir = location(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
+    config = load_config(run_dir / CONFIG_FILE)
+    arrays: list = []
+    trajectory, versions, layout = "absent (not trained)", {}, None
+    if (run_dir / TRAJECTORY_STORE).exists():
+        group = open_group(run_dir / TRAJECTORY_STORE, "r")
+        attrs = group.attrs
+        total = int(attrs.get("num_iterations", 0)) + 1
+        steps = int(attrs.get("steps_recorded", 0))
+        state = "complete" if attrs.get("complete", False) else "incomplete"
+        trajectory = f"{steps} of {total} steps recorded, {state} (status: "
+        trajectory += f"{attrs.get('status', 'unknown')})"
+        versions = {str(k): str(v) for k, v in (attrs.get("versions") or {}).items()}
+        if "layout" in attrs:
+            layout = describe_layout(ParameterLayout.from_json(attrs["layout"]))
+        arrays += _arrays(group, TRAJECTORY_STORE)
+    allocation = "absent (not allocated)"
+    if (run_dir / LCA_STORE).exists():
+        group = open_group(run_dir / LCA_STORE, "r")
+        settings = group.attrs.get("settings")
+        if not settings:
+            allocation = "creation unfinished (no settings recorded); `lca allocate` remakes it"
+        else:
+            done = np.asarray(group["done"][:], bool)
+            T = int(group.attrs["num_iterations"])
+            c = int(settings["chunk_iterations"])
+            iterations = int(sum(min(c, T - k * c) for k in np.flatnonzero(done)))
+            allocation = (
+                f"{int(done.sum())} of {done.size} work units done ({iterations} of {T} "
+                f"iterations; {'complete' if done.all() else 'partial'}), splits "
+                f"{', '.join(settings['splits'])}, rule {group.attrs.get('rule', 'simpson')}, "
+                f"gradients in {group.attrs.get('precision', 'float32')}"
+            )
+        arrays += _arrays(group, LCA_STORE)
+    unchecked = [name for name, checked in arrays if not checked]
+    if not arrays:
+        checksums = "no arrays"
+    elif not unchecked:
+        checksums = f"all {len(arrays)} arrays carry per-chunk crc32c"
+    else:
+        checksums = (
+            f"{len(unchecked)} of {len(arrays)} arrays without crc32c (written by an older lca: "
+            f"damage shows only as a wrong size or a failed decompression), e.g. {unchecked[0]}"
+        )
+    return RunDescription(
+        run_dir=str(run_dir),
+        name=config.name,
+        code=_code_of(config, run_dir),
+        trajectory=trajectory,
+        allocation=allocation,
+        versions=versions,
+        checksums=checksums,
+        layout=layout,
+    )
+
+
+def _arrays(group, prefix: str) -> list[tuple[str, bool]]:
+    """(path, carries crc32c) of every array in a store."""
+    import zarr
+
+    out = []
+    with warnings.catch_warnings():  # a half-made store's stray folders: not arrays
+        warnings.simplefilter("ignore")
+        members = list(group.members(max_depth=None))
+    for path, node in members:
+        if isinstance(node, zarr.Array):
+            names = [type(codec).__name__ for codec in node.metadata.codecs]
+            out.append((f"{prefix}/{path}", "Crc32cCodec" in names))
+    return out
+
+
+def _code_of(config, run_dir: Path) -> list[str]:
+    """What building the run's model and data would execute, in words."""
+    import json
+
+    from .data import RUN_ARRAYS
+
+    def call(builder: str, kwargs: dict) -> str:
+        text = json.dumps(kwargs, default=str)
+        text = text if len(text) <= 200 else text[:197] + "..."
+        own = builder.split(":")[0].split(".")[0] == "lca"
+        who = "lca's own code" if own else "USER CODE: imports and calls"
+        return f"{who} {builder}(**{text})"
+
+    model, data = config.model, config.data
+    if model.builder is None:
+        code = [f"model: only lca's built-in networks ({model.name})"]
+    elif model.builder == KERAS_CONFIG_BUILDER:
+        raw = model.kwargs.get("config")
+        try:
+            tree = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            tree = None
+        classes = sorted(_custom_classes(tree))
+        what = "a Keras model stored as JSON in config.yaml, rebuilt in Keras safe mode"
+        if tree is not None and holds_bytecode(tree):
+            what += "; it holds Python bytecode (a Lambda layer), which lca refuses to run"
+        if classes:
+            what += "; registered custom classes it needs: " + ", ".join(classes)
+        code = [f"model: {what}"]
+    else:
+        code = [f"model: {call(model.builder, model.kwargs)}"]
+    if data.builder is None:
+        where = f" from {data.path}" if data.path else ""
+        line = f"data: only lca's built-in loader ({data.name}{where})"
+        if data.name == "cifar10" and data.path:
+            line += (
+                "; CIFAR-10 batches are Python pickles: point data.path only at the official files"
+            )
+        code.append(line)
+    elif data.builder == RUN_ARRAYS:
+        code.append(f"data: the arrays stored in {run_dir}/data.zarr (no code)")
+    else:
+        code.append(f"data: {call(data.builder, data.kwargs)}")
+    return code
+
+
+KERAS_CONFIG_BUILDER = "lca.models:from_keras_config"  # a model stored as Keras JSON
+
+
+def holds_bytecode(node) -> bool:
+    """Whether a Keras config holds a serialized Python function (``__lambda__``)."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__lambda__":
+            return True
+        return any(holds_bytecode(v) for v in node.values())
+    if isinstance(node, list):
+        return any(holds_bytecode(v) for v in node)
+    return False
+
+
+def _custom_classes(node) -> set[str]:
+    """Classes of a Keras config that do not come from Keras itself."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        module = node.get("module")
+        if isinstance(module, str) and "class_name" in node and module.split(".")[0] != "keras":
+            found.add(f"{module}.{node['class_name']}")
+        if node.get("registered_name") and "class_name" in node and module is None:
+            found.add(str(node["registered_name"]))
+        for value in node.values():
+            found |= _custom_classes(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _custom_classes(value)
+    return found

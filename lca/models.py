@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from .config import ModelConfig, ModelError
+from .diagnostics import describe_layout, holds_bytecode
 from .layout import ParameterEntry, ParameterLayout
 
 __all__ = [
@@ -61,8 +62,48 @@ def import_function(path: str, key: str):
 
 def from_keras_config(config: str) -> keras.Model:
     """A builder for a model saved as ``model.to_json()`` (what the recorder stores without
-    ``model_fn``); its custom layers, if any, must be registered Keras serializables."""
-    return keras.models.model_from_json(config)
+    ``model_fn``); its custom layers, if any, must be registered Keras serializables.
+
+    A run directory is data, possibly someone else's: the JSON is deserialized in Keras safe
+    mode even where ``keras.config.enable_unsafe_deserialization()`` was called, so Python
+    bytecode in it (a ``Lambda`` layer's function) is refused with a :class:`ModelError`
+    instead of run. Keras itself imports nothing but its own modules here.
+    """
+    import json
+
+    try:
+        raw = json.loads(config)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model.kwargs.config: not a Keras model's JSON ({exc})") from None
+    if holds_bytecode(raw):
+        raise ModelError(
+            "model.kwargs.config: the stored Keras model holds Python bytecode (a Lambda "
+            "layer's function); lca deserializes models in Keras safe mode and does not run "
+            "it. If you trust this run, rebuild its model with a model.builder of your own"
+        )
+    try:
+        with _safe_mode():
+            model = keras.saving.deserialize_keras_object(raw, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError/TypeError with multi-line messages
+        first = " ".join(str(exc).split())[:240]
+        raise ModelError(
+            f"model.kwargs.config: the stored Keras model cannot be rebuilt in safe mode "
+            f"({exc.__class__.__name__}: {first})"
+        ) from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"model.kwargs.config: holds a {type(model).__name__}, not a model")
+    return model
+
+
+def _safe_mode():
+    """Keras' safe-mode scope, which overrides a global ``enable_unsafe_deserialization``."""
+    try:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # a Keras without it: deserialize_keras_object(safe_mode=True) alone
+        import contextlib
+
+        return contextlib.nullcontext()
+    return SafeModeScope(True)
 
 
 def build_user_model(cfg: ModelConfig) -> keras.Model:
@@ -263,41 +304,6 @@ def same_structure(a: list[dict], b: list[dict]) -> bool:
     rebuilt elsewhere may be named differently; the recorded names stay authoritative.
     """
     return [(e["shape"], e["offset"]) for e in a] == [(e["shape"], e["offset"]) for e in b]
-
-
-def _short_name(name: str, layer: str) -> str:
-    """``conv_1/kernel`` -> ``kernel`` inside the conv_1 row; a BN's variables keep their path."""
-    return name[len(layer) + 1 :] if name.startswith(layer + "/") else name
-
-
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape)) or "scalar"
-
-
-def describe_layout(layout: ParameterLayout) -> str:
-    """A table of layer groups, their variables, counts and shares: what ``lca describe`` prints."""
-    total = layout.total
-    rows = []
-    for layer in layout.layers:
-        entries = [e for e in layout.entries if e.layer == layer]
-        variables = ", ".join(
-            f"{_short_name(e.name, layer)} {_shape_text(e.shape)}" for e in entries
-        )
-        count = sum(e.size for e in entries)
-        share = 100.0 * count / total if total else 0.0
-        rows.append((layer, variables, f"{count:,}", f"{share:.1f}%"))
-    header = ("layer", "variables", "params", "share")
-    footer = ("total", f"{len(layout.entries)} variables", f"{total:,}", "100.0%")
-    table = [header, *rows, footer]
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-
-    def fmt(r: tuple[str, ...]) -> str:
-        return (
-            f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
-        ).rstrip()
-
-    rule = "-" * (sum(widths) + 6)
-    return "\n".join([fmt(header), rule, *map(fmt, rows), rule, fmt(footer)])
 
 
 # --- weights that are not in θ -------------------------------------------------------------

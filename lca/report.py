@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import analysis, plots
-from .storage import Run, RunError, is_remote, location, open_run
+from .storage import Run, RunError, WriteFailed, is_remote, location, open_run
+from .storage.lock import os_error_cause
 
 TOP_MOMENTS = 20
 MAX_VIEW_LAYERS = 4
@@ -447,8 +449,30 @@ def make_report(
     token = plots.LOSS_UNIT.set(units.pop())
     try:
         return _make_report(runs, others, layers, split, out_dir, frames, chunk_rows)
+    except OSError as exc:  # disk full, read-only, no permission: the runs are only read
+        target = out_dir if out_dir is not None else runs[0].path / "report"
+        where = exc.filename or target
+        raise WriteFailed(
+            f"cannot write the report to {where}: {os_error_cause(exc)} (the runs are not "
+            "changed; free space or fix the permissions, then rerun `lca report`, or pass "
+            "--out DIR for another folder)"
+        ) from None
     finally:
         plots.LOSS_UNIT.reset(token)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a report file whole or not at all: a failed write leaves the previous copy."""
+    if is_remote(path):
+        path.write_text(text)
+        return
+    temp = path.with_name(f".{path.name}.partial")
+    try:
+        temp.write_text(text)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Report:
@@ -509,7 +533,7 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
         rows=rows,
         data=data,
     )
-    report.json.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    _write_text(report.json, json.dumps(data, separators=(",", ":"), allow_nan=False))
     markdown = _markdown(report, group, vs_group, stats, sign)
     model_cfg = runs[0].config.model
     if not model_cfg.classification:  # say why the class sections are absent
@@ -525,7 +549,7 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
                 "the total LCA of each of its input weights laid out as the input image "
                 "(right; green pixels helped).\n"
             )
-    report.markdown.write_text(markdown)
+    _write_text(report.markdown, markdown)
     if out is not target:
         return _upload(report, target)
     return report

@@ -17,7 +17,16 @@ import numpy as np
 import zarr
 
 from ..quadrature import integrate_step
-from ..storage import LCA_STORE, RunError, Trajectory, location, open_group, open_trajectory
+from ..storage import (
+    LCA_STORE,
+    RunError,
+    Trajectory,
+    WriteFailed,
+    location,
+    open_group,
+    open_trajectory,
+)
+from ..storage.lock import os_error_cause
 from .settings import AllocationSettings, read_run_config, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
 
@@ -400,7 +409,23 @@ class ChunkAllocator:
         result.check_seconds += time.perf_counter() - began
 
     def write(self, result: ChunkResult) -> None:
-        """Write a unit's own chunks, then (and only then) mark it done."""
+        """Write a unit's own chunks, then (and only then) mark it done.
+
+        A write that fails (disk full, read-only, no permission) raises a one-line
+        :class:`~lca.storage.WriteFailed`; the unit stays not done (each chunk is replaced
+        atomically, so what was written before is intact) and a rerun recomputes it.
+        """
+        try:
+            self._write(result)
+        except OSError as exc:
+            raise WriteFailed(
+                f"cannot write {self.run_dir / LCA_STORE} (work unit {result.chunk}, "
+                f"iterations {result.start}–{result.stop - 1}): {os_error_cause(exc)}; the "
+                f"units finished before are kept: free space (or fix the permissions) and "
+                f"rerun `lca allocate {self.run_dir}` to resume"
+            ) from None
+
+    def _write(self, result: ChunkResult) -> None:
         if self._store is None:
             self._store = open_group(self.run_dir / LCA_STORE, "r+")
         T = self.trajectory.num_iterations

@@ -14,13 +14,24 @@ import os
 import queue
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..storage import LCA_STORE, RunError, location, open_group, open_trajectory, remove_tree
+from ..storage import (
+    LCA_STORE,
+    RunError,
+    WriteFailed,
+    location,
+    open_group,
+    open_trajectory,
+    remove_tree,
+    run_lock,
+)
+from ..storage.lock import os_error_cause
 from .chunks import ChunkAllocator, ChunkResult
 from .settings import read_run_config, resolve_settings
 from .store import open_lca_store
@@ -98,19 +109,53 @@ def allocate(
     (see ``lca.cluster``); by default the work runs in this process. ``threads`` pins
     TensorFlow's intra-op threads per worker (bitwise-reproducible results). ``rule``,
     ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings.
+
+    The run is locked for the whole allocation (``RUN/lca.lock``, :func:`lca.storage.run_lock`):
+    a second allocation of the same run raises :class:`lca.storage.RunLocked` naming this one.
+    A write that fails (disk full, read-only, no permission) raises
+    :class:`lca.storage.WriteFailed`; the units finished before stay done and a rerun resumes.
     """
+    run_dir = location(run_dir)
+    read_run_config(run_dir)  # a RunError for what is not a run, before a lock is made there
+    with run_lock(run_dir, "allocate"):
+        return _allocate(run_dir, **{k: v for k, v in locals().items() if k != "run_dir"})
+
+
+def _allocate(
+    run_dir: Path,
+    *,
+    splits,
+    threshold,
+    max_splits,
+    subset_size,
+    check_every,
+    per_class,
+    rule,
+    trapezoid_threshold,
+    precision,
+    iterations,
+    workers,
+    gpus,
+    threads,
+    ray,
+    gpus_per_task,
+    cpus_per_task,
+    restart,
+    progress,
+) -> AllocationSummary:
+    """``allocate``'s work, with the run locked."""
     from tqdm.auto import tqdm
 
-    run_dir = location(run_dir)
     config = read_run_config(run_dir)
     trajectory = open_trajectory(run_dir)
     trajectory.require_complete()
     K = trajectory.theta.shape[1]
     if per_class and not config.model.classification:
         raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
-    if not restart and (run_dir / LCA_STORE).exists():
+    resuming = not restart and (run_dir / LCA_STORE).exists()
+    made_with = _made_with(run_dir) if resuming else None
+    if made_with is not None:
         # resuming: what is not chosen explicitly continues as the store was made
-        made_with = open_group(run_dir / LCA_STORE, "r").attrs.get("settings") or {}
         rule = rule or made_with.get("rule", "simpson")
         if trapezoid_threshold is None and rule == made_with.get("rule", "simpson"):
             trapezoid_threshold = made_with.get("trapezoid_threshold")
@@ -130,9 +175,16 @@ def allocate(
         precision=precision,
         on_gpu=lambda: _on_gpu(gpus, ray, gpus_per_task),
     )
-    if restart and (run_dir / LCA_STORE).exists():
-        remove_tree(run_dir / LCA_STORE)
-    store = open_lca_store(run_dir, trajectory, settings)
+    try:
+        if restart and (run_dir / LCA_STORE).exists():
+            remove_tree(run_dir / LCA_STORE)
+        store = open_lca_store(run_dir, trajectory, settings)
+    except OSError as exc:
+        raise WriteFailed(
+            f"cannot create {run_dir / LCA_STORE}: {os_error_cause(exc)}; nothing was "
+            f"allocated yet: free space (or fix the permissions) and rerun `lca allocate "
+            f"{run_dir}`"
+        ) from None
     T = trajectory.num_iterations
     c = settings.chunk_iterations
     wanted = chunks_for(T, c, iterations)
@@ -184,6 +236,31 @@ def allocate(
         done = open_group(run_dir / LCA_STORE, "r")["done"][:]
         summary.iterations_done = sum(min(c, T - k * c) for k in np.flatnonzero(done))
     return summary
+
+
+def _made_with(run_dir: Path) -> dict | None:
+    """The settings an existing ``lca.zarr`` was made with; None after removing a store whose
+    creation never finished (killed, or its disk full, before it recorded its settings).
+
+    Its settings are the last thing a new store records, and no unit is computed before, so
+    such a store holds no work: it is made again. (Called with the run locked, so it cannot
+    be a store another allocation is creating right now.)
+    """
+    path = run_dir / LCA_STORE
+    try:
+        made_with = open_group(path, "r").attrs.get("settings")
+    except RunError:  # not even its group metadata was written
+        made_with = None
+        if any(path.iterdir()):  # not an empty folder: leave it to the user
+            raise
+    if made_with is not None:
+        return made_with
+    warnings.warn(
+        f"{path}: its creation was interrupted before it recorded its settings; making it again",
+        stacklevel=3,
+    )
+    remove_tree(path)
+    return None
 
 
 def _on_gpu(gpus, ray, gpus_per_task) -> bool:
@@ -282,7 +359,9 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
             allocator.submit(result, then=report)
         allocator.wait()
     except Exception as exc:  # report to the parent, which stops the others
-        if isinstance(exc, RunError):
+        from ..config import ConfigError
+
+        if isinstance(exc, (RunError, ConfigError)):  # one-line messages
             results.put(("error", str(exc)))
         else:
             traceback.print_exc()

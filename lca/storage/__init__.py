@@ -28,6 +28,7 @@ from .base import (
     rows_per_chunk,
     without_checksums,
 )
+from .lock import LOCK_FILE, RunLocked, WriteFailed, run_lock
 from .run import Run, open_run
 from .trajectory import (
     FIXED_WEIGHTS_GROUP,
@@ -45,11 +46,14 @@ __all__ = [
     "DATA_STORE",
     "FIXED_WEIGHTS_GROUP",
     "LCA_STORE",
+    "LOCK_FILE",
     "TRAJECTORY_STORE",
     "Run",
     "RunError",
+    "RunLocked",
     "Trajectory",
     "TrajectoryWriter",
+    "WriteFailed",
     "checksummed",
     "is_remote",
     "location",
@@ -60,6 +64,7 @@ __all__ = [
     "read_fixed_weights",
     "remove_tree",
     "rows_per_chunk",
+    "run_lock",
     "write_fixed_weights",
     "without_checksums",
     "write_whole_raw_chunk",

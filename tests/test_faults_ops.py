@@ -1,0 +1,335 @@
+"""Faults of operation: a run locked by another allocation, a full disk, undefined totals,
+a run from someone else (safe-mode Keras JSON, ``lca describe RUN`` that imports nothing).
+
+Self-contained (to be merged into tests/test_faults.py): tiny synthetic runs, real
+``lca`` subprocesses where the command line is what is tested.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from helpers import cli
+
+from lca.storage import LCA_STORE, LOCK_FILE, RunLocked, run_lock
+
+ARRAYS = ("lca", "grad", "loss", "error", "error_fo", "splits")
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line of a failed command: no traceback, the last stderr line."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1].split("\r")[-1]
+    assert last.startswith("error: "), result.stderr
+    return last
+
+
+def _lca_arrays(run_dir) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
+    out = {"done": group["done"][:]}
+    for split in ("train", "val"):
+        for name in ARRAYS:
+            out[f"{split}/{name}"] = group[split][name][:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def allocated(tmp_path_factory, trained_runs):
+    """tiny_fc, allocated uninterrupted by `lca allocate --threads 1` (the reference)."""
+    run_dir = tmp_path_factory.mktemp("allocated") / "run"
+    shutil.copytree(trained_runs("tiny_fc"), run_dir)
+    result = cli("allocate", str(run_dir), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+# --- (a), (b): the run directory's lock ------------------------------------------------------
+
+
+def test_second_allocation_of_a_run_names_the_lock_holder(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lca.cli", "allocate", str(run_dir), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / LOCK_FILE).exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first allocation never took the lock"
+            time.sleep(0.05)
+        holder = json.loads((run_dir / LOCK_FILE).read_text())
+        assert holder["pid"] == first.pid and holder["purpose"] == "allocate"
+        second = cli("allocate", str(run_dir), "--threads", "1")
+        line = _error_line(second)
+        assert f"pid {first.pid} on host {socket.gethostname()}" in line
+        assert "lca allocate" in line and "in use" in line
+        out, err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert "40 of 40 done" in out
+    assert not (run_dir / LOCK_FILE).exists()  # released
+    verified = cli("verify-error", str(run_dir))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _write_lock(run_dir, **fields) -> None:
+    holder = {
+        "host": socket.gethostname(),
+        "pid": _dead_pid(),
+        "purpose": "allocate",
+        "since": "2024-01-01T00:00:00+00:00",
+        "version": "0.1.0",
+        "token": uuid.uuid4().hex,
+        **fields,
+    }
+    (run_dir / LOCK_FILE).write_text(json.dumps(holder))
+
+
+def test_stale_lock_on_this_host_is_taken_over(tmp_path):
+    _write_lock(tmp_path)
+    with pytest.warns(UserWarning, match="stale lock"), run_lock(tmp_path, "allocate") as me:
+        held = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert held["pid"] == os.getpid() == me.pid and held["token"] == me.token
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_lock_of_a_live_or_remote_holder_is_refused(tmp_path):
+    _write_lock(tmp_path, pid=os.getppid(), purpose="train")  # alive: our parent
+    holder = rf"`lca train` \(pid {os.getppid()} .*kill"
+    with pytest.raises(RunLocked, match=holder), run_lock(tmp_path, "allocate"):
+        pass
+    _write_lock(tmp_path, host="elsewhere.example")  # another host: cannot tell
+    with pytest.raises(RunLocked, match="cannot tell") as caught, run_lock(tmp_path, "x"):
+        pass
+    assert str(tmp_path / LOCK_FILE) in str(caught.value)
+    assert (tmp_path / LOCK_FILE).exists()  # someone else's lock is never removed
+
+
+def test_lock_is_released_on_errors_and_reentrant_for_children(tmp_path):
+    with pytest.raises(KeyboardInterrupt), run_lock(tmp_path, "allocate"):
+        raise KeyboardInterrupt
+    assert not (tmp_path / LOCK_FILE).exists()
+    with run_lock(tmp_path, "allocate") as me:
+        # a process started by the holder (as allocate's workers are) inherits its token
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from lca.storage import run_lock\n"
+                "with run_lock(sys.argv[1], 'allocate') as h: print(h.pid)",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert child.returncode == 0, child.stderr
+        assert int(child.stdout) == me.pid
+        assert (tmp_path / LOCK_FILE).exists()  # the child did not release the parent's lock
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+# --- (c): disk full during allocate ----------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mount whose size the test sets (skips where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    tried = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({tried.stderr.strip()})")
+
+    def resize(kib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mount)], check=True)
+
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _used_kib(path) -> int:
+    return int(
+        subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True).stdout.split()[0]
+    )
+
+
+def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
+    small_disk, trained_runs, allocated
+):
+    mount, resize = small_disk
+    run_dir = mount / "run"
+    shutil.copytree(trained_runs("tiny_fc"), run_dir)
+    resize(_used_kib(mount) + 400)  # the store and about one work unit fit, not all five
+
+    failed = cli("allocate", str(run_dir), "--threads", "1")
+    line = _error_line(failed)
+    assert "No space left on device" in line and str(run_dir / LCA_STORE) in line
+    assert f"lca allocate {run_dir}" in line
+    done = zarr.open_group(str(run_dir / LCA_STORE), mode="r")["done"][:]
+    assert 0 < done.sum() < done.size, done  # some units finished, the failed one is not done
+
+    partial = cli("verify-error", str(run_dir))  # (d) a partial allocation: explained
+    assert partial.returncode == 1
+    assert "nan" not in partial.stdout.lower()
+    assert "partial allocation" in partial.stdout and f"lca allocate {run_dir}" in partial.stdout
+
+    resize(64 * 1024)  # make room, then the same command resumes
+    resumed = cli("allocate", str(run_dir), "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = _lca_arrays(run_dir), _lca_arrays(allocated)
+    for name in want:
+        assert np.array_equal(got[name], want[name], equal_nan=True), name
+
+
+# --- (d): verify-error explains instead of printing nan ---------------------------------------
+
+
+def test_verify_error_explains_partial_zero_and_nonfinite(allocated, tmp_path):
+    from lca import verify_error
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(allocated, run_dir)
+    group = zarr.open_group(str(run_dir / LCA_STORE), mode="r+")
+    c = int(group.attrs["settings"]["chunk_iterations"])
+
+    # partial: units 2.. not done, their rows as an unfinished allocation leaves them (fill)
+    group["done"][2:] = False
+    for split in ("train", "val"):
+        group[split]["loss"][2 * c :] = np.nan
+    report = verify_error(run_dir)
+    text = report.to_text()
+    assert "nan" not in text.lower(), text
+    assert "partial allocation" in text and f"lca allocate {run_dir}" in text
+    assert report.splits["train"].iterations_measured == 2 * c - 1
+    assert np.isfinite(report.splits["train"].total_error_pct)
+    json.dumps(report.to_dict(), allow_nan=False)  # strict JSON
+
+    # the loss did not change at all: the relative total error is undefined, said so
+    group["done"][:] = True
+    for split in ("train", "val"):
+        g = group[split]
+        g["loss"][:] = 1.5
+        g["lca"][:] = 0.0
+        g["error"][:] = 0.0
+        g["error_fo"][:] = 0.0
+    report = verify_error(run_dir)
+    text = report.to_text()
+    assert "nan" not in text.lower(), text
+    assert "undefined (ΔL = 0)" in text and "did not change" in text
+    assert report.passed, report.failures()
+
+    # a non-finite loss: the steps are named, and the check fails
+    group["train"]["loss"][5] = np.inf
+    report = verify_error(run_dir)
+    assert not report.passed
+    assert any("not finite at steps 5" in f for f in report.failures()), report.failures()
+    assert "nan %" not in report.to_text()
+
+
+# --- (e), (f): a run from someone else ------------------------------------------------------
+
+
+def _lambda_model_json() -> str:
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(keras.layers.Dense(3)(inputs))
+    return keras.Model(inputs, outputs).to_json()
+
+
+def test_keras_json_with_a_lambda_is_refused_in_safe_mode(tmp_path):
+    import keras
+
+    from lca.models import ModelError, from_keras_config
+
+    config = _lambda_model_json()
+    keras.config.enable_unsafe_deserialization()  # even then: lca stays in safe mode
+    try:
+        with pytest.raises(ModelError, match="bytecode"):
+            from_keras_config(config)
+    finally:
+        from keras.src.saving import serialization_lib
+
+        serialization_lib.global_state.set_global_attribute("safe_mode_saving", None)
+    path = tmp_path / "lambda.yaml"
+    model = {"builder": "lca.models:from_keras_config", "kwargs": {"config": config}}
+    path.write_text(yaml.safe_dump({"model": model, "data": {"name": "synthetic"}}))
+    result = cli("describe", str(path))
+    line = _error_line(result)
+    assert "Python bytecode" in line and "safe mode" in line
+
+
+def test_describe_run_imports_none_of_its_code(fresh_run, tmp_path):
+    run_dir = fresh_run("tiny_fc")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["model"] = {"builder": "flag_on_import:build", "kwargs": {"width": 3}}
+    config["data"] = {"builder": "flag_on_import:data", "kwargs": {}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    marker = tmp_path / "imported"
+    (tmp_path / "flag_on_import.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\nraise SystemExit('executed')\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lca.cli", "describe", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    out = result.stdout
+    assert 'USER CODE: imports and calls flag_on_import:build(**{"width": 3})' in out
+    assert "USER CODE: imports and calls flag_on_import:data" in out
+    assert "41 of 41 steps recorded, complete" in out
+    assert "lca.zarr: absent (not allocated)" in out
+    assert "carry per-chunk crc32c" in out
+    assert "dense_1" in out  # the stored layout
+
+
+def test_describe_run_of_an_allocated_run_and_a_stored_keras_model(allocated, tmp_path):
+    from lca.diagnostics import describe_run
+
+    text = describe_run(allocated).to_text()
+    assert "only lca's built-in networks (fc)" in text
+    assert "5 of 5 work units done (40 of 40 iterations; complete)" in text
+    assert "rule adaptive" in text and "gradients in float32" in text
+    run_dir = tmp_path / "run"
+    shutil.copytree(allocated, run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["model"] = {
+        "builder": "lca.models:from_keras_config",
+        "kwargs": {"config": _lambda_model_json()},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    text = describe_run(run_dir).to_text()
+    assert "rebuilt in Keras safe mode" in text and "Python bytecode" in text
