@@ -11,6 +11,7 @@ local files never pay for it.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tarfile
@@ -393,13 +394,39 @@ def _load_cifar_archive(archive) -> tuple[np.ndarray, np.ndarray]:
         ) from None
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, lists, dicts, bytes and numbers, nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("copyreg", "_reconstructor"),
+        ("copy_reg", "_reconstructor"),  # the official files are Python 2 pickles
+        ("builtins", "object"),
+        ("__builtin__", "object"),
+        ("_codecs", "encode"),  # bytes in protocol 2 written by Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays and lists"
+            )
+        return super().find_class(module, name)
+
+
 def _read_batches(where: str, read: Callable[[str], bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Unpickle data_batch_1..5 (CHW rows) into NHWC uint8 images and labels."""
     xs, ys = [], []
     for name in CIFAR_BATCHES:
         try:
-            # The official CIFAR-10 release is pickled; only load files you trust.
-            batch = pickle.loads(read(name), encoding="bytes")
+            # The official CIFAR-10 release is pickled: unpickle numpy arrays and builtins only,
+            # so a data.path from someone else's config cannot run code
+            batch = _ArraysOnly(io.BytesIO(read(name)), encoding="bytes").load()
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = np.asarray(batch[b"labels"]).reshape(-1)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):

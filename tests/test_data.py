@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -260,6 +261,26 @@ def test_cifar_missing_batch_and_bad_archive_are_one_line_errors(
     with pytest.raises(DatasetError) as excinfo:
         load_cifar(empty)
     assert_one_line_error(excinfo, "data_batch_1", "data.path")
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(
+    cifar_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pickle naming anything but numpy arrays and builtins is not unpickled: no code runs."""
+    import shutil
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    bad = tmp_path / "bad"
+    shutil.copytree(cifar_sources["plain"], bad)
+    (bad / "data_batch_2").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
+    with pytest.raises(DatasetError) as excinfo:
+        load_cifar(bad)
+    assert_one_line_error(excinfo, "data_batch_2", "data.path")
+    assert "refusing to load" in str(excinfo.value)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_mnist_from_the_keras_cache_without_its_hash(
