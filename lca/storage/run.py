@@ -111,6 +111,8 @@ def open_run(run_dir: str | Path) -> Run:
         raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
     trajectory = open_trajectory(run_dir)
     store = open_group(run_dir / LCA_STORE, "r") if (run_dir / LCA_STORE).exists() else None
+    if store is not None and "settings" not in store.attrs:
+        store = None  # its creation was cut short: nothing is allocated (allocate remakes it)
     return Run(
         path=run_dir,
         config=load_config(run_dir / CONFIG_FILE),
