@@ -142,17 +142,34 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
 @click.option("--seed", type=int, help="Training seed (initialisation, batches, dropout).")
 @click.option("--iterations", type=int, help="Number of training iterations.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run in the directory (a plain rerun does too); fail if none.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    help="Pin TensorFlow's threads: the same N makes a resumed run bitwise an uninterrupted one.",
+)
 @override_option
 @friendly_errors
-def train(config_file, out, seed, iterations, overwrite, overrides) -> None:
-    """Train CONFIG_FILE's model and record θ after every iteration."""
+def train(config_file, out, seed, iterations, overwrite, resume, threads, overrides) -> None:
+    """Train CONFIG_FILE's model and record θ after every iteration.
+
+    Rerunning the same command on an interrupted run continues it from its last checkpoint.
+    """
     from .training import train as run_training
 
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
     extra = [f"training.seed={seed}"] * (seed is not None)
     extra += [f"training.iterations={iterations}"] * (iterations is not None)
     config = load_config(config_file, [*overrides, *extra])
     run_dir = location(out) if out else Path("runs") / config.name
-    result = run_training(config, run_dir, overwrite=overwrite)
+    result = run_training(
+        config, run_dir, overwrite=overwrite, resume=True if resume else None, threads=threads
+    )
     click.echo(
         f"recorded {result.steps_recorded} steps in {run_dir} "
         f"({result.seconds:.1f} s; final mini-batch loss {result.final_loss:.4f}, "

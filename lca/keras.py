@@ -14,6 +14,20 @@ allocate/verify-error/report RUN`` rebuild everything with no extra arguments.
 The builders must rebuild *this* model and *this* data: the callback checks at the start of
 training that ``model_fn`` gives the same trainable shapes and ``data_fn`` loads, and at the
 end that no non-trainable weight other than batch-norm moving statistics changed.
+
+What can and cannot be resumed. ``lca train`` continues a killed run bitwise from its last
+checkpoint because it owns the whole loop: the optimiser, the batch order, the random state.
+A recorded ``model.fit`` cannot be continued by lca: fit owns its optimizer (slots, step
+counter), its data pipeline (shuffling, augmentation, prefetching) and its random state,
+none of which the recorder can save or restore, and LCA is only exact along the trajectory
+one uninterrupted fit produces, so a stitched-together recording would be a different one
+(Keras' own ``BackupAndRestore`` restarts from an epoch boundary with fresh data iterators:
+not the same path either). After a crash, the rows recorded so far stay readable
+(``steps_recorded``), but ``lca allocate`` refuses an incomplete trajectory, and recording
+into the same directory again is a one-line error. What to do: rerun the whole fit with
+``overwrite=True`` (``keras.utils.set_random_seed`` first, to get the same run); or, for a
+long training that must survive interruptions, describe it as an ``lca train`` config
+(``model.builder``/``data.builder`` accept your own functions), which resumes.
 """
 
 from __future__ import annotations
@@ -39,8 +53,11 @@ from .config import (
 from .data import RUN_ARRAYS
 from .storage import (
     CONFIG_FILE,
+    TRAJECTORY_STORE,
+    RunError,
     TrajectoryWriter,
     location,
+    open_group,
     prepare_run_dir,
     write_fixed_weights,
 )
@@ -104,6 +121,27 @@ def _theta_reader(variables: list) -> Callable[[], list[np.ndarray]]:
     return lambda: [v.numpy() for v in variables]
 
 
+def _refuse_existing_recording(run_dir: Path) -> None:
+    """A one-line error for a run directory that already holds a trajectory."""
+    store = run_dir / TRAJECTORY_STORE
+    if not store.exists():
+        return  # anything else there: prepare_run_dir's own error
+    attrs = open_group(store, "r", requirements=False).attrs.asdict()
+    steps, total = attrs.get("steps_recorded", 0), attrs.get("num_iterations", -1) + 1
+    if attrs.get("complete"):
+        what = "a complete recording"
+    elif attrs.get("recorded_by") == "lca train":
+        what = f"an interrupted `lca train` run ({steps} of {total} steps; rerun it to resume)"
+    else:
+        what = (
+            f"an interrupted model.fit recording ({steps} of {total} steps), which lca cannot "
+            "continue (fit owns its optimizer, data order and random state)"
+        )
+    raise RunError(
+        f"{run_dir} already holds {what}; pass overwrite=True to record the whole fit again"
+    )
+
+
 class TrajectoryRecorder(keras.callbacks.Callback):
     """Record θ after every optimizer step of ``model.fit`` into an LCA run directory.
 
@@ -117,6 +155,8 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     run (``RUN/data.zarr``), which then needs no module of yours to be allocated.
     ``loss``/``from_logits`` override the compiled model's loss; ``allocate`` holds settings
     of the config's ``allocate`` section (e.g. ``{"eval_batch_size": 1000}``).
+    ``overwrite=True`` replaces an existing run directory; an interrupted recording cannot be
+    continued (see the module docstring), so recording into it again is a one-line error.
     """
 
     def __init__(
@@ -210,6 +250,8 @@ class TrajectoryRecorder(keras.callbacks.Callback):
                 "in number or shape from the model being fitted"
             )
         del rebuilt
+        if not self.overwrite:
+            _refuse_existing_recording(self.run_dir)
         run_dir = prepare_run_dir(self.run_dir, self.overwrite)
         (run_dir / CONFIG_FILE).write_text(_HEADER + config.to_yaml())
         if self.train_data is not None:

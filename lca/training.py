@@ -9,8 +9,10 @@ must be exactly what the update rule below did, which the tests re-derive.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +22,13 @@ from . import __version__
 from .config import Config, ConfigError
 from .storage import (
     CONFIG_FILE,
+    RunError,
     TrajectoryWriter,
     location,
     prepare_run_dir,
     write_fixed_weights,
 )
+from .storage.checkpoint import CONTINUE, RESTART, resume_plan, writing_to
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,6 +132,30 @@ class Trainer:
                 tf.TensorSpec([None, *dataset.y_val.shape[1:]], dataset.y_val.dtype),
             ],
         )
+
+    def state(self) -> list[tuple[str, np.ndarray]]:
+        """What the next update depends on besides the batch order, for resume checkpoints.
+
+        Every model variable (θ, batch-norm moving statistics, the seed-generator states
+        that drive dropout) and the optimiser's slots; the iteration is the checkpoint's.
+        """
+        parts = [(f"model/{v.path}", v.numpy()) for v in self.model.variables]
+        parts += [
+            (f"slot/{k}/{i}", s.numpy())
+            for k, kind in enumerate(self.slots)
+            for i, s in enumerate(kind)
+        ]
+        return parts
+
+    def restore(self, state: list[tuple[str, np.ndarray]], where) -> None:
+        """Set the variables from a checkpoint written by :meth:`state` for the same model."""
+        targets = [*self.model.variables, *(s for kind in self.slots for s in kind)]
+        # by position, shape and dtype: Keras numbers the names of a process's later models
+        expected = [(value.shape, value.dtype) for _, value in self.state()]
+        if [(value.shape, value.dtype) for _, value in state] != expected:
+            raise RunError(f"{where}: the resume checkpoint does not match the model's variables")
+        for var, (_, value) in zip(targets, state, strict=True):
+            var.assign(value)
 
     def theta(self) -> np.ndarray:
         """The current trainable parameters as one flat float32 vector."""
@@ -237,43 +265,57 @@ def train(
     run_dir: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool | None = None,
+    threads: int | None = None,
     progress: bool = True,
     record: bool = True,
+    checkpoints: bool = True,
 ) -> TrainResult:
-    """Train ``config`` and write the run directory; ``record=False`` is for benchmarks only."""
+    """Train ``config`` and write the run directory, resuming an interrupted run of it.
+
+    ``resume=None`` (the default, as ``lca train``): an incomplete run of the same config in
+    ``run_dir`` continues from its last checkpoint, ending bitwise equal to an uninterrupted
+    run when ``threads`` is the same (it pins TensorFlow's thread counts, which fix the order
+    of its reductions); ``True`` insists on continuing; ``False`` never does. A failed write
+    (disk full, read-only) raises a one-line WriteFailed and leaves the run resumable.
+    ``record=False`` and ``checkpoints=False`` are for benchmarks. The environment variable
+    ``LCA_CHUNK_ROWS`` sets the θ rows per chunk of a new run (so how often a checkpoint is
+    taken; tests use it to checkpoint tiny runs).
+    """
     from tqdm.auto import tqdm
 
     from .data import load_dataset
     from .models import changed_fixed_weights, fixed_weights
 
+    if threads is not None:
+        from .gradients import configure_tensorflow
+
+        configure_tensorflow(threads)
     dataset = load_dataset(config.data)
     trainer = Trainer(config, dataset, record=record)
     fixed_before = fixed_weights(trainer.model)
     tcfg = config.training
     schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
 
-    run_dir = prepare_run_dir(run_dir, overwrite) if record else location(run_dir)
-    writer = None
+    run_dir = location(run_dir)
+    writer, first = None, 0
     if record:
-        (run_dir / CONFIG_FILE).write_text(config.to_yaml())
-        writer = TrajectoryWriter(
-            run_dir,
-            num_iterations=tcfg.iterations,
-            num_params=trainer.layout.total,
-            batch_size=tcfg.batch_size,
-            train_indices=dataset.train_indices,
-            val_indices=dataset.val_indices,
-            attrs=trajectory_attrs(
-                config.name, trainer.layout, tcfg.seed, dataset, recorded_by="lca train"
-            ),
+        writer, first, note = _open_writer(
+            config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints
         )
-        if config.model.builder is not None:  # a user's model may hold weights not in θ
-            write_fixed_weights(writer.group, [(n, a) for n, a, _ in fixed_before])
-        writer.append(trainer.theta(), None)
+        if note and progress:
+            print(note, flush=True)
 
     start = time.perf_counter()
     loss = acc = float("nan")
-    bar = tqdm(range(tcfg.iterations), desc=f"train {config.name}", unit="it", disable=not progress)
+    bar = tqdm(
+        range(first, tcfg.iterations),
+        initial=first,
+        total=tcfg.iterations,
+        desc=f"train {config.name}",
+        unit="it",
+        disable=not progress,
+    )
     status = "interrupted"
     try:
         for t in bar:
@@ -295,11 +337,65 @@ def train(
                 val = trainer.validation_accuracy()
                 if progress:
                     bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
-        status = "complete"
-        changed = changed_fixed_weights(trainer.model, fixed_before)
-        if changed and writer is not None:
-            writer.group.attrs["non_trainable_changed"] = changed
-    finally:
+    except BaseException:
         bar.close()
-        steps = writer.close(status) if writer is not None else tcfg.iterations + 1
+        if writer is not None:  # keeps what it safely can; the error raised is this one
+            writer.abort(status)
+        raise
+    bar.close()
+    steps = tcfg.iterations + 1
+    if writer is not None:
+        changed = changed_fixed_weights(trainer.model, fixed_before)
+        steps = writer.close("complete", {"non_trainable_changed": changed} if changed else None)
     return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)
+
+
+def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints):
+    """The writer of a new or continued run, the first iteration left, a line saying which."""
+    from .models import fixed_weights
+
+    tcfg = config.training
+    snapshot = trainer.state if checkpoints else None
+    plan = resume_plan(run_dir, config.to_yaml(), resume=resume, overwrite=overwrite)
+    if plan == CONTINUE:
+        writer, checkpoint = TrajectoryWriter.reopen(run_dir, snapshot=snapshot)
+        trainer.restore(checkpoint.state, writer.path)
+        before = writer.group.attrs.get("threads")
+        if before != threads:
+            warnings.warn(
+                f"{run_dir} was trained with threads={before}, resumed with threads={threads}: "
+                "the result is not bitwise what an uninterrupted run gives",
+                stacklevel=3,
+            )
+        first = checkpoint.next_iteration
+        note = (
+            f"resuming {run_dir} from step {checkpoint.steps} "
+            f"({tcfg.iterations - first} of {tcfg.iterations} iterations left)"
+        )
+        return writer, first, note
+    with writing_to(run_dir):
+        run_dir = prepare_run_dir(run_dir, overwrite or plan == RESTART)
+        (run_dir / CONFIG_FILE).write_text(config.to_yaml())
+    writer = TrajectoryWriter(
+        run_dir,
+        num_iterations=tcfg.iterations,
+        num_params=trainer.layout.total,
+        batch_size=tcfg.batch_size,
+        train_indices=dataset.train_indices,
+        val_indices=dataset.val_indices,
+        attrs={
+            **trajectory_attrs(
+                config.name, trainer.layout, tcfg.seed, dataset, recorded_by="lca train"
+            ),
+            "threads": threads,
+        },
+        rows=int(os.environ.get("LCA_CHUNK_ROWS") or 0) or None,
+        snapshot=snapshot,
+    )
+    if config.model.builder is not None:  # a user's model may hold weights not in θ
+        with writer.writing():
+            fixed = fixed_weights(trainer.model)  # as built: no update has run yet
+            write_fixed_weights(writer.group, [(n, a) for n, a, _ in fixed])
+    writer.append(trainer.theta(), None)
+    note = f"starting {run_dir} over: it stopped before its first checkpoint" * (plan == RESTART)
+    return writer, 0, note

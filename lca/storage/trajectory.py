@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,15 @@ from .base import (
     open_group,
     rows_per_chunk,
 )
+from .checkpoint import (
+    Checkpoint,
+    Packer,
+    commit_attrs,
+    discard_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
+from .lock import WriteFailed, os_error_cause
 
 
 @dataclass
@@ -95,6 +104,13 @@ class TrajectoryWriter:
     Rows are collected into a chunk-sized buffer; a full buffer is handed to a background
     thread that writes it while training goes on. ``steps_recorded`` in the attributes only
     counts rows whose write has finished, so a killed run stays readable up to there.
+
+    With ``snapshot`` (a function returning the training state as ``(name, array)`` pairs),
+    every full θ chunk except the last is followed by a resume checkpoint matching its last
+    row (:mod:`lca.storage.checkpoint`); :meth:`reopen` continues such a store. A write that
+    fails (disk full, read-only, no permission) surfaces as a one-line
+    :class:`WriteFailed` at the next ``append`` or at ``close``; from then on nothing more
+    is written, so the last committed checkpoint stays the one a rerun resumes from.
     """
 
     def __init__(
@@ -107,69 +123,112 @@ class TrajectoryWriter:
         train_indices: np.ndarray,
         val_indices: np.ndarray,
         attrs: dict[str, Any],
+        rows: int | None = None,
+        snapshot: Callable[[], list[tuple[str, np.ndarray]]] | None = None,
     ) -> None:
         self.path = location(run_dir) / TRAJECTORY_STORE
-        self.num_steps = num_iterations + 1
-        self.rows = rows_per_chunk(num_params)
-        group = open_group(self.path, "w")
-        group.attrs.update(
-            {
-                **_json_safe(attrs),
-                "num_iterations": num_iterations,
-                "steps_recorded": 0,
-                "complete": False,
-                "status": "training",
-            }
-        )
-        self.theta = group.create_array(
-            "theta",
-            shape=(self.num_steps, num_params),
-            chunks=(self.rows, num_params),
-            dtype="float32",
-            dimension_names=("step", "parameter"),
-            compressors=checksummed(compress=False),
-            # Zarr would otherwise compare every chunk with the fill value before writing it
-            # (to skip empty ones): a full extra pass that doubled the writer's CPU time.
-            config={"write_empty_chunks": True},
-        )
-        # Metric chunks hold as many iterations as a θ chunk holds steps, and are written only
-        # whole: no chunk is ever read back, decompressed and rewritten while training runs.
-        metric = {"chunks": (self.rows,), "dimension_names": ("iteration",)}
-        shape = (num_iterations,)
-        self.loss = group.create_array(
-            "loss",
-            shape=shape,
-            dtype="float64",
-            fill_value=np.nan,
-            **metric,
-            compressors=checksummed(),
-        )
-        self.accuracy = group.create_array(
-            "accuracy",
-            shape=shape,
-            dtype="float64",
-            fill_value=np.nan,
-            **metric,
-            compressors=checksummed(),
-        )
-        self.batch_indices = group.create_array(
-            "batch_indices",
-            shape=(num_iterations, batch_size),
-            chunks=(self.rows, batch_size),
-            dtype="int64",
-            dimension_names=("iteration", "batch_position"),
-            compressors=checksummed(),
-        )
-        for name, values in (("train_indices", train_indices), ("val_indices", val_indices)):
-            arr = group.create_array(
-                name,
-                shape=values.shape,
+        self.snapshot = snapshot
+        self._committed = self._steps = 0  # steps of the last checkpoint (0: none), of θ rows
+        self._broken: BaseException | None = None
+        rows = rows or rows_per_chunk(num_params)
+        with self.writing():
+            group = open_group(self.path, "w")
+            group.attrs.update(
+                {
+                    **_json_safe(attrs),
+                    "num_iterations": num_iterations,
+                    "steps_recorded": 0,
+                    "complete": False,
+                    "status": "training",
+                }
+            )
+            group.create_array(
+                "theta",
+                shape=(num_iterations + 1, num_params),
+                chunks=(rows, num_params),
+                dtype="float32",
+                dimension_names=("step", "parameter"),
+                compressors=checksummed(compress=False),
+                # Zarr would otherwise compare every chunk with the fill value before writing
+                # it (to skip empty ones): a full extra pass that doubled the writer's CPU time.
+                config={"write_empty_chunks": True},
+            )
+            # Metric chunks hold as many iterations as a θ chunk holds steps, and are written
+            # only whole: no chunk is read back, decompressed and rewritten while training runs.
+            metric = {"chunks": (rows,), "dimension_names": ("iteration",)}
+            for name in ("loss", "accuracy"):
+                group.create_array(
+                    name,
+                    shape=(num_iterations,),
+                    dtype="float64",
+                    fill_value=np.nan,
+                    **metric,
+                    compressors=checksummed(),
+                )
+            group.create_array(
+                "batch_indices",
+                shape=(num_iterations, batch_size),
+                chunks=(rows, batch_size),
                 dtype="int64",
-                dimension_names=(name.replace("_indices", "_example"),),
+                dimension_names=("iteration", "batch_position"),
                 compressors=checksummed(),
             )
-            arr[:] = values
+            for name, values in (("train_indices", train_indices), ("val_indices", val_indices)):
+                arr = group.create_array(
+                    name,
+                    shape=values.shape,
+                    dtype="int64",
+                    dimension_names=(name.replace("_indices", "_example"),),
+                    compressors=checksummed(),
+                )
+                arr[:] = values
+        self._start(group)
+
+    @classmethod
+    def reopen(
+        cls, run_dir: str | Path, *, snapshot: Callable[[], list[tuple[str, np.ndarray]]]
+    ) -> tuple[TrajectoryWriter, Checkpoint]:
+        """Continue a store from its last checkpoint (the caller restores the state it returns).
+
+        The buffers are refilled as they were when the checkpoint was taken: θ goes on at row
+        ``steps``, and the metric rows of the chunk being filled are put back, so every chunk
+        written from here on is byte for byte what an uninterrupted run writes.
+        """
+        self = cls.__new__(cls)
+        self.path = location(run_dir) / TRAJECTORY_STORE
+        self.snapshot = snapshot
+        self._committed, self._steps = -1, 0  # -1: the checkpoint is not read yet
+        self._broken = None
+        with self.writing():
+            group = open_group(self.path, "r+")
+        found = read_checkpoint(group)
+        if found is None:
+            raise RunError(f"{self.path}: no resume checkpoint was written; start it over")
+        checkpoint, slot = found
+        self._start(group)
+        self._slot, self._committed = slot, checkpoint.steps
+        self._steps = checkpoint.steps
+        self._theta_rows.start = checkpoint.steps
+        self._metric_rows.restore(checkpoint.metric_start, checkpoint.metrics)
+        resumed = [*group.attrs.get("resumed_at", []), checkpoint.steps]
+        with self.writing():  # rows after the checkpoint are rewritten: not counted any more
+            group.update_attributes(
+                {
+                    "steps_recorded": checkpoint.steps,
+                    "status": "training",
+                    "complete": False,
+                    "resumed_at": resumed,
+                }
+            )
+        return self, checkpoint
+
+    def _start(self, group: zarr.Group) -> None:
         self.group = group
+        self.theta = group["theta"]
+        self.loss, self.accuracy = group["loss"], group["accuracy"]
+        self.batch_indices = group["batch_indices"]
+        self.num_steps = int(group.attrs["num_iterations"]) + 1
+        self.rows = self.theta.chunks[0]
         self._theta_rows = _RowBuffer({"theta": self.theta}, self.rows)
         self._metric_rows = _RowBuffer(
             {"loss": self.loss, "accuracy": self.accuracy, "batch_indices": self.batch_indices},
@@ -179,6 +238,12 @@ class TrajectoryWriter:
             max_workers=1, thread_name_prefix="lca-writer", initializer=_lower_priority
         )
         self._pending: list[Future] = []
+        self._packer: Packer | None = None
+        self._slot: int | None = None  # the committed checkpoint's slot (writer thread only)
+        self._steps = 0  # θ rows written (writer thread only)
+        self._broken: BaseException | None = None  # the first failed write: stop writing
+
+    # --- main thread --------------------------------------------------------------------
 
     def append(
         self,
@@ -192,43 +257,133 @@ class TrajectoryWriter:
         """
         if not isinstance(theta, np.ndarray):
             theta = _Parts(theta)
-        if self._theta_rows.append({"theta": theta}):
-            self._submit(self._theta_rows, update_steps=True)
+        theta_full = self._theta_rows.append({"theta": theta})
         if metrics is not None:
             loss, accuracy, batch = metrics
             values = {"loss": loss, "accuracy": accuracy, "batch_indices": batch}
             if self._metric_rows.append(values):
-                self._submit(self._metric_rows)
+                self._submit(self._write_rows, self._metric_rows, *self._metric_rows.take())
+        # after the metrics: the checkpoint holds this update's metric row, and its chunk is
+        # queued behind every metric chunk before it (one writer thread, in order)
+        if theta_full:
+            self._submit_theta(checkpoint=self.snapshot is not None)
 
-    def _submit(self, buffer: _RowBuffer, update_steps: bool = False) -> None:
-        """Hand a filled buffer to the writer thread; wait only if it is still behind."""
-        start, rows = buffer.take()
+    def _submit_theta(self, checkpoint: bool) -> None:
+        start, rows = self._theta_rows.take()
         if rows is None:
             return
+        saved = None
+        if checkpoint and start + self.rows < self.num_steps:  # the last chunk needs none
+            state = self.snapshot()
+            if self._packer is None:
+                self._packer = Packer(state, self._metric_rows.data)
+            pending = self._metric_rows.pending()
+            blob = self._packer.pack(state, pending)
+            saved = (blob, self._metric_rows.start, self._metric_rows.filled)
+        self._submit(self._write_theta, start, rows, saved)
+
+    def _submit(self, fn: Callable, *args) -> None:
+        """Hand a write to the writer thread; wait only if it is still behind."""
+        if self._broken is not None:
+            self._raise_failure()
         for finished in [f for f in self._pending if f.done()]:
-            finished.result()  # a failed write raises here, in the training loop
             self._pending.remove(finished)
+            self._result(finished)  # a failed write raises here, in the training loop
         if len(self._pending) > 2:  # bound the memory held by unwritten buffers
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self._write, buffer, start, rows, update_steps))
+            self._result(self._pending.pop(0))
+        self._pending.append(self._pool.submit(fn, *args))
 
-    def _write(self, buffer: _RowBuffer, start: int, rows: dict, update_steps: bool) -> None:
-        stop = buffer.write(start, rows)
-        if update_steps:
-            self.group.attrs["steps_recorded"] = stop
-
-    def close(self, status: str = "complete") -> int:
-        """Flush every buffered row; mark the trajectory complete only on success."""
-        self._submit(self._theta_rows, update_steps=True)
-        self._submit(self._metric_rows)
-        for future in self._pending:
+    def _result(self, future: Future) -> None:
+        try:
             future.result()
-        self._pool.shutdown()
-        steps = int(self.group.attrs["steps_recorded"])
-        self.group.attrs.update(
-            {"status": status, "complete": status == "complete" and steps == self.num_steps}
-        )
-        return steps
+        except OSError:
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        exc = self._broken
+        if not isinstance(exc, OSError):
+            raise exc  # not the disk's fault: a bug, with its traceback
+        if self.snapshot is None:
+            kept = f"θ_0..θ_{self._steps - 1} stay readable" if self._steps else "nothing kept"
+        elif self._committed > 0:
+            kept = f"rerun the same command to resume from step {self._committed}"
+        elif self._committed == 0:
+            kept = "no checkpoint was written yet: a rerun starts over"
+        else:
+            kept = "the run is left as it was"
+        cause = os_error_cause(exc)
+        raise WriteFailed(f"cannot write {self.path}: {cause}; {kept}") from exc
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Turn an OSError of a write in this block into a one-line WriteFailed."""
+        try:
+            yield
+        except OSError as exc:
+            self._broken = exc
+            self._raise_failure()
+
+    def close(self, status: str = "complete", attrs: dict[str, Any] | None = None) -> int:
+        """Flush every buffered row; mark the trajectory complete only on success.
+
+        Raises WriteFailed if any write failed, having then written nothing more (not
+        even the status): the store stays as the last successful write left it.
+        """
+        try:
+            if self._broken is None:
+                self._submit_theta(checkpoint=False)
+                self._submit(self._write_rows, self._metric_rows, *self._metric_rows.take())
+            for future in self._pending:
+                self._result(future)
+        finally:
+            self._pool.shutdown()
+        if self._broken is not None:
+            self._raise_failure()
+        complete = status == "complete" and self._steps == self.num_steps
+        with self.writing():
+            self.group.update_attributes(
+                {**_json_safe(attrs or {}), "status": status, "complete": complete}
+            )
+        if complete:
+            discard_checkpoints(self.group)
+        return self._steps
+
+    def abort(self, status: str) -> int:
+        """Close after an error elsewhere: keep what can be kept, never mask that error."""
+        with contextlib.suppress(Exception):  # a second failure: the first one is reported
+            self.close(status)
+        return self._steps
+
+    # --- writer thread ------------------------------------------------------------------
+
+    def _write_rows(self, buffer: _RowBuffer, start: int, rows: dict | None) -> None:
+        if self._broken is not None or rows is None:
+            return  # after a failure nothing is written: the last checkpoint stays valid
+        try:
+            buffer.write(start, rows)
+        except BaseException as exc:
+            self._broken = exc
+            raise
+
+    def _write_theta(self, start: int, rows: dict, saved: tuple | None) -> None:
+        if self._broken is not None:
+            return
+        try:
+            stop = self._theta_rows.write(start, rows)
+            attrs: dict[str, Any] = {"steps_recorded": stop}
+            if saved is not None:
+                blob, metric_start, metric_rows = saved
+                first = self._slot is None
+                slot = 0 if first else 1 - self._slot
+                write_checkpoint(self.group, self._packer, slot, blob, both=first)
+                attrs = commit_attrs(stop, slot, metric_start, metric_rows)
+            self.group.update_attributes(attrs)  # one metadata write: steps and checkpoint
+            self._steps = stop
+            if saved is not None:
+                self._slot, self._committed = slot, stop
+        except BaseException as exc:
+            self._broken = exc
+            raise
 
 
 def _lower_priority() -> None:
@@ -276,6 +431,17 @@ class _RowBuffer:
                 self.data[name][self.filled] = value
         self.filled += 1
         return self.filled == self.rows
+
+    def pending(self) -> dict[str, np.ndarray]:
+        """The rows collected so far (views: copy them before the buffer fills further)."""
+        return {k: v[: self.filled] for k, v in self.data.items()}
+
+    def restore(self, start: int, rows: dict[str, np.ndarray]) -> None:
+        """Put back the rows a checkpoint saved: the buffer continues as it was then."""
+        self.start = start
+        self.filled = len(next(iter(rows.values()))) if rows else 0
+        for name, values in rows.items():
+            self.data[name][: self.filled] = values
 
     def take(self) -> tuple[int, dict[str, np.ndarray] | None]:
         if self.filled == 0:
