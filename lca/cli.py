@@ -344,5 +344,32 @@ def report(run_dirs, split, out, vs, frames) -> None:
     click.echo(f"report written to {result.out_dir}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Mark the LCA work units holding damaged chunks as not done (then `lca allocate`).",
+)
+@friendly_errors
+def check(run_dir: str, repair: bool) -> None:
+    """Read every chunk of a run: present, checksum OK, finite; exit 1 if any is damaged."""
+    from .storage.check import check_run, repair_run
+
+    report = check_run(run_dir)
+    click.echo(report.to_text())
+    if repair and not report.ok:
+        fixed = repair_run(run_dir, report)
+        if fixed.units_reset:
+            click.echo(
+                f"repaired: {len(fixed.units_reset)} work unit(s) marked not done "
+                f"({fixed.chunks_removed} damaged chunk(s) removed); now run "
+                f"`lca allocate {run_dir}`"
+            )
+        if report.fatal or report.lost_iterations:
+            click.echo("not repaired: the trajectory's damage cannot be recomputed (see above)")
+    sys.exit(0 if report.ok else 1)
+
+
 if __name__ == "__main__":
     main()

@@ -107,8 +107,9 @@ def load_objective(
     config = read_run_config(run_dir)
     trajectory = open_trajectory(run_dir)
     dataset = load_dataset(config.data, run_dir)
-    if not np.array_equal(trajectory.group["train_indices"][:], dataset.train_indices):
-        raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
+    for name in ("train_indices", "val_indices"):  # the examples L is defined on
+        if not np.array_equal(trajectory.group[name][:], getattr(dataset, name)):
+            raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
     user_model = config.model.builder is not None
     if user_model:
         keras.utils.set_random_seed(int(trajectory.attrs.get("seed", 0)))
