@@ -8,6 +8,7 @@ must be exactly what the update rule below did, which the tests re-derive.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -26,6 +27,7 @@ from .storage import (
     TrajectoryWriter,
     location,
     prepare_run_dir,
+    run_lock,
     write_fixed_weights,
 )
 from .storage.checkpoint import CONTINUE, RESTART, resume_plan, writing_to
@@ -298,56 +300,59 @@ def train(
     schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
 
     run_dir = location(run_dir)
-    writer, first = None, 0
-    if record:
-        writer, first, note = _open_writer(
-            config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints
-        )
-        if note and progress:
-            print(note, flush=True)
+    # one writer at a time: a second `lca train` (or an allocate) on this run names the holder
+    with run_lock(run_dir, "train") if record else contextlib.nullcontext():
+        writer, first = None, 0
+        if record:
+            writer, first, note = _open_writer(
+                config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints
+            )
+            if note and progress:
+                print(note, flush=True)
 
-    start = time.perf_counter()
-    loss = acc = float("nan")
-    bar = tqdm(
-        range(first, tcfg.iterations),
-        initial=first,
-        total=tcfg.iterations,
-        desc=f"train {config.name}",
-        unit="it",
-        disable=not progress,
-    )
-    status = "interrupted"
-    try:
-        for t in bar:
-            outputs = trainer.step(schedule[t], t)
-            loss, acc = float(outputs[0]), float(outputs[1])
-            bad_theta = record and not math.isfinite(outputs[2])  # inf or nan anywhere in θ
-            if not math.isfinite(loss) or bad_theta:
-                status = f"diverged at iteration {t}"
-                what = "parameters are no longer finite" if bad_theta else f"loss is {loss}"
-                raise TrainingDiverged(
-                    f"training diverged at iteration {t} ({what}); "
-                    f"θ_0..θ_{t} are recorded in {run_dir}"
-                )
-            if writer is not None:
-                writer.append(outputs[3:], (loss, acc, schedule[t]))
-            if t % 10 == 0 or t == tcfg.iterations - 1:
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
-            if tcfg.log_every and ((t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1):
-                val = trainer.validation_accuracy()
-                if progress:
-                    bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
-    except BaseException:
+        start = time.perf_counter()
+        loss = acc = float("nan")
+        bar = tqdm(
+            range(first, tcfg.iterations),
+            initial=first,
+            total=tcfg.iterations,
+            desc=f"train {config.name}",
+            unit="it",
+            disable=not progress,
+        )
+        status = "interrupted"
+        try:
+            for t in bar:
+                outputs = trainer.step(schedule[t], t)
+                loss, acc = float(outputs[0]), float(outputs[1])
+                bad_theta = record and not math.isfinite(outputs[2])  # inf or nan anywhere in θ
+                if not math.isfinite(loss) or bad_theta:
+                    status = f"diverged at iteration {t}"
+                    what = "parameters are no longer finite" if bad_theta else f"loss is {loss}"
+                    raise TrainingDiverged(
+                        f"training diverged at iteration {t} ({what}); "
+                        f"θ_0..θ_{t} are recorded in {run_dir}"
+                    )
+                if writer is not None:
+                    writer.append(outputs[3:], (loss, acc, schedule[t]))
+                if t % 10 == 0 or t == tcfg.iterations - 1:
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
+                if tcfg.log_every and ((t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1):
+                    val = trainer.validation_accuracy()
+                    if progress:
+                        bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
+        except BaseException:
+            bar.close()
+            if writer is not None:  # keeps what it safely can; the error raised is this one
+                writer.abort(status)
+            raise
         bar.close()
-        if writer is not None:  # keeps what it safely can; the error raised is this one
-            writer.abort(status)
-        raise
-    bar.close()
-    steps = tcfg.iterations + 1
-    if writer is not None:
-        changed = changed_fixed_weights(trainer.model, fixed_before)
-        steps = writer.close("complete", {"non_trainable_changed": changed} if changed else None)
-    return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)
+        steps = tcfg.iterations + 1
+        if writer is not None:
+            changed = changed_fixed_weights(trainer.model, fixed_before)
+            extra = {"non_trainable_changed": changed} if changed else None
+            steps = writer.close("complete", extra)
+        return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)
 
 
 def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints):

@@ -16,6 +16,7 @@ CONFIG_FILE = "config.yaml"
 TRAJECTORY_STORE = "trajectory.zarr"
 LCA_STORE = "lca.zarr"
 DATA_STORE = "data.zarr"  # a recorded model.fit's own examples (TrajectoryRecorder(train_data=…))
+LOCK_FILE = "lca.lock"  # who works on a run now (lca.storage.lock)
 CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
 
 _checksums = True  # every new array carries per-chunk crc32c (benchmarks turn it off)
@@ -133,13 +134,27 @@ def open_group(path: str | Path, mode: str = "r", *, requirements: bool = True) 
     return group
 
 
+def has_contents(run_dir: Path) -> bool:
+    """Whether a directory holds anything but the lock of the process about to fill it."""
+    return run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+
+
 def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
-    """Create a fresh run directory; refuse to clobber an existing one without ``overwrite``."""
+    """Create a fresh run directory; refuse to clobber an existing one without ``overwrite``.
+
+    Its lock file (held by this process) is neither counted as contents nor removed.
+    """
     run_dir = location(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if has_contents(run_dir):
         if not overwrite:
             raise RunError(f"{run_dir} already exists; pass --overwrite to replace it")
-        remove_tree(run_dir)
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir():
+                remove_tree(entry)
+            else:
+                entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

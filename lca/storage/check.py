@@ -328,6 +328,14 @@ def repair_run(run_dir: str | Path, report: RunCheck | None = None) -> RepairRes
     lca_issues = [i for i in report.issues if i.store == LCA_STORE]
     if not lca_issues:
         return result
+    from .lock import run_lock
+
+    with run_lock(run_dir, "check --repair"):  # not while an allocation writes the store
+        _repair_lca(run_dir, report, lca_issues, result)
+    return result
+
+
+def _repair_lca(run_dir: Path, report: RunCheck, lca_issues, result: RepairResult) -> None:
     lca = open_group(run_dir / LCA_STORE, "r+", requirements=False)
     inner = lca.store._store
     for issue in lca_issues:
@@ -347,4 +355,3 @@ def repair_run(run_dir: str | Path, report: RunCheck | None = None) -> RepairRes
     for unit in report.bad_units:
         lca["done"][unit] = False  # written last: the unit's other chunks are gone first
     result.units_reset = list(report.bad_units)
-    return result

@@ -31,7 +31,14 @@ import numpy as np
 import yaml
 import zarr
 
-from .base import CONFIG_FILE, TRAJECTORY_STORE, RunError, checksummed, open_group
+from .base import (
+    CONFIG_FILE,
+    TRAJECTORY_STORE,
+    RunError,
+    checksummed,
+    has_contents,
+    open_group,
+)
 from .lock import WriteFailed, os_error_cause
 
 RESUME_GROUP = "resume"
@@ -203,7 +210,7 @@ def resume_plan(run_dir: Path, config_yaml: str, *, resume: bool | None, overwri
     RunError that says what to do: a complete run, a diverged one, another config, a run
     recorded by ``model.fit``.
     """
-    exists = run_dir.exists() and any(run_dir.iterdir())
+    exists = has_contents(run_dir)
     if resume and overwrite:
         raise RunError("resume and overwrite exclude each other")
     if overwrite or resume is False or not exists:

@@ -38,9 +38,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .base import RunError, is_remote, location
+from .base import LOCK_FILE, RunError, is_remote, location
 
-LOCK_FILE = "lca.lock"
 TOKENS_ENV = "LCA_RUN_LOCKS"  # tokens of the locks this process's ancestors hold
 
 

@@ -1,0 +1,917 @@
+"""Faults: nothing lost, nothing silently wrong.
+
+* Damaged stores: for every array of both stores, a deleted or truncated chunk is one line
+  naming the run, the array and the chunk; ``lca check --repair`` then ``lca allocate``
+  restores ``lca.zarr`` bitwise; damaged θ names what cannot be allocated.
+* Resumable training: killed with SIGKILL at a random point, out of disk (a small tmpfs, or
+  a fake fsspec filesystem with a quota), or rerun, a run ends bitwise as if uninterrupted.
+  Runs use small θ chunks (``LCA_CHUNK_ROWS``) so tiny configs take several checkpoints, and
+  ``--threads 1`` so TensorFlow's reductions run in a fixed order in every process. Run as a
+  script, this module drives the fake-filesystem test (its in-memory store lives in one
+  process): ``python tests/test_faults.py quota ...``.
+* Operation: the run lock (a second allocation names the holder), a full disk during
+  allocate, verify-error on partial or zero loss changes, and a run from someone else
+  (safe-mode Keras JSON, ``lca describe RUN`` that imports nothing).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from click.testing import CliRunner
+from helpers import cli
+
+from lca.cli import main
+from lca.storage import (
+    LCA_STORE,
+    LOCK_FILE,
+    TRAJECTORY_STORE,
+    RunError,
+    RunLocked,
+    open_run,
+    run_lock,
+)
+from lca.storage.check import check_run
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+TRAJECTORY_ARRAYS = ("theta", "loss", "accuracy", "batch_indices", "train_indices", "val_indices")
+LCA_ARRAYS = ("lca", "grad", "loss", "error", "error_fo", "splits")
+BOOKKEEPING = {"resumed_at", "status", "steps_recorded", "complete"}
+ROWS = "4"  # θ rows per chunk: a checkpoint every 4 steps
+
+# (config, overrides): dropout and SGD momentum; Adam (two slots, bias correction by step)
+SETUPS = {
+    "lenet_sgd": ("tiny_lenet", ["--iterations", "600"]),
+    "fc_adam": ("tiny_fc", ["--iterations", "1000", "--set", "optimizer.name=adam",
+                            "--set", "optimizer.lr=0.01"]),
+}  # fmt: skip
+
+
+# --- damaged stores ------------------------------------------------------------------------
+
+# Which command reads each array of a tiny_fc run (train and val allocated). The arrays no
+# command reads (training metrics, gradients) are reported by `lca check`.
+READER = {
+    (TRAJECTORY_STORE, "theta"): ["allocate", "--restart"],
+    (TRAJECTORY_STORE, "train_indices"): ["allocate", "--restart"],
+    (TRAJECTORY_STORE, "val_indices"): ["allocate", "--restart"],
+    (TRAJECTORY_STORE, "loss"): ["check"],
+    (TRAJECTORY_STORE, "accuracy"): ["check"],
+    (TRAJECTORY_STORE, "batch_indices"): ["check"],
+    (LCA_STORE, "done"): ["verify-error"],
+    **{
+        (LCA_STORE, f"{split}/{name}"): ["verify-error"]
+        for split in ("train", "val")
+        for name in ("lca", "loss", "error", "error_fo", "splits")
+    },
+    **{(LCA_STORE, f"{split}/grad"): ["check"] for split in ("train", "val")},
+}
+
+
+@pytest.fixture(scope="module")
+def allocated_here(tmp_path_factory):
+    """A tiny_fc run, trained and allocated once for this module (never modified)."""
+    from lca import allocate
+    from lca.config import load_config
+    from lca.training import train
+
+    run = tmp_path_factory.mktemp("integrity") / "run"
+    train(load_config(CONFIGS / "tiny_fc.yaml"), run, progress=False)
+    allocate(run, progress=False)
+    return run
+
+
+def _arrays(run: Path) -> list[tuple[str, str]]:
+    found = []
+    for store in (TRAJECTORY_STORE, LCA_STORE):
+        for node in (run / store).rglob("zarr.json"):
+            if (node.parent / "c").is_dir():
+                found.append((store, node.parent.relative_to(run / store).as_posix()))
+    return sorted(found)
+
+
+def _chunk_files(run: Path, store: str, array: str) -> list[Path]:
+    return sorted(p for p in (run / store / array / "c").rglob("*") if p.is_file())
+
+
+def _first_chunk(run: Path, store: str, array: str) -> Path:
+    return _chunk_files(run, store, array)[0]
+
+
+def _damage(chunk: Path, how: str) -> None:
+    if how == "delete":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(chunk.read_bytes()[:-3])
+
+
+def _all_lca_arrays(run: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(run / LCA_STORE), mode="r")
+    return {
+        path: node[...]
+        for path, node in group.members(max_depth=None)
+        if isinstance(node, zarr.Array)
+    }
+
+
+def test_the_reader_table_covers_every_array(allocated_here):
+    assert sorted(READER) == _arrays(allocated_here)
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate"])
+@pytest.mark.parametrize(("store", "array"), sorted(READER))
+def test_a_damaged_chunk_is_a_one_line_error_naming_run_array_and_chunk(
+    allocated_here, tmp_path, store, array, how
+):
+    run = tmp_path / "run"
+    shutil.copytree(allocated_here, run)
+    _damage(_first_chunk(run, store, array), how)
+    command = READER[(store, array)]
+    result = CliRunner().invoke(main, [command[0], str(run), *command[1:]])
+    if (array, how) == ("done", "delete"):  # an absent flag reads "not done": redo the unit
+        assert result.exit_code == 1 and "allocation incomplete: 32 of 40" in result.output
+        return
+    assert result.exit_code == (1 if command == ["check"] else 2), result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    problem = "missing" if how == "delete" else "fails its checksum"
+    if command == ["check"]:
+        assert f"damaged: {store}/{array} chunk 0" in result.output
+        assert problem in result.output
+    else:
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.output
+        assert str(run) in errors[0] and f"of {array}" in errors[0] and problem in errors[0]
+        assert "chunk 0" in errors[0] and f"lca check {run}" in errors[0]
+
+
+def test_reading_a_lost_theta_row_raises_instead_of_returning_zeros(allocated_here, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(allocated_here, run)
+    _damage(_first_chunk(run, TRAJECTORY_STORE, "theta"), "delete")
+    with pytest.raises(RunError, match=r"chunk 0,0 of theta \(steps 0–40\) is missing"):
+        open_run(run).theta[3:5]
+
+
+def test_check_repair_then_allocate_restores_lca_bitwise(allocated_here, tmp_path):
+    original = _lca_arrays(allocated_here)
+    run = tmp_path / "run"
+    shutil.copytree(allocated_here, run)
+    chunks = {
+        "train/lca": _chunk_files(run, LCA_STORE, "train/lca")[-1],  # unit 4
+        "val/grad": _chunk_files(run, LCA_STORE, "val/grad")[2],  # unit 2
+        "train/error": _chunk_files(run, LCA_STORE, "train/error")[1],  # unit 1
+    }
+    _damage(chunks["train/lca"], "delete")
+    _damage(chunks["val/grad"], "truncate")
+    flipped = bytearray(chunks["train/error"].read_bytes())
+    flipped[len(flipped) // 2] ^= 0x10
+    chunks["train/error"].write_bytes(bytes(flipped))
+
+    runner = CliRunner()
+    checked = runner.invoke(main, ["check", str(run)])
+    assert checked.exit_code == 1
+    assert "3 work unit(s) hold damaged chunks" in checked.output
+    # resuming the allocation alone notices the missing chunk of a done unit
+    refused = runner.invoke(main, ["allocate", str(run)])
+    assert refused.exit_code == 2 and "--repair" in refused.output
+    repaired = runner.invoke(main, ["check", str(run), "--repair"])
+    assert repaired.exit_code == 1 and "3 work unit(s) marked not done" in repaired.output
+    allocated_again = runner.invoke(main, ["allocate", str(run)])
+    assert allocated_again.exit_code == 0, allocated_again.output
+    assert "allocated 24 iterations" in allocated_again.output  # units 1, 2 and 4 of 5
+    assert runner.invoke(main, ["check", str(run)]).exit_code == 0
+    restored = _all_lca_arrays(run)
+    assert restored.keys() == original.keys()
+    for name, values in original.items():
+        np.testing.assert_array_equal(restored[name], values, err_msg=name, strict=True)
+
+
+def test_damaged_theta_names_lost_iterations_and_ranges_that_avoid_them(tmp_path, monkeypatch):
+    from lca import allocate
+    from lca.config import load_config
+    from lca.training import train
+
+    monkeypatch.setattr("lca.storage.trajectory.rows_per_chunk", lambda num_params: 8)
+    run = tmp_path / "run"
+    config = CONFIGS / "tiny_fc.yaml"
+    train(load_config(config, ["allocate.splits=[train]"]), run, progress=False)
+    _damage(run / TRAJECTORY_STORE / "theta/c/2/0", "truncate")  # steps 16–23
+
+    report = check_run(run)
+    assert not report.ok and not report.fatal
+    assert report.lost_iterations == [(15, 24)]
+    assert report.allowed_ranges() == [(0, 8), (24, 40)]  # whole units of 8 iterations
+    text = report.to_text()
+    assert "iterations 15:24 cannot be allocated" in text
+    assert "--iterations 0:8 --iterations 24:40" in text
+    result = CliRunner().invoke(main, ["check", str(run), "--repair"])
+    assert result.exit_code == 1 and "cannot be recomputed" in result.output
+
+    summary = allocate(run, iterations=(32, 40), progress=False)
+    assert summary.iterations_this_run == 8
+    with pytest.raises(RunError, match=r"chunk 2,0 of theta \(steps 16–23\) fails its checksum"):
+        allocate(run, iterations=(16, 24), progress=False)
+
+
+def test_runs_written_before_checksums_still_open_and_say_so(allocated_here, tmp_path):
+    from lca.storage import without_checksums
+    from lca.storage.integrity import _warned
+
+    run = tmp_path / "old"
+    shutil.copytree(allocated_here, run)
+    # rewrite θ as an array without the crc32c codec (as lca wrote it before checksums)
+    group = zarr.open_group(str(run / TRAJECTORY_STORE), mode="r+")
+    theta = group["theta"][...]
+    with without_checksums():
+        from lca.storage import checksummed
+
+        new = group.create_array(
+            "theta",
+            shape=theta.shape,
+            chunks=group["theta"].chunks,
+            dtype="float32",
+            dimension_names=("step", "parameter"),
+            compressors=checksummed(compress=False),
+            overwrite=True,
+        )
+    new[...] = theta
+    _warned.clear()
+    with pytest.warns(UserWarning, match="written without checksums"):
+        reopened = open_run(run)
+    np.testing.assert_array_equal(reopened.theta[...], theta)
+    _damage(run / TRAJECTORY_STORE / "theta/c/0/0", "truncate")  # size tells it is cut short
+    with pytest.raises(RunError, match="is cut short"):
+        open_run(run).theta[0]
+
+
+# --- resumable training -------------------------------------------------------------------
+
+
+def train_args(setup: str, out) -> list[str]:
+    name, extra = SETUPS[setup]
+    return ["train", str(CONFIGS / f"{name}.yaml"), "--out", str(out), "--threads", "1", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "LCA_CHUNK_ROWS": ROWS}
+
+
+def lca(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lca.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+    )
+
+
+def snapshot(run_dir) -> dict:
+    """The arrays and attributes a resumed run must reproduce bit for bit."""
+    from lca.storage import open_trajectory
+
+    traj = open_trajectory(run_dir)
+    traj.require_complete()
+    arrays = {name: traj.group[name][...] for name in TRAJECTORY_ARRAYS}
+    attrs = {k: v for k, v in traj.attrs.items() if k not in BOOKKEEPING}
+    return {"arrays": arrays, "attrs": attrs, "groups": sorted(traj.group.group_keys())}
+
+
+def assert_bitwise_equal(got: dict, want: dict) -> None:
+    for name in TRAJECTORY_ARRAYS:
+        a, b = got["arrays"][name], want["arrays"][name]
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), f"{name} differs from the uninterrupted run"
+    assert got["attrs"] == want["attrs"]
+    assert got["groups"] == want["groups"] == []  # no resume checkpoints left behind
+
+
+def one_error_line(stderr: str) -> str:
+    """The single `error:` line of a failed command (tqdm's bar may share stderr)."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Each setup trained once without interruption, in a subprocess like the others."""
+    cache: dict[str, dict] = {}
+
+    def get(setup: str) -> dict:
+        if setup not in cache:
+            out = tmp_path_factory.mktemp(setup) / "run"
+            done = lca(*train_args(setup, out))
+            assert done.returncode == 0, done.stderr
+            cache[setup] = snapshot(out)
+        return cache[setup]
+
+    return get
+
+
+def committed_checkpoint(run_dir: Path) -> bool:
+    try:
+        meta = json.loads((run_dir / "trajectory.zarr" / "zarr.json").read_text())
+    except (OSError, ValueError):  # not there yet, or being replaced
+        return False
+    return bool(meta.get("attributes", {}).get("resume"))
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_sigkill_at_a_random_point_then_resume_is_bitwise_uninterrupted(setup, tmp_path, reference):
+    out = tmp_path / "run"
+    rng = random.Random()
+    delay = rng.uniform(0.0, 1.0)  # both setups train for well over a second
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lca.cli", *train_args(setup, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not committed_checkpoint(out):
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(delay)  # anywhere: between chunks, inside a write, inside a checkpoint
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    from lca.storage import open_trajectory
+
+    killed = open_trajectory(out)
+    assert not killed.complete, f"finished within {delay:.3f} s; nothing was interrupted"
+    resumed = lca(*train_args(setup, out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert_bitwise_equal(snapshot(out), reference(setup))
+
+
+# --- disk full ------------------------------------------------------------------------------
+
+
+def _mount_tmpfs(where: Path, size: str, remount: bool = False) -> bool:
+    options = f"remount,size={size}" if remount else f"size={size}"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_disk_full_on_a_small_tmpfs_is_one_line_and_resumable(tmp_path, reference):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not _mount_tmpfs(mnt, "1m"):
+        pytest.skip("cannot mount a tmpfs here (the fake-filesystem test covers disk full)")
+    try:
+        out = mnt / "run"
+        full = lca(*train_args("lenet_sgd", out))
+        assert full.returncode == 2
+        line = one_error_line(full.stderr)
+        assert str(out / "trajectory.zarr") in line and "No space left on device" in line
+        assert "resume from step" in line
+        assert _mount_tmpfs(mnt, "64m", remount=True)
+        resumed = lca(*train_args("lenet_sgd", out))  # the same command, now with room
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming" in resumed.stdout
+        assert_bitwise_equal(snapshot(out), reference("lenet_sgd"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_disk_full_on_a_quota_filesystem_is_one_line_and_resumable(tmp_path, reference):
+    dump = tmp_path / "dump.npz"
+    done = subprocess.run(
+        [sys.executable, __file__, "quota", str(dump), *train_args("lenet_sgd", "quota://run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["first_exit"] == 2
+    line = one_error_line(report["first_stderr"])
+    # UPath spells the URL of an unregistered protocol quota:///run
+    assert "quota:" in line and "run/trajectory.zarr" in line
+    assert "No space left on device" in line and "resume from step" in line
+    assert report["second_exit"] == 0, report["second_stderr"]
+    assert "resuming" in report["second_stdout"]
+    with np.load(dump) as saved:
+        got = {
+            "arrays": {name: saved[name] for name in TRAJECTORY_ARRAYS},
+            "attrs": report["attrs"],
+            "groups": report["groups"],
+        }
+    assert_bitwise_equal(got, reference("lenet_sgd"))
+
+
+def _quota_driver(dump: str, args: list[str]) -> None:
+    """In one process: train on a tiny in-memory quota, fail, lift it, resume, dump the run."""
+    import fsspec
+    from click.testing import CliRunner
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class QuotaFileSystem(MemoryFileSystem):
+        """An in-memory filesystem holding at most ``quota`` bytes (what zarr writes)."""
+
+        protocol = "quota"
+        store: dict = {}
+        pseudo_dirs = [""]
+        quota = 1_000_000
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            path = str(path)
+            return super()._strip_protocol(path.removeprefix("quota://"))
+
+        def pipe_file(self, path, value, mode="overwrite", **kwargs):
+            path = self._strip_protocol(path)
+            used = sum(f.getbuffer().nbytes for p, f in self.store.items() if p != path)
+            if used + len(value) > self.quota:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            super().pipe_file(path, value, mode=mode, **kwargs)
+
+    fsspec.register_implementation("quota", QuotaFileSystem, clobber=True)
+    from lca.cli import main
+
+    runner = CliRunner()
+    first = runner.invoke(main, args)
+    QuotaFileSystem.quota = 2**40
+    second = runner.invoke(main, args)
+    report = {
+        "first_exit": first.exit_code,
+        "first_stderr": first.stderr + ("" if first.exit_code == 2 else repr(first.exception)),
+        "second_exit": second.exit_code,
+        "second_stdout": second.stdout,
+        "second_stderr": second.stderr + repr(second.exception),
+    }
+    if second.exit_code == 0:
+        got = snapshot("quota://run")
+        np.savez(dump, **got["arrays"])
+        report.update(attrs=got["attrs"], groups=got["groups"])
+    print(json.dumps(report))
+
+
+# --- reruns -------------------------------------------------------------------------------
+
+
+def _interrupt_at(monkeypatch, iteration: int) -> None:
+    """Make Trainer.step raise KeyboardInterrupt at ``iteration`` (a user's Ctrl-C)."""
+    from lca.training import Trainer
+
+    original = Trainer.step
+
+    def step(self, batch, t):
+        if t == iteration:
+            raise KeyboardInterrupt
+        return original(self, batch, t)
+
+    monkeypatch.setattr(Trainer, "step", step)
+
+
+def test_rerun_resumes_complete_run_and_other_config_refuse(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lca.cli import main
+
+    monkeypatch.setenv("LCA_CHUNK_ROWS", ROWS)
+    runner = CliRunner()
+    config = str(CONFIGS / "tiny_lenet.yaml")
+    plain = [config, "--out", str(tmp_path / "plain"), "--iterations", "30"]
+    assert runner.invoke(main, ["train", *plain]).exit_code == 0
+    want = snapshot(tmp_path / "plain")
+
+    args = [config, "--out", str(tmp_path / "run"), "--iterations", "30"]
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 18)  # after the checkpoint at step 16, two steps into the next
+        stopped = runner.invoke(main, ["train", *args])
+    assert stopped.exit_code == 130
+    again = runner.invoke(main, ["train", *args])  # the same arguments, no --resume
+    assert again.exit_code == 0, again.output
+    assert "resuming" in again.stdout and "from step 16" in again.stdout
+    assert_bitwise_equal(snapshot(tmp_path / "run"), want)
+
+    complete = runner.invoke(main, ["train", *args])
+    assert complete.exit_code == 2
+    assert "already exists; pass --overwrite" in one_error_line(complete.stderr)
+
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 9)
+        assert runner.invoke(main, ["train", *args, "--overwrite"]).exit_code == 130
+    other = runner.invoke(main, ["train", *args, "--set", "optimizer.lr=0.03"])
+    assert other.exit_code == 2
+    line = one_error_line(other.stderr)
+    assert "another config" in line and "optimizer.lr: 0.02 in the run, 0.03 now" in line
+    assert "--overwrite" in line
+    nothing = runner.invoke(main, ["train", *args[:1], "--out", str(tmp_path / "x"), "--resume"])
+    assert nothing.exit_code == 2 and "nothing to resume" in nothing.stderr
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
+    from lca.config import load_config
+    from lca.storage import open_trajectory
+    from lca.training import train
+
+    monkeypatch.setenv("LCA_CHUNK_ROWS", ROWS)
+    config = load_config(CONFIGS / "tiny_fc.yaml", ["training.iterations=12"])
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path / "run", progress=False)
+    assert open_trajectory(tmp_path / "run").steps_recorded == 3  # flushed, no checkpoint
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.steps_recorded == 13
+    train(config, tmp_path / "plain", progress=False)
+    assert_bitwise_equal(snapshot(tmp_path / "run"), snapshot(tmp_path / "plain"))
+
+
+def test_recording_again_into_an_interrupted_model_fit_is_one_line(tmp_path):
+    """model.fit cannot be continued by lca: a second recording says so instead of resuming."""
+    import keras
+
+    from lca.keras import TrajectoryRecorder
+    from lca.storage import RunError, open_trajectory
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 5:
+                raise RuntimeError("simulated crash")
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    x = (2 * rng.normal(size=(3, 6))[y] + rng.normal(size=(300, 6))).astype("float32")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    def fit(*callbacks):
+        recorder = TrajectoryRecorder(tmp_path / "run", train_data=(x, y))
+        model.fit(x, y, batch_size=30, epochs=1, verbose=0, callbacks=[recorder, *callbacks])
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(Crash())
+    assert not open_trajectory(tmp_path / "run").complete
+    with pytest.raises(RunError) as info:
+        fit()
+    message = str(info.value)
+    assert "\n" not in message and "interrupted model.fit recording" in message
+    assert "lca cannot continue" in message and "overwrite=True" in message
+
+
+# --- operation: locks, a full disk, verify-error, a run from someone else ------------------
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line of a failed command: no traceback, the last stderr line."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1].split("\r")[-1]
+    assert last.startswith("error: "), result.stderr
+    return last
+
+
+def _lca_arrays(run_dir) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
+    out = {"done": group["done"][:]}
+    for split in ("train", "val"):
+        for name in LCA_ARRAYS:
+            out[f"{split}/{name}"] = group[split][name][:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def allocated(tmp_path_factory, trained_runs):
+    """tiny_fc, allocated uninterrupted by `lca allocate --threads 1` (the reference)."""
+    run_dir = tmp_path_factory.mktemp("allocated") / "run"
+    shutil.copytree(trained_runs("tiny_fc"), run_dir)
+    result = cli("allocate", str(run_dir), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+# --- (a), (b): the run directory's lock ------------------------------------------------------
+
+
+def test_second_allocation_of_a_run_names_the_lock_holder(fresh_run):
+    run_dir = fresh_run("tiny_fc")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lca.cli", "allocate", str(run_dir), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / LOCK_FILE).exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first allocation never took the lock"
+            time.sleep(0.05)
+        holder = json.loads((run_dir / LOCK_FILE).read_text())
+        assert holder["pid"] == first.pid and holder["purpose"] == "allocate"
+        second = cli("allocate", str(run_dir), "--threads", "1")
+        line = _error_line(second)
+        assert f"pid {first.pid} on host {socket.gethostname()}" in line
+        assert "lca allocate" in line and "in use" in line
+        out, err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert "40 of 40 done" in out
+    assert not (run_dir / LOCK_FILE).exists()  # released
+    verified = cli("verify-error", str(run_dir))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _write_lock(run_dir, **fields) -> None:
+    holder = {
+        "host": socket.gethostname(),
+        "pid": _dead_pid(),
+        "purpose": "allocate",
+        "since": "2024-01-01T00:00:00+00:00",
+        "version": "0.1.0",
+        "token": uuid.uuid4().hex,
+        **fields,
+    }
+    (run_dir / LOCK_FILE).write_text(json.dumps(holder))
+
+
+def test_stale_lock_on_this_host_is_taken_over(tmp_path):
+    _write_lock(tmp_path)
+    with pytest.warns(UserWarning, match="stale lock"), run_lock(tmp_path, "allocate") as me:
+        held = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert held["pid"] == os.getpid() == me.pid and held["token"] == me.token
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_lock_of_a_live_or_remote_holder_is_refused(tmp_path):
+    _write_lock(tmp_path, pid=os.getppid(), purpose="train")  # alive: our parent
+    holder = rf"`lca train` \(pid {os.getppid()} .*kill"
+    with pytest.raises(RunLocked, match=holder), run_lock(tmp_path, "allocate"):
+        pass
+    _write_lock(tmp_path, host="elsewhere.example")  # another host: cannot tell
+    with pytest.raises(RunLocked, match="cannot tell") as caught, run_lock(tmp_path, "x"):
+        pass
+    assert str(tmp_path / LOCK_FILE) in str(caught.value)
+    assert (tmp_path / LOCK_FILE).exists()  # someone else's lock is never removed
+
+
+def test_lock_is_released_on_errors_and_reentrant_for_children(tmp_path):
+    with pytest.raises(KeyboardInterrupt), run_lock(tmp_path, "allocate"):
+        raise KeyboardInterrupt
+    assert not (tmp_path / LOCK_FILE).exists()
+    with run_lock(tmp_path, "allocate") as me:
+        # a process started by the holder (as allocate's workers are) inherits its token
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from lca.storage import run_lock\n"
+                "with run_lock(sys.argv[1], 'allocate') as h: print(h.pid)",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert child.returncode == 0, child.stderr
+        assert int(child.stdout) == me.pid
+        assert (tmp_path / LOCK_FILE).exists()  # the child did not release the parent's lock
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_training_and_repair_wait_for_the_lock_holder(allocated, tmp_path):
+    """`lca train` and `lca check --repair` write the run too: both name a live holder."""
+    from lca.config import load_config
+    from lca.training import train
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _write_lock(run_dir, pid=os.getppid(), purpose="allocate")
+    with pytest.raises(RunLocked, match=rf"`lca allocate` \(pid {os.getppid()} "):
+        train(load_config(CONFIGS / "tiny_fc.yaml"), run_dir, progress=False)
+    assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]  # nothing was written
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(allocated, damaged)
+    (damaged / LCA_STORE / "train/error/c/0").unlink()
+    _write_lock(damaged, pid=os.getppid(), purpose="allocate")
+    result = CliRunner().invoke(main, ["check", str(damaged), "--repair"])
+    assert result.exit_code == 2 and "is in use by `lca allocate`" in result.output
+    assert zarr.open_group(str(damaged / LCA_STORE), mode="r")["done"][:].all()
+
+
+# --- (c): disk full during allocate ----------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mount whose size the test sets (skips where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    tried = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({tried.stderr.strip()})")
+
+    def resize(kib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mount)], check=True)
+
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _used_kib(path) -> int:
+    return int(
+        subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True).stdout.split()[0]
+    )
+
+
+def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
+    small_disk, trained_runs, allocated
+):
+    mount, resize = small_disk
+    run_dir = mount / "run"
+    shutil.copytree(trained_runs("tiny_fc"), run_dir)
+    resize(_used_kib(mount) + 400)  # the store and about one work unit fit, not all five
+
+    failed = cli("allocate", str(run_dir), "--threads", "1")
+    line = _error_line(failed)
+    assert "No space left on device" in line and str(run_dir / LCA_STORE) in line
+    assert f"lca allocate {run_dir}" in line
+    done = zarr.open_group(str(run_dir / LCA_STORE), mode="r")["done"][:]
+    assert 0 < done.sum() < done.size, done  # some units finished, the failed one is not done
+
+    partial = cli("verify-error", str(run_dir))  # (d) a partial allocation: explained
+    assert partial.returncode == 1
+    assert "nan" not in partial.stdout.lower()
+    assert "partial allocation" in partial.stdout and f"lca allocate {run_dir}" in partial.stdout
+
+    resize(64 * 1024)  # make room, then the same command resumes
+    resumed = cli("allocate", str(run_dir), "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = _lca_arrays(run_dir), _lca_arrays(allocated)
+    for name in want:
+        assert np.array_equal(got[name], want[name], equal_nan=True), name
+
+
+# --- (d): verify-error explains instead of printing nan ---------------------------------------
+
+
+def test_verify_error_explains_partial_zero_and_nonfinite(allocated, tmp_path):
+    from lca import verify_error
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(allocated, run_dir)
+    group = zarr.open_group(str(run_dir / LCA_STORE), mode="r+")
+    c = int(group.attrs["settings"]["chunk_iterations"])
+
+    # partial: units 2.. not done, their rows as an unfinished allocation leaves them (fill)
+    group["done"][2:] = False
+    for split in ("train", "val"):
+        group[split]["loss"][2 * c :] = np.nan
+    report = verify_error(run_dir)
+    text = report.to_text()
+    assert "nan" not in text.lower(), text
+    assert "partial allocation" in text and f"lca allocate {run_dir}" in text
+    assert report.splits["train"].iterations_measured == 2 * c - 1
+    assert np.isfinite(report.splits["train"].total_error_pct)
+    json.dumps(report.to_dict(), allow_nan=False)  # strict JSON
+
+    # the loss did not change at all: the relative total error is undefined, said so
+    group["done"][:] = True
+    for split in ("train", "val"):
+        g = group[split]
+        g["loss"][:] = 1.5
+        g["lca"][:] = 0.0
+        g["error"][:] = 0.0
+        g["error_fo"][:] = 0.0
+    report = verify_error(run_dir)
+    text = report.to_text()
+    assert "nan" not in text.lower(), text
+    assert "undefined (ΔL = 0)" in text and "did not change" in text
+    assert report.passed, report.failures()
+
+    # a non-finite loss: the steps are named, and the check fails
+    group["train"]["loss"][5] = np.inf
+    report = verify_error(run_dir)
+    assert not report.passed
+    assert any("not finite at steps 5" in f for f in report.failures()), report.failures()
+    assert "nan %" not in report.to_text()
+
+
+# --- (e), (f): a run from someone else ------------------------------------------------------
+
+
+def _lambda_model_json() -> str:
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(keras.layers.Dense(3)(inputs))
+    return keras.Model(inputs, outputs).to_json()
+
+
+def test_keras_json_with_a_lambda_is_refused_in_safe_mode(tmp_path):
+    import keras
+
+    from lca.models import ModelError, from_keras_config
+
+    config = _lambda_model_json()
+    keras.config.enable_unsafe_deserialization()  # even then: lca stays in safe mode
+    try:
+        with pytest.raises(ModelError, match="bytecode"):
+            from_keras_config(config)
+    finally:
+        from keras.src.saving import serialization_lib
+
+        serialization_lib.global_state.set_global_attribute("safe_mode_saving", None)
+    path = tmp_path / "lambda.yaml"
+    model = {"builder": "lca.models:from_keras_config", "kwargs": {"config": config}}
+    path.write_text(yaml.safe_dump({"model": model, "data": {"name": "synthetic"}}))
+    result = cli("describe", str(path))
+    line = _error_line(result)
+    assert "Python bytecode" in line and "safe mode" in line
+
+
+def test_describe_run_imports_none_of_its_code(fresh_run, tmp_path):
+    run_dir = fresh_run("tiny_fc")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["model"] = {"builder": "flag_on_import:build", "kwargs": {"width": 3}}
+    config["data"] = {"builder": "flag_on_import:data", "kwargs": {}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    marker = tmp_path / "imported"
+    (tmp_path / "flag_on_import.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\nraise SystemExit('executed')\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lca.cli", "describe", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    out = result.stdout
+    assert 'USER CODE: imports and calls flag_on_import:build(**{"width": 3})' in out
+    assert "USER CODE: imports and calls flag_on_import:data" in out
+    assert "41 of 41 steps recorded, complete" in out
+    assert "lca.zarr: absent (not allocated)" in out
+    assert "carry per-chunk crc32c" in out
+    assert "dense_1" in out  # the stored layout
+
+
+def test_describe_run_of_an_allocated_run_and_a_stored_keras_model(allocated, tmp_path):
+    from lca.diagnostics import describe_run
+
+    text = describe_run(allocated).to_text()
+    assert "only lca's built-in networks (fc)" in text
+    assert "5 of 5 work units done (40 of 40 iterations; complete)" in text
+    assert "rule adaptive" in text and "gradients in float32" in text
+    run_dir = tmp_path / "run"
+    shutil.copytree(allocated, run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["model"] = {
+        "builder": "lca.models:from_keras_config",
+        "kwargs": {"config": _lambda_model_json()},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    text = describe_run(run_dir).to_text()
+    assert "rebuilt in Keras safe mode" in text and "Python bytecode" in text
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["quota"]:
+    _quota_driver(sys.argv[2], sys.argv[3:])
