@@ -87,12 +87,10 @@ def chunk_problem(info: ArrayInfo, data: bytes | np.ndarray) -> str | None:
     """Why a stored chunk is bad (``None`` if it checks out), without decoding its values."""
     raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
     if info.checksum:
-        import google_crc32c
-
         if raw.size < 4:
             return f"is cut short ({raw.size} bytes)"
         stored = raw[-4:].view("<u4")[0]
-        if google_crc32c.value(np.ascontiguousarray(raw[:-4])) != stored:
+        if crc32c(raw[:-4]) != stored:
             return "fails its checksum (its bytes were changed or cut short)"
         return None
     if info.codecs == ("bytes",):  # written before checksums, uncompressed: the size is known
@@ -109,6 +107,23 @@ def chunk_problem(info: ArrayInfo, data: bytes | np.ndarray) -> str | None:
         if size != info.raw_chunk_bytes:
             return f"decompresses to {size} of {info.raw_chunk_bytes} bytes"
     return None
+
+
+def crc32c(data: np.ndarray, block: int = 1 << 20) -> int:
+    """The crc32c of a uint8 array, without copying it whole.
+
+    google-crc32c copies a read-only buffer (as chunks read from a store are) before
+    hashing it; hashing it a block at a time bounds that copy to one block.
+    """
+    import google_crc32c
+
+    data = np.ascontiguousarray(data)
+    if data.flags.writeable:
+        return google_crc32c.value(data)
+    crc = 0
+    for start in range(0, data.size, block):
+        crc = google_crc32c.extend(crc, data[start : start + block])
+    return crc
 
 
 class CheckedStore(WrapperStore):
