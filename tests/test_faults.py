@@ -221,7 +221,7 @@ def test_damaged_theta_names_lost_iterations_and_ranges_that_avoid_them(tmp_path
     assert report.allowed_ranges() == [(0, 8), (24, 40)]  # whole units of 8 iterations
     text = report.to_text()
     assert "iterations 15:24 cannot be allocated" in text
-    assert "--iterations 0:8 --iterations 24:40" in text
+    assert "`--iterations 0:8` and `--iterations 24:40` avoid them" in text
     result = CliRunner().invoke(main, ["check", str(run), "--repair"])
     assert result.exit_code == 1 and "cannot be recomputed" in result.output
 

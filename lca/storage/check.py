@@ -132,10 +132,17 @@ class RunCheck:
         lines += [f"cannot be repaired: {reason}" for reason in self.fatal]
         if self.lost_iterations and not self.fatal:
             lost = ", ".join(f"{a}:{b}" for a, b in self.lost_iterations)
-            allowed = " ".join(f"--iterations {a}:{b}" for a, b in self.allowed_ranges())
+            ranges = [f"`--iterations {a}:{b}`" for a, b in self.allowed_ranges()]
+            avoid = (
+                f"{', '.join(ranges[:-1])} and {ranges[-1]} avoid them"
+                if len(ranges) > 1
+                else f"{ranges[0]} avoids them"
+                if ranges
+                else "no whole work unit avoids them"
+            )
             lines.append(
                 f"trajectory.zarr: θ is damaged, which the LCA cannot restore: iterations {lost} "
-                f"cannot be allocated; {allowed or 'no whole work unit'} avoid(s) them"
+                f"cannot be allocated (retrain, or restore the run from a copy); {avoid}"
             )
         return "\n".join(lines)
 
