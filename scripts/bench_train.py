@@ -4,8 +4,9 @@
     python scripts/bench_train.py --set data.path=../shared/data/mnist.npz
     python scripts/bench_train.py configs/tiny_fc.yaml --repeats 5
 
-Runs go in rounds, one with recording (resume checkpoints included, as `lca train` does), one
-without, and with ``--checkpoints`` a third recording without checkpoints, the order rotating
+Runs go in rounds, one with recording (resume checkpoints and crc32c checksums included, as
+`lca train` does), one without, one recording without checksums (their cost: target ≤ 3 %),
+and with ``--checkpoints`` one recording without checkpoints, the order rotating
 each round so that drift of the machine hits all; the median of the rounds' ratios is the
 figure least moved by the machine's noise. The loop time excludes start-up (data loading,
 model building, tracing). Target: recording adds ≤ 20 %.
@@ -14,6 +15,7 @@ model building, tracing). Target: recording adds ≤ 20 %.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -23,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from lca.config import load_config  # noqa: E402
+from lca.storage import without_checksums  # noqa: E402
 from lca.training import train  # noqa: E402
 
 
@@ -39,25 +42,30 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
 
-    # mode: (record, checkpoints)
-    modes = {"without recording": (False, False), "with recording": (True, True)}
+    # mode: (record, checkpoints, checksums)
+    modes = {
+        "without recording": (False, False, True),
+        "with recording": (True, True, True),
+        "recording, no checksums": (True, True, False),
+    }
     if args.checkpoints:
-        modes["recording, no checkpoints"] = (True, False)
+        modes["recording, no checkpoints"] = (True, False, True)
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         train(config, Path(tmp) / "warmup", progress=False, record=False)  # data into the OS cache
         order = list(modes)
         for i in range(args.repeats):
             for mode in order[i % len(order) :] + order[: i % len(order)]:
-                record, checkpoints = modes[mode]
-                result = train(
-                    config,
-                    Path(tmp) / f"run{i}",
-                    progress=False,
-                    record=record,
-                    checkpoints=checkpoints,
-                    overwrite=True,
-                )
+                record, checkpoints, checksums = modes[mode]
+                with contextlib.nullcontext() if checksums else without_checksums():
+                    result = train(
+                        config,
+                        Path(tmp) / f"run{i}",
+                        progress=False,
+                        record=record,
+                        checkpoints=checkpoints,
+                        overwrite=True,
+                    )
                 times[mode].append(result.seconds)
     T = config.training.iterations
     print(
@@ -82,6 +90,8 @@ def main() -> None:
 
     print(f"  recording overhead      {overhead('with recording', 'without recording')}"
           "   (target ≤ +20 %)")  # fmt: skip
+    print(f"  checksums' own cost     "
+          f"{overhead('with recording', 'recording, no checksums')}   (target ≤ +3 %)")  # fmt: skip
     if args.checkpoints:
         print(f"  checkpoints' own cost   "
               f"{overhead('with recording', 'recording, no checkpoints')}")  # fmt: skip
