@@ -568,8 +568,8 @@ def _arrays(group, prefix: str) -> list[tuple[str, bool]]:
         members = list(group.members(max_depth=None))
     for path, node in members:
         if isinstance(node, zarr.Array):
-            names = [type(codec).__name__ for codec in node.metadata.codecs]
-            out.append((f"{prefix}/{path}", "Crc32cCodec" in names))
+            names = [codec.to_dict()["name"] for codec in node.metadata.codecs]
+            out.append((f"{prefix}/{path}", "crc32c" in names))
     return out
 
 

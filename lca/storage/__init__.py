@@ -28,6 +28,7 @@ from .base import (
     rows_per_chunk,
     without_checksums,
 )
+from .integrity import use_blockwise_crc32c
 from .lock import LOCK_FILE, RunLocked, WriteFailed, run_lock
 from .run import Run, open_run
 from .trajectory import (
@@ -69,3 +70,5 @@ __all__ = [
     "without_checksums",
     "write_whole_raw_chunk",
 ]
+
+use_blockwise_crc32c()  # Zarr's crc32c, verified without a whole-chunk copy (see integrity.py)

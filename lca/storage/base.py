@@ -84,10 +84,12 @@ def checksummed(compress: bool = True) -> list:
     a truncated or flipped chunk fails before it is decompressed, and any Zarr v3 reader
     checks it too.
     """
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+    from zarr.codecs import ZstdCodec
+
+    from .integrity import BlockwiseCrc32c
 
     codecs = [ZstdCodec(level=0)] if compress else []
-    return [*codecs, Crc32cCodec()] if _checksums else codecs
+    return [*codecs, BlockwiseCrc32c()] if _checksums else codecs
 
 
 @contextlib.contextmanager

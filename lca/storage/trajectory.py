@@ -93,8 +93,8 @@ def open_trajectory(run_dir: str | Path) -> Trajectory:
         raise RunError(f"{path}: metadata missing; the store is corrupt")
     from .integrity import warn_if_unchecked
 
-    codecs = tuple(type(c).__name__ for c in group["theta"].metadata.codecs)
-    warn_if_unchecked(str(location(run_dir)), ("crc32c",) if "Crc32cCodec" in codecs else codecs)
+    codecs = tuple(c.to_dict()["name"] for c in group["theta"].metadata.codecs)
+    warn_if_unchecked(str(location(run_dir)), codecs)
     return Trajectory(group=group, path=path)
 
 
