@@ -56,7 +56,7 @@ def _os_error_line(exc: OSError, command: str) -> str:
     import errno
     import re
 
-    from .storage.lock import os_error_cause
+    from .storage.base import os_error_cause
 
     where = exc.filename
     if where is not None:  # a file being written atomically: name the file, not its temp copy

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import analysis, plots
 from .storage import Run, RunError, WriteFailed, is_remote, location, open_run
-from .storage.lock import os_error_cause
+from .storage.base import os_error_cause
 
 TOP_MOMENTS = 20
 MAX_VIEW_LAYERS = 4

@@ -26,7 +26,7 @@ from ..storage import (
     open_group,
     open_trajectory,
 )
-from ..storage.lock import os_error_cause
+from ..storage.base import os_error_cause
 from .settings import AllocationSettings, read_run_config, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
 

@@ -31,7 +31,7 @@ from ..storage import (
     remove_tree,
     run_lock,
 )
-from ..storage.lock import os_error_cause
+from ..storage.base import os_error_cause
 from .chunks import ChunkAllocator, ChunkResult
 from .settings import read_run_config, resolve_settings
 from .store import open_lca_store

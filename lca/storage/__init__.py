@@ -19,6 +19,7 @@ from .base import (
     LCA_STORE,
     TRAJECTORY_STORE,
     RunError,
+    WriteFailed,
     checksummed,
     is_remote,
     location,
@@ -29,7 +30,7 @@ from .base import (
     without_checksums,
 )
 from .integrity import use_blockwise_crc32c
-from .lock import LOCK_FILE, RunLocked, WriteFailed, run_lock
+from .lock import LOCK_FILE, RunLocked, run_lock
 from .run import Run, open_run
 from .trajectory import (
     FIXED_WEIGHTS_GROUP,

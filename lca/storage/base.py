@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -29,6 +30,20 @@ zarr.config.set({"array.write_empty_chunks": True})
 
 class RunError(RuntimeError):
     """A run directory that is missing, incomplete or corrupt (one-line message)."""
+
+
+class WriteFailed(RunError):
+    """Writing into a run failed (disk full, read-only, no permission): one-line message.
+
+    What was written before stays valid; rerunning the same command resumes.
+    """
+
+
+def os_error_cause(exc: BaseException) -> str:
+    """The cause of an OSError in words (``No space left on device``), not a repr."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.strerror or errno.errorcode.get(exc.errno, str(exc))
+    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
 def location(where: str | os.PathLike) -> Path:

@@ -35,11 +35,12 @@ from .base import (
     CONFIG_FILE,
     TRAJECTORY_STORE,
     RunError,
+    WriteFailed,
     checksummed,
     has_contents,
     open_group,
+    os_error_cause,
 )
-from .lock import WriteFailed, os_error_cause
 
 RESUME_GROUP = "resume"
 RESUME_ATTR = "resume"

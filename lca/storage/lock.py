@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import json
 import os
 import socket
@@ -38,27 +37,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .base import LOCK_FILE, RunError, is_remote, location
+from .base import LOCK_FILE, RunError, WriteFailed, is_remote, location, os_error_cause
 
 TOKENS_ENV = "LCA_RUN_LOCKS"  # tokens of the locks this process's ancestors hold
 
 
 class RunLocked(RunError):
     """The run directory is locked by another process (one-line message)."""
-
-
-class WriteFailed(RunError):
-    """Writing into a run failed (disk full, read-only, no permission): one-line message.
-
-    What was written before stays valid; rerunning the same command resumes.
-    """
-
-
-def os_error_cause(exc: BaseException) -> str:
-    """The cause of an OSError in words (``No space left on device``), not a repr."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.strerror or errno.errorcode.get(exc.errno, str(exc))
-    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
 @dataclass

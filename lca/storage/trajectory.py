@@ -17,10 +17,12 @@ import zarr
 from .base import (
     TRAJECTORY_STORE,
     RunError,
+    WriteFailed,
     _json_safe,
     checksummed,
     location,
     open_group,
+    os_error_cause,
     rows_per_chunk,
 )
 from .checkpoint import (
@@ -31,7 +33,6 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from .lock import WriteFailed, os_error_cause
 
 
 @dataclass
