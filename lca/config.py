@@ -21,7 +21,7 @@ LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
 CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
 USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
 DATASET_NAMES = ("mnist", "cifar10", "synthetic")
-OPTIMIZER_NAMES = ("sgd", "adam")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 SPLIT_NAMES = ("train", "val")
 
 
@@ -156,14 +156,20 @@ class LayerOverride:
 
 @dataclass
 class OptimizerConfig:
-    """SGD with (heavy-ball, Keras-style) momentum, or Adam; no weight decay, no LR decay."""
+    """SGD with (heavy-ball, Keras-style) momentum, Adam, or AdamW; no LR decay.
 
-    name: Literal["sgd", "adam"] = "sgd"
+    AdamW's ``weight_decay`` is decoupled, as Keras applies it: before each Adam step every
+    trained variable shrinks by ``lr · weight_decay · θ``. It moves θ, so LCA allocates the
+    loss change it causes, but the decay term is not part of the loss that is allocated.
+    """
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9  # sgd only
-    beta_1: float = 0.9  # adam only
-    beta_2: float = 0.999  # adam only
-    epsilon: float = 1e-7  # adam only
+    beta_1: float = 0.9  # adam, adamw
+    beta_2: float = 0.999  # adam, adamw
+    epsilon: float = 1e-7  # adam, adamw
+    weight_decay: float = 0.0  # adamw only (decoupled)
     layers: dict[str, LayerOverride] = field(default_factory=dict)
 
     def validate(self) -> dict[str, str]:
@@ -177,7 +183,11 @@ class OptimizerConfig:
                 problems[key] = "must be in [0, 1)"
         if self.epsilon <= 0:
             problems["epsilon"] = "must be > 0"
-        if self.name == "adam":
+        if self.weight_decay < 0:
+            problems["weight_decay"] = "must be >= 0"
+        elif self.weight_decay and self.name != "adamw":
+            problems["weight_decay"] = "only applies to adamw (decoupled weight decay)"
+        if self.name in ("adam", "adamw"):
             for layer, override in self.layers.items():
                 if override.momentum is not None:
                     problems[f"layers.{layer}.momentum"] = "only applies to sgd"

@@ -1,6 +1,6 @@
 """Phase 1: train a network and record θ_t after every iteration.
 
-The optimiser is written out here (Keras-style heavy-ball SGD and Adam) rather than taken
+The optimiser is written out here (Keras-style heavy-ball SGD, Adam and AdamW) rather than taken
 from ``keras.optimizers`` because LCA experiments need per-layer learning rates, per-layer
 momentum and layers frozen from a given iteration on, and because the recorded trajectory
 must be exactly what the update rule below did, which the tests re-derive.
@@ -186,7 +186,10 @@ class Trainer:
                     vel = self.slots[0][i]
                     vel.assign(active[i] * (momentum[i] * vel - lr[i] * g))
                     var.assign_add(vel)
-            else:  # Adam, as keras.optimizers.Adam computes it
+            else:  # Adam or AdamW, as keras.optimizers.Adam/AdamW compute them
+                if opt.name == "adamw" and opt.weight_decay:  # decoupled, before the step
+                    for i, var in enumerate(self.variables):
+                        var.assign_sub(active[i] * (var * opt.weight_decay * lr[i]))
                 b1, b2 = opt.beta_1, opt.beta_2
                 step_f = tf.cast(t + 1, tf.float32)
                 scale = tf.sqrt(1.0 - tf.pow(b2, step_f)) / (1.0 - tf.pow(b1, step_f))

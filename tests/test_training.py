@@ -121,10 +121,21 @@ def test_same_seed_gives_a_bitwise_identical_trajectory(tmp_path):
     assert not np.array_equal(a.theta[:], c.theta[:])
 
 
-def test_adam_matches_keras_adam(tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "keras_optimizer"),
+    [
+        (["optimizer.name=adam"], lambda keras: keras.optimizers.Adam(0.01, epsilon=1e-7)),
+        (  # a large decay, so that it shows in every step
+            ["optimizer.name=adamw", "optimizer.weight_decay=2.0"],
+            lambda keras: keras.optimizers.AdamW(0.01, weight_decay=2.0, epsilon=1e-7),
+        ),
+    ],
+    ids=["adam", "adamw"],
+)
+def test_adam_and_adamw_match_keras(tmp_path, overrides, keras_optimizer):
     import keras
 
-    config, traj = run(tmp_path, ["optimizer.name=adam", "optimizer.lr=0.01"])
+    config, traj = run(tmp_path, [*overrides, "optimizer.lr=0.01"])
     from lca.data import load_dataset
     from lca.models import build_model, parameter_layout
 
@@ -133,7 +144,7 @@ def test_adam_matches_keras_adam(tmp_path):
     layout = parameter_layout(model)
     for var, value in zip(model.trainable_variables, layout.unflatten(traj.theta[0])):
         var.assign(value)
-    optimizer = keras.optimizers.Adam(learning_rate=0.01, epsilon=1e-7)
+    optimizer = keras_optimizer(keras)
     batches = traj.group["batch_indices"][:]
     import tensorflow as tf
 
@@ -148,6 +159,18 @@ def test_adam_matches_keras_adam(tmp_path):
         optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
         theta = layout.flatten([v.numpy() for v in model.trainable_variables])
         np.testing.assert_allclose(traj.theta[t + 1], theta, atol=1e-6)
+
+
+def test_weight_decay_applies_to_adamw_only_and_shrinks_theta(tmp_path):
+    with pytest.raises(ConfigError, match="weight_decay: only applies to adamw"):
+        tiny(["optimizer.weight_decay=0.1"])
+    with pytest.raises(ConfigError, match="weight_decay: must be >= 0"):
+        tiny(["optimizer.name=adamw", "optimizer.weight_decay=-1"])
+    adamw = ["optimizer.name=adamw", "optimizer.lr=0.01"]
+    _, plain = run(tmp_path, adamw, sub="plain")
+    _, decayed = run(tmp_path, [*adamw, "optimizer.weight_decay=5.0"], sub="decayed")
+    assert np.array_equal(plain.theta[0], decayed.theta[0])
+    assert np.linalg.norm(decayed.theta[-1]) < np.linalg.norm(plain.theta[-1])
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
