@@ -20,7 +20,7 @@ MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
 LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
 CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
 USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
-DATASET_NAMES = ("mnist", "cifar10", "synthetic")
+DATASET_NAMES = ("mnist", "cifar10", "synthetic", "modular")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 SPLIT_NAMES = ("train", "val")
 
@@ -107,11 +107,37 @@ class SyntheticConfig:
         return problems
 
 
+MODULAR_OPERATIONS = ("add", "subtract", "divide", "poly")
+
+
+@dataclass
+class ModularConfig:
+    """Every pair (a, b) of 0..p-1 as the tokens ``a b =``, labelled ``a ∘ b mod p``.
+
+    The algorithmic data of grokking studies (Power et al. 2022): ``poly`` is the
+    non-commutative a² + ab + b² + a; ``divide`` is a · b⁻¹ and leaves out b = 0.
+    ``train_fraction`` of the pairs, drawn with ``data.split_seed``, are the training set
+    and the rest the validation set (``val_size`` and ``train_size`` do not apply).
+    """
+
+    p: int = 113
+    operation: Literal["add", "subtract", "divide", "poly"] = "add"
+    train_fraction: float = 0.3
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.p < 2 or any(self.p % k == 0 for k in range(2, int(self.p**0.5) + 1)):
+            problems["p"] = "must be a prime (every b ≠ 0 must have an inverse mod p)"
+        if not 0 < self.train_fraction < 1:
+            problems["train_fraction"] = "must be in (0, 1)"
+        return problems
+
+
 @dataclass
 class DataConfig:
     """Dataset and the paper's split: ``val_size`` examples held out of the training set."""
 
-    name: Literal["mnist", "cifar10", "synthetic"] = "mnist"
+    name: Literal["mnist", "cifar10", "synthetic", "modular"] = "mnist"
     # "module:function" returning the train and validation data instead of ``name`` (see
     # lca.data.load_builder_dataset); it must give the same arrays, in the same order, each call
     builder: str | None = None
@@ -121,6 +147,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the random train/validation split
     train_size: int | None = None  # use only the first N training examples (quick runs)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    modular: ModularConfig = field(default_factory=ModularConfig)
 
     def validate(self) -> dict[str, str]:
         problems = {}
@@ -301,13 +328,21 @@ class Config:
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
 
     def validate(self) -> dict[str, str]:
+        problems = {}
         if self.allocate.per_class and not self.model.classification:
-            return {"allocate.per_class": f"needs a classification loss, not {self.model.loss}"}
-        return {}
+            problems["allocate.per_class"] = f"needs a classification loss, not {self.model.loss}"
+        if self.data.name == "modular" and self.data.builder is None and self.model.builder is None:
+            problems["data.name"] = (
+                "modular data are token sequences: the built-in networks read images; set "
+                "model.builder to a Keras model taking (3,) int tokens"
+            )
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         """All settings; a builder's section keeps only the keys that apply to it."""
         data = dataclasses.asdict(self)
+        if self.data.name != "modular":  # a section only the modular data set reads
+            data["data"].pop("modular")
         if self.model.builder is not None:
             data["model"] = {k: data["model"][k] for k in USER_MODEL_KEYS}
         if self.data.builder is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, SyntheticConfig
+from .config import DataConfig, ModularConfig, SyntheticConfig
 from .storage import location
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -44,7 +44,7 @@ class Dataset:
     """The split arrays; indices are positions in the source training set, for provenance."""
 
     name: str
-    x_train: np.ndarray  # float32, (N_train, H, W, C), pixels in [0, 1]
+    x_train: np.ndarray  # float32 (N_train, H, W, C) pixels in [0, 1]; int32 tokens (modular)
     y_train: np.ndarray  # int32, (N_train,)
     x_val: np.ndarray  # float32, (N_val, H, W, C)
     y_val: np.ndarray  # int32, (N_val,)
@@ -83,8 +83,12 @@ def load_dataset(cfg: DataConfig, run_dir=None) -> Dataset:
     elif cfg.name == "synthetic":
         x, y = make_synthetic(cfg.synthetic)
         num_classes = cfg.synthetic.num_classes
+    elif cfg.name == "modular":
+        return load_modular(cfg)
     else:
-        raise DatasetError(f"unknown dataset {cfg.name!r} (data.name: mnist, cifar10, synthetic)")
+        raise DatasetError(
+            f"unknown dataset {cfg.name!r} (data.name: mnist, cifar10, synthetic, modular)"
+        )
     if y.min(initial=0) < 0 or y.max(initial=0) >= num_classes:
         raise DatasetError(f"{cfg.name}: labels outside 0..{num_classes - 1}; is data.path right?")
 
@@ -250,8 +254,10 @@ def _read_dataset(ds, split: str, builder: str) -> tuple[np.ndarray, np.ndarray]
     return np.stack(xs), np.stack(ys)
 
 
-def input_spec(cfg: DataConfig) -> tuple[tuple[int, int, int], int]:
-    """Image shape and class count of a dataset, without loading it (for ``lca describe``)."""
+def input_spec(cfg: DataConfig) -> tuple[tuple[int, ...], int]:
+    """Input shape and class count of a dataset, without loading it (for ``lca describe``)."""
+    if cfg.name == "modular":
+        return (3,), cfg.modular.p
     if cfg.name == "synthetic":
         h, w, c = cfg.synthetic.image_shape
         return (h, w, c), cfg.synthetic.num_classes
@@ -288,6 +294,58 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
     noise = rng.standard_normal(size=(cfg.num_examples, h, w, c))
     x = np.clip(templates[y] + cfg.noise * noise, 0.0, 1.0)
     return x.astype(np.float32), y.astype(np.int32)
+
+
+def modular_pairs(cfg: ModularConfig) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs as int32 tokens ``[a, b, =]`` (``=`` is token p) and their labels a ∘ b mod p."""
+    p = cfg.p
+    a, b = (g.reshape(-1).astype(np.int64) for g in np.meshgrid(np.arange(p), np.arange(p)))
+    if cfg.operation == "divide":
+        a, b = a[b != 0], b[b != 0]
+        y = a * pow_mod(b, p - 2, p) % p  # Fermat: b^(p-2) is b's inverse mod a prime p
+    else:
+        y = {
+            "add": a + b,
+            "subtract": a - b,
+            "poly": a * a + a * b + b * b + a,
+        }[cfg.operation] % p
+    x = np.stack([a, b, np.full_like(a, p)], axis=1)
+    return x.astype(np.int32), y.astype(np.int32)
+
+
+def pow_mod(base: np.ndarray, exponent: int, modulus: int) -> np.ndarray:
+    """Elementwise ``base ** exponent % modulus`` in int64, by squaring."""
+    result = np.ones_like(base)
+    base = base % modulus
+    while exponent:
+        if exponent & 1:
+            result = result * base % modulus
+        base = base * base % modulus
+        exponent >>= 1
+    return result
+
+
+def load_modular(cfg: DataConfig) -> Dataset:
+    """The modular-arithmetic set: ``train_fraction`` of the pairs (``split_seed``) train."""
+    x, y = modular_pairs(cfg.modular)
+    n_train = round(cfg.modular.train_fraction * len(y))
+    if not 0 < n_train < len(y):
+        raise DatasetError(
+            f"data.modular.train_fraction={cfg.modular.train_fraction} leaves no training or "
+            f"no validation pair of {len(y)}"
+        )
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(y)).astype(np.int64)
+    train, val = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    return Dataset(
+        name="modular",
+        x_train=x[train],
+        y_train=y[train],
+        x_val=x[val],
+        y_val=y[val],
+        train_indices=train,
+        val_indices=val,
+        num_classes=cfg.modular.p,
+    )
 
 
 # --- MNIST ------------------------------------------------------------------------------

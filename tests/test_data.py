@@ -297,3 +297,46 @@ def test_mnist_from_the_keras_cache_without_its_hash(
     data = load_dataset(DataConfig(name="mnist", val_size=50))
     assert data.x_train.shape == (250, 28, 28, 1)
     np.testing.assert_array_equal(data.y_val, y[data.val_indices])
+
+
+@pytest.mark.parametrize(
+    ("operation", "rule"),
+    [
+        ("add", lambda a, b, p: (a + b) % p),
+        ("subtract", lambda a, b, p: (a - b) % p),
+        ("divide", lambda a, b, p: next(c for c in range(p) if (c * b) % p == a)),
+        ("poly", lambda a, b, p: (a * a + a * b + b * b + a) % p),
+    ],
+)
+def test_modular_data_label_every_pair_and_split_by_fraction(operation, rule) -> None:
+    from lca.config import ModularConfig
+
+    p = 11
+    cfg = DataConfig(
+        name="modular",
+        split_seed=3,
+        modular=ModularConfig(p=p, operation=operation, train_fraction=0.4),
+    )
+    data = load_dataset(cfg)
+    x = np.concatenate([data.x_train, data.x_val])
+    y = np.concatenate([data.y_train, data.y_val])
+    pairs = p * (p - 1) if operation == "divide" else p * p  # no division by 0
+    assert len(y) == pairs and len({(a, b) for a, b, _ in x.tolist()}) == pairs
+    assert (x[:, 2] == p).all() and x.dtype == np.int32 and data.num_classes == p
+    for (a, b, _), label in zip(x.tolist(), y.tolist()):
+        assert label == rule(a, b, p), (a, b)
+    assert len(data.y_train) == round(0.4 * pairs)
+    assert not set(data.train_indices) & set(data.val_indices)
+    again = load_dataset(cfg)
+    np.testing.assert_array_equal(again.x_train, data.x_train)
+    other = load_dataset(DataConfig(name="modular", split_seed=4, modular=cfg.modular))
+    assert not np.array_equal(other.train_indices, data.train_indices)
+
+
+def test_modular_config_needs_a_prime_and_a_sequence_model() -> None:
+    from lca.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="data.modular.p: must be a prime"):
+        config_from_dict({"data": {"name": "modular", "modular": {"p": 12}}})
+    with pytest.raises(ConfigError, match="token sequences: the built-in networks read images"):
+        config_from_dict({"data": {"name": "modular"}})

@@ -393,3 +393,32 @@ def test_recorder_under_a_distribution_strategy_records_every_step(tmp_path):
         )
     theta, reference = _fit_recorded(model, x, y, tmp_path / "mirrored", batch_size=50, epochs=1)
     np.testing.assert_array_equal(theta, reference)
+
+
+def test_modular_tokens_with_adamw_train_allocate_and_conserve(tmp_path):
+    """Token inputs (modular data), an embedding model and AdamW: the pipeline conserves."""
+    from lca import allocate, verify_error
+    from lca.training import train
+
+    config = config_from_dict(
+        {
+            "name": "modular",
+            "model": {"builder": "user_models:token_mlp", "kwargs": {"p": 7}},
+            "data": {"name": "modular", "modular": {"p": 7, "train_fraction": 0.5}},
+            "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 1.0},
+            "training": {"iterations": 12, "batch_size": 8, "log_every": 0},
+            "allocate": {
+                "eval_batch_size": 100,
+                "chunk_iterations": 6,
+                "threshold": 1e-4,
+                "precision": "float32",
+            },
+        }
+    )
+    run_dir = tmp_path / "run"
+    train(config, run_dir, progress=False)
+    allocate(run_dir, progress=False)
+    report = verify_error(run_dir)
+    assert report.passed, report.to_text()
+    for split in ("train", "val"):
+        assert report.splits[split].iterations_measured == 12

@@ -66,3 +66,12 @@ def counting_net(features: int = 6, classes: int = 3) -> keras.Model:
     x = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
     x = Counter(name="counter")(x)
     return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x))
+
+
+def token_mlp(p: int = 7, width: int = 16) -> keras.Model:
+    """A small model of the modular data's tokens ``a b =``: embeddings, one hidden layer."""
+    inputs = keras.Input((3,), dtype="int32")
+    x = keras.layers.Embedding(p + 1, 8, name="embed")(inputs)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(width, activation="relu", name="hidden")(x)
+    return keras.Model(inputs, keras.layers.Dense(p, name="logits")(x))
