@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import analysis, plots
-from .storage import Run, RunError, WriteFailed, is_remote, location, open_run
-from .storage.base import os_error_cause
+from .storage import Run, RunError, is_remote, location, open_run
+from .storage.base import writing_to
 
 TOP_MOMENTS = 20
 MAX_VIEW_LAYERS = 4
@@ -447,16 +447,14 @@ def make_report(
     if len(units) > 1:
         raise RunError(f"runs with different losses ({', '.join(sorted(units))}) in one report")
     token = plots.LOSS_UNIT.set(units.pop())
+    target = out_dir if out_dir is not None else runs[0].path / "report"
     try:
-        return _make_report(runs, others, layers, split, out_dir, frames, chunk_rows)
-    except OSError as exc:  # disk full, read-only, no permission: the runs are only read
-        target = out_dir if out_dir is not None else runs[0].path / "report"
-        where = exc.filename or target
-        raise WriteFailed(
-            f"cannot write the report to {where}: {os_error_cause(exc)} (the runs are not "
-            "changed; free space or fix the permissions, then rerun `lca report`, or pass "
-            "--out DIR for another folder)"
-        ) from None
+        with writing_to(  # disk full, read-only, no permission: the runs are only read
+            f"the report to {target}",
+            "the runs are not changed: free space or fix the permissions, then rerun "
+            "`lca report`, or pass --out DIR for another folder",
+        ):
+            return _make_report(runs, others, layers, split, out_dir, frames, chunk_rows)
     finally:
         plots.LOSS_UNIT.reset(token)
 

@@ -30,7 +30,8 @@ from .storage import (
     run_lock,
     write_fixed_weights,
 )
-from .storage.checkpoint import CONTINUE, RESTART, resume_plan, writing_to
+from .storage.base import writing_to
+from .storage.checkpoint import CONTINUE, RESTART, resume_plan
 
 
 class TrainingDiverged(RuntimeError):

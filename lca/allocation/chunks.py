@@ -21,12 +21,11 @@ from ..storage import (
     LCA_STORE,
     RunError,
     Trajectory,
-    WriteFailed,
     location,
     open_group,
     open_trajectory,
 )
-from ..storage.base import os_error_cause
+from ..storage.base import writing_to
 from .settings import AllocationSettings, read_run_config, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
 
@@ -416,15 +415,13 @@ class ChunkAllocator:
         :class:`~lca.storage.WriteFailed`; the unit stays not done (each chunk is replaced
         atomically, so what was written before is intact) and a rerun recomputes it.
         """
-        try:
+        unit = f"(work unit {result.chunk}, iterations {result.start}–{result.stop - 1})"
+        with writing_to(
+            f"{self.run_dir / LCA_STORE} {unit}",
+            "the units finished before are kept: free space (or fix the permissions) and "
+            f"rerun `lca allocate {self.run_dir}` to resume",
+        ):
             self._write(result)
-        except OSError as exc:
-            raise WriteFailed(
-                f"cannot write {self.run_dir / LCA_STORE} (work unit {result.chunk}, "
-                f"iterations {result.start}–{result.stop - 1}): {os_error_cause(exc)}; the "
-                f"units finished before are kept: free space (or fix the permissions) and "
-                f"rerun `lca allocate {self.run_dir}` to resume"
-            ) from None
 
     def _write(self, result: ChunkResult) -> None:
         if self._store is None:

@@ -24,14 +24,13 @@ import numpy as np
 from ..storage import (
     LCA_STORE,
     RunError,
-    WriteFailed,
     location,
     open_group,
     open_trajectory,
     remove_tree,
     run_lock,
 )
-from ..storage.base import os_error_cause
+from ..storage.base import writing_to
 from .chunks import ChunkAllocator, ChunkResult
 from .settings import read_run_config, resolve_settings
 from .store import open_lca_store
@@ -175,16 +174,15 @@ def _allocate(
         precision=precision,
         on_gpu=lambda: _on_gpu(gpus, ray, gpus_per_task),
     )
-    try:
+    with writing_to(
+        run_dir / LCA_STORE,
+        "nothing was allocated yet: free space (or fix the permissions) and rerun "
+        f"`lca allocate {run_dir}`",
+        verb="create",
+    ):
         if restart and (run_dir / LCA_STORE).exists():
             remove_tree(run_dir / LCA_STORE)
         store = open_lca_store(run_dir, trajectory, settings)
-    except OSError as exc:
-        raise WriteFailed(
-            f"cannot create {run_dir / LCA_STORE}: {os_error_cause(exc)}; nothing was "
-            f"allocated yet: free space (or fix the permissions) and rerun `lca allocate "
-            f"{run_dir}`"
-        ) from None
     T = trajectory.num_iterations
     c = settings.chunk_iterations
     wanted = chunks_for(T, c, iterations)

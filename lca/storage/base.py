@@ -39,6 +39,20 @@ class WriteFailed(RunError):
     """
 
 
+@contextlib.contextmanager
+def writing_to(what: object, then: str = "", verb: str = "write") -> Iterator[None]:
+    """Turn an OSError in this block into ``cannot write WHAT: CAUSE; THEN`` (WriteFailed).
+
+    ``what`` names what was being written (a store, a file, "the report to DIR");
+    ``then`` says what was kept and the command that continues.
+    """
+    try:
+        yield
+    except OSError as exc:
+        more = f"; {then}" if then else ""
+        raise WriteFailed(f"cannot {verb} {what}: {os_error_cause(exc)}{more}") from None
+
+
 def os_error_cause(exc: BaseException) -> str:
     """The cause of an OSError in words (``No space left on device``), not a repr."""
     if isinstance(exc, OSError) and exc.errno is not None:

@@ -24,6 +24,7 @@ from .integrity import (
     Required,
     chunk_problem,
     lca_required,
+    listed_keys,
     trajectory_required,
     unit_of_chunk,
 )
@@ -157,17 +158,10 @@ def _problems(issues: list[ChunkIssue]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
 
-def _keys(group: zarr.Group, prefix: str) -> set[str]:
-    async def collect() -> set[str]:
-        return {key async for key in group.store._store.list_prefix(prefix)}
-
-    return sync(collect())
-
-
 def _check_array(
     store_name: str, group: zarr.Group, array: zarr.Array, required: Required
-) -> tuple[ArrayCheck, np.ndarray | None]:
-    """Read every chunk of one array; returns the check and, for ``done``, its values."""
+) -> tuple[ArrayCheck, ArrayInfo, np.ndarray | None]:
+    """Read every chunk of one array; returns the check, the array and ``done``'s values."""
     meta = array.metadata.to_dict()
     info = ArrayInfo.from_metadata(array.path, meta)
     encoding = meta.get("chunk_key_encoding", {})
@@ -175,7 +169,7 @@ def _check_array(
         encoding.get("name") == "default"
         and encoding.get("configuration", {}).get("separator", "/") == "/"
     )
-    present_keys = _keys(group, f"{array.path}/c/" if default else f"{array.path}/")
+    present_keys = listed_keys(group.store, f"{array.path}/c/" if default else f"{array.path}/")
     is_float = np.dtype(array.dtype).kind in "fc"
     result = ArrayCheck(store_name, array.path, 0, 0, 0, info.checksum, 0, 0 if is_float else None)
     done = np.zeros(info.grid[0], bool) if array.path == "done" else None
@@ -204,7 +198,7 @@ def _check_array(
             result.finite += bool(np.isfinite(values).all())
         if done is not None:
             done[chunk[0]] = bool(values.reshape(-1)[0])
-    return result, done
+    return result, info, done
 
 
 def _walk(group: zarr.Group) -> list[zarr.Array]:
@@ -245,9 +239,8 @@ def check_run(run_dir: str | Path) -> RunCheck:
         )
     required = trajectory_required(int(attrs.get("steps_recorded", 0)), complete)
     for array in _walk(trajectory):
-        result, _ = _check_array(TRAJECTORY_STORE, trajectory, array, required)
+        result, info, _ = _check_array(TRAJECTORY_STORE, trajectory, array, required)
         report.arrays.append(result)
-        info = ArrayInfo.from_metadata(array.path, array.metadata.to_dict())
         for issue in result.issues:
             if array.path == "theta":
                 first = issue.chunk[0] * info.chunks[0]
@@ -267,7 +260,7 @@ def check_run(run_dir: str | Path) -> RunCheck:
     if (run_dir / DATA_STORE).exists():
         data = open_group(run_dir / DATA_STORE, "r", requirements=False)
         for array in _walk(data):
-            result, _ = _check_array(DATA_STORE, data, array, lambda info, chunk: True)
+            result, _, _ = _check_array(DATA_STORE, data, array, lambda info, chunk: True)
             report.arrays.append(result)
             if result.issues:
                 report.fatal.append(
@@ -287,11 +280,10 @@ def _check_lca(lca: zarr.Group, report: RunCheck) -> None:
     done = np.zeros(units, bool)
     bad: set[int] = set()
     for array in _walk(lca):
-        result, values = _check_array(LCA_STORE, lca, array, lca_required(done, c))
+        result, info, values = _check_array(LCA_STORE, lca, array, lca_required(done, c))
         report.arrays.append(result)
         if values is not None:
             done[:] = values[:units]
-        info = ArrayInfo.from_metadata(array.path, array.metadata.to_dict())
         for issue in result.issues:
             unit = unit_of_chunk(info, issue.chunk, c, units)
             if array.path == "done":

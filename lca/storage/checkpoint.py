@@ -23,7 +23,7 @@ completion the slots are deleted: a finished run carries no resume state.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,6 @@ from .base import (
     CONFIG_FILE,
     TRAJECTORY_STORE,
     RunError,
-    WriteFailed,
     checksummed,
     has_contents,
     open_group,
@@ -185,16 +184,6 @@ def discard_checkpoints(group: zarr.Group) -> None:
             del group.attrs[RESUME_ATTR]
         if RESUME_GROUP in group:
             del group[RESUME_GROUP]
-
-
-@contextlib.contextmanager
-def writing_to(path, kept: str = "") -> Iterator[None]:
-    """Turn an OSError of a write in this block into a one-line WriteFailed on ``path``."""
-    try:
-        yield
-    except OSError as exc:
-        more = f"; {kept}" if kept else ""
-        raise WriteFailed(f"cannot write {path}: {os_error_cause(exc)}{more}") from exc
 
 
 # --- what a rerun of `lca train` does with an existing run directory -----------------------

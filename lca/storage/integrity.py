@@ -283,19 +283,26 @@ def attach_requirements(group, name: str) -> None:
         store.required = lambda info, chunk: True
 
 
+def listed_keys(store: Store, prefix: str = "") -> set[str]:
+    """The keys a store holds under ``prefix`` (one listing; nothing is read)."""
+    from zarr.core.sync import sync
+
+    inner = store._store if isinstance(store, CheckedStore) else store
+
+    async def collect() -> set[str]:
+        return {key async for key in inner.list_prefix(prefix)}
+
+    return sync(collect())
+
+
 def missing_chunks(group) -> list[tuple[str, tuple[int, ...]]]:
     """Chunks the store must have but does not (by listing keys: nothing is read or decoded)."""
     import zarr
-    from zarr.core.sync import sync
 
     store = group.store
     if not isinstance(store, CheckedStore) or store.required is None:
         return []
-
-    async def listed() -> set[str]:
-        return {key async for key in store._store.list_prefix("")}
-
-    present = sync(listed())
+    present = listed_keys(store)
     root = group.path.strip("/")
     missing = []
     for _, node in group.members(max_depth=None):

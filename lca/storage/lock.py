@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .base import LOCK_FILE, RunError, WriteFailed, is_remote, location, os_error_cause
+from .base import LOCK_FILE, RunError, is_remote, location, writing_to
 
 TOKENS_ENV = "LCA_RUN_LOCKS"  # tokens of the locks this process's ancestors hold
 
@@ -194,7 +194,7 @@ def run_lock(run_dir: str | os.PathLike, purpose: str) -> Iterator[LockHolder]:
     path = run_dir / LOCK_FILE
     me = LockHolder.of_this_process(purpose)
     ancestor: LockHolder | None = None
-    try:
+    with writing_to(path, "a run directory must be writable to be allocated or trained"):
         run_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
             if _create(path, me):
@@ -230,11 +230,6 @@ def run_lock(run_dir: str | os.PathLike, purpose: str) -> Iterator[LockHolder]:
             _take_over(path, holder)
         else:
             raise RunLocked(f"{run_dir}: cannot take {path}: other processes keep taking it")
-    except OSError as exc:
-        raise WriteFailed(
-            f"cannot write {path}: {os_error_cause(exc)} (a run directory must be writable "
-            "to be allocated or trained)"
-        ) from None
     if ancestor is not None:
         yield ancestor
         return

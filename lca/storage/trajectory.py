@@ -473,10 +473,11 @@ def write_whole_raw_chunk(array: zarr.Array, start: int, rows: np.ndarray) -> bo
     chunk, other zarr internals).
     """
     try:
-        import google_crc32c
         from zarr.codecs import BytesCodec, Crc32cCodec
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
+
+        from .integrity import crc32c
 
         meta = array.metadata
         codecs = list(meta.codecs)
@@ -495,7 +496,7 @@ def write_whole_raw_chunk(array: zarr.Array, start: int, rows: np.ndarray) -> bo
         key = meta.encode_chunk_key((start // chunk_rows,) + (0,) * (rows.ndim - 1))
         data = np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
         if checksum:  # the crc32c codec's layout: the bytes, then their crc as uint32 LE
-            crc = np.array([google_crc32c.value(data)], "<u4").view(np.uint8)
+            crc = np.array([crc32c(data)], "<u4").view(np.uint8)
             encoded = _room_for_checksum(rows)
             if encoded is None:
                 encoded = np.empty(data.size + 4, np.uint8)
