@@ -1,27 +1,20 @@
-"""Faults: nothing lost, nothing silently wrong.
+"""Faults of the stores and of operation: nothing lost, nothing silently wrong.
 
 * Damaged stores: for every array of both stores, a deleted or truncated chunk is one line
   naming the run, the array and the chunk; ``lca check --repair`` then ``lca allocate``
   restores ``lca.zarr`` bitwise; damaged θ names what cannot be allocated.
-* Resumable training: killed with SIGKILL at a random point, out of disk (a small tmpfs, or
-  a fake fsspec filesystem with a quota), or rerun, a run ends bitwise as if uninterrupted.
-  Runs use small θ chunks (``LCA_CHUNK_ROWS``) so tiny configs take several checkpoints, and
-  ``--threads 1`` so TensorFlow's reductions run in a fixed order in every process. Run as a
-  script, this module drives the fake-filesystem test (its in-memory store lives in one
-  process): ``python tests/test_faults.py quota ...``.
 * Operation: the run lock (a second allocation names the holder), a full disk during
   allocate, verify-error on partial or zero loss changes, and a run from someone else
   (safe-mode Keras JSON, ``lca describe RUN`` that imports nothing).
+
+Resumable training (killed, out of disk, rerun) is tested in test_resume.py.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,17 +42,7 @@ from lca.storage import (
 from lca.storage.check import check_run
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-TRAJECTORY_ARRAYS = ("theta", "loss", "accuracy", "batch_indices", "train_indices", "val_indices")
 LCA_ARRAYS = ("lca", "grad", "loss", "error", "error_fo", "splits")
-BOOKKEEPING = {"resumed_at", "status", "steps_recorded", "complete"}
-ROWS = "4"  # θ rows per chunk: a checkpoint every 4 steps
-
-# (config, overrides): dropout and SGD momentum; Adam (two slots, bias correction by step)
-SETUPS = {
-    "lenet_sgd": ("tiny_lenet", ["--iterations", "600"]),
-    "fc_adam": ("tiny_fc", ["--iterations", "1000", "--set", "optimizer.name=adam",
-                            "--set", "optimizer.lr=0.01"]),
-}  # fmt: skip
 
 
 # --- damaged stores ------------------------------------------------------------------------
@@ -260,323 +243,6 @@ def test_runs_written_before_checksums_still_open_and_say_so(allocated_here, tmp
     _damage(run / TRAJECTORY_STORE / "theta/c/0/0", "truncate")  # size tells it is cut short
     with pytest.raises(RunError, match="is cut short"):
         open_run(run).theta[0]
-
-
-# --- resumable training -------------------------------------------------------------------
-
-
-def train_args(setup: str, out) -> list[str]:
-    name, extra = SETUPS[setup]
-    return ["train", str(CONFIGS / f"{name}.yaml"), "--out", str(out), "--threads", "1", *extra]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "LCA_CHUNK_ROWS": ROWS}
-
-
-def lca(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lca.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env(),
-    )
-
-
-def snapshot(run_dir) -> dict:
-    """The arrays and attributes a resumed run must reproduce bit for bit."""
-    from lca.storage import open_trajectory
-
-    traj = open_trajectory(run_dir)
-    traj.require_complete()
-    arrays = {name: traj.group[name][...] for name in TRAJECTORY_ARRAYS}
-    attrs = {k: v for k, v in traj.attrs.items() if k not in BOOKKEEPING}
-    return {"arrays": arrays, "attrs": attrs, "groups": sorted(traj.group.group_keys())}
-
-
-def assert_bitwise_equal(got: dict, want: dict) -> None:
-    for name in TRAJECTORY_ARRAYS:
-        a, b = got["arrays"][name], want["arrays"][name]
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        assert a.tobytes() == b.tobytes(), f"{name} differs from the uninterrupted run"
-    assert got["attrs"] == want["attrs"]
-    assert got["groups"] == want["groups"] == []  # no resume checkpoints left behind
-
-
-def one_error_line(stderr: str) -> str:
-    """The single `error:` line of a failed command (tqdm's bar may share stderr)."""
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Each setup trained once without interruption, in a subprocess like the others."""
-    cache: dict[str, dict] = {}
-
-    def get(setup: str) -> dict:
-        if setup not in cache:
-            out = tmp_path_factory.mktemp(setup) / "run"
-            done = lca(*train_args(setup, out))
-            assert done.returncode == 0, done.stderr
-            cache[setup] = snapshot(out)
-        return cache[setup]
-
-    return get
-
-
-def committed_checkpoint(run_dir: Path) -> bool:
-    try:
-        meta = json.loads((run_dir / "trajectory.zarr" / "zarr.json").read_text())
-    except (OSError, ValueError):  # not there yet, or being replaced
-        return False
-    return bool(meta.get("attributes", {}).get("resume"))
-
-
-@pytest.mark.parametrize("setup", list(SETUPS))
-def test_sigkill_at_a_random_point_then_resume_is_bitwise_uninterrupted(setup, tmp_path, reference):
-    out = tmp_path / "run"
-    rng = random.Random()
-    delay = rng.uniform(0.0, 1.0)  # both setups train for well over a second
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lca.cli", *train_args(setup, out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env(),
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not committed_checkpoint(out):
-            assert proc.poll() is None, "training ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        time.sleep(delay)  # anywhere: between chunks, inside a write, inside a checkpoint
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    from lca.storage import open_trajectory
-
-    killed = open_trajectory(out)
-    assert not killed.complete, f"finished within {delay:.3f} s; nothing was interrupted"
-    resumed = lca(*train_args(setup, out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
-    assert_bitwise_equal(snapshot(out), reference(setup))
-
-
-# --- disk full ------------------------------------------------------------------------------
-
-
-def _mount_tmpfs(where: Path, size: str, remount: bool = False) -> bool:
-    options = f"remount,size={size}" if remount else f"size={size}"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
-    )
-    return done.returncode == 0
-
-
-def test_disk_full_on_a_small_tmpfs_is_one_line_and_resumable(tmp_path, reference):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not _mount_tmpfs(mnt, "1m"):
-        pytest.skip("cannot mount a tmpfs here (the fake-filesystem test covers disk full)")
-    try:
-        out = mnt / "run"
-        full = lca(*train_args("lenet_sgd", out))
-        assert full.returncode == 2
-        line = one_error_line(full.stderr)
-        assert str(out / "trajectory.zarr") in line and "No space left on device" in line
-        assert "resume from step" in line
-        assert _mount_tmpfs(mnt, "64m", remount=True)
-        resumed = lca(*train_args("lenet_sgd", out))  # the same command, now with room
-        assert resumed.returncode == 0, resumed.stderr
-        assert "resuming" in resumed.stdout
-        assert_bitwise_equal(snapshot(out), reference("lenet_sgd"))
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
-
-
-def test_disk_full_on_a_quota_filesystem_is_one_line_and_resumable(tmp_path, reference):
-    dump = tmp_path / "dump.npz"
-    done = subprocess.run(
-        [sys.executable, __file__, "quota", str(dump), *train_args("lenet_sgd", "quota://run")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env(),
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["first_exit"] == 2
-    line = one_error_line(report["first_stderr"])
-    # UPath spells the URL of an unregistered protocol quota:///run
-    assert "quota:" in line and "run/trajectory.zarr" in line
-    assert "No space left on device" in line and "resume from step" in line
-    assert report["second_exit"] == 0, report["second_stderr"]
-    assert "resuming" in report["second_stdout"]
-    with np.load(dump) as saved:
-        got = {
-            "arrays": {name: saved[name] for name in TRAJECTORY_ARRAYS},
-            "attrs": report["attrs"],
-            "groups": report["groups"],
-        }
-    assert_bitwise_equal(got, reference("lenet_sgd"))
-
-
-def _quota_driver(dump: str, args: list[str]) -> None:
-    """In one process: train on a tiny in-memory quota, fail, lift it, resume, dump the run."""
-    import fsspec
-    from click.testing import CliRunner
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class QuotaFileSystem(MemoryFileSystem):
-        """An in-memory filesystem holding at most ``quota`` bytes (what zarr writes)."""
-
-        protocol = "quota"
-        store: dict = {}
-        pseudo_dirs = [""]
-        quota = 1_000_000
-
-        @classmethod
-        def _strip_protocol(cls, path):
-            path = str(path)
-            return super()._strip_protocol(path.removeprefix("quota://"))
-
-        def pipe_file(self, path, value, mode="overwrite", **kwargs):
-            path = self._strip_protocol(path)
-            used = sum(f.getbuffer().nbytes for p, f in self.store.items() if p != path)
-            if used + len(value) > self.quota:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-            super().pipe_file(path, value, mode=mode, **kwargs)
-
-    fsspec.register_implementation("quota", QuotaFileSystem, clobber=True)
-    from lca.cli import main
-
-    runner = CliRunner()
-    first = runner.invoke(main, args)
-    QuotaFileSystem.quota = 2**40
-    second = runner.invoke(main, args)
-    report = {
-        "first_exit": first.exit_code,
-        "first_stderr": first.stderr + ("" if first.exit_code == 2 else repr(first.exception)),
-        "second_exit": second.exit_code,
-        "second_stdout": second.stdout,
-        "second_stderr": second.stderr + repr(second.exception),
-    }
-    if second.exit_code == 0:
-        got = snapshot("quota://run")
-        np.savez(dump, **got["arrays"])
-        report.update(attrs=got["attrs"], groups=got["groups"])
-    print(json.dumps(report))
-
-
-# --- reruns -------------------------------------------------------------------------------
-
-
-def _interrupt_at(monkeypatch, iteration: int) -> None:
-    """Make Trainer.step raise KeyboardInterrupt at ``iteration`` (a user's Ctrl-C)."""
-    from lca.training import Trainer
-
-    original = Trainer.step
-
-    def step(self, batch, t):
-        if t == iteration:
-            raise KeyboardInterrupt
-        return original(self, batch, t)
-
-    monkeypatch.setattr(Trainer, "step", step)
-
-
-def test_rerun_resumes_complete_run_and_other_config_refuse(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from lca.cli import main
-
-    monkeypatch.setenv("LCA_CHUNK_ROWS", ROWS)
-    runner = CliRunner()
-    config = str(CONFIGS / "tiny_lenet.yaml")
-    plain = [config, "--out", str(tmp_path / "plain"), "--iterations", "30"]
-    assert runner.invoke(main, ["train", *plain]).exit_code == 0
-    want = snapshot(tmp_path / "plain")
-
-    args = [config, "--out", str(tmp_path / "run"), "--iterations", "30"]
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, 18)  # after the checkpoint at step 16, two steps into the next
-        stopped = runner.invoke(main, ["train", *args])
-    assert stopped.exit_code == 130
-    again = runner.invoke(main, ["train", *args])  # the same arguments, no --resume
-    assert again.exit_code == 0, again.output
-    assert "resuming" in again.stdout and "from step 16" in again.stdout
-    assert_bitwise_equal(snapshot(tmp_path / "run"), want)
-
-    complete = runner.invoke(main, ["train", *args])
-    assert complete.exit_code == 2
-    assert "already exists; pass --overwrite" in one_error_line(complete.stderr)
-
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, 9)
-        assert runner.invoke(main, ["train", *args, "--overwrite"]).exit_code == 130
-    other = runner.invoke(main, ["train", *args, "--set", "optimizer.lr=0.03"])
-    assert other.exit_code == 2
-    line = one_error_line(other.stderr)
-    assert "another config" in line and "optimizer.lr: 0.02 in the run, 0.03 now" in line
-    assert "--overwrite" in line
-    nothing = runner.invoke(main, ["train", *args[:1], "--out", str(tmp_path / "x"), "--resume"])
-    assert nothing.exit_code == 2 and "nothing to resume" in nothing.stderr
-
-
-def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
-    from lca.config import load_config
-    from lca.storage import open_trajectory
-    from lca.training import train
-
-    monkeypatch.setenv("LCA_CHUNK_ROWS", ROWS)
-    config = load_config(CONFIGS / "tiny_fc.yaml", ["training.iterations=12"])
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, 2)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, tmp_path / "run", progress=False)
-    assert open_trajectory(tmp_path / "run").steps_recorded == 3  # flushed, no checkpoint
-    result = train(config, tmp_path / "run", progress=False)
-    assert result.steps_recorded == 13
-    train(config, tmp_path / "plain", progress=False)
-    assert_bitwise_equal(snapshot(tmp_path / "run"), snapshot(tmp_path / "plain"))
-
-
-def test_recording_again_into_an_interrupted_model_fit_is_one_line(tmp_path):
-    """model.fit cannot be continued by lca: a second recording says so instead of resuming."""
-    import keras
-
-    from lca.keras import TrajectoryRecorder
-    from lca.storage import RunError, open_trajectory
-
-    class Crash(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 5:
-                raise RuntimeError("simulated crash")
-
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 3, 300)
-    x = (2 * rng.normal(size=(3, 6))[y] + rng.normal(size=(300, 6))).astype("float32")
-    inputs = keras.Input((6,))
-    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-    def fit(*callbacks):
-        recorder = TrajectoryRecorder(tmp_path / "run", train_data=(x, y))
-        model.fit(x, y, batch_size=30, epochs=1, verbose=0, callbacks=[recorder, *callbacks])
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(Crash())
-    assert not open_trajectory(tmp_path / "run").complete
-    with pytest.raises(RunError) as info:
-        fit()
-    message = str(info.value)
-    assert "\n" not in message and "interrupted model.fit recording" in message
-    assert "lca cannot continue" in message and "overwrite=True" in message
 
 
 # --- operation: locks, a full disk, verify-error, a run from someone else ------------------
@@ -911,7 +577,3 @@ def test_describe_run_of_an_allocated_run_and_a_stored_keras_model(allocated, tm
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     text = describe_run(run_dir).to_text()
     assert "rebuilt in Keras safe mode" in text and "Python bytecode" in text
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["quota"]:
-    _quota_driver(sys.argv[2], sys.argv[3:])
