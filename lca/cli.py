@@ -114,7 +114,7 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
     if where.is_dir() or (where / CONFIG_FILE).is_file():
         if overrides:
             raise click.UsageError("--set applies to a config file, not a run directory")
-        from .diagnostics import describe_run
+        from .describe import describe_run
 
         click.echo(describe_run(where).to_text())
         return

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from .config import ModelConfig, ModelError
-from .diagnostics import describe_layout, holds_bytecode
+from .describe import describe_layout, holds_bytecode
 from .layout import ParameterEntry, ParameterLayout
 
 __all__ = [
