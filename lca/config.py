@@ -20,6 +20,7 @@ MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
 LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
 CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
 USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
+TRANSFORMER_KEYS = ("num_layers", "d_model", "num_heads", "d_mlp", "layer_norm", "vocab_size")
 DATASET_NAMES = ("mnist", "cifar10", "synthetic", "modular")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 SPLIT_NAMES = ("train", "val")
@@ -43,7 +44,7 @@ class ModelConfig:
     classification loss (``from_logits``), raw predictions for mean squared error.
     """
 
-    name: Literal["fc", "lenet", "resnet20", "allcnn"] = "fc"
+    name: Literal["fc", "lenet", "resnet20", "allcnn", "transformer"] = "fc"
     builder: str | None = None  # "module:function" returning a keras.Model
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
     loss: Literal["sparse_categorical_crossentropy", "mean_squared_error"] = (
@@ -55,6 +56,13 @@ class ModelConfig:
     dense_units: int = 400  # lenet
     widths: list[int] | None = None  # resnet20 (16, 32, 64) and allcnn (96, 192)
     blocks_per_stage: int = 3  # resnet20
+    # transformer: decoder-only over token sequences (data.name: modular), logits at the end
+    num_layers: int = 1
+    d_model: int = 128
+    num_heads: int = 4
+    d_mlp: int = 512
+    layer_norm: bool = False  # pre-norm blocks and a final norm when true
+    vocab_size: int | None = None  # default: num_classes + 1 (modular's tokens and "=")
 
     @property
     def classification(self) -> bool:
@@ -81,6 +89,13 @@ class ModelConfig:
             problems["dense_units"] = "must be > 0"
         if self.blocks_per_stage <= 0:
             problems["blocks_per_stage"] = "must be > 0"
+        for key in ("num_layers", "d_model", "num_heads", "d_mlp"):
+            if getattr(self, key) <= 0:
+                problems[key] = "must be > 0"
+        if self.num_heads > 0 and self.d_model % self.num_heads:
+            problems["num_heads"] = f"must divide d_model ({self.d_model})"
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            problems["vocab_size"] = "must be > 0"
         return problems
 
 
@@ -223,19 +238,25 @@ class OptimizerConfig:
 
 @dataclass
 class TrainingConfig:
-    """The training loop: fixed iterations of fixed mini-batches, reshuffled every epoch."""
+    """The training loop: fixed iterations of fixed mini-batches, reshuffled every epoch.
+
+    ``batch_size: full`` takes every step on the whole training split (full-batch gradient
+    descent, as grokking studies do); no per-iteration batch is recorded then.
+    """
 
     iterations: int = 880
-    batch_size: int = 250
+    batch_size: int | Literal["full"] = 250
     seed: int = 0
-    log_every: int = 100  # validation accuracy in the log every N iterations (0: never)
+    # validation accuracy every N iterations (0: never): recorded in the trajectory
+    # (val_accuracy), printed at most every 100
+    log_every: int = 100
 
     def validate(self) -> dict[str, str]:
         problems = {}
         if self.iterations <= 0:
             problems["iterations"] = "must be > 0"
-        if self.batch_size <= 0:
-            problems["batch_size"] = "must be > 0"
+        if self.batch_size != "full" and self.batch_size <= 0:
+            problems["batch_size"] = "must be > 0 (or full)"
         if self.log_every < 0:
             problems["log_every"] = "must be >= 0"
         return problems
@@ -331,10 +352,17 @@ class Config:
         problems = {}
         if self.allocate.per_class and not self.model.classification:
             problems["allocate.per_class"] = f"needs a classification loss, not {self.model.loss}"
-        if self.data.name == "modular" and self.data.builder is None and self.model.builder is None:
+        builtin = self.data.builder is None and self.model.builder is None
+        tokens = self.data.name == "modular"
+        if builtin and tokens and self.model.name != "transformer":
             problems["data.name"] = (
-                "modular data are token sequences: the built-in networks read images; set "
-                "model.builder to a Keras model taking (3,) int tokens"
+                "modular data are token sequences: the built-in image networks cannot read "
+                "them; use model.name: transformer (or a model.builder taking (3,) int tokens)"
+            )
+        if builtin and not tokens and self.model.name == "transformer":
+            problems["model.name"] = (
+                f"the transformer reads token sequences (data.name: modular), not "
+                f"{self.data.name} images"
             )
         return problems
 
@@ -345,6 +373,9 @@ class Config:
             data["data"].pop("modular")
         if self.model.builder is not None:
             data["model"] = {k: data["model"][k] for k in USER_MODEL_KEYS}
+        elif self.model.name != "transformer":  # keys only the transformer reads
+            for key in TRANSFORMER_KEYS:
+                data["model"].pop(key)
         if self.data.builder is not None:
             data["data"] = {k: data["data"][k] for k in ("builder", "kwargs")}
         return data

@@ -32,7 +32,6 @@ long training that must survive interruptions, describe it as an ``lca train`` c
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -278,7 +277,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         self._fixed = fixed_weights(model)
         write_fixed_weights(self.writer.group, [(n, a) for n, a, _ in self._fixed])
         self._read_theta = _theta_reader(model.trainable_variables)
-        self._no_metrics = (math.nan, math.nan, np.full(1, -1, np.int64))
+        self._no_metrics = {"batch_indices": np.full(1, -1, np.int64)}  # the rest NaN
         self.writer.append(self._read_theta(), None)
         self.steps = 0
 
@@ -305,8 +304,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         if recorded < writer.num_steps:  # stopped early (EarlyStopping, initial_epoch)
             iterations = recorded - 1
             group["theta"].resize((recorded, group["theta"].shape[1]))
-            for name in ("loss", "accuracy"):
-                group[name].resize((iterations,))
+            for name in ("loss", "accuracy", "val_accuracy"):
+                if name in group:
+                    group[name].resize((iterations,))
             group["batch_indices"].resize((iterations, 1))
             group.attrs.update(
                 {"num_iterations": iterations, "steps_recorded": recorded, "complete": True}

@@ -22,6 +22,27 @@ class ParameterEntry:
     offset: int
     size: int
     layer: str  # layer group: a conv's BN and a kernel's bias share the kernel's layer
+    # the axis that indexes the group's units (a dense kernel's output neuron, an attention
+    # kernel's head, an embedding's token); None: shared by all units (an MLP's output bias)
+    unit_axis: int | None = -1
+    unit_kind: str = "unit"  # what one unit is: "head", "neuron", "token", "channel", ...
+
+    def unit_of(self) -> np.ndarray:
+        """Each of this variable's parameters' unit, in flat (C) order; -1 when shared."""
+        if self.unit_axis is None:
+            return np.full(self.size, -1, dtype=np.int64)
+        if not self.shape:
+            return np.zeros(self.size, dtype=np.int64)
+        axis = self.unit_axis % len(self.shape)
+        along = np.arange(self.shape[axis], dtype=np.int64).reshape(
+            [-1 if i == axis else 1 for i in range(len(self.shape))]
+        )
+        return np.broadcast_to(along, self.shape).reshape(-1)
+
+    def num_units(self) -> int:
+        if self.unit_axis is None:
+            return 0
+        return int(self.shape[self.unit_axis]) if self.shape else 1
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,42 @@ class ParameterLayout:
             sizes[e.layer] += e.size
         return sizes
 
+    def unit_index(self) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """Per layer group: its parameters' flat indices, the unit of each, the unit count.
+
+        Units are what a researcher names in a layer: attention heads, MLP neurons, a conv's
+        output channels, embedding rows. Parameters shared by all of a group's units (an MLP's
+        output bias) form one extra last unit, so the units of a group sum to the group.
+        """
+        groups: dict[str, list[ParameterEntry]] = {}
+        for e in self.entries:
+            groups.setdefault(e.layer, []).append(e)
+        index = {}
+        for layer, entries in groups.items():
+            count = max((e.num_units() for e in entries), default=0)
+            shared = any(e.unit_axis is None for e in entries)
+            flat = np.concatenate([np.arange(e.offset, e.offset + e.size) for e in entries])
+            unit = np.concatenate([e.unit_of() for e in entries])
+            unit[unit < 0] = count  # the shared unit comes last
+            index[layer] = (flat, unit, count + int(shared) if count or shared else 1)
+        return index
+
+    def unit_labels(self, layer: str) -> list[str]:
+        """Names of a group's units as ``unit_index`` numbers them: "head 0", …, "shared"."""
+        entries = [e for e in self.entries if e.layer == layer]
+        count = max((e.num_units() for e in entries), default=0)
+        shared = any(e.unit_axis is None for e in entries)
+        kind = self.kind_of_units(layer)
+        labels = [f"{kind} {i}" for i in range(count)]
+        return labels + ["shared"] if shared else labels or [f"{kind} 0"]
+
+    def kind_of_units(self, layer: str) -> str:
+        """What one unit of a layer group is ("head", "neuron", "token"; else "unit")."""
+        return next(
+            (e.unit_kind for e in self.entries if e.layer == layer and e.unit_axis is not None),
+            "unit",
+        )
+
     def flatten(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Concatenate per-variable arrays into one float32 θ, checking every shape."""
         if len(arrays) != len(self.entries):
@@ -82,16 +139,22 @@ class ParameterLayout:
 
     def to_json(self) -> list[dict[str, Any]]:
         """Plain JSON types only, so it equals what a store's attributes read back."""
-        return [
-            {
+        rows = []
+        for e in self.entries:
+            row: dict[str, Any] = {
                 "name": e.name,
                 "shape": [int(s) for s in e.shape],
                 "offset": int(e.offset),
                 "size": int(e.size),
                 "layer": e.layer,
             }
-            for e in self.entries
-        ]
+            # only where not the default, so layouts recorded before units existed compare equal
+            if e.unit_axis != -1:
+                row["unit_axis"] = e.unit_axis
+            if e.unit_kind != "unit":
+                row["unit_kind"] = e.unit_kind
+            rows.append(row)
+        return rows
 
     @classmethod
     def from_json(cls, data: list[dict[str, Any]]) -> ParameterLayout:
@@ -103,6 +166,8 @@ class ParameterLayout:
                     offset=int(d["offset"]),
                     size=int(d["size"]),
                     layer=str(d["layer"]),
+                    unit_axis=d.get("unit_axis", -1),
+                    unit_kind=str(d.get("unit_kind", "unit")),
                 )
                 for d in data
             )

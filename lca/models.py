@@ -233,7 +233,64 @@ def _resnet20(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
     return _dense(num_classes, "dense")(x)
 
 
-_ARCHITECTURES = {"fc": _fc, "lenet": _lenet, "allcnn": _allcnn, "resnet20": _resnet20}
+class PositionEmbedding(keras.layers.Layer):
+    """A learned vector per sequence position, added to the token embeddings."""
+
+    def build(self, input_shape):
+        length, width = int(input_shape[-2]), int(input_shape[-1])
+        self.embeddings = self.add_weight(
+            shape=(length, width),
+            initializer=keras.initializers.RandomNormal(stddev=width**-0.5),
+            name="embeddings",
+        )
+
+    def call(self, x):
+        return x + self.embeddings
+
+
+def _transformer(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
+    """A decoder-only transformer (as in Nanda et al. 2023) reading logits at the last token.
+
+    Token + learned positional embeddings, ``num_layers`` blocks of causal multi-head
+    attention (no biases, so every attention weight belongs to one head) and a ReLU MLP, both
+    residual, pre-norm when ``layer_norm``; no dropout, so training and evaluation agree.
+    Layer names ``<block>_mlp_in``/``_mlp_out`` put both MLP weights into one ``<block>_mlp``
+    group whose units are the hidden neurons (see :func:`parameter_layout`).
+    """
+    vocab = cfg.vocab_size or num_classes + 1
+    normal = keras.initializers.RandomNormal(stddev=cfg.d_model**-0.5)
+    x = keras.layers.Embedding(vocab, cfg.d_model, embeddings_initializer=normal, name="embed")(
+        inputs
+    )
+    x = PositionEmbedding(name="pos_embed")(x)
+    for block in range(1, cfg.num_layers + 1):
+        name = f"block{block}"
+        y = keras.layers.LayerNormalization(name=f"{name}_ln1")(x) if cfg.layer_norm else x
+        y = keras.layers.MultiHeadAttention(
+            cfg.num_heads,
+            cfg.d_model // cfg.num_heads,
+            use_bias=False,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=cfg.d_model**-0.5),
+            name=f"{name}_attn",
+        )(y, y, use_causal_mask=True)
+        x = keras.layers.Add(name=f"{name}_attn_add")([x, y])
+        y = keras.layers.LayerNormalization(name=f"{name}_ln2")(x) if cfg.layer_norm else x
+        y = _dense(cfg.d_mlp, f"{name}_mlp_in", activation="relu")(y)
+        y = _dense(cfg.d_model, f"{name}_mlp_out")(y)
+        x = keras.layers.Add(name=f"{name}_mlp_add")([x, y])
+    if cfg.layer_norm:
+        x = keras.layers.LayerNormalization(name="ln_final")(x)
+    last = x[:, -1, :]  # the answer is read where the "=" token sits
+    return _dense(num_classes, "unembed")(last)
+
+
+_ARCHITECTURES = {
+    "fc": _fc,
+    "lenet": _lenet,
+    "allcnn": _allcnn,
+    "resnet20": _resnet20,
+    "transformer": _transformer,
+}
 
 
 def build_model(
@@ -256,7 +313,8 @@ def build_model(
     except KeyError:
         known = ", ".join(_ARCHITECTURES)
         raise ValueError(f"unknown model {cfg.name!r} (known: {known})") from None
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    dtype = "int32" if cfg.name == "transformer" else None  # token ids
+    inputs = keras.Input(shape=tuple(input_shape), name="input", dtype=dtype)
     outputs = body(cfg, inputs, num_classes, evaluation)
     suffix = "_eval" if evaluation else ""
     return keras.Model(inputs, outputs, name=f"{cfg.name}{suffix}")
@@ -265,11 +323,40 @@ def build_model(
 # --- parameter layout ----------------------------------------------------------------------
 
 
+#: layer-name suffixes that join another layer's group: a conv's batch norm joins the conv,
+#: a transformer block's two MLP layers form ``<block>_mlp``
+GROUP_SUFFIXES = {BN_SUFFIX: "", "_mlp_in": "_mlp", "_mlp_out": "_mlp"}
+
+
 def _layer_group(layer_name: str) -> str:
-    """A conv's batch norm (``<conv>_bn``) belongs to the conv's group."""
-    if layer_name.endswith(BN_SUFFIX) and len(layer_name) > len(BN_SUFFIX):
-        return layer_name[: -len(BN_SUFFIX)]
+    for suffix, group in GROUP_SUFFIXES.items():
+        if layer_name.endswith(suffix) and len(layer_name) > len(suffix):
+            return layer_name[: -len(suffix)] + group
     return layer_name
+
+
+def _units(layer, variable, shape: tuple[int, ...]) -> tuple[int | None, str]:
+    """Which axis of ``variable`` indexes its layer group's units, and what a unit is.
+
+    Attention kernels split by head (query/key/value (d_model, heads, head_dim), output
+    (heads, head_dim, d_model)); an MLP's output weights by the hidden neuron they read, its
+    output bias shared by all; embeddings by token or position; anything else along its last
+    axis (a dense or conv layer's output unit, a norm's feature).
+    """
+    path = variable.path
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        if "/attention_output/" in path:
+            return (0, "head") if len(shape) == 3 else (None, "head")
+        return (1, "head") if len(shape) == 3 else (0, "head")
+    if isinstance(layer, (keras.layers.Embedding, PositionEmbedding)):
+        return 0, "token" if isinstance(layer, keras.layers.Embedding) else "position"
+    if layer.name.endswith("_mlp_out"):
+        return (0, "neuron") if len(shape) == 2 else (None, "neuron")
+    if layer.name.endswith("_mlp_in"):
+        return -1, "neuron"
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return -1, "feature"
+    return -1, "unit"
 
 
 def parameter_layout(model: keras.Model) -> ParameterLayout:
@@ -278,10 +365,11 @@ def parameter_layout(model: keras.Model) -> ParameterLayout:
     A variable's layer group is the top-level layer that owns it (a Sequential model's paths
     start with the model's name, so the path alone would put every variable in one group).
     """
-    owner = {}
+    owner, owner_layer = {}, {}
     for layer in model.layers:
         for v in layer.trainable_weights:
             owner.setdefault(id(v), layer.name)
+            owner_layer.setdefault(id(v), layer)
     entries = []
     offset = 0
     for v in model.trainable_variables:
@@ -289,7 +377,8 @@ def parameter_layout(model: keras.Model) -> ParameterLayout:
         size = int(np.prod(shape, dtype=np.int64))
         layer = owner.get(id(v), v.path.split("/")[0])
         name = v.path if v.path.startswith(layer + "/") else f"{layer}/{v.name}"
-        entries.append(ParameterEntry(name, shape, offset, size, _layer_group(layer)))
+        axis, kind = _units(owner_layer[id(v)], v, shape) if id(v) in owner_layer else (-1, "unit")
+        entries.append(ParameterEntry(name, shape, offset, size, _layer_group(layer), axis, kind))
         offset += size
     names = [e.name for e in entries]
     if len(set(names)) != len(names):

@@ -301,7 +301,11 @@ def train(
     trainer = Trainer(config, dataset, record=record)
     fixed_before = fixed_weights(trainer.model)
     tcfg = config.training
-    schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
+    full_batch = tcfg.batch_size == "full"
+    if full_batch:  # every step on every training example, in their stored order
+        everything = np.arange(len(dataset.y_train), dtype=np.int64)
+    else:
+        schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
 
     run_dir = location(run_dir)
     # one writer at a time: a second `lca train` (or an allocate) on this run names the holder
@@ -327,7 +331,8 @@ def train(
         status = "interrupted"
         try:
             for t in bar:
-                outputs = trainer.step(schedule[t], t)
+                batch = everything if full_batch else schedule[t]
+                outputs = trainer.step(batch, t)
                 loss, acc = float(outputs[0]), float(outputs[1])
                 bad_theta = record and not math.isfinite(outputs[2])  # inf or nan anywhere in θ
                 if not math.isfinite(loss) or bad_theta:
@@ -337,14 +342,22 @@ def train(
                         f"training diverged at iteration {t} ({what}); "
                         f"θ_0..θ_{t} are recorded in {run_dir}"
                     )
+                metrics = {"loss": loss, "accuracy": acc}
+                if not full_batch:
+                    metrics["batch_indices"] = batch
+                logged = tcfg.log_every and (
+                    (t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1
+                )
+                if logged:  # of θ_t+1, recorded with the update that made it
+                    metrics["val_accuracy"] = trainer.validation_accuracy()
                 if writer is not None:
-                    writer.append(outputs[3:], (loss, acc, schedule[t]))
+                    writer.append(outputs[3:], metrics)
                 if t % 10 == 0 or t == tcfg.iterations - 1:
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
-                if tcfg.log_every and ((t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1):
-                    val = trainer.validation_accuracy()
-                    if progress:
-                        bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
+                printed = (t + 1) % max(tcfg.log_every, 100) == 0 or t == tcfg.iterations - 1
+                if logged and progress and printed:
+                    val = metrics["val_accuracy"]
+                    bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
         except BaseException:
             bar.close()
             if writer is not None:  # keeps what it safely can; the error raised is this one
@@ -389,7 +402,7 @@ def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, 
         run_dir,
         num_iterations=tcfg.iterations,
         num_params=trainer.layout.total,
-        batch_size=tcfg.batch_size,
+        batch_size=None if tcfg.batch_size == "full" else tcfg.batch_size,
         train_indices=dataset.train_indices,
         val_indices=dataset.val_indices,
         attrs={

@@ -334,3 +334,88 @@ def test_describe_layout_mentions_every_layer_and_the_total(default_models):
     assert "273,066" in text and "stem_bn/gamma 16" in text and "kernel 3x3x3x16" in text
     dense_row = next(r for r in text.splitlines() if r.startswith("dense "))
     assert "650" in dense_row and f"{100 * 650 / 273_066:.1f}%" in dense_row
+
+
+# --- the transformer and its units ---------------------------------------------------------
+
+TRANSFORMER = dict(d_model=16, num_heads=4, d_mlp=24, num_layers=2)
+
+
+def test_transformer_has_the_expected_variables_and_no_train_eval_difference():
+    p, d, m = 7, 16, 24
+    model = build("transformer", (3,), p, **TRANSFORMER)
+    layout = parameter_layout(model)
+    vocab = p + 1  # tokens 0..p-1 and "="
+    per_block = 4 * d * d + dense(d, m) + dense(m, d)
+    assert layout.total == vocab * d + 3 * d + 2 * per_block + dense(d, p)
+    assert layout.layers == [
+        "embed",
+        "pos_embed",
+        "block1_attn",
+        "block1_mlp",
+        "block2_attn",
+        "block2_mlp",
+        "unembed",
+    ]
+    x = np.array([[0, 1, p], [6, 5, p], [3, 3, p]], np.int32)
+    eval_model = build("transformer", (3,), p, evaluation=True, **TRANSFORMER)
+    np.testing.assert_array_equal(model(x), eval_model(x))
+    assert model(x).shape == (3, p)
+    normed = parameter_layout(build("transformer", (3,), p, layer_norm=True, **TRANSFORMER))
+    assert normed.total == layout.total + 2 * 2 * 2 * d + 2 * d  # 2 norms per block + final
+    assert normed.unit_labels("block1_ln1")[:2] == ["feature 0", "feature 1"]
+
+
+def _unit_masks(layout: ParameterLayout, layer: str) -> dict[str, np.ndarray]:
+    """Per variable of ``layer``: an array of its shape holding each parameter's unit."""
+    flat, unit_of, _ = layout.unit_index()[layer]
+    units = np.full(layout.total, -1)
+    units[flat] = unit_of
+    return {
+        e.name: units[e.offset : e.offset + e.size].reshape(e.shape)
+        for e in layout.entries
+        if e.layer == layer
+    }
+
+
+def test_transformer_units_split_heads_and_neurons_exactly():
+    """Each head owns its slice of q, k, v (axis 1) and of the output projection (axis 0);
+    each MLP neuron its column in, its bias and its row out; the output bias is shared."""
+    d, h, m = 16, 4, 24
+    layout = parameter_layout(build("transformer", (3,), 7, **TRANSFORMER))
+    index = layout.unit_index()
+    for layer, (flat, _, count) in index.items():  # every parameter in exactly one unit
+        entries = [e for e in layout.entries if e.layer == layer]
+        assert sorted(flat) == sorted(
+            i for e in entries for i in range(e.offset, e.offset + e.size)
+        )
+        assert count == len(layout.unit_labels(layer))
+    attn = _unit_masks(layout, "block1_attn")
+    assert index["block1_attn"][2] == h and layout.unit_labels("block1_attn")[-1] == "head 3"
+    for head in range(h):
+        for name in ("query/kernel", "key/kernel", "value/kernel"):
+            assert attn[f"block1_attn/{name}"].shape == (d, h, d // h)
+            assert (attn[f"block1_attn/{name}"][:, head, :] == head).all()
+        assert (attn["block1_attn/attention_output/kernel"][head] == head).all()
+    mlp = _unit_masks(layout, "block1_mlp")
+    assert index["block1_mlp"][2] == m + 1
+    assert layout.unit_labels("block1_mlp")[-2:] == [f"neuron {m - 1}", "shared"]
+    for neuron in (0, 5, m - 1):
+        assert (mlp["block1_mlp_in/kernel"][:, neuron] == neuron).all()
+        assert mlp["block1_mlp_in/bias"][neuron] == neuron
+        assert (mlp["block1_mlp_out/kernel"][neuron] == neuron).all()
+    assert (mlp["block1_mlp_out/bias"] == m).all()
+    embed = _unit_masks(layout, "embed")["embed/embeddings"]
+    assert (embed == np.arange(8)[:, None]).all()
+    assert layout.unit_labels("pos_embed") == ["position 0", "position 1", "position 2"]
+    # units survive the trip through a store's attributes
+    assert ParameterLayout.from_json(json.loads(json.dumps(layout.to_json()))) == layout
+
+
+def test_describe_layout_names_the_units():
+    layout = parameter_layout(build("transformer", (3,), 7, **TRANSFORMER))
+    rows = {r.split()[0]: r for r in describe_layout(layout).splitlines()}
+    assert "4 heads" in rows["block1_attn"]
+    assert "24 neurons + shared" in rows["block2_mlp"]
+    assert "8 tokens" in rows["embed"] and "3 positions" in rows["pos_embed"]
+    assert "7 units" in rows["unembed"]

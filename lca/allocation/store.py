@@ -145,24 +145,13 @@ CHECK_DESCRIPTION = (
 
 
 def unit_index(layout_json: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """Per layer group: its parameters' flat indices, their output unit, the unit count.
+    """Per layer group: its parameters' flat indices, the unit of each, the unit count.
 
-    A parameter's unit is its index along the variable's last axis (a dense kernel's output
-    neuron, a conv kernel's output channel; a bias or batch-norm vector's own position).
+    See :meth:`lca.layout.ParameterLayout.unit_index`: heads, neurons, channels, tokens.
     """
-    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for e in layout_json:
-        last = int(e["shape"][-1]) if e["shape"] else 1
-        flat = np.arange(e["offset"], e["offset"] + e["size"])
-        groups.setdefault(e["layer"], []).append((flat, np.arange(e["size"]) % last))
-    return {
-        layer: (
-            np.concatenate([f for f, _ in parts]),
-            np.concatenate([u for _, u in parts]),
-            int(max(u.max(initial=0) for _, u in parts)) + 1,
-        )
-        for layer, parts in groups.items()
-    }
+    from ..layout import ParameterLayout
+
+    return ParameterLayout.from_json(layout_json).unit_index()
 
 
 def _create_per_class_arrays(sub: zarr.Group, T: int, c: int, C: int, layout_json, full: bool):

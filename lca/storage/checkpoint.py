@@ -43,7 +43,8 @@ from .base import (
 
 RESUME_GROUP = "resume"
 RESUME_ATTR = "resume"
-METRICS = ("loss", "accuracy", "batch_indices")
+#: per-iteration metrics a trajectory records (batch_indices only for mini-batch training)
+METRICS = ("loss", "accuracy", "batch_indices", "val_accuracy")
 _ALIGN = 8  # every part starts on an 8-byte boundary of the packed buffer
 
 
@@ -73,7 +74,8 @@ class Packer:
         self, state: Sequence[tuple[str, np.ndarray]], metrics: dict[str, np.ndarray]
     ) -> None:
         parts = [(name, np.asarray(value)) for name, value in state]
-        parts += [(f"metric/{name}", metrics[name]) for name in METRICS]
+        self.metric_names = list(metrics)  # the ones this store has, in its buffer's order
+        parts += [(f"metric/{name}", metrics[name]) for name in self.metric_names]
         self.manifest, offset = [], 0
         for name, value in parts:
             self.manifest.append(
@@ -91,7 +93,7 @@ class Packer:
         """The packed bytes, with 4 spare bytes after them for the chunk's crc32c."""
         backing = np.zeros(self.nbytes + 4, np.uint8)
         blob = backing[: self.nbytes]
-        values = [np.asarray(v) for _, v in state] + [metrics[name] for name in METRICS]
+        values = [np.asarray(v) for _, v in state] + [metrics[n] for n in self.metric_names]
         if len(values) != len(self.manifest):
             raise ValueError("the state changed its number of parts during training")
         for entry, value in zip(self.manifest, values, strict=True):

@@ -26,6 +26,7 @@ from .base import (
     rows_per_chunk,
 )
 from .checkpoint import (
+    METRICS,
     Checkpoint,
     Packer,
     commit_attrs,
@@ -120,7 +121,7 @@ class TrajectoryWriter:
         *,
         num_iterations: int,
         num_params: int,
-        batch_size: int,
+        batch_size: int | None,
         train_indices: np.ndarray,
         val_indices: np.ndarray,
         attrs: dict[str, Any],
@@ -157,7 +158,8 @@ class TrajectoryWriter:
             # Metric chunks hold as many iterations as a θ chunk holds steps, and are written
             # only whole: no chunk is read back, decompressed and rewritten while training runs.
             metric = {"chunks": (rows,), "dimension_names": ("iteration",)}
-            for name in ("loss", "accuracy"):
+            # val_accuracy: of θ after the update, at the iterations training evaluates it
+            for name in ("loss", "accuracy", "val_accuracy"):
                 group.create_array(
                     name,
                     shape=(num_iterations,),
@@ -166,14 +168,15 @@ class TrajectoryWriter:
                     **metric,
                     compressors=checksummed(),
                 )
-            group.create_array(
-                "batch_indices",
-                shape=(num_iterations, batch_size),
-                chunks=(rows, batch_size),
-                dtype="int64",
-                dimension_names=("iteration", "batch_position"),
-                compressors=checksummed(),
-            )
+            if batch_size is not None:  # None: full-batch steps, every example every time
+                group.create_array(
+                    "batch_indices",
+                    shape=(num_iterations, batch_size),
+                    chunks=(rows, batch_size),
+                    dtype="int64",
+                    dimension_names=("iteration", "batch_position"),
+                    compressors=checksummed(),
+                )
             for name, values in (("train_indices", train_indices), ("val_indices", val_indices)):
                 arr = group.create_array(
                     name,
@@ -226,14 +229,12 @@ class TrajectoryWriter:
     def _start(self, group: zarr.Group) -> None:
         self.group = group
         self.theta = group["theta"]
-        self.loss, self.accuracy = group["loss"], group["accuracy"]
-        self.batch_indices = group["batch_indices"]
         self.num_steps = int(group.attrs["num_iterations"]) + 1
         self.rows = self.theta.chunks[0]
         self._theta_rows = _RowBuffer({"theta": self.theta}, self.rows)
+        # the metrics this store has (stores made before val_accuracy lack it)
         self._metric_rows = _RowBuffer(
-            {"loss": self.loss, "accuracy": self.accuracy, "batch_indices": self.batch_indices},
-            self.rows,
+            {name: group[name] for name in METRICS if name in group}, self.rows
         )
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="lca-writer", initializer=_lower_priority
@@ -249,9 +250,12 @@ class TrajectoryWriter:
     def append(
         self,
         theta: np.ndarray | Sequence[np.ndarray],
-        metrics: tuple[float, float, np.ndarray] | None,
+        metrics: dict[str, Any] | None,
     ) -> None:
-        """Record θ of the next step, with (loss, accuracy, batch) of the update before it.
+        """Record θ of the next step, with the metrics of the update before it.
+
+        ``metrics``: ``loss`` and ``accuracy`` of the batch, ``batch_indices`` (mini-batch
+        runs), ``val_accuracy`` of θ after the update (NaN or absent where not evaluated).
 
         ``theta`` is the flat vector or the list of per-variable arrays in layout order (then
         each is copied straight into place: no concatenated copy is ever made).
@@ -260,8 +264,7 @@ class TrajectoryWriter:
             theta = _Parts(theta)
         theta_full = self._theta_rows.append({"theta": theta})
         if metrics is not None:
-            loss, accuracy, batch = metrics
-            values = {"loss": loss, "accuracy": accuracy, "batch_indices": batch}
+            values = {name: metrics.get(name, np.nan) for name in self._metric_rows.arrays}
             if self._metric_rows.append(values):
                 self._submit(self._write_rows, self._metric_rows, *self._metric_rows.take())
         # after the metrics: the checkpoint holds this update's metric row, and its chunk is
