@@ -237,6 +237,18 @@ def train(config_file, out, seed, iterations, overwrite, resume, threads, overri
     help="Arithmetic of the gradients; losses stay float32 [config: auto, bfloat16 on CPUs "
     "with bf16 units].",
 )
+@click.option(
+    "--store",
+    type=click.Choice(["parameters", "units", "layers"]),
+    help="What to keep per iteration: the LCA of every parameter, or only its sums per unit "
+    "and layer, or per layer (long runs) [config: parameters].",
+)
+@click.option(
+    "--store-grad/--no-store-grad",
+    default=None,
+    help="Keep the full-set gradient at every step (T+1, K); only oscillations need it "
+    "[config: true].",
+)
 @click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
 @friendly_errors
 def allocate(
@@ -257,6 +269,8 @@ def allocate(
     rule,
     trapezoid_threshold,
     precision,
+    store,
+    store_grad,
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
@@ -278,6 +292,8 @@ def allocate(
         rule=rule,
         trapezoid_threshold=trapezoid_threshold,
         precision=precision,
+        store=store,
+        store_grad=store_grad,
         iterations=_parse_range(iteration_range),
         workers=workers,
         gpus=parse_gpus(gpus) if gpus else None,

@@ -2,8 +2,9 @@
 
 Conservation is the oracle of LCA: Σ_i A_t,i must equal L(θ_t+1) − L(θ_t). ``allocate``
 stores each iteration's error; this module aggregates them, re-sums the stored LCA array
-chunk by chunk to prove the stored values are the ones the errors describe, and decides
-whether the allocation can be trusted.
+chunk by chunk (or, where ``allocate.store`` kept only unit or layer sums, the stored per-layer
+sums) to prove the stored values are the ones the errors describe, and decides whether the
+allocation can be trusted.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class SplitErrors:
     loss_start: float
     loss_end: float
     loss_change: float  # Σ_t (L(θ_t+1) − L(θ_t)) over allocated iterations
-    lca_total: float  # Σ_t Σ_i A_t,i over allocated iterations, re-summed from the array
+    lca_total: float  # Σ_t Σ_i A_t,i over allocated iterations, re-summed from the store
     total_error_pct: float  # (Σ A − ΔL) / |ΔL| · 100; negative: LCA predicts a lower loss
     total_error_first_order_pct: float
     mean_abs_error: float
@@ -85,6 +86,7 @@ class ErrorReport:
     subset_check: SubsetCheck | None = None
     rule: str = "simpson"  # the refinement sequence that produced the arrays
     precision: str = "float32"  # the arithmetic of the gradients (losses: float32)
+    store: str = "parameters"  # what was kept per iteration (allocate.store)
 
     @property
     def label(self) -> str:
@@ -144,6 +146,11 @@ class ErrorReport:
     def notes(self) -> list[str]:
         """What the numbers leave out or cannot say (a partial allocation, ΔL = 0)."""
         notes = []
+        if self.store != "parameters":
+            notes.append(
+                f"store: {self.store}: Σ LCA per iteration is re-summed from the stored "
+                "per-layer sums (layer_lca), not from a per-parameter array"
+            )
         if self.iterations_done and not self.complete:
             notes.append(
                 f"partial allocation: {self.iterations_done} of {self.iterations_total} "
@@ -339,6 +346,20 @@ def _finite_or_none(value):
     return value
 
 
+def _lca_sums(group, done_units: np.ndarray, c: int, T: int) -> np.ndarray:
+    """Σ_i A[t, i] of every done iteration (NaN elsewhere), one chunk of rows at a time.
+
+    From the (T, K) array where it is stored; else from the float64 per-layer sums that
+    ``allocate.store: units`` or ``layers`` keeps instead (Σ over layers of Σ within each).
+    """
+    sums = np.full(T, np.nan)
+    stored = group["lca"] if "lca" in group else group["layer_lca"]
+    for k in done_units:
+        a, b = k * c, min(T, (k + 1) * c)
+        sums[a:b] = stored[a:b].sum(axis=1, dtype=np.float64)
+    return sums
+
+
 def verify_error(run_dir: str | Path) -> ErrorReport:
     """Aggregate the conservation errors of an (even partially) allocated run."""
     run_dir = location(run_dir)
@@ -366,6 +387,7 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         int(settings["max_splits"]),
         rule=settings.get("rule", "simpson"),
         precision=settings.get("precision", "float32"),
+        store=settings.get("store", "parameters"),
     )
     if settings.get("subset_size") is not None:
         report.subset_size = int(settings["subset_size"])
@@ -386,11 +408,7 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         error = error_all[ok]
         error_fo = group["error_fo"][:][measured]
         used = group["splits"][:][done]
-        sums = np.full(T, np.nan)
-        lca = group["lca"]
-        for k in done_units:  # stream: one chunk of rows at a time
-            a, b = k * c, min(T, (k + 1) * c)
-            sums[a:b] = lca[a:b].sum(axis=1, dtype=np.float64)
+        sums = _lca_sums(group, done_units, c, T)
         loss_change = float(dl.sum())
         lca_total = float(sums[measured].sum())
         first = int(np.argmax(measured)) if measured.any() else 0

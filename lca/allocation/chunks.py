@@ -26,8 +26,12 @@ from ..storage import (
     open_trajectory,
 )
 from ..storage.base import writing_to
+from .levels import LevelSums
 from .settings import AllocationSettings, read_run_config, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
+
+#: The arrays of a split with a row per step (T+1 rows), not per iteration.
+STEP_ARRAYS = ("grad", "loss", "class_loss")
 
 
 @dataclass
@@ -221,6 +225,7 @@ class ChunkAllocator:
         self.num_layers = len(layers)
         self.num_classes = int(self.trajectory.attrs["num_classes"])
         self.units = unit_index(self.trajectory.layout_json)
+        self.sums = LevelSums.from_layout(self.trajectory.layout_json)  # allocate.store
         self._exact = None  # the float32 objective, for reduced-precision fall-backs
         self._store: zarr.Group | None = None
         # Chunks are compressed and written by one background thread while the next chunk's
@@ -246,7 +251,11 @@ class ChunkAllocator:
             pending.result()
 
     def compute(self, chunk: int, on_iteration: Callable[[int], None] | None = None) -> ChunkResult:
-        """Allocate the iterations of work unit ``chunk`` (nothing is written here)."""
+        """Allocate the iterations of work unit ``chunk`` (nothing is written here).
+
+        Every iteration's float32 LCA row is kept until the unit is done; then the store
+        level (``allocate.store``) decides what of it is written: the rows, or their sums.
+        """
         T = self.trajectory.num_iterations
         c = self.settings.chunk_iterations
         start, stop = chunk * c, min(chunk * c + c, T)
@@ -258,7 +267,11 @@ class ChunkAllocator:
         out = {
             s: {
                 "lca": np.empty((n, thetas.shape[1]), np.float32),
-                "grad": np.empty((n + 1, thetas.shape[1]), np.float32),
+                **(
+                    {"grad": np.empty((n + 1, thetas.shape[1]), np.float32)}
+                    if self.settings.store_grad
+                    else {}
+                ),
                 "loss": np.empty(n + 1),
                 "splits": np.empty(n, np.int32),
                 "error": np.empty(n),
@@ -282,7 +295,9 @@ class ChunkAllocator:
         here = self.objective(thetas[0])
         evaluations_before = self.objective.evaluations
         for s in splits:
-            out[s]["loss"][0], out[s]["grad"][0] = here[s][0], here[s][1]
+            out[s]["loss"][0] = here[s][0]
+            if "grad" in out[s]:
+                out[s]["grad"][0] = here[s][1]
             if per_class:
                 out[s]["class_loss"][0] = here[s][2]
 
@@ -311,7 +326,9 @@ class ChunkAllocator:
                 result.evaluations += exact.evaluations - before
             for s in splits:
                 out[s]["lca"][k] = step.lca[s]
-                out[s]["loss"][k + 1], out[s]["grad"][k + 1] = there[s][0], there[s][1]
+                out[s]["loss"][k + 1] = there[s][0]
+                if "grad" in out[s]:
+                    out[s]["grad"][k + 1] = there[s][1]
                 if per_class:
                     self._per_class(out[s], k, step.components[f"{s}/class"], here[s], there[s])
                 out[s]["splits"][k] = step.splits
@@ -328,6 +345,8 @@ class ChunkAllocator:
             if on_iteration is not None:
                 on_iteration(step.halvings)
         result.evaluations += self.objective.evaluations - evaluations_before + 1
+        for s in splits:  # the float32 rows, as stored, are what the sums add up
+            out[s].update(self.sums.arrays(out[s].pop("lca"), self.settings.store))
         return result
 
     def _integrate(self, objective, theta0, theta1, here, there, nodes, reduced=None):
@@ -428,22 +447,16 @@ class ChunkAllocator:
             self._store = open_group(self.run_dir / LCA_STORE, "r+")
         T = self.trajectory.num_iterations
         a, b = result.start, result.stop
-        # grad/loss rows a..b-1 belong to this unit's chunk; row T only to the last unit.
+        # rows a..b-1 of every array belong to this unit's chunk; row T of the (T+1)-row
+        # arrays along steps only to the last unit.
         last = b + 1 if b == T else b
         for split, arrays in result.arrays.items():
             group = self._store[split]
-            group["lca"][a:b] = arrays["lca"]
-            group["grad"][a:last] = arrays["grad"][: last - a]
-            group["loss"][a:last] = arrays["loss"][: last - a]
-            for name in ("splits", "error", "error_fo", "fallback"):
-                if name in arrays:
-                    group[name][a:b] = arrays[name]
             for name, values in arrays.items():
-                if name.startswith("class_"):  # per-class rows; losses like `loss`
-                    if name == "class_loss":
-                        group[name][a:last] = values[: last - a]
-                    else:
-                        group[name][a:b] = values
+                if name in STEP_ARRAYS:
+                    group[name][a:last] = values[: last - a]
+                else:
+                    group[name][a:b] = values
         if result.check is not None:
             for name, values in result.check.items():
                 self._store["subset_check"][name][a:b] = values

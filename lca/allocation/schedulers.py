@@ -90,6 +90,8 @@ def allocate(
     rule: str | None = None,
     trapezoid_threshold: float | None = None,
     precision: str | None = None,
+    store: str | None = None,
+    store_grad: bool | None = None,
     iterations: tuple[int, int] | None = None,
     workers: int = 1,
     gpus: Sequence[int] | None = None,
@@ -107,7 +109,9 @@ def allocate(
     runs each chunk as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
     (see ``lca.cluster``); by default the work runs in this process. ``threads`` pins
     TensorFlow's intra-op threads per worker (bitwise-reproducible results). ``rule``,
-    ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings.
+    ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings, and
+    so do ``store`` (what is kept per iteration: ``parameters``, ``units``, ``layers``) and
+    ``store_grad``; a resumed allocation continues with its store's choices of all five.
 
     The run is locked for the whole allocation (``RUN/lca.lock``, :func:`lca.storage.run_lock`):
     a second allocation of the same run raises :class:`lca.storage.RunLocked` naming this one.
@@ -132,6 +136,8 @@ def _allocate(
     rule,
     trapezoid_threshold,
     precision,
+    store,
+    store_grad,
     iterations,
     workers,
     gpus,
@@ -159,6 +165,8 @@ def _allocate(
         if trapezoid_threshold is None and rule == made_with.get("rule", "simpson"):
             trapezoid_threshold = made_with.get("trapezoid_threshold")
         precision = precision or made_with.get("precision", "float32")
+        store = store or made_with.get("store", "parameters")
+        store_grad = made_with.get("store_grad", True) if store_grad is None else store_grad
     settings = resolve_settings(
         config.allocate,
         K,
@@ -172,6 +180,8 @@ def _allocate(
         rule=rule,
         trapezoid_threshold=trapezoid_threshold,
         precision=precision,
+        store=store,
+        store_grad=store_grad,
         on_gpu=lambda: _on_gpu(gpus, ray, gpus_per_task),
     )
     with writing_to(

@@ -20,6 +20,10 @@ from ..storage import CONFIG_FILE, RunError, location, rows_per_chunk
 #: The arithmetic ``allocate.precision`` may choose for the gradients.
 PRECISIONS = ("auto", "float32", "bfloat16", "tf32")
 
+#: What ``allocate.store`` may keep per iteration (:mod:`.levels`): the (T, K) LCA; its sums
+#: per output unit and per layer; its sums per layer only.
+STORE_LEVELS = ("parameters", "units", "layers")
+
 
 @dataclass(frozen=True)
 class AllocationSettings:
@@ -41,6 +45,8 @@ class AllocationSettings:
     rule: str = "simpson"  # the refinement sequence (lca.quadrature.METHODS)
     trapezoid_threshold: float | None = None  # rule "adaptive": when the trapezoid is accepted
     precision: str = "float32"  # arithmetic of the gradients; losses always float32
+    store: str = "parameters"  # what is kept per iteration (STORE_LEVELS)
+    store_grad: bool = True  # also keep the full-set gradient at every θ_t
 
     @property
     def reduced_precision(self) -> bool:
@@ -75,6 +81,8 @@ class AllocationSettings:
                 else {}
             ),
             **({"precision": self.precision} if self.reduced_precision else {}),
+            **({"store": self.store} if self.store != "parameters" else {}),
+            **({"store_grad": False} if not self.store_grad else {}),
         }
 
     def checked(self, iteration: int) -> bool:
@@ -109,6 +117,8 @@ def resolve_settings(
     rule: str | None = None,
     trapezoid_threshold: float | None = None,
     precision: str | None = None,
+    store: str | None = None,
+    store_grad: bool | None = None,
     on_gpu: bool | Callable[[], bool] = False,
 ) -> AllocationSettings:
     """Merge command-line choices over the run's ``allocate`` section, validated the same way.
@@ -127,11 +137,15 @@ def resolve_settings(
         rule=rule or config.rule,
         trapezoid_threshold=trapezoid_threshold or config.trapezoid_threshold,
         precision=precision or config.precision,
+        store=store or config.store,
+        store_grad=config.store_grad if store_grad is None else store_grad,
     )
     if merged.rule not in METHODS:
         raise RunError(f"--rule {merged.rule!r}: choose from {', '.join(METHODS)}")
     if merged.precision not in PRECISIONS:
         raise RunError(f"--precision {merged.precision!r}: choose from {', '.join(PRECISIONS)}")
+    if merged.store not in STORE_LEVELS:
+        raise RunError(f"--store {merged.store!r}: choose from {', '.join(STORE_LEVELS)}")
     for key, problem in merged.validate().items():
         raise RunError(f"allocate.{key}: {problem}")
     merged = replace(

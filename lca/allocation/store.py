@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ def open_lca_store(
         made_with = group.attrs.get("settings")
         if made_with != settings.identity():
             raise RunError(
-                f"{path} was made with other settings ({made_with}); use the same options, "
-                f"or delete it (or pass --restart) to start over"
+                f"{path} was made with other settings ({_differences(made_with or {}, settings)}"
+                "); use the same options, or delete it (or pass --restart) to start over"
             )
         missing = missing_chunks(group)
         if missing:  # a done unit lost a chunk: resuming would skip it and leave a hole
@@ -51,16 +52,18 @@ def open_lca_store(
         compressors=checksummed(),
     )
     arrays = {  # name: (shape, dimension names, dtype, fill value); chunks of c rows
-        "lca": ((T, K), ("iteration", "parameter"), "float32", np.nan),
-        "grad": ((T + 1, K), ("step", "parameter"), "float32", np.nan),
+        **_level_arrays(settings.store, T, K, trajectory.layout_json),
         "loss": ((T + 1,), ("step",), "float64", np.nan),
         "splits": ((T,), ("iteration",), "int32", 0),
         "error": ((T,), ("iteration",), "float64", np.nan),
         "error_fo": ((T,), ("iteration",), "float64", np.nan),
     }
+    if settings.store_grad:  # only the oscillation measures read it back
+        arrays["grad"] = ((T + 1, K), ("step", "parameter"), "float32", np.nan)
     if settings.reduced_precision:  # which iterations had to be recomputed in float32
         arrays["fallback"] = ((T,), ("iteration",), "bool", False)
     num_train = int(trajectory.attrs["num_train"])
+    units = unit_index(trajectory.layout_json) if settings.store == "units" else {}
     for split in settings.splits:
         sub = group.create_group(split)
         for name, (shape, dims, dtype, fill) in arrays.items():
@@ -74,6 +77,8 @@ def open_lca_store(
                 fill_value=fill,
                 compressors=checksummed(),
             )
+        if settings.store == "units":
+            sub.attrs["units"] = {layer: count for layer, (_, _, count) in units.items()}
         sub.attrs.update(
             {
                 "split": split,
@@ -116,16 +121,58 @@ def open_lca_store(
             "settings": settings.identity(),
             "rule": settings.rule,
             "precision": settings.precision,
+            "store": settings.store,
+            "layers": _layer_index(trajectory.layout_json)[1],
             "num_iterations": T,
             "num_params": K,
             "layout": trajectory.layout_json,
             "lca_version": __version__,
             "description": RULE_DESCRIPTIONS[settings.rule]
             + "; error = (L[t+1] − L[t]) − Σ_i A[t, i]; splits = the sub-intervals used; "
-            "negative LCA helps",
+            + STORE_DESCRIPTIONS[settings.store]
+            + "; negative LCA helps",
         }
     )
     return group
+
+
+STORE_DESCRIPTIONS = {
+    "parameters": "lca = A[t, i] per parameter",
+    "units": "no per-parameter A: unit_lca/<layer>[t, u] = Σ A[t, i] over the parameters of "
+    "unit u, layer_lca[t, l] = Σ A[t, i] over layer l (float64 np.bincount of the float32 "
+    "row of A, as summing a per-parameter store gives)",
+    "layers": "no per-parameter A: layer_lca[t, l] = Σ A[t, i] over layer l (float64 "
+    "np.bincount of the float32 row of A, as summing a per-parameter store gives)",
+}
+
+
+def _level_arrays(level: str, T: int, K: int, layout_json) -> dict[str, tuple]:
+    """The LCA arrays ``allocate.store`` keeps: (T, K) per parameter, or per unit and layer."""
+    if level == "parameters":
+        return {"lca": ((T, K), ("iteration", "parameter"), "float32", np.nan)}
+    _, layers = _layer_index(layout_json)
+    arrays = {"layer_lca": ((T, len(layers)), ("iteration", "layer"), "float64", np.nan)}
+    if level == "units":
+        for layer, (_, _, units) in unit_index(layout_json).items():
+            arrays[f"unit_lca/{layer}"] = (
+                (T, units),
+                ("iteration", f"{layer}_unit"),
+                "float64",
+                np.nan,
+            )
+    return arrays
+
+
+def _differences(made_with: dict, settings: AllocationSettings) -> str:
+    """``made with store: units; asked for store: parameters`` (absent keys: their default)."""
+    asked = settings.identity()
+    keys = [k for k in {**made_with, **asked} if made_with.get(k) != asked.get(k)]
+    defaults = {f.name: f.default for f in fields(AllocationSettings)}
+
+    def values(identity: dict) -> str:
+        return ", ".join(f"{k}: {identity.get(k, defaults.get(k))}" for k in keys)
+
+    return f"made with {values(made_with)}; asked for {values(asked)}"
 
 
 RULE_DESCRIPTIONS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,95 @@ class Run:
             raise RunError(f"{self.path}: split {split!r} not allocated (have {self.splits})")
         return self.lca_store[split]
 
+    @property
+    def store_level(self) -> str:
+        """What the allocation kept per iteration: ``parameters``, ``units`` or ``layers``.
+
+        Stores made before the levels existed kept parameters; before ``lca allocate``, the
+        level it would keep (the run's ``allocate.store``).
+        """
+        if self.lca_store is None:
+            return self.config.allocate.store
+        return self.lca_store.attrs.get("store", "parameters")
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layer groups, in the order of every per-layer array's last axis."""
+        return list(self.layout.layers)
+
+    def has_grad(self, split: str = "train") -> bool:
+        """Whether the full-set gradients were kept (``allocate.store_grad``)."""
+        return "grad" in self._group(split)
+
     def lca(self, split: str = "train") -> zarr.Array:
-        """A[t, i], shape (T, K)."""
-        return self._group(split)["lca"]
+        """A[t, i], shape (T, K); a RunError for a store that kept only unit or layer sums."""
+        group = self._group(split)
+        if "lca" not in group:
+            raise RunError(
+                f"{self.path}: allocated with store: {self.store_level}, which keeps no "
+                "per-parameter LCA; for per-parameter measures reallocate with `lca allocate "
+                f"{self.path} --store parameters --restart`"
+            )
+        return group["lca"]
 
     def grad(self, split: str = "train") -> zarr.Array:
-        """Full-set gradient at every θ_t, shape (T+1, K)."""
-        return self._group(split)["grad"]
+        """Full-set gradient at every θ_t, shape (T+1, K); a RunError when it was not kept."""
+        group = self._group(split)
+        if "grad" not in group:
+            raise RunError(
+                f"{self.path}: allocated with store_grad: false, which keeps no gradients; "
+                f"for measures of them reallocate with `lca allocate {self.path} --store-grad "
+                "--restart`"
+            )
+        return group["grad"]
+
+    def layer_lca(self, split: str = "train", chunk_rows: int = 64) -> np.ndarray:
+        """(T, L) float64 LCA per iteration and layer, bitwise the same on every store level.
+
+        The stored ``layer_lca``, or the stored (T, K) LCA summed per layer ``chunk_rows``
+        rows at a time, with the arithmetic ``allocate`` uses to store the sums.
+        """
+        group = self._group(split)
+        if "layer_lca" in group:
+            return group["layer_lca"][:]
+        sums = self._sums()
+        return self._stream(self.lca(split), sums.layer_rows, len(sums.layers), chunk_rows)
+
+    def unit_lca(self, split: str, layer: str, chunk_rows: int = 64) -> np.ndarray:
+        """(T, U) float64 LCA per iteration and unit of ``layer``, the same on every level
+        that keeps it: the stored ``unit_lca/<layer>``, or the (T, K) LCA summed per unit.
+        """
+        group = self._group(split)
+        if layer not in self.layer_names:
+            raise RunError(
+                f"{self.path}: no layer {layer!r} (layers: {', '.join(self.layer_names)})"
+            )
+        if self.store_level == "layers":
+            raise RunError(
+                f"{self.path}: allocated with store: layers, which keeps no per-unit LCA; for "
+                f"per-unit measures reallocate with `lca allocate {self.path} --store units "
+                "--restart`"
+            )
+        if "unit_lca" in group:
+            return group["unit_lca"][layer][:]
+        sums = self._sums()
+        count = sums.units[layer][2]
+        rows = functools.partial(sums.unit_rows, layer=layer)
+        return self._stream(self.lca(split), rows, count, chunk_rows)
+
+    def _sums(self):
+        from ..allocation.levels import LevelSums  # not at import: allocation imports storage
+
+        return LevelSums.from_layout(self.trajectory.layout_json)
+
+    @staticmethod
+    def _stream(lca: zarr.Array, reduce, width: int, chunk_rows: int) -> np.ndarray:
+        """``reduce`` applied to ``lca`` a block of ``chunk_rows`` rows at a time: (T, width)."""
+        out = np.empty((lca.shape[0], width))
+        for start in range(0, lca.shape[0], chunk_rows):
+            stop = min(start + chunk_rows, lca.shape[0])
+            out[start:stop] = reduce(lca[start:stop])
+        return out
 
     def loss(self, split: str = "train") -> np.ndarray:
         """Full-set loss L(θ_t), shape (T+1,)."""
