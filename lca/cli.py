@@ -129,9 +129,12 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
         return
     input_shape, num_classes = input_spec(config.data)
     model = build_model(config.model, input_shape, num_classes)
+    inputs = "x".join(map(str, input_shape))
+    if config.data.name == "modular":
+        inputs = f"(sequences of {input_shape[0]} tokens)"
     click.echo(
-        f"{config.name}: model {config.model.name} on {config.data.name} "
-        f"{'x'.join(map(str, input_shape))}, {num_classes} classes"
+        f"{config.name}: model {config.model.name} on {config.data.name} {inputs}, "
+        f"{num_classes} classes"
     )
     click.echo(describe_layout(parameter_layout(model)))
 
