@@ -16,6 +16,7 @@ _LAZY = {
     "open_run": ("storage", "open_run"),
     "allocate": ("allocation", "allocate"),
     "verify_error": ("diagnostics", "verify_error"),
+    "prune": ("prune", "prune"),
 }
 
 
@@ -29,4 +30,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["allocate", "open_run", "verify_error", "__version__"]
+__all__ = ["allocate", "open_run", "prune", "verify_error", "__version__"]

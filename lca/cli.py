@@ -366,6 +366,59 @@ def report(run_dirs, split, out, vs, frames) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
+    "--by",
+    help="Comma-separated criteria: lca, lca-abs, lca-late, magnitude, movement, random [all].",
+)
+@click.option("--fractions", help="Comma-separated fractions to prune [0.5,0.8,0.9,0.95,0.98].")
+@click.option(
+    "--scope",
+    type=click.Choice(["global", "layer"]),
+    default="global",
+    show_default=True,
+    help="Rank all prunable weights together, or prune each layer group by the fraction.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val"]),
+    default="train",
+    show_default=True,
+    help="The split whose LCA ranks the weights.",
+)
+@click.option(
+    "--include",
+    default="kernels",
+    show_default=True,
+    help="What may be pruned: kernels, all, or comma-separated name endings (kernel,embeddings).",
+)
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds of random pruning.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [RUN/prune].")
+@friendly_errors
+def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
+    """Zero the least important weights of θ_T by LCA, magnitude, movement or at random,
+    and evaluate the pruned model on the whole splits (prune.json, prune.md, prune.png)."""
+    from .prune import CRITERIA, DEFAULT_FRACTIONS
+    from .prune import prune as run_prune
+
+    try:
+        table = run_prune(
+            run_dir,
+            by=by or CRITERIA,
+            fractions=fractions or DEFAULT_FRACTIONS,
+            scope=scope,
+            split=split,
+            out=out,
+            include=include,
+            seeds=seeds,
+        )
+    except ValueError as exc:  # a bad --by, --fractions, --include or --seeds
+        raise click.UsageError(str(exc)) from None
+    click.echo(table.headline_table())
+    click.echo(f"pruning results written to {table.out_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
     "--repair",
     is_flag=True,
     help="Mark the LCA work units holding damaged chunks as not done (then `lca allocate`).",
