@@ -2,15 +2,17 @@
 
 Every number comes from :mod:`lca.analysis`, which streams the (T, K) stores in blocks; this
 module only chooses what to measure, lays the numbers out as ``report.md`` / ``report.json``
-and hands small arrays to :mod:`lca.plots`. Several runs of one configuration (different
-seeds) give mean ± std and a per-layer sign test; ``vs`` adds a second group to compare with.
+and hands small arrays to :mod:`lca.report_figures`. Several runs of one configuration
+(different seeds) give mean ± std and a per-layer sign test; ``vs`` adds a second group to
+compare with. Per-layer measures work on every store level (``allocate.store``); what a store
+did not keep is skipped, with a line saying how to get it. A run allocated on both splits adds
+"Train vs validation by component" (:mod:`lca.report_splits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -21,38 +23,115 @@ from typing import Any
 
 import numpy as np
 
-from . import analysis, plots
+from . import analysis, plots, report_figures, report_splits
+from .markdown import escape as _md
+from .markdown import num as _num
+from .markdown import table as _table
 from .storage import Run, RunError, is_remote, location, open_run
 from .storage.base import writing_to
 
 TOP_MOMENTS = 20
-MAX_VIEW_LAYERS = 4
-STILLS = 4  # iterations side by side in the Fig 2 stills
 
 
 # --- measurements of one run ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A measurement a run's store cannot give: what it needs and how to get it."""
+
+    measurement: str
+    needs: str
+    how: str
+
+    def line(self) -> str:
+        return f"{self.measurement}: skipped; needs {self.needs}; {self.how}."
+
+
+def _per_parameter_skip(run: Run, measurement: str) -> Skipped:
+    return Skipped(
+        measurement,
+        f"the per-parameter LCA, which `store: {run.store_level}` does not keep",
+        f"reallocate with `lca allocate {run.path} --store parameters --restart`",
+    )
+
+
+def _skipped(run: Run, split: str) -> list[Skipped]:
+    """What ``measure`` leaves out on this run's store."""
+    out = []
+    if run.store_level != "parameters":
+        out += [
+            _per_parameter_skip(run, "percent of parameters helped (Table 1, Fig 3a, 3c, 3d)"),
+            _per_parameter_skip(run, "distribution of LCA values and its kurtosis (Fig 3b, S10)"),
+        ]
+    if not run.has_grad(split):
+        out.append(
+            Skipped(
+                "oscillations (Table S2, Fig S7)",
+                "the full-set gradients, which `store_grad: false` does not keep",
+                f"reallocate with `lca allocate {run.path} --store {run.store_level} "
+                "--store-grad --restart`",
+            )
+        )
+    return out
+
+
+def _skipped_views(run: Run) -> list[Skipped]:
+    """What the direct views (first run only) and the train vs val section leave out."""
+    out = []
+    if run.store_level != "parameters":
+        out.append(_per_parameter_skip(run, "kernel heatmaps and their animation (Fig 2)"))
+        out.append(_per_parameter_skip(run, "single-parameter curves (S2)"))
+    if run.store_level == "layers":
+        units = Skipped(
+            "",
+            "the per-unit LCA, which `store: layers` does not keep",
+            f"reallocate with `lca allocate {run.path} --store units --restart`",
+        )
+        out.append(dataclasses.replace(units, measurement="per-unit LCA images (S1)"))
+        if report_splits.has_both_splits(run):
+            out.append(
+                dataclasses.replace(
+                    units, measurement="train vs validation by head, neuron and unit"
+                )
+            )
+    if not report_splits.has_both_splits(run):
+        out.append(
+            Skipped(
+                "train vs validation by component",
+                f"both splits allocated (this store has {', '.join(run.splits)})",
+                f"reallocate with `lca allocate {run.path} --splits train,val --restart`",
+            )
+        )
+    return out
+
+
 @dataclass
 class RunMeasures:
-    """Everything the report measures on one run and split (small arrays only)."""
+    """Everything the report measures on one run and split (small arrays only).
+
+    ``helped``, ``histogram`` and ``oscillations`` are None where the store lacks what they
+    read (``skipped`` says so); everything per layer works on every store level.
+    """
 
     run_dir: Path
     split: str
     layers: list[str]
     parameters: int
-    helped: analysis.Helped
-    histogram: analysis.ValueHistogram
+    helped: analysis.Helped | None
+    histogram: analysis.ValueHistogram | None
     series: np.ndarray  # (T, L) per-iteration layer LCA
-    oscillations: analysis.Oscillations
+    oscillations: analysis.Oscillations | None
     moments: np.ndarray  # (T, L) bool: top moments of learning
     sync: analysis.Synchronisation
     sync_min_fraction: float
     approx: dict[str, np.ndarray]
     layer_index: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int32))
     other_split: str | None = None  # the split compared with (train vs val)
-    other_totals: np.ndarray | None = None
+    other_series: np.ndarray | None = field(repr=False, default=None)
     allocated_with: str = ""  # Run.allocated_with: the rule and precision behind the arrays
+    store_level: str = "parameters"
+    skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def iterations(self) -> int:
@@ -61,6 +140,10 @@ class RunMeasures:
     @property
     def totals(self) -> np.ndarray:
         return self.series.sum(axis=0)
+
+    @property
+    def other_totals(self) -> np.ndarray | None:
+        return None if self.other_series is None else self.other_series.sum(axis=0)
 
     @property
     def loss_change(self) -> float:
@@ -80,14 +163,16 @@ class RunMeasures:
         return float((self.approx[curve][-1] - self.approx["measured"][-1]) / abs(change) * 100)
 
     def headline(self) -> dict[str, float]:
-        """The flat numbers that are compared across runs (plain floats)."""
+        """The flat numbers that are compared across runs (plain floats; NaN when skipped)."""
+        nan = float("nan")
+        h, hist, osc = self.helped, self.histogram, self.oscillations
         numbers = {
-            "percent_helped": self.helped.mean_helped,
-            "percent_zero": float(np.nanmean(self.helped.zero)),
-            "excess_kurtosis": self.histogram.excess_kurtosis,
-            "iterations_per_direction_change": self.oscillations.iterations_per_direction_change,
+            "percent_helped": h.mean_helped if h else nan,
+            "percent_zero": float(np.nanmean(h.zero)) if h else nan,
+            "excess_kurtosis": hist.excess_kurtosis if hist else nan,
+            "iterations_per_direction_change": osc.iterations_per_direction_change if osc else nan,
             "iterations_per_gradient_crossing": (
-                self.oscillations.iterations_per_gradient_crossing
+                osc.iterations_per_gradient_crossing if osc else nan
             ),
             "sync_count": float(self.sync.count),
             "sync_baseline_mean": self.sync.baseline_mean,
@@ -111,12 +196,14 @@ class RunMeasures:
             "parameters": self.parameters,
             "layers": self.layers,
             "allocated_with": self.allocated_with,
+            "store_level": self.store_level,
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
             "headline": self.headline(),
-            "percent_helped": self.helped.to_dict(),
-            "value_histogram": self.histogram.to_dict(),
+            "percent_helped": self.helped.to_dict() if self.helped else None,
+            "value_histogram": self.histogram.to_dict() if self.histogram else None,
             "layer_totals": dict(zip(self.layers, self.totals)),
             "layer_series": self.series,
-            "oscillations": self.oscillations.to_dict(),
+            "oscillations": self.oscillations.to_dict() if self.oscillations else None,
             "synchronisation": sync,
             "approximate_loss": self.approx,
         }
@@ -128,16 +215,23 @@ class RunMeasures:
 def measure(
     run: Run, split: str, chunk_rows: int = 64, compare_splits: bool = False
 ) -> RunMeasures:
-    """One run's measurements: 4 passes over the LCA array, 1 over θ and 1 over ∇L."""
+    """One run's measurements, those its store allows (``RunMeasures.skipped``: the rest).
+
+    Per layer from ``run.layer_lca`` (any level); percent helped and the value histogram
+    from the per-parameter LCA, oscillations from θ and ∇L, where they were kept.
+    """
     layout = run.layout
     layers = list(layout.layers)
     L = len(layers)
     index = layout.layer_index()
-    lca = run.lca(split)
-    helped = analysis.helped_fractions(lca, index, L, chunk_rows)
-    histogram = analysis.value_histogram(lca, chunk_rows=chunk_rows)
-    series = analysis.layer_series(lca, index, L, chunk_rows)
-    osc = analysis.oscillations(run.theta, run.grad(split), index, L, chunk_rows)
+    helped = histogram = osc = None
+    if run.store_level == "parameters":
+        lca = run.lca(split)
+        helped = analysis.helped_fractions(lca, index, L, chunk_rows)
+        histogram = analysis.value_histogram(lca, chunk_rows=chunk_rows)
+    if run.has_grad(split):
+        osc = analysis.oscillations(run.theta, run.grad(split), index, L, chunk_rows)
+    series = run.layer_lca(split, chunk_rows)
     min_fraction = 0.5 if L > 4 else 1.0  # as analysis.summary: "at least half" for deep nets
     sync = analysis.synchronisation(series, top=TOP_MOMENTS, min_fraction=min_fraction)
     approx = analysis.approximate_loss(
@@ -147,7 +241,7 @@ def measure(
         run_dir=run.path,
         split=split,
         layers=layers,
-        parameters=int(lca.shape[1]),
+        parameters=int(layout.total),
         helped=helped,
         histogram=histogram,
         series=series,
@@ -158,11 +252,13 @@ def measure(
         approx=approx,
         layer_index=index,
         allocated_with=run.allocated_with,
+        store_level=run.store_level,
+        skipped=_skipped(run, split),
     )
     other = _other_split(run, split)
     if compare_splits and other is not None:
         measures.other_split = other
-        measures.other_totals = analysis.layer_totals(run.lca(other), index, L, chunk_rows)
+        measures.other_series = run.layer_lca(other, chunk_rows)
     return measures
 
 
@@ -211,10 +307,6 @@ class Report:
 
 
 # --- formatting -----------------------------------------------------------------------------
-
-
-def _num(v: float, spec: str) -> str:
-    return format(v, spec) if v is not None and math.isfinite(v) else "n/a"
 
 
 def _cell(stats: dict[str, float], spec: str, std_spec: str | None = None) -> str:
@@ -266,112 +358,6 @@ def _group_rows(
     return rows
 
 
-# --- views of single parameters and units (first run only) ---------------------------------
-
-
-def _kernel_layers(run: Run) -> list[str]:
-    """Layers with one kernel variable (what ``kernel_matrix`` draws); at most 4, ends kept."""
-    layers = [
-        name
-        for name in run.layout.layers
-        if sum(len(e.shape) >= 2 for e in run.layout.entries if e.layer == name) == 1
-    ]
-    if len(layers) <= MAX_VIEW_LAYERS:
-        return layers
-    pick = np.unique(np.linspace(0, len(layers) - 1, MAX_VIEW_LAYERS).round().astype(int))
-    return [layers[i] for i in pick]
-
-
-def _kernel_block(run: Run, layer: str) -> tuple[int, int] | None:
-    """(kh, kw) of a conv layer's heatmap blocks (as ``kernel_matrix`` lays them), else None."""
-    for e in run.layout.entries:
-        if e.layer == layer and len(e.shape) == 4:
-            return (e.shape[0], e.shape[1])
-        if e.layer == layer and len(e.shape) == 3:
-            return (1, e.shape[0])
-    return None
-
-
-def _kernel_rows(
-    lca: analysis.RowSliceable,
-    iterations: np.ndarray,
-    layout: Any,
-    layers: Sequence[str],
-    chunk_rows: int,
-) -> dict[str, list[np.ndarray]]:
-    """Kernel heatmaps of the chosen iterations, reading only the blocks that hold them."""
-    out: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-    T = lca.shape[0]
-    wanted = np.asarray(sorted(iterations))
-    for start in range(0, T, chunk_rows):
-        stop = min(T, start + chunk_rows)
-        inside = wanted[(wanted >= start) & (wanted < stop)]
-        if inside.size == 0:
-            continue
-        block = np.asarray(lca[start:stop])
-        for t in inside:
-            for layer in layers:
-                out[layer].append(analysis.kernel_matrix(block[t - start], layout, layer))
-    return out
-
-
-def _views(run: Run, split: str, frames: int, chunk_rows: int, out: Path) -> dict[str, Any]:
-    """Fig 2 stills and animation, S1 unit images and S2 parameter curves of one run."""
-    layers = _kernel_layers(run)
-    lca = run.lca(split)
-    T = lca.shape[0]
-    figures: dict[str, Path] = {}
-    info: dict[str, Any] = {"run_dir": str(run.path), "layers": layers}
-    if not layers or T == 0:
-        return {"figures": figures, "info": info}
-    blocks = {layer: _kernel_block(run, layer) for layer in layers}
-    stills = np.unique(np.geomspace(1, T, min(STILLS, T)).round().astype(int) - 1)
-    animated = np.unique(np.linspace(0, T - 1, max(1, min(frames, T))).round().astype(int))
-    both = np.union1d(stills, animated)
-    kernels = _kernel_rows(lca, both, run.layout, layers, chunk_rows)
-    position = {int(t): k for k, t in enumerate(both)}
-    for layer in layers:
-        figures[f"fig2_frames_{layer}"] = plots.kernel_frames(
-            layer,
-            stills.tolist(),
-            [kernels[layer][position[int(t)]] for t in stills],
-            out / f"fig2_frames_{layer}.png",
-            block=blocks[layer],
-        )
-    figures["fig2_animation"] = plots.kernel_animation(
-        layers,
-        animated.tolist(),
-        {layer: [kernels[layer][position[int(t)]] for t in animated] for layer in layers},
-        out / "fig2_animation.gif",
-        blocks=blocks,
-    )
-    units = [analysis.unit_series(lca, run.layout, layer, chunk_rows) for layer in layers]
-    figures["s1_unit_lca"] = plots.unit_series(layers, units, out / "s1_unit_lca.png")
-    curves = [
-        analysis.parameter_curves(lca, run.layout, layer, chunk_rows=chunk_rows) for layer in layers
-    ]
-    figures["s2_parameter_curves"] = plots.parameter_curves(
-        layers, curves, out / "s2_parameter_curves.png"
-    )
-    info.update(
-        {
-            "still_iterations": stills,
-            "animation_iterations": animated,
-            "unit_totals": {layer: u.sum(axis=0) for layer, u in zip(layers, units)},
-            "parameter_curves": {
-                layer: {
-                    "helpful_indices": c["helpful_indices"],
-                    "helpful_totals": c["helpful"][-1] if c["helpful"].size else [],
-                    "random_indices": c["random_indices"],
-                    "random_totals": c["random"][-1] if c["random"].size else [],
-                }
-                for layer, c in zip(layers, curves)
-            },
-        }
-    )
-    return {"figures": figures, "info": analysis._jsonable(info)}
-
-
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -380,7 +366,7 @@ def _open_allocated(run_dirs: Sequence[str | Path], split: str) -> list[Run]:
     for run_dir in run_dirs:
         run = open_run(run_dir)
         run.require_allocated()
-        run.lca(split)  # a one-line RunError when the split was not allocated
+        run.loss(split)  # a one-line RunError when the split was not allocated
         runs.append(run)
     return runs
 
@@ -459,6 +445,19 @@ def make_report(
         plots.LOSS_UNIT.reset(token)
 
 
+def _skip_lines(
+    group: list[RunMeasures], vs_group: list[RunMeasures], views: list[Skipped]
+) -> list[str]:
+    """One report.md line per skipped measurement (named by run when there are several)."""
+    several = len(group) + len(vs_group) > 1
+    lines = []
+    for m in group + vs_group:
+        prefix = f"`{m.run_dir.name}`: " if several else ""
+        lines += [prefix + k.line() for k in m.skipped]
+    prefix = f"`{group[0].run_dir.name}`: " if several else ""
+    return lines + [prefix + k.line() for k in views]
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write a report file whole or not at all: a failed write leaves the previous copy."""
     if is_remote(path):
@@ -493,11 +492,23 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
         cells.append(_group_rows(layers, vs_stats, vs_sign))
     rows = [(label, [c[i][1] for c in cells]) for i, (label, _) in enumerate(cells[0])]
 
-    figures = _figures(first, out)
-    figures.update(_comparison_figures(group, vs_group, columns, sign, vs_sign, layers, out))
-    views = _views(runs[0], split, frames, chunk_rows, out)
+    figures = report_figures.run_figures(first, out, TOP_MOMENTS)
+    figures.update(
+        report_figures.comparison_figures(group, vs_group, columns, sign, vs_sign, layers, out)
+    )
+    views = report_figures.views(runs[0], split, frames, chunk_rows, out)
     figures.update(views["figures"])
+    skipped = _skipped_views(runs[0])
+    splits = None
+    if report_splits.has_both_splits(runs[0]):
+        series = {split: first.series, first.other_split: first.other_series}
+        splits = report_splits.compare_splits(
+            runs[0], series, first.sync_min_fraction, TOP_MOMENTS, chunk_rows
+        )
+        figures.update(report_splits.figures(splits, out))
     per_class = _per_class(runs[0], split, first.sync_min_fraction, chunk_rows)
+    if per_class is not None and _neuron_view_layer(runs[0]) and per_class["neuron"] is None:
+        skipped.append(_per_parameter_skip(runs[0], "a neuron's input weights as an image (S22)"))
     if per_class is not None and per_class["neuron"] is not None:
         n = per_class["neuron"]
         figures["s22_neuron"] = plots.neuron_view(
@@ -518,6 +529,13 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
         "vs_across_runs": vs_stats,
         "vs_sign_test": vs_sign,
         "views": views["info"],
+        "skipped": [
+            {"run_dir": str(m.run_dir), **dataclasses.asdict(k)}
+            for m in group + vs_group
+            for k in m.skipped
+        ]
+        + [{"run_dir": str(runs[0].path), **dataclasses.asdict(k)} for k in skipped],
+        "train_vs_validation": splits.to_dict() if splits is not None else None,
         "per_class": per_class,
         "figures": {k: p.name for k, p in figures.items()},
     }
@@ -532,7 +550,11 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
         data=data,
     )
     _write_text(report.json, json.dumps(data, separators=(",", ":"), allow_nan=False))
-    markdown = _markdown(report, group, vs_group, stats, sign)
+    markdown = _markdown(
+        report, group, vs_group, stats, sign, _skip_lines(group, vs_group, skipped)
+    )
+    if splits is not None:
+        markdown = markdown.rstrip("\n") + "\n\n" + report_splits.markdown(splits, figures)
     model_cfg = runs[0].config.model
     if not model_cfg.classification:  # say why the class sections are absent
         markdown = markdown.rstrip("\n") + "\n\n" + PER_CLASS_NA.format(loss=model_cfg.loss)
@@ -600,13 +622,22 @@ def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> di
     }
 
 
-def _neuron_view(run: Run, split: str, group, chunk_rows: int) -> dict | None:
-    """S22 for the most-helped unit of a first dense layer on image input (else None)."""
+def _neuron_view_layer(run: Run) -> str | None:
+    """The first layer when it is dense on the (image) input: S22 draws its input weights."""
     layer = run.layout.layers[0]
     kernel = next((e for e in run.layout.entries if e.layer == layer), None)
     shape = [int(v) for v in run.trajectory.attrs.get("input_shape", [])]
     if kernel is None or len(kernel.shape) != 2 or kernel.shape[0] != int(np.prod(shape)):
         return None
+    return layer
+
+
+def _neuron_view(run: Run, split: str, group, chunk_rows: int) -> dict | None:
+    """S22 for the most-helped unit of a first dense layer on image input (else None)."""
+    layer = _neuron_view_layer(run)
+    if layer is None or run.store_level != "parameters":  # the input weights' LCA: per weight
+        return None
+    shape = [int(v) for v in run.trajectory.attrs.get("input_shape", [])]
     units = group["class_unit_lca"][layer]
     totals = np.zeros(units.shape[1:])
     for start in range(0, units.shape[0], chunk_rows):
@@ -652,111 +683,6 @@ def _per_class_markdown(per_class: dict) -> str:
     )
 
 
-def _figures(m: RunMeasures, out: Path) -> dict[str, Path]:
-    """The single-run figures (Fig 3, 4, S7, S11, S17, conservation) of one run."""
-    h, osc, s = m.helped, m.oscillations, m.sync
-    return {
-        "fig3a_percent_helped": plots.percent_helped(
-            h.helped,
-            h.hurt,
-            h.zero,
-            m.approx["measured"],
-            out / "fig3a_percent_helped.png",
-            split=m.split,
-        ),  # fmt: skip
-        "fig3b_lca_histogram": plots.value_histogram(
-            m.histogram.edges,
-            m.histogram.helped_counts,
-            m.histogram.hurt_counts,
-            m.histogram.excess_kurtosis,
-            out / "fig3b_lca_histogram.png",
-            zero=m.histogram.zero,
-            clipped=m.histogram.clipped,
-        ),
-        "fig3c_helped_per_layer": plots.helped_per_layer(
-            m.layers, h.mean_helped_per_layer, out / "fig3c_helped_per_layer.png"
-        ),
-        "fig3d_fraction_helped": plots.fraction_helped(
-            h.fraction_of_iterations_helped,
-            out / "fig3d_fraction_helped.png",
-            m.layer_index,
-            m.layers,
-            iterations=m.iterations,
-        ),
-        "fig4_layer_totals": plots.layer_totals(m.layers, m.totals, out / "fig4_layer_totals.png"),
-        "s11_cumulative_layer_lca": plots.cumulative_layer_lca(
-            m.layers, m.series, out / "s11_cumulative_layer_lca.png"
-        ),
-        "s7_oscillations": plots.oscillations(
-            m.layers,
-            osc.iterations_per_direction_change_per_layer,
-            osc.iterations_per_gradient_crossing_per_layer,
-            osc.direction_changes,
-            osc.gradient_crossings,
-            m.iterations,
-            out / "s7_oscillations.png",
-        ),
-        "s17_synchronisation": plots.synchronisation(
-            m.layers,
-            m.series,
-            m.moments,
-            s.iterations,
-            s.count,
-            s.baseline_mean,
-            s.baseline_std,
-            s.p_value,
-            s.required_layers,
-            out / "s17_synchronisation.png",
-            top=TOP_MOMENTS,
-        ),
-        "approximate_loss": plots.approximate_loss(
-            m.approx["measured"],
-            m.approx["rk4"],
-            m.approx["first_order"],
-            out / "approximate_loss.png",
-            split=m.split,
-        ),  # fmt: skip
-    }
-
-
-def _comparison_figures(
-    group: list[RunMeasures],
-    vs_group: list[RunMeasures],
-    columns: list[str],
-    sign: dict | None,
-    vs_sign: dict | None,
-    layers: list[str],
-    out: Path,
-) -> dict[str, Path]:
-    figures: dict[str, Path] = {}
-    with_other = [m for m in group if m.other_totals is not None]
-    if with_other:
-        a, b = with_other[0].split, with_other[0].other_split
-        figures["train_vs_val"] = plots.grouped_layer_totals(
-            layers,
-            {
-                a: np.stack([m.totals for m in with_other]),
-                b: np.stack([m.other_totals for m in with_other]),
-            },
-            out / "train_vs_val.png",
-            f"Per-layer total LCA measured on the {a} and the {b} set (same trajectory)",
-        )
-    if len(group) > 1 or vs_group:
-        groups = {columns[0]: np.stack([m.totals for m in group])}
-        p_values = {columns[0]: sign["p_value"]} if sign is not None else {}
-        if vs_group:
-            groups[columns[1]] = np.stack([m.totals for m in vs_group])
-            if vs_sign is not None:
-                p_values[columns[1]] = vs_sign["p_value"]
-        title = "Per-layer total LCA across runs"
-        if p_values:
-            title += " (p: one-sample t-test of the layer total against 0)"
-        figures["runs_layer_totals"] = plots.grouped_layer_totals(
-            layers, groups, out / "runs_layer_totals.png", title, p_values or None
-        )
-    return figures
-
-
 # --- report.md ------------------------------------------------------------------------------
 
 
@@ -765,24 +691,15 @@ def _img(report: Report, key: str, alt: str) -> str:
     return f"![{alt}]({path.name})" if path is not None else ""
 
 
-def _md(text: str) -> str:
-    """A table cell: a bare | would end the cell."""
-    return text.replace("|", "\\|")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(_md(str(c)) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _markdown(
     report: Report,
     group: list[RunMeasures],
     vs_group: list[RunMeasures],
     stats: dict,
     sign: dict | None,
+    skipped: Sequence[str] = (),
 ) -> str:
+    """report.md's paper sections; ``skipped``: one line per measurement left out."""
     m = group[0]
     layers = m.layers
     h, osc, hist, sync = m.helped, m.oscillations, m.histogram, m.sync
@@ -806,45 +723,13 @@ def _markdown(
             "the total is positive."
         )
 
+    parts.append("")
+    if skipped:
+        parts += ["## Skipped: not in this store", ""]
+        parts += [f"- {line}" for line in skipped] + [""]
+    if h is not None and hist is not None:
+        parts += _noisy_markdown(report, m)
     parts += [
-        "",
-        "## Learning is noisy (Fig 3)",
-        "",
-        _table(
-            ["layer", "mean % helped", "% zero (mean over iterations)"],
-            [
-                [n, f"{p:.2f}", f"{float(np.nanmean(z)):.2f}"]
-                for n, p, z in zip(layers, h.mean_helped_per_layer, h.zero_per_layer.T)
-            ],
-        ),
-        "",
-        _img(report, "fig3a_percent_helped", "percent helped per iteration"),
-        "",
-        "How to read: the green line is the share of parameters with non-zero LCA that lowered "
-        "the loss at that iteration (red: raised it; the two add up to 100 %), grey the share "
-        "of all parameters with no effect, black the loss (right axis). The paper finds green "
-        "barely above the dotted 50 % line even while the loss falls fast: learning is noisy.",
-        "",
-        _img(report, "fig3b_lca_histogram", "histogram of LCA values"),
-        "",
-        f"How to read: counts of single LCA values (one parameter, one iteration), helping "
-        f"green, hurting red, on a log axis. Near mirror images mean the net progress is a "
-        f"small imbalance between two large masses. Excess kurtosis "
-        f"{_num(hist.excess_kurtosis, '.1f')} (non-zero values; "
-        f"{_num(hist.excess_kurtosis_all, '.1f')} with zeros) means far heavier tails than a "
-        "Gaussian (0).",
-        "",
-        _img(report, "fig3c_helped_per_layer", "percent helped per layer"),
-        "",
-        "How to read: each layer's share of helping parameters, averaged over iterations; the "
-        "y axis is zoomed around the dotted 50 % line.",
-        "",
-        _img(report, "fig3d_fraction_helped", "fraction of iterations each parameter helped"),
-        "",
-        "How to read: for each parameter, the share of iterations where its LCA was negative. "
-        "A peak near 50 % means parameters help and hurt by turns; a spike at 0 % is "
-        "parameters that never move or never get a gradient (e.g. dead input pixels).",
-        "",
         "## Some layers hurt (Fig 4, S11)",
         "",
     ]
@@ -902,35 +787,9 @@ def _markdown(
             "(the paper's suggested overfitting probe).",
             "",
         ]
+    if osc is not None:
+        parts += _oscillations_markdown(report, m)
     parts += [
-        "## Oscillations (Table S2, Fig S7)",
-        "",
-        _table(
-            ["layer", "iterations per direction change", "iterations per gradient zero-crossing"],
-            [
-                [n, _num(a, ".2f"), _num(b, ".2f")]
-                for n, a, b in zip(
-                    layers,
-                    osc.iterations_per_direction_change_per_layer,
-                    osc.iterations_per_gradient_crossing_per_layer,
-                )
-            ]
-            + [
-                [
-                    "**all**",
-                    _num(osc.iterations_per_direction_change, ".2f"),
-                    _num(osc.iterations_per_gradient_crossing, ".2f"),
-                ]
-            ],
-        ),
-        "",
-        _img(report, "s7_oscillations", "oscillations per layer"),
-        "",
-        "How to read: left, per layer, the inverse of the mean frequency at which a "
-        "parameter's update reverses direction (blue) and its full-set gradient changes sign "
-        "(orange); right, those frequencies per parameter. Small numbers of iterations mean "
-        "weights zig-zag rather than move steadily downhill.",
-        "",
         "## Learning is synchronised (§5, Fig S17)",
         "",
         f"{sync.count} iterations where at least {sync.required_layers} of {len(layers)} layers "
@@ -990,11 +849,18 @@ def _markdown(
             "",
             _img(report, "fig2_animation", "animated LCA heatmaps"),
             "",
+        ]
+    if "s1_unit_lca" in report.figures:
+        parts += [
             _img(report, "s1_unit_lca", "LCA per output unit"),
             "",
-            "How to read: each row is one output unit (neuron or channel), its incoming "
-            "weights and bias summed; colour is that unit's LCA at each iteration.",
+            "How to read: each row is one unit (output neuron or channel with its incoming "
+            "weights and bias, attention head, embedding row); colour is that unit's LCA at "
+            "each iteration.",
             "",
+        ]
+    if "s2_parameter_curves" in report.figures:
+        parts += [
             _img(report, "s2_parameter_curves", "cumulative LCA of single parameters"),
             "",
             "How to read: running totals of single weights: the 50 that helped most over "
@@ -1002,4 +868,87 @@ def _markdown(
             "how unevenly the progress is spread over a layer's weights.",
             "",
         ]
+    if not (view_layers or "s1_unit_lca" in report.figures):
+        parts += ["None drawn (see Skipped above, or no layer with one kernel).", ""]
     return "\n".join(parts)
+
+
+def _noisy_markdown(report: Report, m: RunMeasures) -> list[str]:
+    """Fig 3: percent helped and the distribution of values (per-parameter stores)."""
+    h, hist, layers = m.helped, m.histogram, m.layers
+    assert h is not None and hist is not None
+    return [
+        "## Learning is noisy (Fig 3)",
+        "",
+        _table(
+            ["layer", "mean % helped", "% zero (mean over iterations)"],
+            [
+                [n, f"{p:.2f}", f"{float(np.nanmean(z)):.2f}"]
+                for n, p, z in zip(layers, h.mean_helped_per_layer, h.zero_per_layer.T)
+            ],
+        ),
+        "",
+        _img(report, "fig3a_percent_helped", "percent helped per iteration"),
+        "",
+        "How to read: the green line is the share of parameters with non-zero LCA that lowered "
+        "the loss at that iteration (red: raised it; the two add up to 100 %), grey the share "
+        "of all parameters with no effect, black the loss (right axis). The paper finds green "
+        "barely above the dotted 50 % line even while the loss falls fast: learning is noisy.",
+        "",
+        _img(report, "fig3b_lca_histogram", "histogram of LCA values"),
+        "",
+        f"How to read: counts of single LCA values (one parameter, one iteration), helping "
+        f"green, hurting red, on a log axis. Near mirror images mean the net progress is a "
+        f"small imbalance between two large masses. Excess kurtosis "
+        f"{_num(hist.excess_kurtosis, '.1f')} (non-zero values; "
+        f"{_num(hist.excess_kurtosis_all, '.1f')} with zeros) means far heavier tails than a "
+        "Gaussian (0).",
+        "",
+        _img(report, "fig3c_helped_per_layer", "percent helped per layer"),
+        "",
+        "How to read: each layer's share of helping parameters, averaged over iterations; the "
+        "y axis is zoomed around the dotted 50 % line.",
+        "",
+        _img(report, "fig3d_fraction_helped", "fraction of iterations each parameter helped"),
+        "",
+        "How to read: for each parameter, the share of iterations where its LCA was negative. "
+        "A peak near 50 % means parameters help and hurt by turns; a spike at 0 % is "
+        "parameters that never move or never get a gradient (e.g. dead input pixels).",
+        "",
+    ]
+
+
+def _oscillations_markdown(report: Report, m: RunMeasures) -> list[str]:
+    """Table S2 and Fig S7 (stores with gradients)."""
+    osc, layers = m.oscillations, m.layers
+    assert osc is not None
+    return [
+        "## Oscillations (Table S2, Fig S7)",
+        "",
+        _table(
+            ["layer", "iterations per direction change", "iterations per gradient zero-crossing"],
+            [
+                [n, _num(a, ".2f"), _num(b, ".2f")]
+                for n, a, b in zip(
+                    layers,
+                    osc.iterations_per_direction_change_per_layer,
+                    osc.iterations_per_gradient_crossing_per_layer,
+                )
+            ]
+            + [
+                [
+                    "**all**",
+                    _num(osc.iterations_per_direction_change, ".2f"),
+                    _num(osc.iterations_per_gradient_crossing, ".2f"),
+                ]
+            ],
+        ),
+        "",
+        _img(report, "s7_oscillations", "oscillations per layer"),
+        "",
+        "How to read: left, per layer, the inverse of the mean frequency at which a "
+        "parameter's update reverses direction (blue) and its full-set gradient changes sign "
+        "(orange); right, those frequencies per parameter. Small numbers of iterations mean "
+        "weights zig-zag rather than move steadily downhill.",
+        "",
+    ]

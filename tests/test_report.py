@@ -13,7 +13,8 @@ from PIL import Image
 from lca import analysis
 from lca.cli import main
 from lca.diagnostics import verify_error
-from lca.report import _kernel_rows, make_report
+from lca.report import make_report
+from lca.report_figures import kernel_rows
 from lca.storage import open_run
 
 FIGURES = [
@@ -124,7 +125,7 @@ def test_kernel_rows_reads_blocks_like_kernel_matrix(allocated):
     run = open_run(allocated[0])
     lca = run.lca("train")
     wanted = np.array([0, 4, 5, 39])
-    got = _kernel_rows(lca, wanted, run.layout, ["dense_1", "dense_2"], chunk_rows=5)
+    got = kernel_rows(lca, wanted, run.layout, ["dense_1", "dense_2"], chunk_rows=5)
     for k, t in enumerate(wanted):
         row = lca[int(t) : int(t) + 1][0]
         np.testing.assert_array_equal(
