@@ -16,7 +16,7 @@ _LAZY = {
     "open_run": ("storage", "open_run"),
     "allocate": ("allocation", "allocate"),
     "verify_error": ("diagnostics", "verify_error"),
-    "prune": ("prune", "prune"),
+    "prune": ("pruning", "prune"),
 }
 
 

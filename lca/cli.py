@@ -396,8 +396,8 @@ def report(run_dirs, split, out, vs, frames) -> None:
 def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
     """Zero the least important weights of θ_T by LCA, magnitude, movement or at random,
     and evaluate the pruned model on the whole splits (prune.json, prune.md, prune.png)."""
-    from .prune import CRITERIA, DEFAULT_FRACTIONS
-    from .prune import prune as run_prune
+    from .pruning import CRITERIA, DEFAULT_FRACTIONS
+    from .pruning import prune as run_prune
 
     try:
         table = run_prune(

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import lca
 from lca.cli import main
-from lca.prune import (
+from lca.pruning import (
     CRITERIA,
     importance,
     lca_sums,

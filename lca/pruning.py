@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
-import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -290,14 +288,3 @@ def _write(table: PruneTable, target: Path) -> Path:
         target.fs.put(str(out) + "/", target.path, recursive=True)
         shutil.rmtree(out, ignore_errors=True)
     return target
-
-
-class _CallableModule(types.ModuleType):
-    """``lca.prune`` is exported as the function, but importing this module puts the module
-    in its place on the package: calling the module calls the function, so both work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> PruneTable:
-        return prune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
