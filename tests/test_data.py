@@ -338,5 +338,15 @@ def test_modular_config_needs_a_prime_and_a_sequence_model() -> None:
 
     with pytest.raises(ConfigError, match="data.modular.p: must be a prime"):
         config_from_dict({"data": {"name": "modular", "modular": {"p": 12}}})
-    with pytest.raises(ConfigError, match="token sequences: the built-in networks read images"):
+    with pytest.raises(ConfigError, match="token sequences: the built-in image networks cannot"):
         config_from_dict({"data": {"name": "modular"}})
+    with pytest.raises(ConfigError, match="model.name: the transformer reads token sequences"):
+        config_from_dict({"model": {"name": "transformer"}, "data": {"name": "mnist"}})
+    with pytest.raises(ConfigError, match="model.num_heads: must divide d_model"):
+        config_from_dict(
+            {
+                "model": {"name": "transformer", "d_model": 10, "num_heads": 4},
+                "data": {"name": "modular"},
+            }
+        )
+    assert config_from_dict({"model": {"name": "transformer"}, "data": {"name": "modular"}})
