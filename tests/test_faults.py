@@ -55,6 +55,7 @@ READER = {
     (TRAJECTORY_STORE, "val_indices"): ["allocate", "--restart"],
     (TRAJECTORY_STORE, "loss"): ["check"],
     (TRAJECTORY_STORE, "accuracy"): ["check"],
+    (TRAJECTORY_STORE, "val_accuracy"): ["check"],
     (TRAJECTORY_STORE, "batch_indices"): ["check"],
     (LCA_STORE, "done"): ["verify-error"],
     **{
