@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from . import analysis, plots, report_figures, report_splits
+from . import analysis, plots, report_figures, report_splits, statistics
 from .markdown import escape as _md
 from .markdown import num as _num
 from .markdown import table as _table
+from .per_class import class_specialisation, class_synchronisation, neuron_input_totals
 from .storage import Run, RunError, is_remote, location, open_run
 from .storage.base import writing_to
 
@@ -374,11 +375,11 @@ def _open_allocated(run_dirs: Sequence[str | Path], split: str) -> list[Run]:
 def _group_stats(measures: list[RunMeasures]) -> tuple[dict, dict | None]:
     """across_runs of the headline numbers, and the per-layer sign test (two runs or more)."""
     numbers = [m.headline() for m in measures]
-    stats = analysis.across_runs(numbers)
+    stats = statistics.across_runs(numbers)
     stats["sync_p_value"]["max"] = max(n["sync_p_value"] for n in numbers)
     sign = None
     if len(measures) > 1:
-        sign = analysis.sign_test(np.stack([m.totals for m in measures]))
+        sign = statistics.sign_test(np.stack([m.totals for m in measures]))
     return stats, sign
 
 
@@ -599,7 +600,7 @@ def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> di
     group = run.lca_store[split]
     if "class_layer_lca" not in group:
         return None
-    sync = analysis.class_synchronisation(
+    sync = class_synchronisation(
         group["class_layer_lca"][:], top=TOP_MOMENTS, min_fraction=min_fraction
     )
     specialisation = {}
@@ -608,7 +609,7 @@ def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> di
         totals = np.zeros(units.shape[1:])
         for start in range(0, units.shape[0], chunk_rows):  # stream over iterations
             totals += units[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
-        result = analysis.class_specialisation(totals)
+        result = class_specialisation(totals)
         specialisation[layer] = {
             "units": result["units"],
             **{f"top{k}_over_80pct": v for k, v in result["fraction_over"].items()},
@@ -644,7 +645,7 @@ def _neuron_view(run: Run, split: str, group, chunk_rows: int) -> dict | None:
         totals += units[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
     unit = int(np.argmin(totals.sum(axis=0)))  # the unit that helped most
     curves = np.cumsum(units[:, :, unit].astype(np.float64), axis=0)
-    inputs = analysis.neuron_input_totals(run.lca(split), run.layout, layer, unit, chunk_rows)
+    inputs = neuron_input_totals(run.lca(split), run.layout, layer, unit, chunk_rows)
     image = inputs.reshape(shape).mean(axis=-1)
     return {"layer": layer, "unit": unit, "class_curves": curves, "input_lca": image}
 

@@ -8,9 +8,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from lca import analysis
+from lca import analysis, per_class
 from lca.analysis import (
-    across_runs,
     approximate_loss,
     helped_fractions,
     kernel_matrix,
@@ -19,17 +18,15 @@ from lca.analysis import (
     local_minima,
     oscillations,
     parameter_curves,
-    regularized_incomplete_beta,
-    sign_test,
     summary,
     synchronisation,
-    t_two_sided_p,
     top_moments,
     unit_series,
     value_histogram,
     value_moments,
 )
 from lca.layout import ParameterEntry, ParameterLayout
+from lca.statistics import across_runs, regularized_incomplete_beta, sign_test, t_two_sided_p
 
 CHUNKS = [1, 2, 3, 10_000]
 
@@ -608,7 +605,7 @@ def test_class_specialisation_known_answer():
             [0.0, -1.0, -8.0, 1.0],
         ]
     )
-    result = analysis.class_specialisation(totals, threshold=0.8)
+    result = per_class.class_specialisation(totals, threshold=0.8)
     assert result["units"] == 3  # the last unit has no helping at all
     np.testing.assert_allclose(result["shares"][1], [0.9, 1 / 3, 0.8])
     np.testing.assert_allclose(result["shares"][2], [1.0, 2 / 3, 0.9])
@@ -620,7 +617,7 @@ def test_class_specialisation_known_answer():
 def test_class_synchronisation_is_synchronisation_per_class():
     rng = np.random.default_rng(0)
     series = rng.normal(size=(60, 3, 2))
-    result = analysis.class_synchronisation(series, top=5, repeats=50, seed=3)
+    result = per_class.class_synchronisation(series, top=5, repeats=50, seed=3)
     for c in range(3):
         alone = analysis.synchronisation(series[:, c, :], top=5, repeats=50, seed=3 + c)
         assert result["count"][c] == alone.count
@@ -636,7 +633,7 @@ def test_neuron_input_totals_picks_the_units_kernel_column():
         )
     )
     lca = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)  # 4 iterations
-    totals = analysis.neuron_input_totals(lca, layout, "d", unit=1, chunk_rows=3)
+    totals = per_class.neuron_input_totals(lca, layout, "d", unit=1, chunk_rows=3)
     # kernel[:, 1] sits at flat offsets 1, 3, 5 (C order); summed over the 4 rows
     np.testing.assert_allclose(totals, lca[:, [1, 3, 5]].sum(axis=0))
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from lca import analysis
+from lca import analysis, statistics
 from lca.cli import main
 from lca.diagnostics import verify_error
 from lca.report import make_report
@@ -145,7 +145,7 @@ def test_several_runs_give_mean_std_sign_test_and_vs(allocated, tmp_path):
     assert data["across_runs"]["percent_helped"]["mean"] == pytest.approx(np.mean(helped))
     assert data["across_runs"]["percent_helped"]["std"] == pytest.approx(np.std(helped, ddof=1))
     totals = np.array([list(r["layer_totals"].values()) for r in data["runs"]])
-    expected = analysis.sign_test(totals)
+    expected = statistics.sign_test(totals)
     assert data["sign_test"]["p_value"] == pytest.approx(expected["p_value"].tolist())
     assert all(0 <= p <= 1 for p in data["sign_test"]["p_value"])
     assert (tmp_path / "many" / "runs_layer_totals.png").is_file()
