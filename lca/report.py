@@ -343,7 +343,7 @@ def _group_rows(
             _cell(stats["iterations_per_gradient_crossing"], ".2f"),
         ),
         (f"synchronised moments vs baseline (top {TOP_MOMENTS})", sync),
-        ("total error RK4 (% of |ΔL|)", _cell(stats["total_error_rk4_pct"], "+.4f")),
+        ("total error, allocated rule (% of |ΔL|)", _cell(stats["total_error_rk4_pct"], "+.4f")),
         (
             "total error first order (% of |ΔL|)",
             _cell(stats["total_error_first_order_pct"], "+.3f"),
@@ -821,7 +821,7 @@ def _markdown(
             [
                 [f"ΔL measured ({_unit()})", f"{m.loss_change:+.6f}"],
                 [f"Σ LCA ({_unit()})", f"{m.totals.sum():+.6f}"],
-                ["total error RK4 (% of |ΔL|)", _num(m.error_pct("rk4"), "+.4f")],
+                ["total error, allocated rule (% of |ΔL|)", _num(m.error_pct("rk4"), "+.4f")],
                 ["total error first order (% of |ΔL|)", _num(m.error_pct("first_order"), "+.4f")],
             ],
         ),
