@@ -522,24 +522,31 @@ def kernel_animation(
     return path
 
 
-def unit_series(layers: Sequence[str], series: Sequence[np.ndarray], path: str | Path) -> Path:
-    """S1: which output units learn when: LCA per unit against iterations."""
+def unit_series(
+    layers: Sequence[str],
+    series: Sequence[np.ndarray],
+    path: str | Path,
+    kinds: Sequence[str] | None = None,
+) -> Path:
+    """S1: which units (neurons, channels, heads, tokens) learn when: their LCA per iteration."""
     n = len(layers)
     fig = Figure(figsize=(9, 0.6 + 2.2 * n), layout="constrained")
     axes = np.atleast_1d(fig.subplots(n, 1, sharex=True))
-    for ax, layer, s in zip(axes, layers, series):
+    kinds = kinds or ["unit"] * n
+    for ax, layer, s, kind in zip(axes, layers, series, kinds):
         s = np.asarray(s, dtype=np.float64)
         limit = _symmetric_limit(s)
         image = ax.imshow(
             s.T, cmap=LCA_CMAP, norm=Normalize(-limit, limit), aspect="auto",
             interpolation="nearest", extent=(-0.5, s.shape[0] - 0.5, s.shape[1] - 0.5, -0.5),
         )  # fmt: skip
-        ax.set_ylabel(f"{layer}\nunit", fontsize=8)
+        ax.set_ylabel(f"{layer}\n{kind}", fontsize=8)
         ax.tick_params(labelsize=7)
         _cmap_bar(fig, image, ax, limit, short=True)
     axes[-1].set_xlabel("iteration")
     fig.suptitle(
-        "LCA per output unit (incoming weights and bias summed), per iteration\n"
+        "LCA per unit (a neuron's or channel's incoming weights and bias, a head's or "
+        "token's weights, summed), per iteration\n"
         "green = helped, red = hurt, white = 0; each row's colours clipped at its 99th "
         "percentile of |LCA|",
         fontsize=10,

@@ -853,7 +853,7 @@ def _markdown(
         ]
     if "s1_unit_lca" in report.figures:
         parts += [
-            _img(report, "s1_unit_lca", "LCA per output unit"),
+            _img(report, "s1_unit_lca", "LCA per unit"),
             "",
             "How to read: each row is one unit (output neuron or channel with its incoming "
             "weights and bias, attention head, embedding row); colour is that unit's LCA at "

@@ -126,6 +126,21 @@ def _kernel_layers(run: Run) -> list[str]:
     return [layers[i] for i in pick]
 
 
+def _unit_layers(run: Run, kernel_layers: list[str]) -> list[str]:
+    """S1's layers: the kernel layers, and every layer of attention heads or MLP neurons
+    (a transformer's components), in layout order; at most 6, ends kept."""
+    named = {"head", "neuron"}
+    layers = [
+        name
+        for name in run.layout.layers
+        if name in kernel_layers or run.layout.kind_of_units(name) in named
+    ]
+    if len(layers) <= MAX_VIEW_LAYERS + 2:
+        return layers
+    pick = np.unique(np.linspace(0, len(layers) - 1, MAX_VIEW_LAYERS + 2).round().astype(int))
+    return [layers[i] for i in pick]
+
+
 def _kernel_block(run: Run, layer: str) -> tuple[int, int] | None:
     """(kh, kw) of a conv layer's heatmap blocks (as ``kernel_matrix`` lays them), else None."""
     for e in run.layout.entries:
@@ -171,9 +186,11 @@ def views(run: Run, split: str, frames: int, chunk_rows: int, out: Path) -> dict
     info: dict[str, Any] = {"run_dir": str(run.path), "layers": layers}
     if not layers or T == 0 or run.store_level == "layers":
         return {"figures": figures, "info": info}
-    units = [run.unit_lca(split, layer, chunk_rows) for layer in layers]
-    figures["s1_unit_lca"] = plots.unit_series(layers, units, out / "s1_unit_lca.png")
-    info["unit_totals"] = {layer: u.sum(axis=0) for layer, u in zip(layers, units)}
+    unit_layers = _unit_layers(run, layers)
+    units = [run.unit_lca(split, layer, chunk_rows) for layer in unit_layers]
+    kinds = [run.layout.kind_of_units(layer) for layer in unit_layers]
+    figures["s1_unit_lca"] = plots.unit_series(unit_layers, units, out / "s1_unit_lca.png", kinds)
+    info["unit_totals"] = {layer: u.sum(axis=0) for layer, u in zip(unit_layers, units)}
     if run.store_level == "parameters":
         more = _parameter_views(run, split, layers, frames, chunk_rows, out)
         figures.update(more["figures"])
