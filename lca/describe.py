@@ -139,7 +139,9 @@ def describe_run(run_dir: str | Path) -> RunDescription:
                 f"{int(done.sum())} of {done.size} work units done ({iterations} of {T} "
                 f"iterations; {'complete' if done.all() else 'partial'}), splits "
                 f"{', '.join(settings['splits'])}, rule {group.attrs.get('rule', 'simpson')}, "
-                f"gradients in {group.attrs.get('precision', 'float32')}"
+                f"gradients in {group.attrs.get('precision', 'float32')}, "
+                f"LCA kept per {settings.get('store', 'parameters').removesuffix('s')}"
+                f"{'' if settings.get('store_grad', True) else ', gradients not stored'}"
             )
         arrays += _arrays(group, LCA_STORE)
     unchecked = [name for name, checked in arrays if not checked]

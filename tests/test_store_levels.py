@@ -202,3 +202,12 @@ def test_a_store_level_is_one_of_three():
     settings = resolve_settings(AllocateConfig(store="layers", store_grad=False), 10)
     assert settings.identity()["store"] == "layers" and not settings.identity()["store_grad"]
     assert resolve_settings(AllocateConfig(), 10, store="units").store == "units"
+
+
+def test_describe_names_what_a_store_keeps(levels):
+    from lca.describe import describe_run
+
+    texts = {level: describe_run(levels[level]).allocation for level in LEVELS}
+    assert texts["parameters"].endswith("LCA kept per parameter")
+    assert texts["units"].endswith("LCA kept per unit, gradients not stored")
+    assert texts["layers"].endswith("LCA kept per layer")
