@@ -294,9 +294,11 @@ def test_reusing_the_input_layer_matches_evaluating_every_node(fresh_run, tmp_pa
 def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, tmp_path):
     """Allocation streams work units: a 4x longer run must not need more memory.
 
-    TensorFlow's tracing adds a few MB of noise to any peak, so the rows are made large (K ~ 77k)
-    and the growth is compared with what holding the extra rows would cost.
+    TensorFlow's tracing adds noise to any peak (up to ~17 MB seen in a full suite run, where
+    earlier tests leave caches warm), so the rows are made large (K ~ 77k) and the growth is
+    compared with what holding the extra rows would cost (~236 MB): under a tenth of it.
     """
+    import gc
     import shutil
     import tracemalloc
 
@@ -310,6 +312,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, t
         run_dir = tmp_path / f"t{iterations}"
         shutil.copytree(source, run_dir)
         load_objective(run_dir, ["train"])  # TensorFlow's one-time start-up, outside the window
+        gc.collect()
         tracemalloc.start()
         allocate(run_dir, progress=False)
         verify_error(run_dir)
@@ -318,7 +321,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, t
     K = open_trajectory(tmp_path / "t64").theta.shape[1]
     row_bytes = 4 * K * 4  # lca + grad of two splits, float32, one iteration
     extra_rows = (256 - 64) * row_bytes  # what holding every row would add (~236 MB)
-    assert peaks[256] - peaks[64] < 0.05 * extra_rows, (peaks, extra_rows)
+    assert peaks[256] - peaks[64] < 0.1 * extra_rows, (peaks, extra_rows)
     assert peaks[256] < 256 * row_bytes / 3, (peaks, row_bytes)
 
 
