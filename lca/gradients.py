@@ -16,6 +16,7 @@ verifies that the result does not change from one call to the next.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping
 
@@ -229,6 +230,7 @@ class FullBatchObjective:
         self._compiled = traced(self._evaluate)
         self._compiled_between = traced(self._evaluate_between)
         self._compiled_losses = tf.function(self._evaluate_losses, jit_compile=self._jit_compile)
+        self._compiled_scores = None  # made on first use: allocations never need it
         self._cache: dict[bytes, list] = {}  # θ fingerprint -> per-split z tensors
         self.evaluations = 0
 
@@ -344,19 +346,34 @@ class FullBatchObjective:
 
     def _evaluate_losses(self, theta):
         """Every split's loss, forward only: the same operations as :meth:`_evaluate`'s."""
+        return [loss for loss, _ in self._evaluate_forward(theta, count_right=False)]
+
+    def _evaluate_forward(self, theta, count_right: bool):
+        """Every split's (loss, right predictions), forward only; ``count_right`` False: 0."""
         import tensorflow as tf
 
+        def terms(x, y, n):
+            logits = self._forward(x)[0]
+            loss_sum = self._loss_terms(logits, y, n)[1]
+            if not count_right:
+                return loss_sum, tf.constant(0, tf.int64)
+            predicted = tf.argmax(logits, axis=-1, output_type=tf.int64)
+            right = tf.equal(predicted, tf.cast(tf.reshape(y, [-1]), tf.int64))
+            return loss_sum, tf.reduce_sum(tf.cast(right, tf.int64))
+
         _assign_flat(self.variables, theta)
-        losses = []
+        results = []
         for name in self.split_names:
             (xb, yb), rest, n = self._data[name]
-            total = tf.constant(0.0, tf.float64)
+            total, right = tf.constant(0.0, tf.float64), tf.constant(0, tf.int64)
             for i in tf.range(tf.shape(xb)[0]):
-                total += self._loss_terms(self._forward(xb[i])[0], yb[i], n)[1]
+                loss_sum, hits = terms(xb[i], yb[i], n)
+                total, right = total + loss_sum, right + hits
             if rest is not None:
-                total += self._loss_terms(self._forward(rest[0])[0], rest[1], n)[1]
-            losses.append(total / n)
-        return losses
+                loss_sum, hits = terms(rest[0], rest[1], n)
+                total, right = total + loss_sum, right + hits
+            results.append((total / n, right))
+        return results
 
     def _evaluate_between(self, theta, fraction, z0s, z1s):
         _assign_flat(self.variables, theta)
@@ -401,6 +418,27 @@ class FullBatchObjective:
             while len(self._cache) > 2:
                 self._cache.pop(next(iter(self._cache)))
         return self._unpack(results)
+
+    def scores(self, theta: np.ndarray) -> dict[str, tuple[float, int]]:
+        """Each split's loss and number of right predictions (argmax of the outputs) at θ,
+        forward only: what a pruned θ is worth. The loss is bitwise ``__call__``'s."""
+        import tensorflow as tf
+
+        theta = self._checked(theta)
+        if self._compiled_scores is None:
+            self._compiled_scores = tf.function(
+                lambda t: self._evaluate_forward(t, count_right=True),
+                jit_compile=self._jit_compile,
+            )
+        with tensor_float_32(False) if self.precision == "tf32" else contextlib.nullcontext():
+            results = self._compiled_scores(theta)
+        return {
+            name: (float(loss.numpy()), int(right.numpy()))
+            for name, (loss, right) in zip(self.split_names, results)
+        }
+
+    def num_examples(self, split: str) -> int:
+        return int(self._data[split][2])
 
     def between(
         self, start: np.ndarray, end: np.ndarray, fraction: float

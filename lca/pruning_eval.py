@@ -38,7 +38,8 @@ class PruningEvaluator:
         stored = dict(run.lca_store.attrs["settings"]) if run.lca_store is not None else {}
         config = read_run_config(run_dir)
         self.classification = bool(config.model.classification)
-        # the batches and arithmetic the stored losses were made with (the config's before)
+        # the batches and arithmetic the stored losses were made with (the config's before);
+        # precision tf32 took its losses from a pass with TF32 off, which `scores` repeats
         self.objective = load_objective(
             run_dir,
             splits,
@@ -48,67 +49,17 @@ class PruningEvaluator:
             reuse_input_layer=bool(
                 stored.get("reuse_input_layer", config.allocate.reuse_input_layer)
             ),
+            precision="tf32" if stored.get("precision") == "tf32" else "float32",
         )
-        # precision tf32 took its losses from a pass with TF32 off; otherwise allow_tf32 rules
-        self._tf32 = None if stored.get("precision") != "tf32" else False
         self.splits = tuple(splits)
         self.num_params = self.objective.num_params
-        self._compiled = None
-
-    def _evaluate(self, theta):
-        """Every split's float64 loss sum and count of right predictions, forward only."""
-        import tensorflow as tf
-
-        from .gradients import _assign_flat
-
-        objective = self.objective
-        _assign_flat(objective.variables, theta)
-
-        def terms(x, y, n):
-            logits = objective._forward(x)[0]
-            loss_sum = objective._loss_terms(logits, y, n)[1]
-            if not self.classification:
-                return loss_sum, tf.constant(0, tf.int64)
-            predicted = tf.argmax(logits, axis=-1, output_type=tf.int64)
-            right = tf.equal(predicted, tf.cast(tf.reshape(y, [-1]), tf.int64))
-            return loss_sum, tf.reduce_sum(tf.cast(right, tf.int64))
-
-        results = []
-        for name in self.splits:
-            (xb, yb), rest, n = objective._data[name]
-            total = tf.constant(0.0, tf.float64)
-            correct = tf.constant(0, tf.int64)
-            for i in tf.range(tf.shape(xb)[0]):
-                loss_sum, right = terms(xb[i], yb[i], n)
-                total += loss_sum
-                correct += right
-            if rest is not None:
-                loss_sum, right = terms(rest[0], rest[1], n)
-                total += loss_sum
-                correct += right
-            results.append((total / n, correct))
-        return results
 
     def __call__(self, theta: np.ndarray) -> dict[str, SplitScore]:
-        import contextlib
-
-        import tensorflow as tf
-
-        from .precision import tensor_float_32
-
-        theta = np.ascontiguousarray(theta, dtype=np.float32)
-        if theta.shape != (self.num_params,):
-            raise ValueError(f"theta has shape {theta.shape}, expected ({self.num_params},)")
-        if self._compiled is None:
-            self._compiled = tf.function(self._evaluate, jit_compile=self.objective._jit_compile)
-        tf32 = contextlib.nullcontext() if self._tf32 is None else tensor_float_32(self._tf32)
-        with tf32:
-            results = self._compiled(theta)
         scores = {}
-        for name, (loss, correct) in zip(self.splits, results):
-            count = self.objective._data[name][2]
-            accuracy = int(correct.numpy()) / count if self.classification else None
-            scores[name] = SplitScore(loss=float(loss.numpy()), accuracy=accuracy)
+        for name, (loss, right) in self.objective.scores(theta).items():
+            count = self.objective.num_examples(name)
+            accuracy = right / count if self.classification else None
+            scores[name] = SplitScore(loss=loss, accuracy=accuracy)
         return scores
 
 
