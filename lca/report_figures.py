@@ -187,7 +187,8 @@ def views(run: Run, split: str, frames: int, chunk_rows: int, out: Path) -> dict
     if not layers or T == 0 or run.store_level == "layers":
         return {"figures": figures, "info": info}
     unit_layers = _unit_layers(run, layers)
-    units = [run.unit_lca(split, layer, chunk_rows) for layer in unit_layers]
+    by_layer = run.unit_lcas(split, unit_layers, chunk_rows)  # one pass over the rows
+    units = [by_layer[layer] for layer in unit_layers]
     kinds = [run.layout.kind_of_units(layer) for layer in unit_layers]
     figures["s1_unit_lca"] = plots.unit_series(unit_layers, units, out / "s1_unit_lca.png", kinds)
     info["unit_totals"] = {layer: u.sum(axis=0) for layer, u in zip(unit_layers, units)}

@@ -97,27 +97,11 @@ def has_both_splits(run: Run) -> bool:
 
 
 def unit_sums(run: Run, split: str, chunk_rows: int = 64) -> dict[str, np.ndarray] | None:
-    """(T, U) LCA per unit of every layer; one pass over a ``parameters`` store's rows.
-
-    The same arithmetic as ``Run.unit_lca`` (``LevelSums``), which would read the whole
-    (T, K) array once per layer. None for a ``layers`` store.
-    """
+    """(T, U) LCA per unit of every layer (one pass over a ``parameters`` store's rows);
+    None for a ``layers`` store."""
     if run.store_level == "layers":
         return None
-    layers = run.layer_names
-    if run.store_level == "units":
-        return {layer: run.unit_lca(split, layer) for layer in layers}
-    from .allocation.levels import LevelSums
-
-    sums = LevelSums.from_layout(run.trajectory.layout_json)
-    lca = run.lca(split)
-    T = lca.shape[0]
-    out = {layer: np.empty((T, sums.units[layer][2])) for layer in layers}
-    for start in range(0, T, chunk_rows):
-        block = lca[start : start + chunk_rows]
-        for layer in layers:
-            out[layer][start : start + block.shape[0]] = sums.unit_rows(block, layer)
-    return out
+    return run.unit_lcas(split, chunk_rows=chunk_rows)
 
 
 def compare_splits(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .store import _layer_index, unit_index
+from ..layout import ParameterLayout
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,12 @@ class LevelSums:
 
     layer_index: np.ndarray  # (K,) layer of every parameter
     layers: list[str]
-    units: dict[str, tuple[np.ndarray, np.ndarray, int]]  # unit_index(layout_json)
+    units: dict[str, tuple[np.ndarray, np.ndarray, int]]  # ParameterLayout.unit_index()
 
     @classmethod
     def from_layout(cls, layout_json: list[dict]) -> LevelSums:
-        layer_index, layers = _layer_index(layout_json)
-        return cls(layer_index, layers, unit_index(layout_json))
+        layout = ParameterLayout.from_json(layout_json)
+        return cls(layout.layer_index(), layout.layers, layout.unit_index())
 
     def layer_rows(self, rows: np.ndarray) -> np.ndarray:
         """(n, L) float64: each row of a (n, K) LCA block summed per layer."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,16 +110,29 @@ class Run:
         if "layer_lca" in group:
             return group["layer_lca"][:]
         sums = self._sums()
-        return self._stream(self.lca(split), sums.layer_rows, len(sums.layers), chunk_rows)
+        lca = self.lca(split)
+        out = np.empty((lca.shape[0], len(sums.layers)))
+        for start, block in _row_blocks(lca, chunk_rows):
+            out[start : start + len(block)] = sums.layer_rows(block)
+        return out
 
     def unit_lca(self, split: str, layer: str, chunk_rows: int = 64) -> np.ndarray:
-        """(T, U) float64 LCA per iteration and unit of ``layer``, the same on every level
-        that keeps it: the stored ``unit_lca/<layer>``, or the (T, K) LCA summed per unit.
+        """(T, U) float64 LCA per iteration and unit of ``layer``: see :meth:`unit_lcas`."""
+        return self.unit_lcas(split, [layer], chunk_rows)[layer]
+
+    def unit_lcas(
+        self, split: str, layers: Sequence[str] | None = None, chunk_rows: int = 64
+    ) -> dict[str, np.ndarray]:
+        """Per layer of ``layers`` (default: all), (T, U) float64 LCA per iteration and unit,
+        the same on every level that keeps it: the stored ``unit_lca/<layer>``, or the (T, K)
+        LCA summed per unit in one pass over its rows, whatever the number of layers.
         """
         group = self._group(split)
-        if layer not in self.layer_names:
+        layers = self.layer_names if layers is None else list(layers)
+        unknown = [layer for layer in layers if layer not in self.layer_names]
+        if unknown:
             raise RunError(
-                f"{self.path}: no layer {layer!r} (layers: {', '.join(self.layer_names)})"
+                f"{self.path}: no layer {unknown[0]!r} (layers: {', '.join(self.layer_names)})"
             )
         if self.store_level == "layers":
             raise RunError(
@@ -128,25 +141,19 @@ class Run:
                 "--restart`"
             )
         if "unit_lca" in group:
-            return group["unit_lca"][layer][:]
+            return {layer: group["unit_lca"][layer][:] for layer in layers}
         sums = self._sums()
-        count = sums.units[layer][2]
-        rows = functools.partial(sums.unit_rows, layer=layer)
-        return self._stream(self.lca(split), rows, count, chunk_rows)
+        lca = self.lca(split)
+        out = {layer: np.empty((lca.shape[0], sums.units[layer][2])) for layer in layers}
+        for start, block in _row_blocks(lca, chunk_rows):
+            for layer in layers:
+                out[layer][start : start + len(block)] = sums.unit_rows(block, layer)
+        return out
 
     def _sums(self):
         from ..allocation.levels import LevelSums  # not at import: allocation imports storage
 
         return LevelSums.from_layout(self.trajectory.layout_json)
-
-    @staticmethod
-    def _stream(lca: zarr.Array, reduce, width: int, chunk_rows: int) -> np.ndarray:
-        """``reduce`` applied to ``lca`` a block of ``chunk_rows`` rows at a time: (T, width)."""
-        out = np.empty((lca.shape[0], width))
-        for start in range(0, lca.shape[0], chunk_rows):
-            stop = min(start + chunk_rows, lca.shape[0])
-            out[start:stop] = reduce(lca[start:stop])
-        return out
 
     def loss(self, split: str = "train") -> np.ndarray:
         """Full-set loss L(θ_t), shape (T+1,)."""
@@ -182,6 +189,12 @@ class Run:
         if split is None:
             return xr.open_zarr(self.trajectory.group.store, consolidated=False)
         return xr.open_zarr(self._group(split).store, group=split, consolidated=False)
+
+
+def _row_blocks(array: zarr.Array, chunk_rows: int):
+    """(first row, rows) of ``array``, ``chunk_rows`` rows at a time: never the whole array."""
+    for start in range(0, array.shape[0], chunk_rows):
+        yield start, array[start : start + chunk_rows]
 
 
 def open_run(run_dir: str | Path) -> Run:
