@@ -263,7 +263,7 @@ def _stored_loss(run: Run, splits: Sequence[str]) -> dict[str, float]:
 
 def _write(table: PruneTable, target: Path) -> Path:
     """prune.json, prune.md, prune.png, each whole or not at all; a URL is uploaded last."""
-    from . import plots
+    from . import plots, plots_pruning
     from .report import _write_text
 
     out = Path(tempfile.mkdtemp(prefix="lca-prune-")) if is_remote(target) else target
@@ -278,7 +278,7 @@ def _write(table: PruneTable, target: Path) -> Path:
     partial = out / ".prune.partial.png"
     token = plots.LOSS_UNIT.set(table.loss_unit)
     try:
-        plots.pruning_curves(
+        plots_pruning.pruning_curves(
             figure_curves(table), partial, title=f"{table.run_dir.name}: pruning θ_T"
         )
     finally:
