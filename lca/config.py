@@ -299,7 +299,7 @@ class AllocateConfig:
     # output unit; the full (T, classes, K) array only with per_class_full (C times the size)
     per_class: bool = False
     per_class_full: bool = False
-    # what is kept per iteration (README "Long runs: what to store"): "parameters" the (T, K)
+    # what is kept per iteration (docs/storage.md#store-levels): "parameters" the (T, K)
     # LCA; "units" only its float64 sums per output unit and per layer; "layers" per layer only
     store: Literal["parameters", "units", "layers"] = "parameters"
     # also keep the full-set gradient at every θ_t, (T+1, K): only oscillation measures read it

@@ -7,7 +7,7 @@ products for dx and dW take bfloat16 inputs (oneDNN runs them on AMX / AVX512-BF
 accumulating in float32) and return float32. Everything else in the backward pass (ReLU
 masks, pooling, biases, softmax, the float64 sums over batches) is unchanged.
 
-Measured against the alternatives on this project's CPU (README, "Faster allocations"):
+Measured against the alternatives on a 2-core CPU (docs/performance.md#precision-modes):
 Keras' ``mixed_bfloat16`` policy also rounds the forward activations (so the loss needs a
 second, float32 forward pass) and is less accurate; oneDNN's ``TF_SET_ONEDNN_FPMATH_MODE``
 is process-wide, so it cannot keep the loss in float32 within one evaluation.
@@ -52,7 +52,7 @@ def resolve_precision(
     """``auto``: bfloat16 on a CPU with bfloat16 units, float32 otherwise.
 
     Where ``auto`` picks bfloat16 it met the agreement limits with the paper's float32
-    allocation on all three MNIST-FC set-ups (README, "Faster allocations"). GPUs get float32
+    allocation on all three MNIST-FC set-ups (docs/performance.md#method-comparisons). GPUs get float32
     until TF32 and bf16 there are measured (``scripts/gpu_check.py``); per-class LCA has
     no reduced-precision path.
     """

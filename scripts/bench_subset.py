@@ -93,7 +93,7 @@ def main() -> None:
                 subset_size=subset,
                 check_every=args.check_every if subset else None,
                 num_train=M,
-                rule="simpson",  # the figures in the README's subset section
+                rule="simpson",  # the figures in docs/performance.md#subsets
                 precision="float32",
             )
             return replace(settings, chunk_iterations=args.chunk_iterations)
