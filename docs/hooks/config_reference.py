@@ -60,7 +60,7 @@ EXTRA = {
     "training.batch_size": "mini-batch size, or `full` for full-batch steps",
     "training.seed": "seed of initialisation, batch order and dropout",
     "allocate.splits": "the splits whose loss change is allocated",
-    "allocate.eval_batch_size": "size of the fixed evaluation batches (batch norm: their statistics)",
+    "allocate.eval_batch_size": "size of the fixed evaluation batches (batch norm: their stats)",
     "allocate.threshold": "per-iteration |conservation error| that triggers halving the step",
     "allocate.max_splits": "most sub-intervals per iteration (a power of two)",
     "allocate.allow_tf32": "allow TF32 tensor-core products on GPUs (then check `verify-error`)",
@@ -175,9 +175,7 @@ def sections(module_name: str = CONFIG_MODULE) -> list[Section]:
             section.rows.append(Row(key, _type_text(tp), _default_text(f), meaning))
             if dataclasses.is_dataclass(tp):
                 nested.append((tp, key))
-            elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(
-                typing.get_args(tp)[1]
-            ):
+            elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
                 nested.append((typing.get_args(tp)[1], f"{key}.<{_item_name(key)}>"))
         for child, child_path in nested:
             walk(child, child_path)
