@@ -41,3 +41,14 @@ def fresh_run(trained_runs, tmp_path):
         return target
 
     return get
+
+
+@pytest.fixture(scope="session")
+def allocated_tiny_run(trained_runs, tmp_path_factory):
+    """The tiny_fc run allocated on train and val, once per session (read-only: copy it)."""
+    from lca.allocation import allocate
+
+    run_dir = tmp_path_factory.mktemp("tiny_fc_allocated") / "tiny_fc"
+    shutil.copytree(trained_runs("tiny_fc"), run_dir)
+    allocate(run_dir, progress=False)
+    return run_dir
