@@ -5,6 +5,7 @@ lca train configs/mnist_fc_sgd.yaml --set data.path=../shared/data/mnist.npz
 lca allocate runs/mnist_fc_sgd --workers 2
 lca verify-error runs/mnist_fc_sgd
 lca report runs/mnist_fc_sgd --out /tmp/report
+lca tensorboard runs/mnist_fc_sgd
 """
 
 from __future__ import annotations
@@ -361,6 +362,39 @@ def report(run_dirs, split, out, vs, frames) -> None:
     )
     click.echo(result.headline())
     click.echo(f"report written to {result.out_dir}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--logdir",
+    type=click.Path(file_okay=False),
+    help="Where the event files go, one folder per run [tensorboard/ beside the runs].",
+)
+@click.option(
+    "--histograms",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Most iterations with per-layer LCA histograms (the training log points).",
+)
+@friendly_errors
+def tensorboard(run_dirs, logdir, histograms) -> None:
+    """Write TensorBoard event files of RUN_DIRS: losses, per-layer LCA, errors, config.
+
+    Each run goes to LOGDIR/<run name>/ (train/, val/, training/), so one
+    `tensorboard --logdir LOGDIR` shows several runs side by side. A command of its own
+    rather than a flag of `lca report`: it writes no report, and LOGDIR is its only output.
+    """
+    from .tensorboard import write_tensorboard
+
+    if histograms < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--histograms")
+    written = write_tensorboard(list(run_dirs), logdir, max_histograms=histograms)
+    for folder in written:
+        click.echo(f"wrote {folder}")
+    root = written[0].parent if len(written) == 1 else os.path.commonpath(written)
+    click.echo(f"view with: tensorboard --logdir {root}")
 
 
 @main.command()
