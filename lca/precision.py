@@ -52,9 +52,9 @@ def resolve_precision(
     """``auto``: bfloat16 on a CPU with bfloat16 units, float32 otherwise.
 
     Where ``auto`` picks bfloat16 it met the agreement limits with the paper's float32
-    allocation on all three MNIST-FC set-ups (docs/performance.md#method-comparisons). GPUs get float32
-    until TF32 and bf16 there are measured (``scripts/gpu_check.py``); per-class LCA has
-    no reduced-precision path.
+    allocation on all three MNIST-FC set-ups (docs/performance.md#method-comparisons).
+    GPUs get float32 until TF32 and bf16 there are measured (``scripts/gpu_check.py``);
+    per-class LCA has no reduced-precision path.
     """
     if precision != "auto":
         return precision
