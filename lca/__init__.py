@@ -10,7 +10,7 @@ run.to_xarray("train")        # the same as an xarray.Dataset with named dimensi
 Record your own model's ``model.fit`` with ``lca.keras.TrajectoryRecorder``.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY = {
     "open_run": ("storage", "open_run"),

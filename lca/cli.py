@@ -426,7 +426,8 @@ def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
 @friendly_errors
 def check(run_dir: str, repair: bool) -> None:
     """Read every chunk of a run: present, checksum OK, finite; exit 1 if any is damaged."""
-    from .storage.check import check_run, repair_run
+    from .allocation.repair import repair_run
+    from .storage.check import check_run
 
     report = check_run(run_dir)
     click.echo(report.to_text())

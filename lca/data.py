@@ -118,7 +118,7 @@ def load_builder_dataset(cfg: DataConfig, run_dir=None) -> Dataset:
     """
     import inspect
 
-    from .models import ModelError, import_function
+    from .config import ModelError, import_function
 
     try:
         fn = import_function(cfg.builder, "data.builder")

@@ -31,8 +31,7 @@ class PruningEvaluator:
 
     def __init__(self, run_dir: str | Path, splits: tuple[str, ...]) -> None:
         from .allocation import load_objective
-        from .allocation.settings import read_run_config
-        from .storage import open_run
+        from .storage import open_run, read_run_config
 
         run = open_run(run_dir)
         stored = dict(run.lca_store.attrs["settings"]) if run.lca_store is not None else {}

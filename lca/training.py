@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import Config, ConfigError
 from .storage import (
     CONFIG_FILE,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..layout import LevelSums
 from ..quadrature import integrate_step
 from ..storage import (
     LCA_STORE,
@@ -24,10 +25,10 @@ from ..storage import (
     location,
     open_group,
     open_trajectory,
+    read_run_config,
 )
 from ..storage.base import writing_to
-from .levels import LevelSums
-from .settings import AllocationSettings, read_run_config, subset_indices
+from .settings import AllocationSettings, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
 
 #: The arrays of a split with a row per step (T+1 rows), not per iteration.

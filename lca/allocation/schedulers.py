@@ -27,12 +27,13 @@ from ..storage import (
     location,
     open_group,
     open_trajectory,
+    read_run_config,
     remove_tree,
     run_lock,
 )
 from ..storage.base import writing_to
 from .chunks import ChunkAllocator, ChunkResult
-from .settings import read_run_config, resolve_settings
+from .settings import resolve_settings
 from .store import open_lca_store
 
 

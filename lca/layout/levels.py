@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..layout import ParameterLayout
+from .parameters import ParameterLayout
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..locations import location  # a run's config may live at a URL (s3://…/config.yaml)
+
 MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
 LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
 CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
@@ -401,8 +403,6 @@ def _is_import_path(value: str) -> bool:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read and validate a YAML config; ``overrides`` are ``key.path=value`` strings."""
-    from .storage import location  # a run's config may live at a URL (s3://…/config.yaml)
-
     path = location(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

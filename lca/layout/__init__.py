@@ -1,0 +1,6 @@
+"""The flat parameter vector θ: its layout (:mod:`.parameters`), sums over it (:mod:`.levels`)."""
+
+from .levels import LevelSums
+from .parameters import ParameterEntry, ParameterLayout
+
+__all__ = ["LevelSums", "ParameterEntry", "ParameterLayout"]
