@@ -104,8 +104,10 @@ def load_objective(
     import keras
 
     from ..data import load_dataset
-    from ..gradients import FullBatchObjective, PerClassObjective, configure_tensorflow
     from ..models import build_model, parameter_layout
+    from ..models.runtime import configure_tensorflow
+    from .objective import FullBatchObjective
+    from .per_class_objective import PerClassObjective
 
     configure_tensorflow(allow_tf32=allow_tf32)
     config = read_run_config(run_dir)
@@ -161,8 +163,8 @@ def _prepare_user_model(run_dir, model, trajectory: Trajectory, data) -> None:
     """
     import warnings
 
-    from ..gradients import check_deterministic, evaluation_mode
     from ..models import parameter_layout, restore_fixed_weights, same_structure
+    from ..models.runtime import check_deterministic, evaluation_mode
     from ..storage import read_fixed_weights
 
     if not same_structure(parameter_layout(model).to_json(), trajectory.layout_json):

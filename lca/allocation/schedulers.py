@@ -224,7 +224,7 @@ def _allocate(
     try:
         # three ways to schedule the same work units; each yields (iterations, evaluations)
         if ray is not None:
-            from ..cluster import run_on_ray
+            from .cluster import run_on_ray
 
             bar.set_description(f"allocate {run_dir.name} on Ray")
             finished = run_on_ray(
@@ -278,7 +278,7 @@ def _on_gpu(gpus, ray, gpus_per_task) -> bool:
         return True
     if ray is not None or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
-    from ..gradients import visible_gpus
+    from ..models.runtime import visible_gpus
 
     return bool(visible_gpus())
 
@@ -286,7 +286,7 @@ def _on_gpu(gpus, ray, gpus_per_task) -> bool:
 def _run_here(run_dir, settings, todo, threads, on_iteration):
     """Compute the work units in this process, writing each while the next is computed."""
     if threads is not None:
-        from ..gradients import configure_tensorflow
+        from ..models.runtime import configure_tensorflow
 
         configure_tensorflow(threads)
     allocator = ChunkAllocator(run_dir, settings)
@@ -350,11 +350,11 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from ..gradients import configure_tensorflow
+        from ..models.runtime import configure_tensorflow
 
         configure_tensorflow(threads)
         if device:
-            from ..gradients import visible_gpus
+            from ..models.runtime import visible_gpus
 
             if not visible_gpus():
                 raise RunError(f"--gpus: GPU {device} is not visible to TensorFlow here")

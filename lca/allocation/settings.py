@@ -12,9 +12,9 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from ..config import AllocateConfig
-from ..precision import resolve_precision
 from ..quadrature import METHODS
 from ..storage import RunError, rows_per_chunk
+from .precision import resolve_precision
 
 #: The arithmetic ``allocate.precision`` may choose for the gradients.
 PRECISIONS = ("auto", "float32", "bfloat16", "tf32")

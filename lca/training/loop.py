@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._version import __version__
-from .config import Config, ConfigError
-from .storage import (
+from .._version import __version__
+from ..config import Config, ConfigError
+from ..storage import (
     CONFIG_FILE,
     RunError,
     TrajectoryWriter,
@@ -30,8 +30,8 @@ from .storage import (
     run_lock,
     write_fixed_weights,
 )
-from .storage.base import writing_to
-from .storage.checkpoint import CONTINUE, RESTART, resume_plan
+from ..storage.base import writing_to
+from ..storage.checkpoint import CONTINUE, RESTART, resume_plan
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,8 +106,8 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from .gradients import per_example_loss
-        from .models import build_model, parameter_layout
+        from ..models import build_model, parameter_layout
+        from ..models.runtime import per_example_loss
 
         self.config = config
         self.dataset = dataset
@@ -290,11 +290,11 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from .data import load_dataset
-    from .models import changed_fixed_weights, fixed_weights
+    from ..data import load_dataset
+    from ..models import changed_fixed_weights, fixed_weights
 
     if threads is not None:
-        from .gradients import configure_tensorflow
+        from ..models.runtime import configure_tensorflow
 
         configure_tensorflow(threads)
     dataset = load_dataset(config.data)
@@ -374,7 +374,7 @@ def train(
 
 def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints):
     """The writer of a new or continued run, the first iteration left, a line saying which."""
-    from .models import fixed_weights
+    from ..models import fixed_weights
 
     tcfg = config.training
     snapshot = trainer.state if checkpoints else None

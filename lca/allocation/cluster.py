@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .storage import RunError, is_remote
+from ..storage import RunError, is_remote
 
 #: Times Ray retries a chunk whose worker died (then the run stops; rerun to resume).
 TASK_RETRIES = 3
@@ -31,8 +31,8 @@ class _ChunkWorker:
 
     def __init__(self, run_dir: str, settings: Any, threads: int | None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from .allocation import ChunkAllocator
-        from .gradients import configure_tensorflow
+        from ..models.runtime import configure_tensorflow
+        from .chunks import ChunkAllocator
 
         self.where = socket.gethostname()
         try:

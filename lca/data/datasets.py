@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, ModularConfig, SyntheticConfig
-from .storage import location
+from ..config import DataConfig, ModularConfig, SyntheticConfig
+from ..locations import location
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
@@ -118,7 +118,7 @@ def load_builder_dataset(cfg: DataConfig, run_dir=None) -> Dataset:
     """
     import inspect
 
-    from .config import ModelError, import_function
+    from ..config import ModelError, import_function
 
     try:
         fn = import_function(cfg.builder, "data.builder")
@@ -167,46 +167,6 @@ def dataset_from_parts(out, builder: str) -> Dataset:
         val_indices=np.arange(len(y_val), dtype=np.int64),
         num_classes=classes,
     )
-
-
-RUN_ARRAYS = "lca.data:run_arrays"  # the data.builder of data stored inside a run
-
-
-def run_arrays(run_dir) -> tuple:
-    """``data.builder`` of a run that carries its own data (``RUN/data.zarr``).
-
-    ``TrajectoryRecorder(..., train_data=(x, y))`` stores the arrays ``model.fit`` saw, so a
-    notebook user needs no data module; the run directory stays movable (nothing absolute).
-    """
-    from .storage import DATA_STORE, RunError, location, open_group
-
-    try:
-        group = open_group(location(run_dir) / DATA_STORE, "r")
-    except RunError as exc:
-        raise DatasetError(f"{run_dir}: the run's stored data is missing ({exc})") from None
-    train = (group["x_train"][...], group["y_train"][...])
-    val = (group["x_val"][...], group["y_val"][...]) if "x_val" in group else None
-    return train, val
-
-
-def write_run_arrays(run_dir, dataset: Dataset) -> None:
-    """Store a dataset's splits in ``RUN/data.zarr`` (read back by :func:`run_arrays`)."""
-    from .storage import DATA_STORE, checksummed, location, open_group
-
-    group = open_group(location(run_dir) / DATA_STORE, "w")
-    group.attrs["description"] = "the examples model.fit trained on, stored by the recorder"
-    parts = {"x_train": dataset.x_train, "y_train": dataset.y_train}
-    if len(dataset.y_val):
-        parts |= {"x_val": dataset.x_val, "y_val": dataset.y_val}
-    for name, values in parts.items():
-        dims = ("example",) + tuple(f"{name[0]}_{i}" for i in range(1, values.ndim))
-        group.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype,
-            dimension_names=dims,
-            compressors=checksummed(),
-        )[...] = values
 
 
 def _split_arrays(part, split: str, builder: str) -> tuple[np.ndarray, np.ndarray]:

@@ -175,7 +175,7 @@ def enable_reduced_backward(model) -> list[str]:
     import keras
     import tensorflow as tf
 
-    from .gradients import all_layers
+    from ..models.runtime import all_layers
 
     followed = []
     for layer in all_layers(model):
