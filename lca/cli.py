@@ -114,7 +114,7 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
     if where.is_dir() or (where / CONFIG_FILE).is_file():
         if overrides:
             raise click.UsageError("--set applies to a config file, not a run directory")
-        from .describe import describe_run
+        from .report.describe import describe_run
 
         click.echo(describe_run(where).to_text())
         return
@@ -277,7 +277,7 @@ def allocate(
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
-    from . import allocate as run_allocation
+    from .allocation import allocate as run_allocation
     from .allocation import parse_gpus
 
     if sum([bool(gpus), workers != 1, ray_address is not None]) > 1:
@@ -324,7 +324,7 @@ def allocate(
 @friendly_errors
 def verify_error(run_dir: str, as_json: bool) -> None:
     """Report how well the allocation conserves the loss (paper Table S1); exit 1 if it fails."""
-    from . import verify_error as run_verify
+    from .analysis.diagnostics import verify_error as run_verify
 
     report = run_verify(run_dir)
     if as_json:

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 
 from lca.allocation import ChunkAllocator, chunks_for, open_lca_store, resolve_settings  # noqa: E402
 from lca.analysis import agreement  # noqa: E402
+from lca.analysis.diagnostics import verify_error  # noqa: E402
 from lca.config import load_config  # noqa: E402
-from lca.diagnostics import verify_error  # noqa: E402
 from lca.layout import ParameterLayout  # noqa: E402
 from lca.storage import LCA_STORE, open_group, open_trajectory, read_run_config  # noqa: E402
 from lca.training import train  # noqa: E402

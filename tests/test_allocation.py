@@ -12,7 +12,7 @@ import zarr
 from helpers import cli
 
 from lca.allocation import allocate, chunks_for, parse_gpus
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import LCA_STORE, RunError, open_trajectory
 
 

@@ -8,7 +8,7 @@ import zarr
 from helpers import cli
 
 from lca.allocation import allocate, chunks_for, load_objective
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import LCA_STORE, open_trajectory
 
 

@@ -13,7 +13,7 @@ from helpers import cli
 from test_data import cifar_sources  # noqa: F401  (the fixture, shared)
 
 from lca.allocation import allocate
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import open_run
 
 NAMES = ("lca", "grad", "loss", "splits", "error", "error_fo")

@@ -99,7 +99,8 @@ def load_objective(
     The dataset is reloaded from the run's config and must hold exactly the examples the run
     was trained on; the evaluation model (no dropout) must have the recorded layout.
     ``train_subset`` (indices into the train split) restricts the train split to those examples.
-    ``precision`` is the arithmetic of the gradients (:mod:`lca.precision`); losses are float32.
+    ``precision`` is the arithmetic of the gradients (:mod:`lca.allocation.precision`); losses
+    are float32.
     """
     import keras
 

@@ -79,9 +79,9 @@ class FullBatchObjective:
         """(Re)create the compiled functions for gradients in ``precision``.
 
         ``bfloat16`` reduces the backward matrix products of dense and convolution layers
-        (:mod:`lca.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the gradient pass
-        and takes the losses from a separate forward pass with TF32 off. The losses are
-        float32 in every case, bitwise those of ``float32``.
+        (:mod:`lca.allocation.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the
+        gradient pass and takes the losses from a separate forward pass with TF32 off. The
+        losses are float32 in every case, bitwise those of ``float32``.
         """
         import tensorflow as tf
 

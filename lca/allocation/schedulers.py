@@ -108,7 +108,7 @@ def allocate(
     ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
     starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
     runs each chunk as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
-    (see ``lca.cluster``); by default the work runs in this process. ``threads`` pins
+    (see ``lca.allocation.cluster``); by default the work runs in this process. ``threads`` pins
     TensorFlow's intra-op threads per worker (bitwise-reproducible results). ``rule``,
     ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings, and
     so do ``store`` (what is kept per iteration: ``parameters``, ``units``, ``layers``) and

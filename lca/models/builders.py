@@ -10,7 +10,7 @@ because the full-set loss that LCA integrates must be a deterministic function o
 
 A user's model (``model.builder: "module:function"``) is built by calling that function with
 ``model.kwargs``; its evaluation is made deterministic differently (inference mode, batch norm
-on batch statistics: see :func:`lca.gradients.evaluation_mode`), since its code is not ours.
+on batch statistics: see :func:`lca.models.runtime.evaluation_mode`), since its code is not ours.
 """
 
 from __future__ import annotations

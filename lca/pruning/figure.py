@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .plots import LOSS_UNIT, ZERO, _layer_colours, _save
+from ..report.plots import LOSS_UNIT, ZERO, _layer_colours, _save
 
 
 def pruning_curves(

@@ -1,7 +1,7 @@
 """The figures of ``lca report``: which arrays each one draws, read from a measured run.
 
 :mod:`lca.report` measures and writes the text; this module hands the measured arrays to
-:mod:`lca.plots` and draws the direct views (Fig 2, S1, S2), which read the stores
+:mod:`lca.report.plots` and draws the direct views (Fig 2, S1, S2), which read the stores
 themselves. What a store did not keep is not drawn (``lca.report`` says why in report.md).
 """
 
@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import analysis, plots
-from .storage import Run
+from .. import analysis
+from ..storage import Run
+from . import plots, plots_parameters
 
 if TYPE_CHECKING:
-    from .report import RunMeasures
+    from .measures import RunMeasures
 
 MAX_VIEW_LAYERS = 4
 STILLS = 4  # iterations side by side in the Fig 2 stills
@@ -190,13 +191,15 @@ def views(run: Run, split: str, frames: int, chunk_rows: int, out: Path) -> dict
     by_layer = run.unit_lcas(split, unit_layers, chunk_rows)  # one pass over the rows
     units = [by_layer[layer] for layer in unit_layers]
     kinds = [run.layout.kind_of_units(layer) for layer in unit_layers]
-    figures["s1_unit_lca"] = plots.unit_series(unit_layers, units, out / "s1_unit_lca.png", kinds)
+    figures["s1_unit_lca"] = plots_parameters.unit_series(
+        unit_layers, units, out / "s1_unit_lca.png", kinds
+    )
     info["unit_totals"] = {layer: u.sum(axis=0) for layer, u in zip(unit_layers, units)}
     if run.store_level == "parameters":
         more = _parameter_views(run, split, layers, frames, chunk_rows, out)
         figures.update(more["figures"])
         info.update(more["info"])
-    return {"figures": figures, "info": analysis._jsonable(info)}
+    return {"figures": figures, "info": analysis.jsonable(info)}
 
 
 def _parameter_views(
@@ -213,14 +216,14 @@ def _parameter_views(
     kernels = kernel_rows(lca, both, run.layout, layers, chunk_rows)
     position = {int(t): k for k, t in enumerate(both)}
     for layer in layers:
-        figures[f"fig2_frames_{layer}"] = plots.kernel_frames(
+        figures[f"fig2_frames_{layer}"] = plots_parameters.kernel_frames(
             layer,
             stills.tolist(),
             [kernels[layer][position[int(t)]] for t in stills],
             out / f"fig2_frames_{layer}.png",
             block=blocks[layer],
         )
-    figures["fig2_animation"] = plots.kernel_animation(
+    figures["fig2_animation"] = plots_parameters.kernel_animation(
         layers,
         animated.tolist(),
         {layer: [kernels[layer][position[int(t)]] for t in animated] for layer in layers},
@@ -230,7 +233,7 @@ def _parameter_views(
     curves = [
         analysis.parameter_curves(lca, run.layout, layer, chunk_rows=chunk_rows) for layer in layers
     ]
-    figures["s2_parameter_curves"] = plots.parameter_curves(
+    figures["s2_parameter_curves"] = plots_parameters.parameter_curves(
         layers, curves, out / "s2_parameter_curves.png"
     )
     info = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.describe import KERAS_CONFIG_BUILDER, custom_classes, describe_layout, holds_bytecode
-from .storage import LCA_STORE, RunError, location, open_group
+from ..models.describe import KERAS_CONFIG_BUILDER, custom_classes, describe_layout, holds_bytecode
+from ..storage import LCA_STORE, RunError, location, open_group
 
 
 @dataclass
@@ -46,9 +46,9 @@ def describe_run(run_dir: str | Path) -> RunDescription:
     Reads ``config.yaml`` (YAML safe load) and the stores' metadata only, so it is the way to
     inspect a run from someone else before ``lca allocate`` runs the builders it names.
     """
-    from .config import load_config
-    from .layout import ParameterLayout
-    from .storage import CONFIG_FILE, TRAJECTORY_STORE
+    from ..config import load_config
+    from ..layout import ParameterLayout
+    from ..storage import CONFIG_FILE, TRAJECTORY_STORE
 
     run_dir = location(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -129,7 +129,7 @@ def _code_of(config, run_dir: Path) -> list[str]:
     """What building the run's model and data would execute, in words."""
     import json
 
-    from .data import RUN_ARRAYS
+    from ..data import RUN_ARRAYS
 
     def call(builder: str, kwargs: dict) -> str:
         text = json.dumps(kwargs, default=str)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .storage import LCA_STORE, RunError, location, open_group
+from ..storage import LCA_STORE, RunError, location, open_group
 
 TOTAL_ERROR_LIMIT_PCT = 1.0
 RULE_NOTES = {

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import RowSliceable, _blocks, _layer_entries, _read, synchronisation
+from .parameters import _layer_entries
+from .series import synchronisation
+from .streaming import RowSliceable, _blocks, _read
 
 
 def class_synchronisation(

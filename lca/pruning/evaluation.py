@@ -30,8 +30,8 @@ class PruningEvaluator:
     """``evaluator(theta) -> {split: SplitScore}`` for a run, compiled once."""
 
     def __init__(self, run_dir: str | Path, splits: tuple[str, ...]) -> None:
-        from .allocation import load_objective
-        from .storage import open_run, read_run_config
+        from ..allocation import load_objective
+        from ..storage import open_run, read_run_config
 
         run = open_run(run_dir)
         stored = dict(run.lca_store.attrs["settings"]) if run.lca_store is not None else {}

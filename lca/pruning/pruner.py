@@ -5,7 +5,7 @@ should be the ones a trained network misses least. Each criterion ranks the prun
 of θ_T (kernels by default), the least important ``round(fraction · n)`` of each scope are
 set to zero, and the pruned network is evaluated on the whole train and validation splits
 with the allocation's own evaluation model and fixed batches. This module ranks, masks and
-writes; :mod:`lca.pruning_eval` evaluates and tabulates.
+writes; :mod:`lca.pruning.evaluation` evaluates and tabulates.
 
 Rankings and masks are pure numpy (testable without TensorFlow). Importance is "larger is
 kept"; ties go by flat index (a stable sort), so every mask is reproducible.
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .layout import ParameterLayout
-from .pruning_eval import PruneTable, average_row, figure_curves
-from .storage import Run, RunError, is_remote, location, open_run
-from .storage.base import writing_to
+from ..layout import ParameterLayout
+from ..storage import Run, RunError, is_remote, location, open_run
+from ..storage.base import writing_to
+from .evaluation import PruneTable, average_row, figure_curves
 
 #: Ranking criteria; the first three read the per-parameter LCA (``allocate.store: parameters``).
 CRITERIA = ("lca", "lca-abs", "lca-late", "magnitude", "movement", "random")
@@ -186,7 +186,7 @@ def prune(
     ``out`` defaults to ``RUN/prune`` (a URL works, as for ``lca report``). ``evaluate``
     replaces the TensorFlow evaluation (``theta -> {split: SplitScore}``), for tests.
     """
-    from .report import loss_unit
+    from ..report.measures import loss_unit
 
     criteria, fractions = parse_criteria(by), parse_fractions(fractions)
     if seeds < 1:
@@ -200,7 +200,7 @@ def prune(
     has_val = run.trajectory.group["val_indices"].shape[0] > 0
     splits = ("train", "val") if has_val else ("train",)
     if evaluate is None:
-        from .pruning_eval import PruningEvaluator
+        from .evaluation import PruningEvaluator
 
         evaluate = PruningEvaluator(run.path, splits)
 
@@ -263,18 +263,19 @@ def _stored_loss(run: Run, splits: Sequence[str]) -> dict[str, float]:
 
 def _write(table: PruneTable, target: Path) -> Path:
     """prune.json, prune.md, prune.png, each whole or not at all; a URL is uploaded last."""
-    from . import plots, plots_pruning
-    from .report import _write_text
+    from ..report import plots
+    from ..report.make import write_text
+    from . import figure as plots_pruning
 
     out = Path(tempfile.mkdtemp(prefix="lca-prune-")) if is_remote(target) else target
     out.mkdir(parents=True, exist_ok=True)
     data = table.to_dict()
-    _write_text(out / "prune.json", json.dumps(data, indent=1, allow_nan=False))
+    write_text(out / "prune.json", json.dumps(data, indent=1, allow_nan=False))
     figure = "prune.png"
     markdown = (
         table.to_markdown() + f"\n![accuracy and loss against the fraction pruned]({figure})\n"
     )
-    _write_text(out / "prune.md", markdown)
+    write_text(out / "prune.md", markdown)
     partial = out / ".prune.partial.png"
     token = plots.LOSS_UNIT.set(table.loss_unit)
     try:

@@ -1,9 +1,9 @@
 """The report's "Train vs validation by component" section, for a run allocated on both splits.
 
 Reads one run (per-layer and per-unit LCA of both splits, the trajectory's accuracies), hands
-the arrays to :mod:`lca.generalization` for the numbers and to :mod:`lca.plots_splits` for the
-figures, and writes the section's markdown and JSON. Per-layer numbers work on every store
-level; per-unit ones need ``store: units`` or ``parameters``.
+the arrays to :mod:`lca.analysis.generalization` for the numbers and to
+:mod:`lca.report.plots_splits` for the figures, and writes the section's markdown and JSON.
+Per-layer numbers work on every store level; per-unit ones need ``store: units`` or ``parameters``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from . import analysis, generalization, plots_splits
-from .generalization import BOUNDARY_THRESHOLD, THRESHOLDS, Crossing, Interval
+from .. import analysis
+from ..analysis import generalization
+from ..analysis.generalization import BOUNDARY_THRESHOLD, THRESHOLDS, Crossing, Interval
+from ..storage import Run
+from . import plots_splits
 from .markdown import num, table
 from .plots import LOSS_UNIT
-from .storage import Run
 
 SPLITS = ("train", "val")
 
@@ -59,7 +61,7 @@ class SplitsComparison:
                 split: dict(zip(self.unit_names, u.sum(axis=0)))
                 for split, u in self.unit_series.items()
             }
-        return analysis._jsonable(
+        return analysis.jsonable(
             {
                 "run_dir": str(self.run_dir),
                 "iterations": self.iterations,
