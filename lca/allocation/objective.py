@@ -9,9 +9,9 @@ resident on the device and one compiled function runs every batch of every split
 
 A user's model is not built by us in an evaluation variant, so it is evaluated in inference
 mode (``training=False``: dropout and noise layers off) with its batch-norm layers switched to
-the statistics of each fixed evaluation batch (:func:`evaluation_mode`), which is what the
-built-ins' ``training=True`` evaluation variants compute; :func:`check_deterministic` then
-verifies that the result does not change from one call to the next.
+the statistics of each fixed evaluation batch (:func:`lca.models.runtime.evaluation_mode`),
+which is what the built-ins' ``training=True`` evaluation variants compute;
+:func:`lca.models.runtime.check_deterministic` then verifies that the result does not change from one call to the next.
 """
 
 from __future__ import annotations

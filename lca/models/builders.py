@@ -1,9 +1,9 @@
-"""The paper's four networks (supplement S7) and the flat parameter layout θ.
+"""Building a run's network: the paper's four (supplement S7), the transformer, a user's own.
 
-LCA works on one flat vector θ of all trainable parameters, so every other module needs to
-know where each variable lives in it and which layer it belongs to. :class:`ParameterLayout`
-is that map; it is stored with each run and compared on reload, so layer and variable names
-here are explicit and stable rather than Keras's auto-generated ones.
+LCA works on one flat vector θ of all trainable parameters, and its map
+(:func:`lca.models.parameters.parameter_layout`) is stored with each run and compared on
+reload, so layer and variable names here are explicit and stable rather than Keras's
+auto-generated ones.
 
 Every network outputs logits. ``evaluation=True`` builds the same network without dropout,
 because the full-set loss that LCA integrates must be a deterministic function of θ.

@@ -1,4 +1,7 @@
-"""Where runs live (local paths or URLs) and how their Zarr stores are opened and created."""
+"""Where runs live: the names inside a run directory, run errors, and run-directory upkeep.
+
+Stores are opened and created by :mod:`.groups`; locations come from :mod:`lca.locations`.
+"""
 
 from __future__ import annotations
 
