@@ -11,7 +11,8 @@ A user's model is not built by us in an evaluation variant, so it is evaluated i
 mode (``training=False``: dropout and noise layers off) with its batch-norm layers switched to
 the statistics of each fixed evaluation batch (:func:`lca.models.runtime.evaluation_mode`),
 which is what the built-ins' ``training=True`` evaluation variants compute;
-:func:`lca.models.runtime.check_deterministic` then verifies that the result does not change from one call to the next.
+:func:`lca.models.runtime.check_deterministic` then verifies that the result does not change
+from one call to the next.
 """
 
 from __future__ import annotations
