@@ -32,7 +32,7 @@ _LAZY = {
 MOVED = {
     "lca.allocation.levels": "lca.layout.levels",
     "lca.cluster": "lca.allocation.cluster",
-    "lca.describe": "lca.report.describe (describe_layout: lca.models.describe)",
+    "lca.describe": "lca.report.describe (describe_layout: lca.layout.describe)",
     "lca.diagnostics": "lca.analysis.diagnostics",
     "lca.generalization": "lca.analysis.generalization",
     "lca.gradients": (

@@ -1,4 +1,6 @@
-"""The user's code that a config names as ``"module:function"`` (model and data builders)."""
+"""The user's code a config names (``"module:function"`` builders) or holds (a Keras model
+stored as JSON): importing the one, inspecting the other without running it.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +30,34 @@ def import_function(path: str, key: str):
     if not callable(obj):
         raise ModelError(f"{key}: {path} is not callable")
     return obj
+
+
+KERAS_CONFIG_BUILDER = "lca.models:from_keras_config"  # a model stored as Keras JSON
+
+
+def holds_bytecode(node) -> bool:
+    """Whether a Keras config holds a serialized Python function (``__lambda__``)."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__lambda__":
+            return True
+        return any(holds_bytecode(v) for v in node.values())
+    if isinstance(node, list):
+        return any(holds_bytecode(v) for v in node)
+    return False
+
+
+def custom_classes(node) -> set[str]:
+    """Classes of a Keras config that do not come from Keras itself."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        module = node.get("module")
+        if isinstance(module, str) and "class_name" in node and module.split(".")[0] != "keras":
+            found.add(f"{module}.{node['class_name']}")
+        if node.get("registered_name") and "class_name" in node and module is None:
+            found.add(str(node["registered_name"]))
+        for value in node.values():
+            found |= custom_classes(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= custom_classes(value)
+    return found

@@ -1,6 +1,6 @@
 """Models: the built-in networks and user builders (:mod:`.builders`), their parameter layout
-and fixed weights (:mod:`.parameters`), the layout in words (:mod:`.describe`) and the TensorFlow
-run-time helpers that training and the allocation share (:mod:`.runtime`).
+and fixed weights (:mod:`.parameters`), and the TensorFlow run-time helpers that training and
+the allocation share (:mod:`.runtime`).
 """
 
 from ..config import (
@@ -11,15 +11,15 @@ from ..layout import (
     ParameterEntry,
     ParameterLayout,
 )
+from ..layout.describe import (
+    describe_layout,
+)
 from .builders import (
     BN_SUFFIX,
     PositionEmbedding,
     build_model,
     build_user_model,
     from_keras_config,
-)
-from .describe import (
-    describe_layout,
 )
 from .parameters import (
     GROUP_SUFFIXES,

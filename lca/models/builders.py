@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 
 from ..config import ModelConfig, ModelError, import_function
-from .describe import holds_bytecode
+from ..config.user_code import holds_bytecode
 
 BN_SUFFIX = "_bn"
 

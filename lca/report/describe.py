@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.describe import KERAS_CONFIG_BUILDER, custom_classes, describe_layout, holds_bytecode
+from ..config.user_code import KERAS_CONFIG_BUILDER, custom_classes, holds_bytecode
+from ..layout.describe import describe_layout
 from ..storage import LCA_STORE, RunError, location, open_group
 
 

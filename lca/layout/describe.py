@@ -1,4 +1,4 @@
-"""A parameter layout in words (``lca describe``), and what a stored Keras model holds."""
+"""A parameter layout in words: the layer table ``lca describe`` prints (pure Python)."""
 
 from __future__ import annotations
 
@@ -58,34 +58,3 @@ def _units_text(layout, layer: str, count: int) -> str:
     kind = layout.kind_of_units(layer)
     text = f"{n} {kind}{'s' * (n != 1)}"
     return text + " + shared" if shared else text
-
-
-KERAS_CONFIG_BUILDER = "lca.models:from_keras_config"  # a model stored as Keras JSON
-
-
-def holds_bytecode(node) -> bool:
-    """Whether a Keras config holds a serialized Python function (``__lambda__``)."""
-    if isinstance(node, dict):
-        if node.get("class_name") == "__lambda__":
-            return True
-        return any(holds_bytecode(v) for v in node.values())
-    if isinstance(node, list):
-        return any(holds_bytecode(v) for v in node)
-    return False
-
-
-def custom_classes(node) -> set[str]:
-    """Classes of a Keras config that do not come from Keras itself."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        module = node.get("module")
-        if isinstance(module, str) and "class_name" in node and module.split(".")[0] != "keras":
-            found.add(f"{module}.{node['class_name']}")
-        if node.get("registered_name") and "class_name" in node and module is None:
-            found.add(str(node["registered_name"]))
-        for value in node.values():
-            found |= custom_classes(value)
-    elif isinstance(node, list):
-        for value in node:
-            found |= custom_classes(value)
-    return found
