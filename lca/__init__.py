@@ -8,23 +8,66 @@ run.lca("train")[:100]        # A[t, i] for the first 100 iterations (a Zarr sli
 run.to_xarray("train")        # the same as an xarray.Dataset with named dimensions
 
 Record your own model's ``model.fit`` with ``lca.keras.TrajectoryRecorder``.
+
+The package is one subpackage per phase, imported one way (``tests/test_architecture.py``
+holds the picture): ``cli`` → ``pruning`` → ``report`` → ``training`` | ``allocation`` |
+``analysis`` → ``models`` | ``data`` → ``storage`` → ``config`` → ``layout``, ``quadrature``,
+``locations``, ``_version``.
 """
 
-__version__ = "0.1.0"
+import importlib.abc
+import sys
+
+from ._version import __version__
 
 _LAZY = {
     "open_run": ("storage", "open_run"),
     "allocate": ("allocation", "allocate"),
-    "verify_error": ("diagnostics", "verify_error"),
+    "verify_error": ("analysis.diagnostics", "verify_error"),
     "prune": ("pruning", "prune"),
 }
+
+# Modules that moved into the phase subpackages: importing an old path fails with one line
+# naming the new one.
+MOVED = {
+    "lca.allocation.levels": "lca.layout.levels",
+    "lca.cluster": "lca.allocation.cluster",
+    "lca.describe": "lca.report.describe (describe_layout: lca.layout.describe)",
+    "lca.diagnostics": "lca.analysis.diagnostics",
+    "lca.generalization": "lca.analysis.generalization",
+    "lca.gradients": (
+        "lca.allocation.objective (FullBatchObjective), lca.allocation.per_class_objective "
+        "and lca.models.runtime (configure_tensorflow, per_example_loss, visible_gpus, …)"
+    ),
+    "lca.markdown": "lca.report.markdown",
+    "lca.per_class": "lca.analysis.per_class",
+    "lca.plots": "lca.report.plots",
+    "lca.plots_pruning": "lca.pruning.figure",
+    "lca.plots_splits": "lca.report.plots_splits",
+    "lca.precision": "lca.allocation.precision",
+    "lca.pruning_eval": "lca.pruning.evaluation",
+    "lca.report_figures": "lca.report.figures",
+    "lca.report_splits": "lca.report.splits",
+    "lca.statistics": "lca.analysis.statistics",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder):
+    """Refuses the old module paths in :data:`MOVED`, naming where each module went."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in MOVED:
+            raise ModuleNotFoundError(f"{fullname} moved to {MOVED[fullname]}")
+        return None
+
+
+if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModules())
 
 
 def __getattr__(name: str):
     # Lazy: `import lca` stays cheap (no TensorFlow) for notebooks and the analyses.
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(name)

@@ -115,7 +115,7 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
     if where.is_dir() or (where / CONFIG_FILE).is_file():
         if overrides:
             raise click.UsageError("--set applies to a config file, not a run directory")
-        from .describe import describe_run
+        from .report.describe import describe_run
 
         click.echo(describe_run(where).to_text())
         return
@@ -278,7 +278,7 @@ def allocate(
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
-    from . import allocate as run_allocation
+    from .allocation import allocate as run_allocation
     from .allocation import parse_gpus
 
     if sum([bool(gpus), workers != 1, ray_address is not None]) > 1:
@@ -325,7 +325,7 @@ def allocate(
 @friendly_errors
 def verify_error(run_dir: str, as_json: bool) -> None:
     """Report how well the allocation conserves the loss (paper Table S1); exit 1 if it fails."""
-    from . import verify_error as run_verify
+    from .analysis.diagnostics import verify_error as run_verify
 
     report = run_verify(run_dir)
     if as_json:
@@ -460,7 +460,8 @@ def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
 @friendly_errors
 def check(run_dir: str, repair: bool) -> None:
     """Read every chunk of a run: present, checksum OK, finite; exit 1 if any is damaged."""
-    from .storage.check import check_run, repair_run
+    from .allocation.repair import repair_run
+    from .storage.check import check_run
 
     report = check_run(run_dir)
     click.echo(report.to_text())

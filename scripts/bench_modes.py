@@ -31,12 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from lca.allocation import ChunkAllocator, chunks_for, open_lca_store, resolve_settings  # noqa: E402
-from lca.allocation.settings import read_run_config  # noqa: E402
 from lca.analysis import agreement  # noqa: E402
+from lca.analysis.diagnostics import verify_error  # noqa: E402
 from lca.config import load_config  # noqa: E402
-from lca.diagnostics import verify_error  # noqa: E402
 from lca.layout import ParameterLayout  # noqa: E402
-from lca.storage import LCA_STORE, open_group, open_trajectory  # noqa: E402
+from lca.storage import LCA_STORE, open_group, open_trajectory, read_run_config  # noqa: E402
 from lca.training import train  # noqa: E402
 
 
@@ -142,7 +141,7 @@ def main() -> None:
     parser.add_argument("--iterations", help="ranges A:B,C:D to allocate [all]")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    from lca.gradients import visible_gpus
+    from lca.models.runtime import visible_gpus
 
     ranges = parse_ranges(args.iterations)
     results = []

@@ -32,8 +32,8 @@ from lca.allocation import (  # noqa: E402
     read_run_config,
     resolve_settings,
 )
+from lca.analysis.diagnostics import verify_error  # noqa: E402
 from lca.config import load_config  # noqa: E402
-from lca.diagnostics import verify_error  # noqa: E402
 from lca.storage import LCA_STORE, open_trajectory  # noqa: E402
 from lca.training import train  # noqa: E402
 

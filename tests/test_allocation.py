@@ -12,7 +12,7 @@ import zarr
 from helpers import cli
 
 from lca.allocation import allocate, chunks_for, parse_gpus
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import LCA_STORE, RunError, open_trajectory
 
 
@@ -425,7 +425,7 @@ def test_verify_error_shows_the_subset_and_the_comparison(fresh_run):
 
 def test_tf32_is_off_unless_allowed(trained_runs):
     from lca.allocation import load_objective
-    from lca.gradients import configure_tensorflow, tf32_enabled
+    from lca.models.runtime import configure_tensorflow, tf32_enabled
 
     load_objective(trained_runs("tiny_fc"), ["train"])
     assert not tf32_enabled()

@@ -8,9 +8,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from lca import analysis, per_class
+from lca import analysis
 from lca.analysis import (
     approximate_loss,
+    distributions,
     helped_fractions,
     kernel_matrix,
     layer_series,
@@ -18,6 +19,8 @@ from lca.analysis import (
     local_minima,
     oscillations,
     parameter_curves,
+    per_class,
+    streaming,
     summary,
     synchronisation,
     top_moments,
@@ -25,8 +28,14 @@ from lca.analysis import (
     value_histogram,
     value_moments,
 )
+from lca.analysis.series import _shifted
+from lca.analysis.statistics import (
+    across_runs,
+    regularized_incomplete_beta,
+    sign_test,
+    t_two_sided_p,
+)
 from lca.layout import ParameterEntry, ParameterLayout
-from lca.statistics import across_runs, regularized_incomplete_beta, sign_test, t_two_sided_p
 
 CHUNKS = [1, 2, 3, 10_000]
 
@@ -100,7 +109,7 @@ def test_per_layer_grouping_paths_agree(path, monkeypatch):
         index = np.repeat([0, 1, 0, 2, 1], [5, 10, 5, 5, 15])
     else:
         index = rng.integers(0, 3, size=40)
-        monkeypatch.setattr(analysis._LayerReducer, "MAX_RUNS", 0)
+        monkeypatch.setattr(streaming._LayerReducer, "MAX_RUNS", 0)
     expected = np.stack([a[:, index == g].sum(axis=1, dtype=np.float64) for g in range(3)], 1)
     np.testing.assert_allclose(layer_series(a, index, 3, chunk_rows=4), expected, atol=1e-9)
     h = helped_fractions(a, index, 3, chunk_rows=4)
@@ -167,7 +176,7 @@ def test_sampled_quantiles_are_close_and_sample_is_uniform():
     assert v.sample_size == 5000
     assert v.low == pytest.approx(low, abs=0.15) and v.high == pytest.approx(high, abs=0.15)
     assert v.clipped / nz.size == pytest.approx(0.02, abs=0.01)
-    sampler = analysis._SampleAcc(5000, seed=2)
+    sampler = distributions._SampleAcc(5000, seed=2)
     for start in range(0, 400, 32):
         sampler.update(a[start : start + 32], start)
     s = sampler.sample()
@@ -175,7 +184,7 @@ def test_sampled_quantiles_are_close_and_sample_is_uniform():
     assert abs(s.mean()) < 0.05 and s.std() == pytest.approx(1, abs=0.05)
     # every row equally likely: value = row number, so the sample's mean row is ≈ (T − 1) / 2
     rows = np.repeat(np.arange(1, 401, dtype=np.float32)[:, None], 500, axis=1)
-    sampler = analysis._SampleAcc(5000, seed=3)
+    sampler = distributions._SampleAcc(5000, seed=3)
     for start in range(0, 400, 32):
         sampler.update(rows[start : start + 32], start)
     picked = sampler.sample()
@@ -185,7 +194,7 @@ def test_sampled_quantiles_are_close_and_sample_is_uniform():
 
 def test_sample_of_fewer_values_than_wanted_is_all_of_them():
     a = random_lca(5, 9, seed=7)
-    sampler = analysis._SampleAcc(1000, seed=0)
+    sampler = distributions._SampleAcc(1000, seed=0)
     sampler.update(a, 0)
     np.testing.assert_array_equal(np.sort(sampler.sample()), np.sort(a[a != 0]))
 
@@ -298,8 +307,8 @@ def test_synchronisation_shift_drops_moments_at_the_edges():
     assert earlier.baseline_mean == 2
     same = synchronisation(s, shifts=(0,), repeats=7)
     assert same.baseline_mean == 3 and same.p_value == 1.0
-    np.testing.assert_array_equal(analysis._shifted(np.array([1, 0, 0, 1]), 1), [0, 1, 0, 0])
-    np.testing.assert_array_equal(analysis._shifted(np.array([1, 0, 0, 1]), -1), [0, 0, 1, 0])
+    np.testing.assert_array_equal(_shifted(np.array([1, 0, 0, 1]), 1), [0, 1, 0, 0])
+    np.testing.assert_array_equal(_shifted(np.array([1, 0, 0, 1]), -1), [0, 0, 1, 0])
 
 
 def test_synchronisation_min_fraction():
@@ -405,7 +414,7 @@ def test_streaming_equals_in_memory(chunk_rows, work_elements, monkeypatch):
         )
 
     big = measure(10_000)  # one block, one piece: in memory
-    monkeypatch.setattr(analysis, "WORK_ELEMENTS", work_elements)
+    monkeypatch.setattr(streaming, "WORK_ELEMENTS", work_elements)
     small = measure(chunk_rows)
     assert small[0] == big[0]
     np.testing.assert_allclose(small[1], big[1], rtol=1e-12)

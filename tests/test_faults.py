@@ -562,7 +562,7 @@ def test_describe_run_imports_none_of_its_code(fresh_run, tmp_path):
 
 
 def test_describe_run_of_an_allocated_run_and_a_stored_keras_model(allocated, tmp_path):
-    from lca.describe import describe_run
+    from lca.report.describe import describe_run
 
     text = describe_run(allocated).to_text()
     assert "only lca's built-in networks (fc)" in text

@@ -8,7 +8,7 @@ import zarr
 from helpers import cli
 
 from lca.allocation import allocate, chunks_for, load_objective
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import LCA_STORE, open_trajectory
 
 
@@ -181,7 +181,7 @@ def test_mode_options_are_checked(fresh_run):
 
 
 def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():
-    from lca.precision import cpu_has_bf16_units, resolve_precision
+    from lca.allocation.precision import cpu_has_bf16_units, resolve_precision
 
     amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n"
     avx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n"
@@ -196,7 +196,7 @@ def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():
 
 
 def test_default_allocation_records_the_resolved_rule_and_precision(fresh_run):
-    from lca.precision import cpu_has_bf16_units
+    from lca.allocation.precision import cpu_has_bf16_units
 
     run_dir = fresh_run("tiny_fc", ("allocate.precision=auto",))  # tiny configs pin float32
     allocate(run_dir, iterations=(0, 8), progress=False)

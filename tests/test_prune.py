@@ -19,7 +19,7 @@ from lca.pruning import (
     pruning_mask,
     scope_groups,
 )
-from lca.pruning_eval import PruningEvaluator, SplitScore
+from lca.pruning.evaluation import PruningEvaluator, SplitScore
 from lca.storage import RunError, open_run
 
 FRACTIONS = (0.5, 0.9)

@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from lca import analysis, statistics
+from lca import analysis
+from lca.analysis import statistics
+from lca.analysis.diagnostics import verify_error
 from lca.cli import main
-from lca.diagnostics import verify_error
 from lca.report import make_report
-from lca.report_figures import kernel_rows
+from lca.report.figures import kernel_rows
 from lca.storage import open_run
 
 FIGURES = [

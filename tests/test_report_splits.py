@@ -1,4 +1,4 @@
-"""Train vs validation by component (lca.generalization) and the report on every store level."""
+"""Train vs validation by component (lca.analysis.generalization); reports on each store level."""
 
 import json
 import shutil
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lca import analysis
-from lca.generalization import (
+from lca.analysis.generalization import (
     Interval,
     accuracy_steps,
     crossings,
@@ -21,7 +21,7 @@ from lca.generalization import (
 from lca.report import make_report
 from lca.storage import open_run
 
-# --- lca.generalization on hand-made arrays ------------------------------------------------
+# --- lca.analysis.generalization on hand-made arrays ----------------------------------------
 
 
 def test_accuracy_steps_put_train_at_theta_t_and_val_at_theta_t_plus_1():

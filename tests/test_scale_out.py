@@ -13,7 +13,7 @@ from helpers import cli
 from test_data import cifar_sources  # noqa: F401  (the fixture, shared)
 
 from lca.allocation import allocate
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import open_run
 
 NAMES = ("lca", "grad", "loss", "splits", "error", "error_fo")
@@ -151,7 +151,7 @@ def test_ray_options_are_checked_before_anything_runs(args, message, tmp_path):
 
 
 def test_worker_count_follows_the_cluster_resources():
-    from lca.cluster import worker_count
+    from lca.allocation.cluster import worker_count
     from lca.storage import RunError
 
     two_nodes = [{"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}]
@@ -259,7 +259,7 @@ def test_a_ray_worker_killed_mid_chunk_is_retried_and_the_result_is_unchanged(
 
 def test_a_run_the_ray_workers_cannot_read_is_a_one_line_error(ray_cluster, tmp_path):
     from lca.allocation import AllocationSettings
-    from lca.cluster import run_on_ray
+    from lca.allocation.cluster import run_on_ray
     from lca.storage import RunError
 
     settings = AllocationSettings(

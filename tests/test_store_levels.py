@@ -12,7 +12,7 @@ import zarr
 from helpers import cli
 
 from lca.allocation import allocate, unit_index
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.layout import ParameterLayout
 from lca.storage import LCA_STORE, RunError, open_run
 from lca.storage.check import check_run
@@ -205,7 +205,7 @@ def test_a_store_level_is_one_of_three():
 
 
 def test_describe_names_what_a_store_keeps(levels):
-    from lca.describe import describe_run
+    from lca.report.describe import describe_run
 
     texts = {level: describe_run(levels[level]).allocation for level in LEVELS}
     assert texts["parameters"].endswith("LCA kept per parameter")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lca.allocation import allocate
-from lca.diagnostics import verify_error
+from lca.analysis.diagnostics import verify_error
 from lca.storage import open_run, open_trajectory
 
 

@@ -7,9 +7,10 @@ units to this process, worker processes or a Ray cluster; :mod:`.settings` holds
 the numbers, so that a resumed allocation ends with exactly the arrays of an uninterrupted one.
 """
 
+from ..storage import read_run_config
 from .chunks import ChunkAllocator, ChunkResult, compare_lca, load_objective
 from .schedulers import AllocationSummary, allocate, chunks_for, parse_gpus
-from .settings import AllocationSettings, read_run_config, resolve_settings, subset_indices
+from .settings import AllocationSettings, resolve_settings, subset_indices
 from .store import CHECK_SCALARS, open_lca_store, unit_index
 
 __all__ = [

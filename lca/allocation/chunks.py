@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..layout import LevelSums
 from ..quadrature import integrate_step
 from ..storage import (
     LCA_STORE,
@@ -24,10 +25,10 @@ from ..storage import (
     location,
     open_group,
     open_trajectory,
+    read_run_config,
 )
 from ..storage.base import writing_to
-from .levels import LevelSums
-from .settings import AllocationSettings, read_run_config, subset_indices
+from .settings import AllocationSettings, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
 
 #: The arrays of a split with a row per step (T+1 rows), not per iteration.
@@ -98,13 +99,16 @@ def load_objective(
     The dataset is reloaded from the run's config and must hold exactly the examples the run
     was trained on; the evaluation model (no dropout) must have the recorded layout.
     ``train_subset`` (indices into the train split) restricts the train split to those examples.
-    ``precision`` is the arithmetic of the gradients (:mod:`lca.precision`); losses are float32.
+    ``precision`` is the arithmetic of the gradients (:mod:`lca.allocation.precision`); losses
+    are float32.
     """
     import keras
 
     from ..data import load_dataset
-    from ..gradients import FullBatchObjective, PerClassObjective, configure_tensorflow
     from ..models import build_model, parameter_layout
+    from ..models.runtime import configure_tensorflow
+    from .objective import FullBatchObjective
+    from .per_class_objective import PerClassObjective
 
     configure_tensorflow(allow_tf32=allow_tf32)
     config = read_run_config(run_dir)
@@ -160,8 +164,8 @@ def _prepare_user_model(run_dir, model, trajectory: Trajectory, data) -> None:
     """
     import warnings
 
-    from ..gradients import check_deterministic, evaluation_mode
     from ..models import parameter_layout, restore_fixed_weights, same_structure
+    from ..models.runtime import check_deterministic, evaluation_mode
     from ..storage import read_fixed_weights
 
     if not same_structure(parameter_layout(model).to_json(), trajectory.layout_json):

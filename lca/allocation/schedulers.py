@@ -27,12 +27,13 @@ from ..storage import (
     location,
     open_group,
     open_trajectory,
+    read_run_config,
     remove_tree,
     run_lock,
 )
 from ..storage.base import writing_to
 from .chunks import ChunkAllocator, ChunkResult
-from .settings import read_run_config, resolve_settings
+from .settings import resolve_settings
 from .store import open_lca_store
 
 
@@ -107,7 +108,7 @@ def allocate(
     ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
     starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
     runs each chunk as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
-    (see ``lca.cluster``); by default the work runs in this process. ``threads`` pins
+    (see ``lca.allocation.cluster``); by default the work runs in this process. ``threads`` pins
     TensorFlow's intra-op threads per worker (bitwise-reproducible results). ``rule``,
     ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings, and
     so do ``store`` (what is kept per iteration: ``parameters``, ``units``, ``layers``) and
@@ -223,7 +224,7 @@ def _allocate(
     try:
         # three ways to schedule the same work units; each yields (iterations, evaluations)
         if ray is not None:
-            from ..cluster import run_on_ray
+            from .cluster import run_on_ray
 
             bar.set_description(f"allocate {run_dir.name} on Ray")
             finished = run_on_ray(
@@ -277,7 +278,7 @@ def _on_gpu(gpus, ray, gpus_per_task) -> bool:
         return True
     if ray is not None or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
-    from ..gradients import visible_gpus
+    from ..models.runtime import visible_gpus
 
     return bool(visible_gpus())
 
@@ -285,7 +286,7 @@ def _on_gpu(gpus, ray, gpus_per_task) -> bool:
 def _run_here(run_dir, settings, todo, threads, on_iteration):
     """Compute the work units in this process, writing each while the next is computed."""
     if threads is not None:
-        from ..gradients import configure_tensorflow
+        from ..models.runtime import configure_tensorflow
 
         configure_tensorflow(threads)
     allocator = ChunkAllocator(run_dir, settings)
@@ -349,11 +350,11 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from ..gradients import configure_tensorflow
+        from ..models.runtime import configure_tensorflow
 
         configure_tensorflow(threads)
         if device:
-            from ..gradients import visible_gpus
+            from ..models.runtime import visible_gpus
 
             if not visible_gpus():
                 raise RunError(f"--gpus: GPU {device} is not visible to TensorFlow here")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 
-from ..config import AllocateConfig, Config, load_config
-from ..precision import resolve_precision
+from ..config import AllocateConfig
 from ..quadrature import METHODS
-from ..storage import CONFIG_FILE, RunError, location, rows_per_chunk
+from ..storage import RunError, rows_per_chunk
+from .precision import resolve_precision
 
 #: The arithmetic ``allocate.precision`` may choose for the gradients.
 PRECISIONS = ("auto", "float32", "bfloat16", "tf32")
@@ -94,13 +93,6 @@ def subset_indices(num_train: int, size: int, seed: int) -> np.ndarray:
     """The fixed, sorted training examples an allocation with ``subset_size`` uses."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(num_train, size, replace=False)).astype(np.int64)
-
-
-def read_run_config(run_dir: str | Path) -> Config:
-    path = location(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
-    return load_config(path)
 
 
 def resolve_settings(

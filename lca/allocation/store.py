@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .. import __version__
+from .._version import __version__
 from ..storage import LCA_STORE, RunError, Trajectory, checksummed, open_group
 from ..storage.integrity import missing_chunks
 from .settings import AllocationSettings, subset_indices

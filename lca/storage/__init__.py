@@ -20,18 +20,17 @@ from .base import (
     TRAJECTORY_STORE,
     RunError,
     WriteFailed,
-    checksummed,
     is_remote,
     location,
-    open_group,
     prepare_run_dir,
     remove_tree,
     rows_per_chunk,
-    without_checksums,
 )
+from .groups import checksummed, open_group, without_checksums
 from .integrity import use_blockwise_crc32c
 from .lock import LOCK_FILE, RunLocked, run_lock
-from .run import Run, open_run
+from .raw_chunks import write_whole_raw_chunk
+from .run import Run, open_run, read_run_config
 from .trajectory import (
     FIXED_WEIGHTS_GROUP,
     Trajectory,
@@ -39,7 +38,6 @@ from .trajectory import (
     open_trajectory,
     read_fixed_weights,
     write_fixed_weights,
-    write_whole_raw_chunk,
 )
 
 __all__ = [
@@ -65,6 +63,7 @@ __all__ = [
     "prepare_run_dir",
     "read_fixed_weights",
     "remove_tree",
+    "read_run_config",
     "rows_per_chunk",
     "run_lock",
     "write_fixed_weights",

@@ -1,17 +1,21 @@
-"""Where runs live (local paths or URLs) and how their Zarr stores are opened and created."""
+"""Where runs live: the names inside a run directory, run errors, and run-directory upkeep.
+
+Stores are opened and created by :mod:`.groups`; locations come from :mod:`lca.locations`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import zarr
+
+from ..locations import is_remote, location
 
 CONFIG_FILE = "config.yaml"
 TRAJECTORY_STORE = "trajectory.zarr"
@@ -20,7 +24,6 @@ DATA_STORE = "data.zarr"  # a recorded model.fit's own examples (TrajectoryRecor
 LOCK_FILE = "lca.lock"  # who works on a run now (lca.storage.lock)
 CHUNK_BYTES = 32 * 2**20  # target size of one (rows, K) float32 chunk
 
-_checksums = True  # every new array carries per-chunk crc32c (benchmarks turn it off)
 
 # Zarr skips writing a chunk that equals the fill value, so an absent chunk would be
 # ambiguous: lost, or all False / all zero? lca stores every chunk it writes, which is what
@@ -60,39 +63,6 @@ def os_error_cause(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
-def location(where: str | os.PathLike) -> Path:
-    """A run directory or data file: a local ``Path``, or for a URL a ``UPath``.
-
-    URLs are anything fsspec and Zarr understand (``s3://bucket/runs/x``, ``gs://…``,
-    ``file:///shared/runs/x``, ``memory://x``); ``UPath`` gives them the ``pathlib`` methods
-    the rest of the code uses (``/``, ``exists``, ``read_text``, ``open``). Plain paths stay
-    ``pathlib.Path``: nothing changes for local runs.
-    """
-    if isinstance(where, Path) or hasattr(where, "fs"):  # already a Path or a UPath
-        return where
-    text = os.fspath(where)
-    if "://" not in text:
-        return Path(text).expanduser()
-    from upath import UPath  # imported on first use: local runs never pay for it
-
-    return UPath(text)
-
-
-def is_remote(path: Path) -> bool:
-    """True for a URL location (anything but a plain local path)."""
-    return "://" in str(path)
-
-
-def _storage_options(path: Path) -> dict[str, Any] | None:
-    """fsspec options for Zarr: the URL's own, plus parent directories made on write."""
-    if not is_remote(path):
-        return None
-    options = dict(getattr(path, "storage_options", {}) or {})
-    if getattr(path, "protocol", "") in ("file", "local"):
-        options.setdefault("auto_mkdir", True)
-    return options or None
-
-
 def remove_tree(path: Path) -> None:
     """Delete a directory (or a store under a URL prefix) and everything in it."""
     if is_remote(path):
@@ -104,65 +74,6 @@ def remove_tree(path: Path) -> None:
 def rows_per_chunk(num_params: int, max_rows: int = 64, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Rows of a (rows, K) float32 chunk: big enough to stream well, small enough for memory."""
     return int(max(1, min(max_rows, chunk_bytes // (4 * max(num_params, 1)))))
-
-
-def checksummed(compress: bool = True) -> list:
-    """The compressors of a new array: Zstd (unless ``compress=False``), then Zarr v3's crc32c.
-
-    The checksum is the last bytes-to-bytes codec, so it covers the stored (compressed) bytes:
-    a truncated or flipped chunk fails before it is decompressed, and any Zarr v3 reader
-    checks it too.
-    """
-    from zarr.codecs import ZstdCodec
-
-    from .integrity import BlockwiseCrc32c
-
-    codecs = [ZstdCodec(level=0)] if compress else []
-    return [*codecs, BlockwiseCrc32c()] if _checksums else codecs
-
-
-@contextlib.contextmanager
-def without_checksums() -> Iterator[None]:
-    """Create arrays without crc32c inside this block: for benchmarks measuring their cost."""
-    global _checksums
-    before, _checksums = _checksums, False
-    try:
-        yield
-    finally:
-        _checksums = before
-
-
-def open_group(path: str | Path, mode: str = "r", *, requirements: bool = True) -> zarr.Group:
-    """Open a Zarr v3 group whose chunk reads are verified (``integrity.CheckedStore``).
-
-    A missing or unreadable store becomes a RunError. Which absent chunks are errors is
-    attached here from the store's own attributes (``integrity.attach_requirements``) unless
-    ``requirements=False`` (``lca check``, which reports absent chunks instead of raising).
-    """
-    from .integrity import CheckedStore
-
-    path = location(path)
-    try:
-        if is_remote(path):
-            from zarr.storage import FsspecStore
-
-            inner = FsspecStore.from_url(
-                str(path), storage_options=_storage_options(path), read_only=mode == "r"
-            )
-        else:
-            from zarr.storage import LocalStore
-
-            if mode == "r" and not path.exists():
-                raise FileNotFoundError(f"no such directory: {path}")
-            inner = LocalStore(path, read_only=mode == "r")
-        group = zarr.open_group(store=CheckedStore(inner, str(path)), mode=mode, zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError) as exc:
-        raise RunError(f"cannot open {path}: {exc.__class__.__name__} ({exc})") from None
-    if mode != "w" and requirements:
-        from .integrity import attach_requirements
-
-        attach_requirements(group, path.name)
-    return group
 
 
 def has_contents(run_dir: Path) -> bool:

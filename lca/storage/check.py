@@ -1,10 +1,11 @@
-"""``lca check RUN [--repair]``: read every chunk of a run and say what is whole and what is not.
+"""``lca check RUN``: read every chunk of a run and say what is whole and what is not.
 
 Damage in ``lca.zarr`` is recoverable: each chunk belongs to one work unit of the
-allocation, so ``repair`` marks those units not done (and removes their bad chunks), and
-``lca allocate RUN`` recomputes exactly them. Damage in ``trajectory.zarr`` (or in the
-recorder's ``data.zarr``) is not: θ cannot be recomputed from the LCA, so the report names
-the steps lost and the ``--iterations`` ranges that avoid them.
+allocation, so :func:`lca.allocation.repair.repair_run` marks those units not done (and
+removes their bad chunks), and ``lca allocate RUN`` recomputes exactly them.
+Damage in ``trajectory.zarr`` (or in the recorder's ``data.zarr``) is not: θ cannot be
+recomputed from the LCA, so the report names the steps lost and the ``--iterations``
+ranges that avoid them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from .base import DATA_STORE, LCA_STORE, TRAJECTORY_STORE, RunError, location, open_group
+from .base import DATA_STORE, LCA_STORE, TRAJECTORY_STORE, RunError, location, rows_per_chunk
+from .groups import open_group
 from .integrity import (
     ArrayInfo,
     Required,
@@ -28,6 +30,7 @@ from .integrity import (
     trajectory_required,
     unit_of_chunk,
 )
+from .run import read_run_config
 
 
 @dataclass
@@ -209,8 +212,6 @@ def _walk(group: zarr.Group) -> list[zarr.Array]:
 
 def check_run(run_dir: str | Path) -> RunCheck:
     """Read every chunk of every store of ``run_dir``; nothing is written."""
-    from ..allocation.settings import read_run_config
-
     run_dir = location(run_dir)
     path = run_dir / TRAJECTORY_STORE
     if not path.exists():
@@ -227,8 +228,6 @@ def check_run(run_dir: str | Path) -> RunCheck:
     if lca is not None:
         c = int(lca.attrs["settings"]["chunk_iterations"])
     else:
-        from .base import rows_per_chunk
-
         c = read_run_config(run_dir).allocate.chunk_iterations or rows_per_chunk(K)
     report = RunCheck(run_dir, [], T, c, [], [], [], [])
     complete = bool(attrs.get("complete", False))
@@ -305,52 +304,3 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((a, b))
     return merged
-
-
-@dataclass
-class RepairResult:
-    units_reset: list[int]
-    chunks_removed: int
-    rewritten: list[str]
-
-
-def repair_run(run_dir: str | Path, report: RunCheck | None = None) -> RepairResult:
-    """Mark the LCA work units holding damaged chunks as not done, removing those chunks.
-
-    ``lca allocate RUN`` then recomputes exactly those units, with the store's own settings,
-    so the repaired ``lca.zarr`` equals the original (bitwise, with the same threads). Damage
-    outside ``lca.zarr`` is left alone: it cannot be recomputed from the LCA.
-    """
-    run_dir = location(run_dir)
-    report = report or check_run(run_dir)
-    result = RepairResult([], 0, [])
-    lca_issues = [i for i in report.issues if i.store == LCA_STORE]
-    if not lca_issues:
-        return result
-    from .lock import run_lock
-
-    with run_lock(run_dir, "check --repair"):  # not while an allocation writes the store
-        _repair_lca(run_dir, report, lca_issues, result)
-    return result
-
-
-def _repair_lca(run_dir: Path, report: RunCheck, lca_issues, result: RepairResult) -> None:
-    lca = open_group(run_dir / LCA_STORE, "r+", requirements=False)
-    inner = lca.store._store
-    for issue in lca_issues:
-        key = f"{issue.array}/c/" + "/".join(map(str, issue.chunk))
-        if issue.problem != "missing":
-            sync(inner.delete(key))
-            result.chunks_removed += 1
-        if issue.array == "train/subset_indices":
-            from ..allocation.settings import subset_indices
-
-            settings = lca.attrs["settings"]
-            num_train = int(lca["train"].attrs["num_examples_full"])
-            lca[issue.array][:] = subset_indices(
-                num_train, settings["subset_size"], settings["subset_seed"]
-            )
-            result.rewritten.append(issue.array)
-    for unit in report.bad_units:
-        lca["done"][unit] = False  # written last: the unit's other chunks are gone first
-    result.units_reset = list(report.bad_units)

@@ -31,15 +31,9 @@ import numpy as np
 import yaml
 import zarr
 
-from .base import (
-    CONFIG_FILE,
-    TRAJECTORY_STORE,
-    RunError,
-    checksummed,
-    has_contents,
-    open_group,
-    os_error_cause,
-)
+from .base import CONFIG_FILE, TRAJECTORY_STORE, RunError, has_contents, os_error_cause
+from .groups import checksummed, open_group
+from .raw_chunks import write_whole_raw_chunk
 
 RESUME_GROUP = "resume"
 RESUME_ATTR = "resume"
@@ -111,7 +105,6 @@ def write_checkpoint(
     The first checkpoint fills both slots, so that no slot array ever lacks its chunk (an
     absent chunk of an array is damage to ``lca check``).
     """
-    from .trajectory import write_whole_raw_chunk
 
     if RESUME_GROUP not in group:
         sub = group.create_group(RESUME_GROUP, attributes={"manifest": packer.manifest})

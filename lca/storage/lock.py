@@ -63,7 +63,7 @@ class LockHolder:
 
     @classmethod
     def of_this_process(cls, purpose: str) -> LockHolder:
-        from .. import __version__
+        from .._version import __version__
 
         return cls(
             host=socket.gethostname(),

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .base import CONFIG_FILE, LCA_STORE, RunError, location, open_group
+from ..config import Config, load_config
+from ..layout import LevelSums, ParameterLayout
+from .base import CONFIG_FILE, LCA_STORE, RunError, location
+from .groups import open_group
 from .trajectory import Trajectory, open_trajectory
 
 
@@ -151,8 +154,6 @@ class Run:
         return out
 
     def _sums(self):
-        from ..allocation.levels import LevelSums  # not at import: allocation imports storage
-
         return LevelSums.from_layout(self.trajectory.layout_json)
 
     def loss(self, split: str = "train") -> np.ndarray:
@@ -199,9 +200,6 @@ def _row_blocks(array: zarr.Array, chunk_rows: int):
 
 def open_run(run_dir: str | Path) -> Run:
     """Open a run directory written by ``lca train`` (and possibly ``lca allocate``)."""
-    from ..config import load_config
-    from ..layout import ParameterLayout
-
     run_dir = location(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
@@ -216,3 +214,11 @@ def open_run(run_dir: str | Path) -> Run:
         trajectory=trajectory,
         lca_store=store,
     )
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The ``config.yaml`` of a run directory, validated; a RunError when there is none."""
+    path = location(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
+    return load_config(path)

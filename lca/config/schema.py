@@ -1,0 +1,535 @@
+"""Run configuration: YAML files validated into typed dataclasses.
+
+One YAML file describes one run (model, data, optimizer, training, allocate). Every key is
+checked on load, so a typo fails at once with the key path and the file, instead of being
+silently ignored after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from ..locations import location  # a run's config may live at a URL (s3://…/config.yaml)
+
+MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
+LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
+CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
+USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
+TRANSFORMER_KEYS = ("num_layers", "d_model", "num_heads", "d_mlp", "layer_norm", "vocab_size")
+DATASET_NAMES = ("mnist", "cifar10", "synthetic", "modular")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+SPLIT_NAMES = ("train", "val")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded as one line: ``key.path: problem in file``."""
+
+
+class ModelError(ConfigError):
+    """A user's model that cannot be built or allocated honestly (one line, naming the key)."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build; the size options exist for tiny test and quick-start runs.
+
+    ``builder: "module:function"`` builds a user's Keras model instead of ``name``: the
+    function is called with ``kwargs`` (after seeding) and returns a ``keras.Model``. The
+    model's outputs are what ``loss`` compares with the labels: logits by default for the
+    classification loss (``from_logits``), raw predictions for mean squared error.
+    """
+
+    name: Literal["fc", "lenet", "resnet20", "allcnn", "transformer"] = "fc"
+    builder: str | None = None  # "module:function" returning a keras.Model
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
+    loss: Literal["sparse_categorical_crossentropy", "mean_squared_error"] = (
+        "sparse_categorical_crossentropy"
+    )
+    from_logits: bool = True  # sparse_categorical_crossentropy only
+    hidden_units: list[int] = field(default_factory=lambda: [100, 50])  # fc
+    conv_filters: list[int] = field(default_factory=lambda: [20, 40])  # lenet
+    dense_units: int = 400  # lenet
+    widths: list[int] | None = None  # resnet20 (16, 32, 64) and allcnn (96, 192)
+    blocks_per_stage: int = 3  # resnet20
+    # transformer: decoder-only over token sequences (data.name: modular), logits at the end
+    num_layers: int = 1
+    d_model: int = 128
+    num_heads: int = 4
+    d_mlp: int = 512
+    layer_norm: bool = False  # pre-norm blocks and a final norm when true
+    vocab_size: int | None = None  # default: num_classes + 1 (modular's tokens and "=")
+
+    @property
+    def classification(self) -> bool:
+        """Whether the loss is a per-class cross-entropy (per-class LCA needs one)."""
+        return self.loss in CLASSIFICATION_LOSSES
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.builder is not None and not _is_import_path(self.builder):
+            problems["builder"] = "must be 'module:function', e.g. mypkg.models:build"
+        if self.kwargs and self.builder is None:
+            problems["kwargs"] = "only applies with model.builder"
+        if self.builder is None and self.loss != "sparse_categorical_crossentropy":
+            problems["loss"] = "the built-in networks are classifiers; set model.builder"
+        for key in ("hidden_units", "conv_filters", "widths"):
+            values = getattr(self, key)
+            if values is not None and any(v <= 0 for v in values):
+                problems[key] = "all values must be > 0"
+        if self.widths is not None:
+            expected = {"resnet20": 3, "allcnn": 2}.get(self.name)
+            if expected is not None and len(self.widths) != expected:
+                problems["widths"] = f"{self.name} needs {expected} widths"
+        if self.dense_units <= 0:
+            problems["dense_units"] = "must be > 0"
+        if self.blocks_per_stage <= 0:
+            problems["blocks_per_stage"] = "must be > 0"
+        for key in ("num_layers", "d_model", "num_heads", "d_mlp"):
+            if getattr(self, key) <= 0:
+                problems[key] = "must be > 0"
+        if self.num_heads > 0 and self.d_model % self.num_heads:
+            problems["num_heads"] = f"must divide d_model ({self.d_model})"
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            problems["vocab_size"] = "must be > 0"
+        return problems
+
+
+@dataclass
+class SyntheticConfig:
+    """Deterministic class-template images plus noise: learnable, tiny, offline."""
+
+    image_shape: list[int] = field(default_factory=lambda: [8, 8, 1])
+    num_classes: int = 10
+    num_examples: int = 600
+    noise: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if len(self.image_shape) != 3 or any(v <= 0 for v in self.image_shape):
+            problems["image_shape"] = "must be [height, width, channels], all > 0"
+        if self.num_classes < 2:
+            problems["num_classes"] = "must be >= 2"
+        if self.num_examples <= 0:
+            problems["num_examples"] = "must be > 0"
+        if self.noise < 0:
+            problems["noise"] = "must be >= 0"
+        return problems
+
+
+MODULAR_OPERATIONS = ("add", "subtract", "divide", "poly")
+
+
+@dataclass
+class ModularConfig:
+    """Every pair (a, b) of 0..p-1 as the tokens ``a b =``, labelled ``a ∘ b mod p``.
+
+    The algorithmic data of grokking studies (Power et al. 2022): ``poly`` is the
+    non-commutative a² + ab + b² + a; ``divide`` is a · b⁻¹ and leaves out b = 0.
+    ``train_fraction`` of the pairs, drawn with ``data.split_seed``, are the training set
+    and the rest the validation set (``val_size`` and ``train_size`` do not apply).
+    """
+
+    p: int = 113
+    operation: Literal["add", "subtract", "divide", "poly"] = "add"
+    train_fraction: float = 0.3
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.p < 2 or any(self.p % k == 0 for k in range(2, int(self.p**0.5) + 1)):
+            problems["p"] = "must be a prime (every b ≠ 0 must have an inverse mod p)"
+        if not 0 < self.train_fraction < 1:
+            problems["train_fraction"] = "must be in (0, 1)"
+        return problems
+
+
+@dataclass
+class DataConfig:
+    """Dataset and the paper's split: ``val_size`` examples held out of the training set."""
+
+    name: Literal["mnist", "cifar10", "synthetic", "modular"] = "mnist"
+    # "module:function" returning the train and validation data instead of ``name`` (see
+    # lca.data.load_builder_dataset); it must give the same arrays, in the same order, each call
+    builder: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
+    path: str | None = None  # local mnist.npz, CIFAR python batches dir or tar.gz
+    val_size: int = 5000  # examples held out of the training set for validation
+    split_seed: int = 0  # seed of the random train/validation split
+    train_size: int | None = None  # use only the first N training examples (quick runs)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    modular: ModularConfig = field(default_factory=ModularConfig)
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.builder is not None and not _is_import_path(self.builder):
+            problems["builder"] = "must be 'module:function', e.g. mypkg.data:load"
+        if self.kwargs and self.builder is None:
+            problems["kwargs"] = "only applies with data.builder"
+        if self.val_size <= 0:
+            problems["val_size"] = "must be > 0"
+        if self.train_size is not None and self.train_size <= 0:
+            problems["train_size"] = "must be > 0"
+        return problems
+
+
+@dataclass
+class LayerOverride:
+    """Per-layer optimiser settings; the layer names are those ``lca describe`` prints."""
+
+    lr: float | None = None
+    momentum: float | None = None
+    freeze_from: int | None = None  # frozen (no update at all) from this iteration on
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.lr is not None and self.lr < 0:
+            problems["lr"] = "must be >= 0"
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            problems["momentum"] = "must be in [0, 1)"
+        if self.freeze_from is not None and self.freeze_from < 0:
+            problems["freeze_from"] = "must be >= 0"
+        return problems
+
+
+@dataclass
+class OptimizerConfig:
+    """SGD with (heavy-ball, Keras-style) momentum, Adam, or AdamW; no LR decay.
+
+    AdamW's ``weight_decay`` is decoupled, as Keras applies it: before each Adam step every
+    trained variable shrinks by ``lr · weight_decay · θ``. It moves θ, so LCA allocates the
+    loss change it causes, but the decay term is not part of the loss that is allocated.
+    """
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd only
+    beta_1: float = 0.9  # adam, adamw
+    beta_2: float = 0.999  # adam, adamw
+    epsilon: float = 1e-7  # adam, adamw
+    weight_decay: float = 0.0  # adamw only (decoupled)
+    layers: dict[str, LayerOverride] = field(default_factory=dict)
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.lr <= 0:
+            problems["lr"] = "must be > 0"
+        if not 0 <= self.momentum < 1:
+            problems["momentum"] = "must be in [0, 1)"
+        for key in ("beta_1", "beta_2"):
+            if not 0 <= getattr(self, key) < 1:
+                problems[key] = "must be in [0, 1)"
+        if self.epsilon <= 0:
+            problems["epsilon"] = "must be > 0"
+        if self.weight_decay < 0:
+            problems["weight_decay"] = "must be >= 0"
+        elif self.weight_decay and self.name != "adamw":
+            problems["weight_decay"] = "only applies to adamw (decoupled weight decay)"
+        if self.name in ("adam", "adamw"):
+            for layer, override in self.layers.items():
+                if override.momentum is not None:
+                    problems[f"layers.{layer}.momentum"] = "only applies to sgd"
+        return problems
+
+
+@dataclass
+class TrainingConfig:
+    """The training loop: fixed iterations of fixed mini-batches, reshuffled every epoch.
+
+    ``batch_size: full`` takes every step on the whole training split (full-batch gradient
+    descent, as grokking studies do); no per-iteration batch is recorded then.
+    """
+
+    iterations: int = 880
+    batch_size: int | Literal["full"] = 250
+    seed: int = 0
+    # validation accuracy every N iterations (0: never): recorded in the trajectory
+    # (val_accuracy), printed at most every 100
+    log_every: int = 100
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.iterations <= 0:
+            problems["iterations"] = "must be > 0"
+        if self.batch_size != "full" and self.batch_size <= 0:
+            problems["batch_size"] = "must be > 0 (or full)"
+        if self.log_every < 0:
+            problems["log_every"] = "must be >= 0"
+        return problems
+
+
+@dataclass
+class AllocateConfig:
+    """How ``lca allocate`` evaluates the full-set loss and integrates along the path."""
+
+    splits: list[Literal["train", "val"]] = field(default_factory=lambda: ["train", "val"])
+    eval_batch_size: int = 11000
+    threshold: float = 1e-3
+    max_splits: int = 32
+    # the refinement sequence (lca.quadrature.METHODS): "simpson" is the paper's composite
+    # Simpson from 2 sub-intervals; "adaptive" starts from the trapezoid on the endpoints (one
+    # new gradient per iteration) and refines to Simpson only where its error is too large
+    # (the default: it met the agreement limits with "simpson" on every MNIST-FC set-up)
+    rule: Literal["simpson", "adaptive"] = "adaptive"
+    # |error| within which "adaptive" accepts the trapezoid (default threshold / 10: its
+    # errors share a sign along training and add up where Simpson's do not)
+    trapezoid_threshold: float | None = None
+    # arithmetic of the gradients (losses are always float32 with float64 sums): bfloat16 runs
+    # the backward matrix products on bf16 units, tf32 allows TF32 tensor cores on GPUs; an
+    # iteration still over the threshold after refinement is recomputed in float32. "auto":
+    # bfloat16 on a CPU with bf16 units (AMX, AVX512-BF16), float32 elsewhere
+    precision: Literal["auto", "float32", "bfloat16", "tf32"] = "auto"
+    chunk_iterations: int | None = None  # iterations per work unit (default: storage chunk)
+    allow_tf32: bool = False
+    jit_compile: bool = False
+    # interior quadrature nodes reuse a first dense layer's pre-activations (exact up to
+    # float rounding; about 13 % faster on MNIST-FC); false evaluates every node from scratch
+    reuse_input_layer: bool = True
+    # allocate the train split on a fixed random subset of this many examples (cheaper; the
+    # conservation then holds for the subset loss); None uses every training example
+    subset_size: int | None = None
+    subset_seed: int = 0
+    # with a subset: every check_every-th iteration also gets the exact full-set LCA to compare
+    check_every: int | None = None
+    # also split every LCA into per-class parts (L = Σ_c N_c/N · L_c): per layer and per
+    # output unit; the full (T, classes, K) array only with per_class_full (C times the size)
+    per_class: bool = False
+    per_class_full: bool = False
+    # what is kept per iteration (docs/storage.md#store-levels): "parameters" the (T, K)
+    # LCA; "units" only its float64 sums per output unit and per layer; "layers" per layer only
+    store: Literal["parameters", "units", "layers"] = "parameters"
+    # also keep the full-set gradient at every θ_t, (T+1, K): only oscillation measures read it
+    store_grad: bool = True
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if not self.splits:
+            problems["splits"] = "name at least one of train, val"
+        elif len(set(self.splits)) != len(self.splits):
+            problems["splits"] = "names a split twice"
+        if self.eval_batch_size <= 0:
+            problems["eval_batch_size"] = "must be > 0"
+        if self.threshold <= 0:
+            problems["threshold"] = "must be > 0"
+        if self.max_splits < 2 or self.max_splits & (self.max_splits - 1):
+            problems["max_splits"] = "must be a power of two >= 2"
+        if self.trapezoid_threshold is not None:
+            if self.trapezoid_threshold <= 0:
+                problems["trapezoid_threshold"] = "must be > 0"
+            elif self.rule != "adaptive":
+                problems["trapezoid_threshold"] = "applies to rule: adaptive only"
+        if self.precision not in ("float32", "auto") and self.per_class:
+            problems["precision"] = "per_class needs precision: float32"
+        if self.chunk_iterations is not None and self.chunk_iterations <= 0:
+            problems["chunk_iterations"] = "must be > 0"
+        if self.subset_size is not None and self.subset_size <= 0:
+            problems["subset_size"] = "must be > 0"
+        if self.subset_seed < 0:
+            problems["subset_seed"] = "must be >= 0"
+        if self.check_every is not None:
+            if self.check_every <= 0:
+                problems["check_every"] = "must be > 0"
+            elif self.subset_size is None:
+                problems["check_every"] = "compares a subset with the full set; set subset_size"
+        if self.per_class_full and not self.per_class:
+            problems["per_class_full"] = "needs per_class: true"
+        if self.subset_size is not None and "train" not in self.splits:
+            problems["subset_size"] = "subsets the train split; allocate the train split"
+        return problems
+
+
+@dataclass
+class Config:
+    """A whole run; ``name`` defaults to the file's stem and names the run directory."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    allocate: AllocateConfig = field(default_factory=AllocateConfig)
+
+    def validate(self) -> dict[str, str]:
+        problems = {}
+        if self.allocate.per_class and not self.model.classification:
+            problems["allocate.per_class"] = f"needs a classification loss, not {self.model.loss}"
+        builtin = self.data.builder is None and self.model.builder is None
+        tokens = self.data.name == "modular"
+        if builtin and tokens and self.model.name != "transformer":
+            problems["data.name"] = (
+                "modular data are token sequences: the built-in image networks cannot read "
+                "them; use model.name: transformer (or a model.builder taking (3,) int tokens)"
+            )
+        if builtin and not tokens and self.model.name == "transformer":
+            problems["model.name"] = (
+                f"the transformer reads token sequences (data.name: modular), not "
+                f"{self.data.name} images"
+            )
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings; a builder's section keeps only the keys that apply to it."""
+        data = dataclasses.asdict(self)
+        if self.data.name != "modular":  # a section only the modular data set reads
+            data["data"].pop("modular")
+        if self.model.builder is not None:
+            data["model"] = {k: data["model"][k] for k in USER_MODEL_KEYS}
+        elif self.model.name != "transformer":  # keys only the transformer reads
+            for key in TRANSFORMER_KEYS:
+                data["model"].pop(key)
+        if self.data.builder is not None:
+            data["data"] = {k: data["data"][k] for k in ("builder", "kwargs")}
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --- loading and validation -------------------------------------------------------------
+
+
+def _is_import_path(value: str) -> bool:
+    """``package.module:function``: dotted identifiers, one colon."""
+    module, sep, attr = value.partition(":")
+    parts = [*module.split("."), *attr.split(".")]
+    return bool(sep) and all(p.isidentifier() for p in parts)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read and validate a YAML config; ``overrides`` are ``key.path=value`` strings."""
+    path = location(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"not valid YAML{where} in {path}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"top level must be a mapping of sections in {path}")
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        apply_override(raw, override, str(path))
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+    return _build(Config, raw, "", source)
+
+
+def apply_override(raw: dict[str, Any], override: str, source: str = "<overrides>") -> None:
+    """Set ``a.b.c=value`` in a raw config mapping; the value is parsed as YAML."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected key.path=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section in {source}")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping in {source}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {allowed}) in {source}")
+    values = {
+        key: _convert(hints[key], value, f"{prefix}{key}", source) for key, value in raw.items()
+    }
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        for key, problem in obj.validate().items():
+            raise ConfigError(f"{prefix}{key}: {problem} in {source}")
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r} in {source}")
+
+    if tp is Any:  # free-form values (builder kwargs): whatever YAML gave
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, key, source)
+            except ConfigError:
+                continue
+        fail()
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            fail()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(item, v, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.", source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module

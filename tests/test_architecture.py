@@ -1,0 +1,108 @@
+"""The package's architecture: imports flow one way (import-linter) and the module graph of lca
+has no cycle at all (grimp, imports inside functions included), and old module paths fail with
+one line naming the new one.
+
+The layers are declared once, in ``pyproject.toml`` (``[tool.importlinter]``).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+grimp = pytest.importorskip("grimp", reason="pip install import-linter (the dev extra)")
+
+
+def _env() -> dict:
+    # analyse this checkout's lca, whatever else is installed
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def test_import_linter_contracts_are_kept():
+    code = (
+        "import sys\n"
+        "from importlinter.cli import lint_imports\n"
+        "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+CYCLES = """
+import sys
+import grimp
+import lca
+
+assert lca.__file__.startswith(sys.argv[1]), lca.__file__
+graph = grimp.build_graph("lca", cache_dir=None)
+cycles = set()
+for importer in sorted(graph.modules):
+    for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+        back = graph.find_shortest_chain(importer=imported, imported=importer)
+        if back:
+            cycles.add(" -> ".join((importer, *back)))
+print("\\n".join(sorted(cycles)))
+print(len(graph.modules), "modules", file=sys.stderr)
+"""
+
+
+def test_no_import_cycles():
+    result = subprocess.run(
+        [sys.executable, "-c", CYCLES, str(ROOT)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", "import cycles:\n" + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("statement", "new"),
+    [
+        ("import lca.plots", "lca.report.plots"),
+        ("from lca.gradients import configure_tensorflow", "lca.models.runtime"),
+        ("from lca import per_class", "lca.analysis.per_class"),
+        ("from lca.allocation.levels import LevelSums", "lca.layout.levels"),
+        ("from lca.diagnostics import verify_error", "lca.analysis.diagnostics"),
+    ],
+)
+def test_old_module_paths_name_the_new_one(statement, new):
+    result = subprocess.run(
+        [sys.executable, "-c", statement], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: ") and new in last, result.stderr
+
+
+def test_public_paths_still_import():
+    code = (
+        "import lca, lca.analysis, lca.keras, lca.storage, lca.config, lca.training\n"
+        "assert callable(lca.allocate) and callable(lca.open_run)\n"
+        "assert callable(lca.verify_error) and callable(lca.prune)\n"
+        "from lca.analysis import helped_fractions, summary, across_runs, class_specialisation\n"
+        "from lca.keras import TrajectoryRecorder\n"
+        "from lca.config import load_config\n"
+        "from lca.training import train\n"
+        "from lca.storage import Run, open_run, open_trajectory, RunError\n"
+        "from lca.config import import_function\n"
+        "assert import_function('lca.data:run_arrays', 'k').__name__ == 'run_arrays'\n"
+        "keras_builder = import_function('lca.models:from_keras_config', 'k')\n"
+        "assert keras_builder.__name__ == 'from_keras_config'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
