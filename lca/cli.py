@@ -386,7 +386,7 @@ def tensorboard(run_dirs, logdir, histograms) -> None:
     `tensorboard --logdir LOGDIR` shows several runs side by side. A command of its own
     rather than a flag of `lca report`: it writes no report, and LOGDIR is its only output.
     """
-    from .tensorboard import write_tensorboard
+    from .report.tensorboard import write_tensorboard
 
     if histograms < 0:
         raise click.BadParameter("must be >= 0", param_hint="--histograms")

@@ -1,4 +1,4 @@
-"""lca.causes: the cause terms add up to the step and their shares to the LCA, on numpy runs.
+"""lca.allocation.causes: the cause terms add up to the step and their shares to the LCA, on numpy runs.
 
 The trajectories are made here by numpy transcriptions of the optimisers (SGD exactly as
 lca/training.py writes it; Adam as Keras documents it), on a quadratic loss whose gradient and
@@ -8,7 +8,7 @@ path-mean gradient are known in closed form.
 import numpy as np
 import pytest
 
-from lca.causes import (
+from lca.allocation.causes import (
     CURVATURE,
     FIRST_ORDER,
     TERM_NAMES,

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 
 from lca.allocation import allocate
 from lca.storage import open_run
-from lca.tensorboard import histogram_iterations, write_tensorboard
+from lca.report.tensorboard import histogram_iterations, write_tensorboard
 
 LEVELS = ("parameters", "units", "layers")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import analysis
 from ..storage import Run
-from . import plots, plots_parameters
+from . import plots, plots_overview, plots_parameters
 
 if TYPE_CHECKING:
     from .measures import RunMeasures
@@ -31,6 +31,12 @@ def run_figures(m: RunMeasures, out: Path, top: int) -> dict[str, Path]:
     """The single-run figures (Fig 3, 4, S7, S11, S17, conservation) the store allows."""
     h, osc, s, hist = m.helped, m.oscillations, m.sync, m.histogram
     figures: dict[str, Path] = {}
+    rule = m.allocated_with.removeprefix("rule ").split(",")[0].split(" (")[0] or "allocated rule"
+    figures["overview"] = plots_overview.overview(
+        m.layers, m.series, None if h is None else h.helped_per_layer, m.approx,
+        out / "overview.png", title=f"{m.run_dir.name}: what LCA shows ({m.split} split)",
+        rule_label=rule, mean_helped=None if h is None else h.mean_helped,
+    )  # fmt: skip
     if h is not None:
         figures["fig3a_percent_helped"] = plots.percent_helped(
             h.helped, h.hurt, h.zero, m.approx["measured"], out / "fig3a_percent_helped.png",

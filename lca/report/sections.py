@@ -144,7 +144,16 @@ def _markdown(
             "the total is positive."
         )
 
-    parts.append("")
+    parts += [
+        "",
+        _img(report, "overview", "overview: cumulative LCA per layer, % helped, conservation"),
+        "",
+        "How to read: left, each layer's running total of LCA (below zero = it lowered the "
+        "loss); middle, the share of each layer's parameters that helped at each iteration "
+        "(thin: per iteration, thick: a moving average; 50 % is a coin flip); right, the loss "
+        "rebuilt as L(θ_0) plus the summed LCA, against the measured loss and first order.",
+        "",
+    ]
     if skipped:
         parts += ["## Skipped: not in this store", ""]
         parts += [f"- {line}" for line in skipped] + [""]

@@ -42,8 +42,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.scalar.metadata import create_summary_metadata
 
-from .analysis import helped_fractions
-from .storage import CONFIG_FILE, Run, location, open_run
+from ..analysis import helped_fractions
+from ..storage import CONFIG_FILE, Run, location, open_run
 
 BLOCK_ROWS = 4096  # iterations written per call of a compiled writer (memory stays (block, tags))
 MAX_HISTOGRAMS = 50  # histogram points per layer and split: keeps the event files small
