@@ -83,10 +83,46 @@ def _parse_range(value: str | None) -> tuple[int, int] | None:
         raise click.BadParameter("expected A:B, e.g. 0:100") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: The commands in the order a run goes through them, each with one example.
+PIPELINE = {
+    "describe": "lca describe configs/mnist_fc_sgd.yaml",
+    "train": "lca train configs/mnist_fc_sgd.yaml",
+    "allocate": "lca allocate runs/mnist_fc_sgd",
+    "verify-error": "lca verify-error runs/mnist_fc_sgd",
+    "report": "lca report runs/mnist_fc_sgd",
+    "tensorboard": "lca tensorboard runs/mnist_fc_sgd",
+    "prune": "lca prune runs/mnist_fc_sgd --by lca,magnitude",
+    "check": "lca check runs/mnist_fc_sgd",
+}
+
+
+class PipelineGroup(click.Group):
+    """``lca --help`` lists the commands in pipeline order, each with an example."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = list(PIPELINE)
+        return sorted(self.commands, key=lambda n: (order.index(n) if n in order else 99, n))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            rows.append((name, command.get_short_help_str(limit=300)))
+            if name in PIPELINE:
+                rows.append(("", f"$ {PIPELINE[name]}"))
+        with formatter.section("Commands, in pipeline order"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lca")
 def main() -> None:
-    """Loss Change Allocation: record a training run, allocate its loss change, verify it."""
+    """Loss Change Allocation: record a training run, allocate its loss change, verify it.
+
+    `lca COMMAND --help` lists a command's options. Documentation: docs/ (mkdocs serve).
+    """
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 

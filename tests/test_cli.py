@@ -84,3 +84,17 @@ def test_missing_run_directory(runner, tmp_path):
         assert result.exit_code == 2
         assert result.output.startswith("error: ")
         assert result.output.strip().count("\n") == 0
+
+
+def test_help_lists_the_commands_in_pipeline_order_with_an_example_each():
+    from click.testing import CliRunner
+
+    from lca.cli import PIPELINE, main
+
+    text = CliRunner().invoke(main, ["--help"]).output
+    section = text.split("Commands, in pipeline order:")[1]
+    positions = [section.index(f"\n  {name} ") for name in PIPELINE]
+    assert positions == sorted(positions)
+    assert set(PIPELINE) == set(main.commands)  # a new command gets its place and example
+    for example in PIPELINE.values():
+        assert f"$ {example}" in section
