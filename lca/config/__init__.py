@@ -1,5 +1,6 @@
 """Run configuration: the YAML schema (:mod:`.schema`) and the user code it names."""
 
+from .layer_settings import LayerSettings, resolve_layer_settings
 from .schema import (
     CLASSIFICATION_LOSSES,
     DATASET_NAMES,
@@ -36,6 +37,7 @@ __all__ = [
     "DataConfig",
     "LOSS_NAMES",
     "LayerOverride",
+    "LayerSettings",
     "MODEL_NAMES",
     "MODULAR_OPERATIONS",
     "ModelConfig",
@@ -52,4 +54,5 @@ __all__ = [
     "config_from_dict",
     "import_function",
     "load_config",
+    "resolve_layer_settings",
 ]

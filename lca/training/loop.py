@@ -21,6 +21,7 @@ import numpy as np
 
 from .._version import __version__
 from ..config import Config, ConfigError
+from ..config.layer_settings import LayerSettings, resolve_layer_settings  # noqa: F401 (re-exported)
 from ..storage import (
     CONFIG_FILE,
     RunError,
@@ -38,15 +39,6 @@ class TrainingDiverged(RuntimeError):
     """The mini-batch loss became NaN or infinite; what was recorded stays readable."""
 
 
-@dataclass(frozen=True)
-class LayerSettings:
-    """Per-variable optimiser settings, resolved from the config against the model layout."""
-
-    lr: np.ndarray  # (num_variables,) float32
-    momentum: np.ndarray  # (num_variables,) float32
-    freeze_from: np.ndarray  # (num_variables,) int64, a huge number where never frozen
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -54,33 +46,6 @@ class TrainResult:
     final_loss: float
     final_accuracy: float
     seconds: float
-
-
-def resolve_layer_settings(config: Config, layout) -> LayerSettings:
-    """Map ``optimizer.layers`` overrides (keyed by layer group) onto the model's variables."""
-    opt = config.optimizer
-    known = layout.layers
-    for layer in opt.layers:
-        if layer not in known:
-            raise ConfigError(
-                f"optimizer.layers.{layer}: no such layer in model "
-                f"{config.model.builder or config.model.name} "
-                f"(layers: {', '.join(known)})"
-            )
-    never = np.iinfo(np.int64).max
-    lr, momentum, freeze = [], [], []
-    for entry in layout.entries:
-        override = opt.layers.get(entry.layer)
-        lr.append(override.lr if override and override.lr is not None else opt.lr)
-        m = override.momentum if override and override.momentum is not None else opt.momentum
-        momentum.append(m if opt.name == "sgd" else 0.0)
-        f = override.freeze_from if override and override.freeze_from is not None else never
-        freeze.append(f)
-    return LayerSettings(
-        lr=np.asarray(lr, np.float32),
-        momentum=np.asarray(momentum, np.float32),
-        freeze_from=np.asarray(freeze, np.int64),
-    )
 
 
 def batch_schedule(num_examples: int, batch_size: int, iterations: int, seed: int) -> np.ndarray:
