@@ -138,6 +138,8 @@ class StepAllocation:
     rule: str = "simpson"  # the rule of the accepted level
     converged: bool = True  # the last level tried is within its threshold
     stalled: bool = False  # refinement stopped early: it no longer reduced the error
+    # split -> (K,) float64 path-mean gradient ḡ of the accepted rule (lca = (Δ·ḡ) as float32)
+    mean_grad: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def halvings(self) -> int:
@@ -196,13 +198,14 @@ def integrate_step(
                 nodes[j] = gradient_at(j / finest)
                 evaluations += 1
         weights = level.rule.weights(n)
-        lca, error = {}, {}
+        lca, error, mean_grads = {}, {}, {}
         for split in loss_change:
             mean_grad = np.zeros_like(delta64)
             for k, w in enumerate(weights):
                 if w:
                     mean_grad += w * np.asarray(nodes[k * stride][split], dtype=np.float64)
             lca[split] = (delta64 * mean_grad).astype(np.float32)
+            mean_grads[split] = mean_grad
             error[split] = float(loss_change[split] - lca[split].sum(dtype=np.float64))
         worst = max(abs(e) for e in error.values())
         if (
@@ -234,4 +237,5 @@ def integrate_step(
         rule=level.rule.name,
         converged=converged,
         stalled=stalled,
+        mean_grad=mean_grads,
     )
