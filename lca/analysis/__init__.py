@@ -13,10 +13,27 @@ One module per job: :mod:`.streaming` (block readers), :mod:`.distributions` (he
 fractions, moments, histograms), :mod:`.series` (per-layer series, oscillations,
 synchronisation), :mod:`.parameters` (units, kernels, curves, agreement),
 :mod:`.run_summary` (:func:`summary`), :mod:`.statistics` (across runs), :mod:`.per_class`,
-:mod:`.generalization` (train vs held-out splits) and :mod:`.diagnostics` (the conservation
+:mod:`.generalization` (train vs held-out splits), :mod:`.causes` (the LCA split by the
+optimiser's update terms: why parameters hurt) and :mod:`.diagnostics` (the conservation
 check, ``lca.verify_error``; it reads a run directory, so it is imported on its own).
 """
 
+from .causes import (
+    PARTS,
+    CauseSummary,
+    HurtingShares,
+    SumsCheck,
+    ValidationDrivers,
+    cause_bins,
+    cause_names,
+    cause_totals,
+    hurting_shares,
+    residual_summary,
+    summarise_causes,
+    sums_check,
+    validation_drivers,
+    window_edges,
+)
 from .distributions import (
     Helped,
     Moments,
@@ -65,19 +82,28 @@ from .streaming import (
 
 __all__ = [
     "Agreement",
+    "CauseSummary",
     "Helped",
+    "HurtingShares",
     "Moments",
     "Oscillations",
+    "PARTS",
     "RowSliceable",
+    "SumsCheck",
     "Synchronisation",
+    "ValidationDrivers",
     "ValueHistogram",
     "WORK_ELEMENTS",
     "across_runs",
     "agreement",
     "approximate_loss",
+    "cause_bins",
+    "cause_names",
+    "cause_totals",
     "class_specialisation",
     "class_synchronisation",
     "helped_fractions",
+    "hurting_shares",
     "jsonable",
     "kernel_matrix",
     "layer_series",
@@ -87,12 +113,17 @@ __all__ = [
     "oscillations",
     "parameter_curves",
     "regularized_incomplete_beta",
+    "residual_summary",
     "sign_test",
+    "summarise_causes",
     "summary",
+    "sums_check",
     "synchronisation",
     "t_two_sided_p",
     "top_moments",
     "unit_series",
+    "validation_drivers",
     "value_histogram",
     "value_moments",
+    "window_edges",
 ]
