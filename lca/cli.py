@@ -289,6 +289,13 @@ def train(config_file, out, seed, iterations, overwrite, resume, threads, overri
     help="Keep the full-set gradient at every step (T+1, K); only oscillations need it "
     "[config: true].",
 )
+@click.option(
+    "--causes/--no-causes",
+    default=None,
+    help="Also split every LCA by its cause: each term of the optimiser's step (signal, "
+    "mini-batch deviation, momentum or Adam's history, weight decay, replay residual) × first "
+    "order / curvature, summed per layer and unit (<split>/causes in lca.zarr) [config: false].",
+)
 @click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
 @friendly_errors
 def allocate(
@@ -311,6 +318,7 @@ def allocate(
     precision,
     store,
     store_grad,
+    causes,
     restart,
 ) -> None:
     """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
@@ -334,6 +342,7 @@ def allocate(
         precision=precision,
         store=store,
         store_grad=store_grad,
+        causes=causes,
         iterations=_parse_range(iteration_range),
         workers=workers,
         gpus=parse_gpus(gpus) if gpus else None,

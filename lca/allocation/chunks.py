@@ -48,6 +48,7 @@ class ChunkResult:
     fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
     check: dict[str, np.ndarray] | None = None  # rows of ``subset_check/`` (checked units)
     check_seconds: float = 0.0  # time spent on the full-set check (benchmarks subtract it)
+    root: dict[str, np.ndarray] = field(default_factory=dict)  # lca.zarr/<name> rows (causes)
 
 
 def compare_lca(
@@ -231,6 +232,11 @@ class ChunkAllocator:
         self.units = unit_index(self.trajectory.layout_json)
         self.sums = LevelSums.from_layout(self.trajectory.layout_json)  # allocate.store
         self._exact = None  # the float32 objective, for reduced-precision fall-backs
+        self.causes = None  # allocate.causes: the optimiser's terms of every step
+        if settings.causes:
+            from .replay import CauseReplay
+
+            self.causes = CauseReplay(run_dir, self.trajectory, read_run_config(run_dir))
         self._store: zarr.Group | None = None
         # Chunks are compressed and written by one background thread while the next chunk's
         # gradients are computed; at most one written chunk is pending at a time.
@@ -296,6 +302,10 @@ class ChunkAllocator:
                 if self.settings.per_class_full:
                     out[s]["class_lca"] = np.empty((n, C, K), np.float32)
         result = ChunkResult(chunk, start, stop, out)
+        causes = None
+        if self.causes is not None:
+            store = self._open_store()
+            causes = self.causes.unit(store, chunk, start, n, splits, self.settings.store)
         here = self.objective(thetas[0])
         evaluations_before = self.objective.evaluations
         for s in splits:
@@ -313,15 +323,17 @@ class ChunkAllocator:
         for k in range(n):
             there = self.objective(thetas[k + 1])
             step = self._integrate(self.objective, thetas[k], thetas[k + 1], here, there, nodes)
+            start_values = here
             fallback = self.settings.reduced_precision and not step.converged
             if fallback:  # the reduced arithmetic's rounding floor: redo this step in float32
                 exact = self.exact_objective()
                 before = exact.evaluations
+                start_values = exact(thetas[k])
                 step = self._integrate(
                     exact,
                     thetas[k],
                     thetas[k + 1],
-                    exact(thetas[k]),
+                    start_values,
                     exact(thetas[k + 1]),
                     nodes,
                     reduced=False,
@@ -341,6 +353,8 @@ class ChunkAllocator:
                 if "fallback" in out[s]:
                     out[s]["fallback"][k] = fallback
             result.halvings += step.halvings
+            if causes is not None:
+                self._add_causes(causes, k, thetas, start_values, step)
             if self.settings.checked(start + k):
                 self._check(
                     result, k, thetas[k], thetas[k + 1], step.splits, out["train"]["lca"][k]
@@ -351,7 +365,22 @@ class ChunkAllocator:
         result.evaluations += self.objective.evaluations - evaluations_before + 1
         for s in splits:  # the float32 rows, as stored, are what the sums add up
             out[s].update(self.sums.arrays(out[s].pop("lca"), self.settings.store))
+        if causes is not None:
+            for s, arrays in causes.arrays().items():
+                out[s].update(arrays)
+            result.root["replay_residual"] = causes.residual
         return result
+
+    def _add_causes(self, causes, k: int, thetas, start_values, step) -> None:
+        """Row k of the unit's cause sums: the step's terms and every split's shares."""
+        t = causes.start + k
+        batch_grad = None
+        if self.causes.batch_gradient is not None:
+            batch_grad = self.causes.batch_gradient(t, thetas[k])
+        train_grad = start_values["train"][1]  # what the optimiser followed: the train split's
+        terms = causes.terms(k, thetas[k], thetas[k + 1], train_grad, batch_grad)
+        grads = {s: start_values[s][1] for s in self.settings.splits}
+        causes.add(k, terms, grads, step.mean_grad, step.lca)
 
     def _integrate(self, objective, theta0, theta1, here, there, nodes, reduced=None):
         """One step's LCA by the settings' rule, from the objective's values at both ends.
@@ -446,9 +475,13 @@ class ChunkAllocator:
         ):
             self._write(result)
 
-    def _write(self, result: ChunkResult) -> None:
+    def _open_store(self) -> zarr.Group:
         if self._store is None:
             self._store = open_group(self.run_dir / LCA_STORE, "r+")
+        return self._store
+
+    def _write(self, result: ChunkResult) -> None:
+        self._open_store()
         T = self.trajectory.num_iterations
         a, b = result.start, result.stop
         # rows a..b-1 of every array belong to this unit's chunk; row T of the (T+1)-row
@@ -461,6 +494,8 @@ class ChunkAllocator:
                     group[name][a:last] = values[: last - a]
                 else:
                     group[name][a:b] = values
+        for name, values in result.root.items():
+            self._store[name][a:b] = values
         if result.check is not None:
             for name, values in result.check.items():
                 self._store["subset_check"][name][a:b] = values

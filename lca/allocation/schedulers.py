@@ -93,6 +93,7 @@ def allocate(
     precision: str | None = None,
     store: str | None = None,
     store_grad: bool | None = None,
+    causes: bool | None = None,
     iterations: tuple[int, int] | None = None,
     workers: int = 1,
     gpus: Sequence[int] | None = None,
@@ -113,6 +114,8 @@ def allocate(
     ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings, and
     so do ``store`` (what is kept per iteration: ``parameters``, ``units``, ``layers``) and
     ``store_grad``; a resumed allocation continues with its store's choices of all five.
+    ``causes`` also splits every LCA by the terms of the optimiser's step
+    (:mod:`lca.allocation.cause_sums`); a store made without them is not resumed with them.
 
     The run is locked for the whole allocation (``RUN/lca.lock``, :func:`lca.storage.run_lock`):
     a second allocation of the same run raises :class:`lca.storage.RunLocked` naming this one.
@@ -139,6 +142,7 @@ def _allocate(
     precision,
     store,
     store_grad,
+    causes,
     iterations,
     workers,
     gpus,
@@ -168,6 +172,7 @@ def _allocate(
         precision = precision or made_with.get("precision", "float32")
         store = store or made_with.get("store", "parameters")
         store_grad = made_with.get("store_grad", True) if store_grad is None else store_grad
+        causes = made_with.get("causes", False) if causes is None else causes
     settings = resolve_settings(
         config.allocate,
         K,
@@ -183,8 +188,13 @@ def _allocate(
         precision=precision,
         store=store,
         store_grad=store_grad,
+        causes=causes,
         on_gpu=lambda: _on_gpu(gpus, ray, gpus_per_task),
     )
+    if settings.causes:
+        from .cause_sums import check_replayable
+
+        check_replayable(run_dir, trajectory)
     with writing_to(
         run_dir / LCA_STORE,
         "nothing was allocated yet: free space (or fix the permissions) and rerun "
@@ -208,6 +218,8 @@ def _allocate(
         0.0,
         chunks_skipped=len(wanted) - len(todo),
     )
+    if settings.causes and todo:
+        _prepare_causes(run_dir, store, trajectory, config, settings, max(todo), progress)
     bar = tqdm(
         total=sum(size[k] for k in todo),
         desc=f"allocate {run_dir.name}",
@@ -245,6 +257,19 @@ def _allocate(
         done = open_group(run_dir / LCA_STORE, "r")["done"][:]
         summary.iterations_done = sum(min(c, T - k * c) for k in np.flatnonzero(done))
     return summary
+
+
+def _prepare_causes(run_dir, store, trajectory, config, settings, last_unit, progress) -> None:
+    """Adam/AdamW: replay the optimiser in order up to ``last_unit``, keeping its moments at
+    every work unit's start, so that each unit replays only its own steps."""
+    from .cause_sums import CauseModel
+    from .replay import prepare_adam_states
+
+    model = CauseModel.of_run(config, trajectory.layout_json)
+    if model.replays_batches:
+        c = settings.chunk_iterations
+        with writing_to(run_dir / LCA_STORE, "rerun the same command to resume"):
+            prepare_adam_states(run_dir, store, trajectory, model, config, c, last_unit, progress)
 
 
 def _made_with(run_dir: Path) -> dict | None:

@@ -46,6 +46,7 @@ class AllocationSettings:
     precision: str = "float32"  # arithmetic of the gradients; losses always float32
     store: str = "parameters"  # what is kept per iteration (STORE_LEVELS)
     store_grad: bool = True  # also keep the full-set gradient at every θ_t
+    causes: bool = False  # also the LCA of every term of the optimiser's step (cause_sums)
 
     @property
     def reduced_precision(self) -> bool:
@@ -82,6 +83,7 @@ class AllocationSettings:
             **({"precision": self.precision} if self.reduced_precision else {}),
             **({"store": self.store} if self.store != "parameters" else {}),
             **({"store_grad": False} if not self.store_grad else {}),
+            **({"causes": True} if self.causes else {}),
         }
 
     def checked(self, iteration: int) -> bool:
@@ -111,6 +113,7 @@ def resolve_settings(
     precision: str | None = None,
     store: str | None = None,
     store_grad: bool | None = None,
+    causes: bool | None = None,
     on_gpu: bool | Callable[[], bool] = False,
 ) -> AllocationSettings:
     """Merge command-line choices over the run's ``allocate`` section, validated the same way.
@@ -131,6 +134,7 @@ def resolve_settings(
         precision=precision or config.precision,
         store=store or config.store,
         store_grad=config.store_grad if store_grad is None else store_grad,
+        causes=config.causes if causes is None else causes,
     )
     if merged.rule not in METHODS:
         raise RunError(f"--rule {merged.rule!r}: choose from {', '.join(METHODS)}")

@@ -116,6 +116,13 @@ def open_lca_store(
             )
     if settings.check_every is not None:
         _create_check_arrays(group, T, c, len(_layer_index(trajectory.layout_json)[1]))
+    if settings.causes:
+        from ..storage import read_run_config
+        from .cause_sums import CauseModel, LevelReducer, create_cause_arrays
+
+        model = CauseModel.of_run(read_run_config(run_dir), trajectory.layout_json)
+        reducer = LevelReducer(trajectory.layout_json)
+        create_cause_arrays(group, settings.splits, settings.store, T, c, reducer, model, K)
     group.attrs.update(
         {
             "settings": settings.identity(),
@@ -130,11 +137,19 @@ def open_lca_store(
             "description": RULE_DESCRIPTIONS[settings.rule]
             + "; error = (L[t+1] − L[t]) − Σ_i A[t, i]; splits = the sub-intervals used; "
             + STORE_DESCRIPTIONS[settings.store]
-            + "; negative LCA helps",
+            + "; negative LCA helps"
+            + (f"; {CAUSES_NOTE}" if settings.causes else ""),
         }
     )
     return group
 
+
+CAUSES_NOTE = (
+    "<split>/causes/layer[t, term, part, layer], causes/unit/<layer>[t, term, part, unit] and "
+    "causes/hurt_layer (entries with A > 0 only): A split by the optimiser's step terms "
+    "(<split>/causes attrs terms) × first_order/curvature, float64 sums; replay_residual[t] = "
+    "‖Δθ − Σ terms‖ / ‖Δθ‖; replay_state/m, v: Adam's moments at each work unit's start"
+)
 
 STORE_DESCRIPTIONS = {
     "parameters": "lca = A[t, i] per parameter",

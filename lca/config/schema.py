@@ -306,6 +306,10 @@ class AllocateConfig:
     store: Literal["parameters", "units", "layers"] = "parameters"
     # also keep the full-set gradient at every θ_t, (T+1, K): only oscillation measures read it
     store_grad: bool = True
+    # also split every LCA by its cause (docs/storage.md): the optimiser step's terms (signal,
+    # mini-batch deviation, momentum/history, weight decay, replay residual) × first order /
+    # curvature, summed per layer and unit; needs the train split and no subset or per_class
+    causes: bool = False
 
     def validate(self) -> dict[str, str]:
         problems = {}
@@ -341,6 +345,13 @@ class AllocateConfig:
             problems["per_class_full"] = "needs per_class: true"
         if self.subset_size is not None and "train" not in self.splits:
             problems["subset_size"] = "subsets the train split; allocate the train split"
+        if self.causes:
+            if "train" not in self.splits:
+                problems["causes"] = "the signal term is the train split's gradient: allocate train"
+            elif self.subset_size is not None:
+                problems["causes"] = "the signal term needs the whole train split, not a subset"
+            elif self.per_class:
+                problems["causes"] = "not together with per_class"
         return problems
 
 

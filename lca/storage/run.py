@@ -156,6 +156,65 @@ class Run:
     def _sums(self):
         return LevelSums.from_layout(self.trajectory.layout_json)
 
+    # --- the LCA split by cause (``lca allocate --causes``) -------------------------------
+
+    @property
+    def has_causes(self) -> bool:
+        """Whether the allocation split every LCA by the terms of the optimiser's step."""
+        return self.lca_store is not None and bool(
+            self.lca_store.attrs["settings"].get("causes", False)
+        )
+
+    def _causes(self, split: str) -> zarr.Group:
+        group = self._group(split)
+        if not self.has_causes or "causes" not in group:
+            raise RunError(
+                f"{self.path}: no LCA by cause; allocate with --causes (`lca allocate "
+                f"{self.path} --causes --restart`)"
+            )
+        return group["causes"]
+
+    @property
+    def cause_terms(self) -> list[str]:
+        """The step's terms, in the order of the ``term`` axis of every cause array."""
+        return list(self._causes(self.splits[0] if self.splits else "train").attrs["terms"])
+
+    @property
+    def cause_parts(self) -> list[str]:
+        """The ``part`` axis: ``first_order`` (u·∇L(θ_t)) and ``curvature`` (u·(ḡ − ∇L(θ_t)))."""
+        return list(self._causes(self.splits[0] if self.splits else "train").attrs["parts"])
+
+    def cause_layer_lca(self, split: str = "train") -> np.ndarray:
+        """(T, terms, 2, L) float64: each term's LCA per layer, first order and curvature;
+        summed over terms and parts it is :meth:`layer_lca` (to float rounding)."""
+        return self._causes(split)["layer"][:]
+
+    def cause_unit_lca(self, split: str, layer: str) -> np.ndarray:
+        """(T, terms, 2, U) float64: as :meth:`cause_layer_lca`, per unit of ``layer``."""
+        causes = self._causes(split)
+        if layer not in self.layer_names:
+            raise RunError(
+                f"{self.path}: no layer {layer!r} (layers: {', '.join(self.layer_names)})"
+            )
+        if "unit" not in causes:
+            raise RunError(
+                f"{self.path}: allocated with store: layers, which keeps no per-unit LCA by "
+                f"cause; reallocate with `lca allocate {self.path} --causes --store units "
+                "--restart`"
+            )
+        return causes["unit"][layer][:]
+
+    def cause_hurt_layer_lca(self, split: str = "train") -> np.ndarray:
+        """(T, terms, 2, L) float64: as :meth:`cause_layer_lca` over the (parameter,
+        iteration) entries that hurt (A[t, i] > 0) only: what caused the hurting."""
+        return self._causes(split)["hurt_layer"][:]
+
+    def replay_residual(self) -> np.ndarray:
+        """(T,) ‖Δθ_recorded − Σ terms‖ / ‖Δθ‖: how exactly the optimiser was replayed."""
+        if not self.has_causes:
+            self._causes(self.splits[0] if self.splits else "train")  # the RunError
+        return self.lca_store["replay_residual"][:]
+
     def loss(self, split: str = "train") -> np.ndarray:
         """Full-set loss L(θ_t), shape (T+1,)."""
         return self._group(split)["loss"][:]

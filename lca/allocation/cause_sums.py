@@ -1,0 +1,301 @@
+"""The LCA of every cause (``allocate.causes``): each term of the optimiser's step, split into
+first order and curvature, summed per layer and unit for every iteration of a work unit.
+
+A[t, i] = Σ_k u⁽ᵏ⁾_i ∇_iL(θ_t) + Σ_k u⁽ᵏ⁾_i (ḡ_i − ∇_iL(θ_t)) exactly (:mod:`.causes`); the
+per-parameter shares would be 2·terms times the size of the LCA itself, so a unit keeps only
+their sums: ``<split>/causes/layer``, ``causes/unit/<layer>`` (store levels ``parameters``
+and ``units``), ``causes/hurt_layer`` (the shares of entries with A[t, i] > 0 only) and the
+replay's ``replay_residual``. Sums group the parameters as :class:`lca.layout.LevelSums`
+does (``ParameterLayout.unit_index``); a layer's sum is the sum of its units' sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from ..config import Config, resolve_layer_settings
+from ..layout import ParameterLayout
+from ..storage import RunError, Trajectory, checksummed
+from .causes import (
+    CURVATURE,
+    FIRST_ORDER,
+    TERM_NAMES,
+    AdamReplay,
+    ParameterSettings,
+    Terms,
+    optimizer_kind,
+    residual_ratio,
+    sgd_step_terms,
+)
+
+PARTS = (FIRST_ORDER, CURVATURE)
+#: What trajectories that ``lca train``'s own optimiser made say in ``recorded_by``.
+LCA_TRAIN = "lca train"
+CAUSES_DESCRIPTION = (
+    "causes/layer[t, k, p, l] = Σ over layer l of u_k,i ∇_iL(θ_t) (p = first_order) or "
+    "u_k,i (ḡ_i − ∇_iL(θ_t)) (p = curvature), u_k the k-th term of the optimiser's step "
+    "(attrs terms: signal = the whole train split's gradient as the optimiser follows it, "
+    "deviation = what the mini-batch added, momentum/history = carried-over velocity or first "
+    "moment, weight_decay, residual = recorded step − Σ other terms), ḡ the path-mean gradient "
+    "of the split; Σ over k, p = layer_lca; causes/unit/<layer> the same per unit; "
+    "causes/hurt_layer the same over the entries with A[t, i] > 0 only"
+)
+
+
+@dataclass(frozen=True)
+class CauseModel:
+    """Which terms a run's steps have, and the optimiser settings that make them."""
+
+    kind: str  # key of causes.TERM_NAMES
+    settings: ParameterSettings
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    weight_decay: float = 0.0
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return TERM_NAMES[self.kind]
+
+    @property
+    def replays_batches(self) -> bool:
+        """Adam/AdamW: the terms need the mini-batch gradients and the moments m, v."""
+        return self.kind in ("adam", "adamw")
+
+    @classmethod
+    def of_run(cls, config: Config, layout_json: list[dict]) -> CauseModel:
+        layout = ParameterLayout.from_json(layout_json)
+        per_variable = resolve_layer_settings(config, layout)
+        settings = ParameterSettings.from_variables(
+            per_variable.lr,
+            per_variable.momentum,
+            per_variable.freeze_from,
+            np.array([e.offset for e in layout.entries], np.int64),
+            layout.total,
+        )
+        opt = config.optimizer
+        return cls(
+            optimizer_kind(opt.name, per_variable.momentum, opt.weight_decay),
+            settings,
+            opt.beta_1,
+            opt.beta_2,
+            opt.epsilon,
+            opt.weight_decay if opt.name == "adamw" else 0.0,
+        )
+
+    def adam_replay(self, m: np.ndarray | None = None, v: np.ndarray | None = None) -> AdamReplay:
+        return AdamReplay(
+            self.settings, self.beta_1, self.beta_2, self.epsilon, self.weight_decay, m, v
+        )
+
+
+def check_replayable(run_dir, trajectory: Trajectory) -> None:
+    """A one-line RunError for a trajectory whose optimiser lca cannot replay."""
+    by = trajectory.attrs.get("recorded_by", LCA_TRAIN)
+    if by != LCA_TRAIN:
+        raise RunError(
+            f"{run_dir}: --causes needs a run trained by `lca train`; this one was recorded by "
+            f"{by} (model.fit), whose optimiser lca does not replay"
+        )
+
+
+class LevelReducer:
+    """Sums of (m, K) rows per unit and per layer, grouped as ``ParameterLayout.unit_index``.
+
+    Each variable's block is reshaped to its shape and summed over every axis but its unit
+    axis (numpy's vectorised sums: several times faster than one bincount per row); a layer's
+    sum is the sum of its units'.
+    """
+
+    def __init__(self, layout_json: list[dict]) -> None:
+        layout = ParameterLayout.from_json(layout_json)
+        self.layers = list(layout.layers)
+        counts = {layer: count for layer, (_, _, count) in layout.unit_index().items()}
+        self.unit_counts = [counts[layer] for layer in self.layers]
+        self.unit_starts = np.concatenate([[0], np.cumsum(self.unit_counts)]).astype(np.int64)
+        start_of = dict(zip(self.layers, self.unit_starts[:-1].tolist(), strict=True))
+        own_units = {layer: 0 for layer in self.layers}
+        for e in layout.entries:
+            own_units[e.layer] = max(own_units[e.layer], e.num_units())
+        self.layer_of_entry = [self.layers.index(e.layer) for e in layout.entries]
+        # (offset, size, shape, unit axis or None for the shared unit, first unit column)
+        self.plan = []
+        for e in layout.entries:
+            first = start_of[e.layer]
+            if e.unit_axis is None:
+                self.plan.append((e.offset, e.size, e.shape, None, first + own_units[e.layer]))
+            else:
+                axis = e.unit_axis % len(e.shape) if e.shape else None
+                self.plan.append((e.offset, e.size, e.shape, axis, first))
+
+    @property
+    def total_units(self) -> int:
+        return int(self.unit_starts[-1])
+
+    def unit_sums(self, rows: np.ndarray) -> np.ndarray:
+        """(m, U) float64: every row summed per unit, the layers' units one after another."""
+        out = np.zeros((rows.shape[0], self.total_units))
+        for offset, size, shape, axis, first in self.plan:
+            block = rows[:, offset : offset + size]
+            if axis is None:  # shared by the layer's units (or a scalar: its unit 0)
+                out[:, first] += block.sum(axis=1)
+                continue
+            block = block.reshape(rows.shape[0], *shape)
+            others = tuple(a + 1 for a in range(len(shape)) if a != axis)
+            out[:, first : first + shape[axis]] += block.sum(axis=others)
+        return out
+
+    def layer_sums(self, rows: np.ndarray) -> np.ndarray:
+        """(m, L) float64: every (m, K) row summed per layer, variable by variable."""
+        out = np.zeros((rows.shape[0], len(self.layers)))
+        for (offset, size, _, _, _), position in zip(self.plan, self.layer_of_entry, strict=True):
+            out[:, position] += rows[:, offset : offset + size].sum(axis=1)
+        return out
+
+    def layers_from_units(self, units: np.ndarray) -> np.ndarray:
+        """(m, L) float64 from (m, U) unit sums."""
+        return np.add.reduceat(units, self.unit_starts[:-1], axis=1)
+
+    def unit_columns(self, layer_position: int) -> slice:
+        return slice(
+            int(self.unit_starts[layer_position]), int(self.unit_starts[layer_position + 1])
+        )
+
+
+def create_cause_arrays(
+    group: zarr.Group,
+    splits,
+    store_level: str,
+    T: int,
+    c: int,
+    reducer: LevelReducer,
+    model: CauseModel,
+    num_params: int,
+) -> None:
+    """The arrays ``allocate.causes`` adds to a new ``lca.zarr`` (chunks of c iterations)."""
+    n, L = len(model.terms), len(reducer.layers)
+
+    def make(parent, name: str, shape: tuple, dims: tuple, chunks=None, dtype="float64"):
+        parent.create_array(
+            name,
+            shape=shape,
+            chunks=chunks or (c, *shape[1:]),
+            dtype=dtype,
+            dimension_names=dims,
+            fill_value=np.nan,
+            compressors=checksummed(),
+        )
+
+    dims = ("iteration", "term", "part")
+    for split in splits:
+        causes = group[split].create_group("causes")
+        make(causes, "layer", (T, n, 2, L), (*dims, "layer"))
+        make(causes, "hurt_layer", (T, n, 2, L), (*dims, "layer"))
+        if store_level != "layers":
+            units = causes.create_group("unit")
+            for position, layer in enumerate(reducer.layers):
+                count = reducer.unit_counts[position]
+                make(units, layer, (T, n, 2, count), (*dims, f"{layer}_unit"))
+        causes.attrs.update(
+            {
+                "terms": list(model.terms),
+                "parts": list(PARTS),
+                "optimizer": model.kind,
+                "layers": reducer.layers,
+                "description": CAUSES_DESCRIPTION,
+            }
+        )
+    make(group, "replay_residual", (T,), ("iteration",))
+    group["replay_residual"].attrs["description"] = (
+        "‖Δθ_recorded − Σ_k u_k‖ / ‖Δθ‖ per iteration: how exactly the replayed optimiser "
+        "reproduced the recorded step"
+    )
+    if model.replays_batches:  # Adam's moments at every work unit's first iteration
+        units = -(-T // c)
+        state = group.create_group("replay_state")
+        for name in ("m", "v"):
+            state_dims = ("work_unit", "parameter")
+            make(state, name, (units, num_params), state_dims, (1, num_params), "float32")
+            state[name][:] = np.float32(np.nan)  # every chunk written: none reads as missing
+        state.attrs["through"] = 0  # states of units 0 … through−1 are stored
+
+
+class UnitCauses:
+    """One work unit's cause sums, filled one iteration at a time."""
+
+    def __init__(
+        self,
+        model: CauseModel,
+        reducer: LevelReducer,
+        splits,
+        store_level: str,
+        start: int,
+        n: int,
+        before: np.ndarray | None,
+        replay: AdamReplay | None = None,
+    ) -> None:
+        self.model, self.reducer, self.splits = model, reducer, tuple(splits)
+        self.start, self.replay = start, replay
+        self.keep_units = store_level != "layers"
+        nt, L, U = len(model.terms), len(reducer.layers), reducer.total_units
+        self.layer = {s: np.empty((n, nt, 2, L)) for s in self.splits}
+        self.hurt = {s: np.empty((n, nt, 2, L)) for s in self.splits}
+        self.units = {s: np.empty((n, nt, 2, U)) for s in self.splits} if self.keep_units else {}
+        self.residual = np.empty(n)
+        self.previous_delta = before  # θ_start − θ_{start−1} (SGD's momentum), None at t = 0
+
+    def terms(self, k: int, theta0, theta1, train_grad, batch_grad=None) -> Terms:
+        """The terms of iteration start + k from the recorded θ_t, θ_{t+1}."""
+        t = self.start + k
+        if self.replay is not None:
+            return self.replay.step(t, theta0, batch_grad, train_grad, theta_next=theta1)
+        delta = theta1.astype(np.float64) - theta0
+        terms = sgd_step_terms(
+            t, delta, self.previous_delta, self.model.settings, train_grad, batch_grad
+        )
+        self.previous_delta = delta
+        return terms
+
+    def add(
+        self,
+        k: int,
+        terms: Terms,
+        grad_at_start: Mapping[str, np.ndarray],
+        mean_grad: Mapping[str, np.ndarray],
+        lca: Mapping[str, np.ndarray],
+    ) -> None:
+        """Row k: every split's shares of ``terms``, summed (``lca``: the stored float32 A)."""
+        self.residual[k] = residual_ratio(terms)
+        names = self.model.terms
+        nt, K = len(names), len(next(iter(terms.values())))
+        steps = np.empty((nt, K))
+        for j, name in enumerate(names):
+            steps[j] = terms[name]
+        shares = np.empty((nt, 2, K))
+        for s in self.splits:
+            g0 = np.asarray(grad_at_start[s], np.float64)
+            np.multiply(steps, g0, out=shares[:, 0])
+            np.multiply(steps, np.asarray(mean_grad[s]) - g0, out=shares[:, 1])
+            rows = shares.reshape(2 * nt, K)
+            units = self.reducer.unit_sums(rows)
+            self.layer[s][k] = self.reducer.layers_from_units(units).reshape(nt, 2, -1)
+            if self.keep_units:
+                self.units[s][k] = units.reshape(nt, 2, -1)
+            hurt = rows * (np.asarray(lca[s]) > 0)
+            self.hurt[s][k] = self.reducer.layer_sums(hurt).reshape(nt, 2, -1)
+
+    def arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per split, ``causes/...`` name → rows of this unit."""
+        out = {}
+        for s in self.splits:
+            arrays = {"causes/layer": self.layer[s], "causes/hurt_layer": self.hurt[s]}
+            if self.keep_units:
+                for position, layer in enumerate(self.reducer.layers):
+                    columns = self.reducer.unit_columns(position)
+                    arrays[f"causes/unit/{layer}"] = self.units[s][..., columns]
+            out[s] = arrays
+        return out
