@@ -6,7 +6,8 @@ and hands small arrays to :mod:`lca.report.figures`. Several runs of one configu
 (different seeds) give mean ± std and a per-layer sign test; ``vs`` adds a second group to
 compare with. Per-layer measures work on every store level (``allocate.store``); what a store
 did not keep is skipped, with a line saying how to get it. A run allocated on both splits adds
-"Train vs validation by component" (:mod:`lca.report.splits`).
+"Train vs validation by component" (:mod:`lca.report.splits`); one allocated with ``--causes``
+adds "Why parameters hurt" (:mod:`lca.report.causes`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .. import analysis
 from ..analysis import statistics
 from ..storage import Run, RunError, is_remote, location, open_run
 from ..storage.base import writing_to
+from . import causes as report_causes
 from . import figures as report_figures
 from . import plots, plots_parameters
 from . import splits as report_splits
@@ -175,6 +177,10 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
             runs[0], series, first.sync_min_fraction, TOP_MOMENTS, chunk_rows
         )
         figures.update(report_splits.figures(splits, out))
+    causes = None
+    if runs[0].has_causes:
+        causes = report_causes.causes_section(runs[0], split, out)
+        figures.update(causes.figures)
     per_class = _per_class(runs[0], split, first.sync_min_fraction, chunk_rows)
     if per_class is not None and _neuron_view_layer(runs[0]) and per_class["neuron"] is None:
         skipped.append(_per_parameter_skip(runs[0], "a neuron's input weights as an image (S22)"))
@@ -206,6 +212,7 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
         + [{"run_dir": str(runs[0].path), **dataclasses.asdict(k)} for k in skipped],
         "train_vs_validation": splits.to_dict() if splits is not None else None,
         "per_class": per_class,
+        "causes": causes.data if causes is not None else None,
         "figures": {k: p.name for k, p in figures.items()},
     }
     data = analysis.jsonable(data)
@@ -224,6 +231,8 @@ def _make_report(runs, others, layers, split, out_dir, frames, chunk_rows) -> Re
     )
     if splits is not None:
         markdown = markdown.rstrip("\n") + "\n\n" + report_splits.markdown(splits, figures)
+    if causes is not None:
+        markdown = markdown.rstrip("\n") + "\n\n" + causes.markdown
     model_cfg = runs[0].config.model
     if not model_cfg.classification:  # say why the class sections are absent
         markdown = markdown.rstrip("\n") + "\n\n" + PER_CLASS_NA.format(loss=model_cfg.loss)

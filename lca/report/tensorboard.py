@@ -22,6 +22,13 @@
                                               points (``store: parameters``)
                 ``accuracy`` (val only)       the validation accuracy of θ_t+1 recorded by
                                               ``lca train`` every ``log_every`` iterations
+                ``causes/<term>_<part>/<layer>``, ``causes/<term>_<part>/total``
+                                              the layer's LCA split by update term (signal,
+                                              deviation, momentum or history, weight_decay,
+                                              residual) × part (first_order, curvature),
+                                              step t (runs allocated with ``--causes``)
+    training/   also ``replay_residual``: ‖r‖/‖Δθ‖ of iteration t, what the replay of the
+                optimiser did not reproduce (``--causes``)
 
 The same tags in every split and run, so one chart of ``tensorboard --logdir LOGDIR`` overlays
 train and validation, and the runs side by side. Only (T, L)-sized series are held in memory;
@@ -42,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.scalar.metadata import create_summary_metadata
 
-from ..analysis import helped_fractions
+from ..analysis import cause_names, helped_fractions
 from ..storage import CONFIG_FILE, Run, location, open_run
 
 BLOCK_ROWS = 4096  # iterations written per call of a compiled writer (memory stays (block, tags))
@@ -106,6 +113,8 @@ def _write_run(run: Run, out: Path, max_histograms: int, chunk_rows: int) -> Pat
     for split in splits:
         with _writer(out / split):
             series = _split_series(run, split, chunk_rows)
+            if run.has_causes:
+                series.append(_cause_series(run, split))
             if split == "val" and val_accuracy is not None:
                 series.append(val_accuracy)
             _write_scalars(series)
@@ -118,6 +127,9 @@ def _write_run(run: Run, out: Path, max_histograms: int, chunk_rows: int) -> Pat
         group = run.trajectory.group
         steps = np.arange(run.num_iterations)
         _write_scalars([(["loss", "accuracy"], [group["loss"], group["accuracy"]], steps)])
+        if splits and run.has_causes:
+            residual = np.asarray(run.replay_residual(), np.float64)
+            _write_scalars([(["replay_residual"], [residual], np.arange(residual.shape[0]))])
         tf.summary.text("config", _code_block((run.path / CONFIG_FILE).read_text()), step=0)
         tf.summary.text("summary", _summary(run, notes), step=0)
     return out
@@ -127,17 +139,36 @@ def _level_notes(run: Run) -> list[str]:
     """What this run's store cannot show, as one sentence (empty when nothing is missing)."""
     if not run.splits:
         return ["not allocated: only the mini-batch metrics and the config are written."]
+    notes = []
     level = run.store_level
-    if level == "parameters":
-        return []
-    if level == "units":
-        what = "% helped is the share of units (helped_units_pct), not of parameters"
-    else:
-        what = "no % helped"
-    return [
-        f"store: {level} keeps no per-parameter LCA, so {what} and no per-layer "
-        "histograms are written (reallocate with --store parameters for them)."
-    ]
+    if level != "parameters":
+        if level == "units":
+            what = "% helped is the share of units (helped_units_pct), not of parameters"
+        else:
+            what = "no % helped"
+        notes.append(
+            f"store: {level} keeps no per-parameter LCA, so {what} and no per-layer "
+            "histograms are written (reallocate with --store parameters for them)."
+        )
+    if not run.has_causes:
+        notes.append(
+            f"allocated without --causes: no causes/ scalars nor replay_residual are written "
+            f"(`lca allocate {run.path} --causes` adds them)."
+        )
+    return notes
+
+
+def _cause_series(run: Run, split: str) -> Series:
+    """``causes/<term>_<part>/<layer>`` and ``…/total``: (T,) columns of the (T, terms, 2, L)
+    cause sums, small on every store level."""
+    causes = np.asarray(run.cause_layer_lca(split), np.float64)
+    flat = causes.reshape(causes.shape[0], -1, causes.shape[-1])  # (T, causes, L)
+    tags, columns = [], []
+    for k, name in enumerate(cause_names(run.cause_terms)):
+        tags += [f"causes/{name}/{layer}" for layer in run.layer_names]
+        tags.append(f"causes/{name}/total")
+        columns += [*flat[:, k, :].T, flat[:, k, :].sum(axis=1)]
+    return tags, columns, np.arange(causes.shape[0])
 
 
 def _clear_events(folder: Path) -> None:
