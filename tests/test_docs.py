@@ -39,13 +39,15 @@ def test_site_builds_strict(site):
 
 
 def _config_dataclasses():
-    """Every config dataclass, found independently of the docs hook: by scanning the module."""
-    import lca.config as module
+    """Every config dataclass, found independently of the docs hook: by scanning the schema."""
+    import lca.config.schema as module
 
     return {
         name: obj
         for name, obj in vars(module).items()
-        if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == module.__name__
     }
 
 

@@ -1,0 +1,283 @@
+"""Regenerate every figure and quoted output of README.md and docs/ with the project's commands.
+
+    python scripts/make_figures.py                       # every target (about 30 min on 2 cores)
+    python scripts/make_figures.py mnist_fc tiny         # the quick starts only (about 5 min)
+    python scripts/make_figures.py --list                # what each target runs and writes
+
+Each target runs `lca` commands in a fresh process, exactly as a user types them, into
+``--runs`` (default ``runs/``). Their printed output lands in ``docs/outputs/NAME.txt`` and in
+every block of README.md and docs/**/*.md fenced by ``<!-- output: NAME -->`` …
+``<!-- /output -->``; the figures are copied from the report folders to ``docs/images/``; the
+notebook ``docs/tutorials/explore_a_run.ipynb`` is executed against the MNIST-FC run and stored
+with its outputs. ``docs/outputs/NAME_provenance.txt`` records, per target, the commit, the
+machine and the wall time of every command. ``tests/test_make_figures.py`` checks that every marked block
+matches its file and that every image the pages show is made here, so nothing quoted can
+drift from what the commands print.
+
+MNIST is read from ``--mnist PATH`` (a Keras ``mnist.npz``) when given or when
+``../shared/data/mnist.npz`` exists, else downloaded by Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUTS = ROOT / "docs" / "outputs"
+IMAGES = ROOT / "docs" / "images"
+NOTEBOOK = ROOT / "docs" / "tutorials" / "explore_a_run.ipynb"
+LOCAL_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
+MARKED = re.compile(
+    r"(<!-- output: (?P<name>[\w-]+) -->\n```[^\n]*\n)(?P<body>.*?)(```\n<!-- /output -->)",
+    re.DOTALL,
+)
+
+
+@dataclass
+class Step:
+    """One `lca` command line (``{runs}`` and ``{mnist}`` filled in) and where its output goes."""
+
+    args: str
+    output: str | None = None  # docs/outputs/<output>.txt and the marked blocks of that name
+    keep: str = "all"  # "all" lines, or "tail:N" the last N lines (long progress output)
+
+
+@dataclass
+class Target:
+    """Commands that belong together, and the figures they leave behind."""
+
+    about: str
+    steps: list[Step]
+    images: dict[str, str] = field(default_factory=dict)  # runs-relative source -> image name
+    notebook_run: str | None = None  # execute the notebook against this run
+
+
+MNIST = "--set data.path={mnist}"
+TARGETS: dict[str, Target] = {
+    "tiny": Target(
+        "the offline quick start: tiny_fc on synthetic data (seconds)",
+        [
+            Step("train configs/tiny_fc.yaml --out {runs}/tiny_fc --overwrite"),
+            Step("allocate {runs}/tiny_fc"),
+            Step("verify-error {runs}/tiny_fc", output="tiny_verify_error"),
+            Step("report {runs}/tiny_fc", output="tiny_report"),
+        ],
+    ),
+    "mnist_fc": Target(
+        "the main quick start: MNIST-FC with SGD and momentum, the defaults (about 4 minutes)",
+        [
+            Step(
+                f"train configs/mnist_fc_sgd.yaml --out {{runs}}/mnist_fc_sgd --overwrite {MNIST}"
+            ),
+            Step("allocate {runs}/mnist_fc_sgd"),
+            Step("verify-error {runs}/mnist_fc_sgd", output="mnist_fc_verify_error"),
+            Step("report {runs}/mnist_fc_sgd", output="mnist_fc_report"),
+        ],
+        images={
+            "mnist_fc_sgd/report/overview.png": "overview.png",
+            "mnist_fc_sgd/report/fig3a_percent_helped.png": "fig3a_percent_helped.png",
+            "mnist_fc_sgd/report/fig4_layer_totals.png": "fig4_layer_totals.png",
+            "mnist_fc_sgd/report/approximate_loss.png": "approximate_loss.png",
+            "mnist_fc_sgd/report/s11_cumulative_layer_lca.png": "s11_cumulative_layer_lca.png",
+            "mnist_fc_sgd/report/s17_synchronisation.png": "s17_synchronisation.png",
+        },
+        notebook_run="mnist_fc_sgd",
+    ),
+    "pruning": Target(
+        "LCA as weight importance on the MNIST-FC run (needs mnist_fc)",
+        [Step("prune {runs}/mnist_fc_sgd", output="mnist_fc_prune")],
+        images={"mnist_fc_sgd/prune/prune.png": "prune_mnist_fc_sgd.png"},
+    ),
+    "per_class": Target(
+        "per-class LCA of MNIST-FC (Fig 6, S21, S22)",
+        [
+            Step(
+                f"train configs/mnist_fc_sgd.yaml --out {{runs}}/mnist_fc_per_class --overwrite {MNIST}"
+            ),
+            Step("allocate {runs}/mnist_fc_per_class --per-class --splits train"),
+            Step("verify-error {runs}/mnist_fc_per_class", output="per_class_verify_error"),
+            Step("report {runs}/mnist_fc_per_class", output="per_class_report"),
+        ],
+        images={"mnist_fc_per_class/report/s22_neuron.png": "s22_neuron.png"},
+    ),
+    "grokking": Target(
+        "a one-layer transformer groks modular addition (about 10 minutes)",
+        [
+            Step("train configs/grokking_modadd.yaml --out {runs}/grokking_modadd --overwrite"),
+            Step("allocate {runs}/grokking_modadd"),
+            Step("verify-error {runs}/grokking_modadd", output="grokking_verify_error"),
+            Step("report {runs}/grokking_modadd", output="grokking_report"),
+        ],
+        images={
+            "grokking_modadd/report/splits_accuracy.png": "grokking_splits_accuracy.png",
+            "grokking_modadd/report/splits_layer_cumulative.png": (
+                "grokking_splits_layer_cumulative.png"
+            ),
+            "grokking_modadd/report/splits_head_cumulative.png": (
+                "grokking_splits_head_cumulative.png"
+            ),
+        },
+    ),
+}
+
+
+def produced_outputs() -> set[str]:
+    """Every output name some target writes (the tests check the pages against it)."""
+    named = {s.output for t in TARGETS.values() for s in t.steps if s.output}
+    return named | {f"{name}_provenance" for name in TARGETS}
+
+
+def produced_images() -> set[str]:
+    """Every image name some target copies into docs/images/."""
+    return {name for t in TARGETS.values() for name in t.images.values()}
+
+
+def marked_blocks(text: str) -> dict[str, list[str]]:
+    """The bodies of a page's ``<!-- output: NAME -->`` blocks, by name."""
+    blocks: dict[str, list[str]] = {}
+    for match in MARKED.finditer(text):
+        blocks.setdefault(match["name"], []).append(match["body"])
+    return blocks
+
+
+def fill_marked_blocks(text: str, outputs: dict[str, str]) -> str:
+    """``text`` with the body of every marked block whose name is in ``outputs`` replaced."""
+
+    def body(match: re.Match) -> str:
+        name = match["name"]
+        if name not in outputs:
+            return match[0]
+        content = outputs[name] if outputs[name].endswith("\n") else outputs[name] + "\n"
+        return match[1] + content + match[4]
+
+    return MARKED.sub(body, text)
+
+
+def pages() -> list[Path]:
+    """README.md and every Markdown page of the documentation."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _clean(text: str, keep: str) -> str:
+    """Printed output as a reader sees it: progress bars and TensorFlow's log lines dropped."""
+    lines = []
+    for line in text.replace("\r", "\n").splitlines():
+        if not line.strip() or "it/s" in line or "s/it" in line:
+            continue
+        if re.match(r"^(WARNING: All log|[IWE]\d{4} )", line):
+            continue
+        lines.append(line.rstrip())
+    if keep.startswith("tail:"):
+        lines = lines[-int(keep.split(":")[1]) :]
+    return "\n".join(lines) + "\n"
+
+
+def run_step(step: Step, runs: Path, mnist: str) -> tuple[str, float]:
+    """Run one `lca` command as a user would; its cleaned output and wall time."""
+    args = step.args.format(runs=runs, mnist=mnist).split()
+    if "{mnist}" in step.args and not mnist:
+        args = [a for a in args if not a.startswith("data.path=") and a != "--set"]
+    print(f"$ lca {' '.join(args)}", flush=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "lca.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"`lca {' '.join(args)}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return _clean(done.stdout, step.keep), seconds
+
+
+def execute_notebook(run_dir: Path) -> None:
+    """Run the exploration notebook against ``run_dir`` (from the checkout) and store it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    os.environ["LCA_RUN"] = str(run_dir)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
+    nbformat.write(notebook, NOTEBOOK)
+
+
+def provenance() -> str:
+    """The commit and machine every quoted figure comes from."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = re.findall(r"model name\s*:\s*(.*)", cpuinfo.read_text())
+        cpu = names[0] if names else cpu
+    from importlib.metadata import version
+
+    tensorflow = version("tensorflow")
+    return (
+        f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, "
+        f"{time.strftime('%Y-%m-%d')}\n"
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"TensorFlow {tensorflow}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*", help=f"of {', '.join(TARGETS)} (default: all)")
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="where runs are made (from the checkout)"
+    )
+    parser.add_argument("--mnist", default=str(LOCAL_MNIST) if LOCAL_MNIST.exists() else "")
+    parser.add_argument("--list", action="store_true", help="print the targets and stop")
+    ns = parser.parse_args()
+    if ns.list:
+        for name, target in TARGETS.items():
+            print(f"{name}: {target.about}")
+            for step in target.steps:
+                print(f"    lca {step.args}" + (f"  -> {step.output}" if step.output else ""))
+        return
+    unknown = set(ns.targets) - set(TARGETS)
+    if unknown:
+        sys.exit(f"unknown target(s) {', '.join(sorted(unknown))}; see --list")
+    OUTPUTS.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, str] = {}
+    for name in ns.targets or list(TARGETS):
+        target = TARGETS[name]
+        times = []
+        for step in target.steps:
+            text, seconds = run_step(step, ns.runs, ns.mnist)
+            times.append(f"{seconds:7.1f} s  lca {step.args.format(runs='runs', mnist='MNIST')}")
+            if step.output:
+                outputs[step.output] = text
+                (OUTPUTS / f"{step.output}.txt").write_text(text)
+        for source, image in target.images.items():
+            shutil.copyfile(ROOT / ns.runs / source, IMAGES / image)
+        if target.notebook_run:
+            execute_notebook(ns.runs / target.notebook_run)
+        outputs[f"{name}_provenance"] = provenance() + "\n".join(times) + "\n"
+        (OUTPUTS / f"{name}_provenance.txt").write_text(outputs[f"{name}_provenance"])
+    for page in pages():
+        text = page.read_text()
+        filled = fill_marked_blocks(text, outputs)
+        if filled != text:
+            page.write_text(filled)
+            print(f"updated {page.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
