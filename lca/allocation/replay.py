@@ -122,7 +122,9 @@ def prepare_adam_states(
     if through == 0:
         m = v = None
         state["m"][0], state["v"][0] = (np.zeros(trajectory.theta.shape[1], np.float32),) * 2
-        through = 1
+        through = state.attrs["through"] = 1
+        if last_unit == 0:
+            return 0
     else:
         m, v = read_adam_state(store, through - 1)
     replay = model.adam_replay(m, v)
