@@ -135,7 +135,6 @@ def main() -> None:
         f"  recorder start and end (one-off): {one_off:.2f} s, of which {loading:.2f} s is the one"
         " call of data_fn that checks it loads (this script's loader generates the random data)"
     )
-    print("  target: loop overhead ≤ +20 %")
 
 
 if __name__ == "__main__":
