@@ -272,3 +272,15 @@ def test_path_mean_gradient_makes_the_lca():
         max_splits=4,
     )
     assert np.array_equal(step.lca["a"], (delta * step.mean_grad["a"]).astype(np.float32))
+
+
+def test_adam_replay_of_the_first_work_unit_alone_then_the_rest(runs, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs("adam"), run_dir, ignore=shutil.ignore_patterns("lca.zarr"))
+    allocate(run_dir, causes=True, iterations=(0, 8), progress=False)
+    assert np.isfinite(open_run(run_dir).replay_residual()[:8]).all()
+    allocate(run_dir, causes=True, progress=False)  # resumes the pre-pass from unit 1
+    resumed, whole = open_run(run_dir), open_run(runs("adam"))
+    np.testing.assert_array_equal(resumed.cause_layer_lca("train"), whole.cause_layer_lca("train"))
