@@ -6,8 +6,8 @@
 
 Each target runs `lca` commands in a fresh process, exactly as a user types them, into
 ``--runs`` (default ``runs/``). Their printed output lands in ``docs/outputs/NAME.txt`` and in
-every block of README.md and docs/**/*.md fenced by ``<!-- output: NAME -->`` …
-``<!-- /output -->``; the figures are copied from the report folders to ``docs/images/``; the
+every block of README.md and docs/**/*.md between ``<!-- output: NAME -->`` and
+``<!-- /output -->`` (inside a code fence, or bare for Markdown output such as a table); the figures are copied from the report folders to ``docs/images/``; the
 notebook ``docs/tutorials/explore_a_run.ipynb`` is executed against the MNIST-FC run and stored
 with its outputs. ``docs/outputs/NAME_provenance.txt`` records, per target, the commit, the
 machine and the wall time of every command. ``tests/test_make_figures.py`` checks that every marked block
@@ -36,8 +36,10 @@ OUTPUTS = ROOT / "docs" / "outputs"
 IMAGES = ROOT / "docs" / "images"
 NOTEBOOK = ROOT / "docs" / "tutorials" / "explore_a_run.ipynb"
 LOCAL_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
+# A marked block: the output inside a fence (```text … ```), or bare (Markdown that renders).
 MARKED = re.compile(
-    r"(<!-- output: (?P<name>[\w-]+) -->\n```[^\n]*\n)(?P<body>.*?)(```\n<!-- /output -->)",
+    r"(?P<open><!-- output: (?P<name>[\w-]+) -->\n(?P<fence>```[^\n]*\n)?)"
+    r"(?P<body>.*?)(?P<close>(?(fence)```\n)<!-- /output -->)",
     re.DOTALL,
 )
 
@@ -48,7 +50,7 @@ class Step:
 
     args: str
     output: str | None = None  # docs/outputs/<output>.txt and the marked blocks of that name
-    keep: str = "all"  # "all" lines, or "tail:N" the last N lines (long progress output)
+    keep: str = "all"  # "all" lines, "tail:N" the last N lines, "table" a Markdown table's
 
 
 @dataclass
@@ -94,7 +96,7 @@ TARGETS: dict[str, Target] = {
     ),
     "pruning": Target(
         "LCA as weight importance on the MNIST-FC run (needs mnist_fc)",
-        [Step("prune {runs}/mnist_fc_sgd", output="mnist_fc_prune")],
+        [Step("prune {runs}/mnist_fc_sgd", output="mnist_fc_prune", keep="table")],
         images={"mnist_fc_sgd/prune/prune.png": "prune_mnist_fc_sgd.png"},
     ),
     "per_class": Target(
@@ -157,7 +159,7 @@ def fill_marked_blocks(text: str, outputs: dict[str, str]) -> str:
         if name not in outputs:
             return match[0]
         content = outputs[name] if outputs[name].endswith("\n") else outputs[name] + "\n"
-        return match[1] + content + match[4]
+        return match["open"] + content + match["close"]
 
     return MARKED.sub(body, text)
 
@@ -176,6 +178,8 @@ def _clean(text: str, keep: str) -> str:
         if re.match(r"^(WARNING: All log|[IWE]\d{4} )", line):
             continue
         lines.append(line.rstrip())
+    if keep == "table":
+        lines = [line for line in lines if line.startswith("|")]
     if keep.startswith("tail:"):
         lines = lines[-int(keep.split(":")[1]) :]
     return "\n".join(lines) + "\n"

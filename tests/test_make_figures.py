@@ -47,10 +47,16 @@ def test_every_image_shown_is_made_by_the_script(page):
 def test_marked_blocks_are_filled_in_place():
     page = (
         "before\n<!-- output: a -->\n```text\nold\n```\n<!-- /output -->\n"
-        "<!-- output: b -->\n```\nkept\n```\n<!-- /output -->\nafter\n"
+        "<!-- output: b -->\n```\nkept\n```\n<!-- /output -->\n"
+        "<!-- output: c -->\n| old | table |\n<!-- /output -->\nafter\n"
     )
-    filled = make_figures.fill_marked_blocks(page, {"a": "new 1\nnew 2"})
-    assert make_figures.marked_blocks(filled) == {"a": ["new 1\nnew 2\n"], "b": ["kept\n"]}
+    filled = make_figures.fill_marked_blocks(page, {"a": "new 1\nnew 2", "c": "| new |"})
+    assert make_figures.marked_blocks(filled) == {
+        "a": ["new 1\nnew 2\n"],
+        "b": ["kept\n"],
+        "c": ["| new |\n"],
+    }
+    assert "```text\nnew 1" in filled and "-->\n| new |\n<!-- /output" in filled
     assert filled.startswith("before\n") and filled.endswith("after\n")
 
 
@@ -62,3 +68,5 @@ def test_output_is_cleaned_of_progress_bars_and_tensorflow_logs():
     )
     assert make_figures._clean(raw, "all") == "recorded 3 steps in runs/x\nPASS: every iteration\n"
     assert make_figures._clean(raw, "tail:1") == "PASS: every iteration\n"
+    table = "| a | b |\n| --- | --- |\n| 1 | 2 |\nwritten to runs/x/prune\n"
+    assert make_figures._clean(table, "table") == "| a | b |\n| --- | --- |\n| 1 | 2 |\n"
