@@ -3,6 +3,7 @@
     python scripts/make_figures.py                       # every target (about 30 min on 2 cores)
     python scripts/make_figures.py mnist_fc tiny         # the quick starts only (about 5 min)
     python scripts/make_figures.py --list                # what each target runs and writes
+    python scripts/make_figures.py --fill                # only refill the pages from docs/outputs
 
 Each target runs `lca` commands in a fresh process, exactly as a user types them, into
 ``--runs`` (default ``runs/``). Their printed output lands in ``docs/outputs/NAME.txt`` and in
@@ -61,9 +62,25 @@ class Target:
     steps: list[Step]
     images: dict[str, str] = field(default_factory=dict)  # runs-relative source -> image name
     notebook_run: str | None = None  # execute the notebook against this run
+    # output name -> (runs-relative report.md, heading): a section of a report, quoted as is
+    sections: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 MNIST = "--set data.path={mnist}"
+CAUSE_RUNS = ("mnist_fc_sgd", "mnist_fc_sgd_nomom", "mnist_fc_adam")
+
+
+def _cause_steps(name: str) -> list[Step]:
+    """Train one MNIST-FC set-up and allocate it with --causes (why parameters hurt)."""
+    run = f"{{runs}}/causes/{name}"
+    return [
+        Step(f"train configs/{name}.yaml --out {run} --overwrite {MNIST}"),
+        Step(f"allocate {run} --causes"),
+        Step(f"verify-error {run}", output=f"causes_{name}_verify_error", keep="tail:1"),
+        Step(f"report {run}"),
+    ]
+
+
 TARGETS: dict[str, Target] = {
     "tiny": Target(
         "the offline quick start: tiny_fc on synthetic data (seconds)",
@@ -115,7 +132,7 @@ TARGETS: dict[str, Target] = {
         "a one-layer transformer groks modular addition (about 10 minutes)",
         [
             Step("train configs/grokking_modadd.yaml --out {runs}/grokking_modadd --overwrite"),
-            Step("allocate {runs}/grokking_modadd"),
+            Step("allocate {runs}/grokking_modadd --causes"),
             Step("verify-error {runs}/grokking_modadd", output="grokking_verify_error"),
             Step("report {runs}/grokking_modadd", output="grokking_report"),
         ],
@@ -127,6 +144,24 @@ TARGETS: dict[str, Target] = {
             "grokking_modadd/report/splits_head_cumulative.png": (
                 "grokking_splits_head_cumulative.png"
             ),
+            "grokking_modadd/report/causes_train.png": "causes_grokking_modadd_train.png",
+            "grokking_modadd/report/causes_val.png": "causes_grokking_modadd_val.png",
+        },
+        sections={
+            "causes_grokking_modadd": ("grokking_modadd/report/report.md", "## Why parameters hurt")
+        },
+    ),
+    "causes": Target(
+        "why parameters hurt: MNIST-FC with SGD, without momentum and with Adam (--causes)",
+        [step for name in CAUSE_RUNS for step in _cause_steps(name)],
+        images={
+            f"causes/{name}/report/causes_{split}.png": f"causes_{name}_{split}.png"
+            for name in CAUSE_RUNS
+            for split in ("train", "val")
+        },
+        sections={
+            f"causes_{name}": (f"causes/{name}/report/report.md", "## Why parameters hurt")
+            for name in CAUSE_RUNS
         },
     ),
 }
@@ -135,7 +170,8 @@ TARGETS: dict[str, Target] = {
 def produced_outputs() -> set[str]:
     """Every output name some target writes (the tests check the pages against it)."""
     named = {s.output for t in TARGETS.values() for s in t.steps if s.output}
-    return named | {f"{name}_provenance" for name in TARGETS}
+    quoted = {name for t in TARGETS.values() for name in t.sections}
+    return named | quoted | {f"{name}_provenance" for name in TARGETS}
 
 
 def produced_images() -> set[str]:
@@ -183,6 +219,28 @@ def _clean(text: str, keep: str) -> str:
     if keep.startswith("tail:"):
         lines = lines[-int(keep.split(":")[1]) :]
     return "\n".join(lines) + "\n"
+
+
+def report_section(report_md: Path, heading: str) -> str:
+    """One section of a report.md (to the next heading of its level), without its images.
+
+    The figures are copied to docs/images/ on their own; the report's relative image links
+    would point nowhere from the documentation.
+    """
+    lines = report_md.read_text().splitlines()
+    level = heading.split(" ")[0]
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i].startswith("#") and len(lines[i].split(" ")[0]) <= len(level)
+        ),
+        len(lines),
+    )
+    kept = [line for line in lines[start + 1 : end] if not line.startswith("![")]
+    text = "\n".join(kept).strip("\n")
+    return re.sub(r"\n{3,}", "\n\n", text) + "\n"
 
 
 def run_step(step: Step, runs: Path, mnist: str) -> tuple[str, float]:
@@ -248,7 +306,13 @@ def main() -> None:
     )
     parser.add_argument("--mnist", default=str(LOCAL_MNIST) if LOCAL_MNIST.exists() else "")
     parser.add_argument("--list", action="store_true", help="print the targets and stop")
+    parser.add_argument(
+        "--fill", action="store_true", help="only refill the pages from docs/outputs/ as stored"
+    )
     ns = parser.parse_args()
+    if ns.fill:
+        fill_pages({f.stem: f.read_text() for f in OUTPUTS.glob("*.txt")})
+        return
     if ns.list:
         for name, target in TARGETS.items():
             print(f"{name}: {target.about}")
@@ -269,12 +333,20 @@ def main() -> None:
             if step.output:
                 outputs[step.output] = text
                 (OUTPUTS / f"{step.output}.txt").write_text(text)
+        for output, (report_md, heading) in target.sections.items():
+            outputs[output] = report_section(ROOT / ns.runs / report_md, heading)
+            (OUTPUTS / f"{output}.txt").write_text(outputs[output])
         for source, image in target.images.items():
             shutil.copyfile(ROOT / ns.runs / source, IMAGES / image)
         if target.notebook_run:
             execute_notebook(ns.runs / target.notebook_run)
         outputs[f"{name}_provenance"] = provenance() + "\n".join(times) + "\n"
         (OUTPUTS / f"{name}_provenance.txt").write_text(outputs[f"{name}_provenance"])
+    fill_pages(outputs)
+
+
+def fill_pages(outputs: dict[str, str]) -> None:
+    """Write ``outputs`` into every marked block of README.md and docs/."""
     for page in pages():
         text = page.read_text()
         filled = fill_marked_blocks(text, outputs)
