@@ -108,7 +108,9 @@ class LevelReducer:
 
     Each variable's block is reshaped to its shape and summed over every axis but its unit
     axis (numpy's vectorised sums: several times faster than one bincount per row); a layer's
-    sum is the sum of its units'.
+    sum is the sum of its units'. :meth:`unit_products` and :meth:`layer_products` sum the
+    products of two sets of rows the same way without forming them (one ``einsum`` per
+    variable, no BLAS: its threads wait on each other when the cores are busy).
     """
 
     def __init__(self, layout_json: list[dict]) -> None:
@@ -131,6 +133,16 @@ class LevelReducer:
             else:
                 axis = e.unit_axis % len(e.shape) if e.shape else None
                 self.plan.append((e.offset, e.size, e.shape, axis, first))
+        # (offset, size, layer position, (before, units, after) or None, first unit column)
+        self.product_plan = []
+        for (offset, size, shape, axis, first), position in zip(
+            self.plan, self.layer_of_entry, strict=True
+        ):
+            split = None
+            if axis is not None:
+                before, after = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1 :]))
+                split = (before, shape[axis], after)
+            self.product_plan.append((offset, size, position, split, first))
 
     @property
     def total_units(self) -> int:
@@ -156,9 +168,40 @@ class LevelReducer:
             out[:, position] += rows[:, offset : offset + size].sum(axis=1)
         return out
 
+    def unit_products(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(m, q, U) float64: Σ over each unit's entries i of rows[j, i] · weights[r, i]."""
+        m, q = rows.shape[0], weights.shape[0]
+        out = np.zeros((m, q, self.total_units))
+        for offset, size, _, split, first in self.product_plan:
+            a, w = rows[:, offset : offset + size], weights[:, offset : offset + size]
+            if split is None:  # shared by the layer's units (or a scalar: its unit 0)
+                out[:, :, first] += np.einsum("ji,ri->jr", a, w)
+                continue
+            before, units, after = split
+            columns = out[:, :, first : first + units]
+            if after == 1:  # a dense kernel (in, out) or a bias: units are the last axis
+                columns += np.einsum(
+                    "jau,rau->jru", a.reshape(m, before, units), w.reshape(q, before, units)
+                )
+            else:
+                columns += np.einsum(
+                    "jaub,raub->jru",
+                    a.reshape(m, before, units, after),
+                    w.reshape(q, before, units, after),
+                )
+        return out
+
+    def layer_products(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(m, q, L) float64: Σ over each layer's entries i of rows[j, i] · weights[r, i]."""
+        out = np.zeros((rows.shape[0], weights.shape[0], len(self.layers)))
+        for offset, size, position, _, _ in self.product_plan:
+            block = slice(offset, offset + size)
+            out[:, :, position] += np.einsum("ji,ri->jr", rows[:, block], weights[:, block])
+        return out
+
     def layers_from_units(self, units: np.ndarray) -> np.ndarray:
-        """(m, L) float64 from (m, U) unit sums."""
-        return np.add.reduceat(units, self.unit_starts[:-1], axis=1)
+        """(…, L) float64 from (…, U) unit sums."""
+        return np.add.reduceat(units, self.unit_starts[:-1], axis=-1)
 
     def unit_columns(self, layer_position: int) -> slice:
         return slice(
@@ -247,15 +290,25 @@ class UnitCauses:
         self.units = {s: np.empty((n, nt, 2, U)) for s in self.splits} if self.keep_units else {}
         self.residual = np.empty(n)
         self.previous_delta = before  # θ_start − θ_{start−1} (SGD's momentum), None at t = 0
+        K, S = model.settings.lr.shape[0], len(self.splits)
+        # reused every iteration: the terms (rows in model.terms' order), Δθ_t and Δθ_{t−1},
+        # and per split its ∇L(θ_t) and ḡ − ∇L(θ_t), then the same on the hurting entries
+        self.steps = np.empty((nt, K))
+        self.deltas = [np.empty(K), np.empty(K)]
+        self.weights = np.empty((2 * S, K))
+        self.hurt_weights = np.empty((2 * S, K))
 
     def terms(self, k: int, theta0, theta1, train_grad, batch_grad=None) -> Terms:
-        """The terms of iteration start + k from the recorded θ_t, θ_{t+1}."""
+        """The terms of iteration start + k from the recorded θ_t, θ_{t+1} (views of rows of
+        :attr:`steps`, valid until the next call)."""
         t = self.start + k
+        out = dict(zip(self.model.terms, self.steps, strict=True))
         if self.replay is not None:
-            return self.replay.step(t, theta0, batch_grad, train_grad, theta_next=theta1)
-        delta = theta1.astype(np.float64) - theta0
+            return self.replay.step(t, theta0, batch_grad, train_grad, theta_next=theta1, out=out)
+        delta = self.deltas[k % 2]  # the other one holds Δθ_{t−1}
+        np.subtract(theta1, theta0, out=delta, dtype=np.float64)
         terms = sgd_step_terms(
-            t, delta, self.previous_delta, self.model.settings, train_grad, batch_grad
+            t, delta, self.previous_delta, self.model.settings, train_grad, batch_grad, out
         )
         self.previous_delta = delta
         return terms
@@ -268,25 +321,32 @@ class UnitCauses:
         mean_grad: Mapping[str, np.ndarray],
         lca: Mapping[str, np.ndarray],
     ) -> None:
-        """Row k: every split's shares of ``terms``, summed (``lca``: the stored float32 A)."""
+        """Row k: every split's shares of ``terms``, summed (``lca``: the stored float32 A).
+
+        The shares u_k·∇L(θ_t) and u_k·(ḡ − ∇L(θ_t)) of every term and split are summed as
+        products (:meth:`LevelReducer.unit_products`), never formed one by one.
+        """
         self.residual[k] = residual_ratio(terms)
-        names = self.model.terms
-        nt, K = len(names), len(next(iter(terms.values())))
-        steps = np.empty((nt, K))
-        for j, name in enumerate(names):
-            steps[j] = terms[name]
-        shares = np.empty((nt, 2, K))
-        for s in self.splits:
-            g0 = np.asarray(grad_at_start[s], np.float64)
-            np.multiply(steps, g0, out=shares[:, 0])
-            np.multiply(steps, np.asarray(mean_grad[s]) - g0, out=shares[:, 1])
-            rows = shares.reshape(2 * nt, K)
-            units = self.reducer.unit_sums(rows)
-            self.layer[s][k] = self.reducer.layers_from_units(units).reshape(nt, 2, -1)
+        steps = self.steps
+        for j, name in enumerate(self.model.terms):  # made by :meth:`terms`: in place already
+            if np.asarray(terms[name]).ctypes.data != steps[j].ctypes.data:
+                steps[j] = terms[name]
+        weights, hurting = self.weights, self.hurt_weights
+        for i, s in enumerate(self.splits):
+            g0, bend = weights[2 * i], weights[2 * i + 1]
+            g0[:] = grad_at_start[s]
+            np.subtract(mean_grad[s], g0, out=bend)
+            hurts = np.greater(lca[s], 0)
+            np.multiply(weights[2 * i : 2 * i + 2], hurts, out=hurting[2 * i : 2 * i + 2])
+        units = self.reducer.unit_products(steps, weights)  # (nt, 2S, U)
+        layers = self.reducer.layers_from_units(units)
+        hurt = self.reducer.layer_products(steps, hurting)
+        for i, s in enumerate(self.splits):
+            parts = slice(2 * i, 2 * i + 2)
+            self.layer[s][k] = layers[:, parts]
+            self.hurt[s][k] = hurt[:, parts]
             if self.keep_units:
-                self.units[s][k] = units.reshape(nt, 2, -1)
-            hurt = rows * (np.asarray(lca[s]) > 0)
-            self.hurt[s][k] = self.reducer.layer_sums(hurt).reshape(nt, 2, -1)
+                self.units[s][k] = units[:, parts]
 
     def arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """Per split, ``causes/...`` name → rows of this unit."""

@@ -22,6 +22,7 @@ Pure numpy: the gradients (∇L_train, g_B) and the path means ḡ come from the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -87,6 +88,38 @@ class ParameterSettings:
         """training.py's 1/0 mask: still trained at iteration t (float32, per parameter)."""
         return (t < self.freeze_from).astype(np.float32)
 
+    def factors(self, t: int) -> StepFactors:
+        """The float64 factors of iteration t, made once per stretch between freezes."""
+        cache = self.__dict__.setdefault("_factors", {})  # frozen: the cache lives beside
+        if "points" not in cache:
+            cache["points"] = np.unique(self.freeze_from)
+        key = int(np.searchsorted(cache["points"], t, side="right"))
+        if key not in cache:
+            active32 = self.active(t)
+            active = active32.astype(np.float64)
+            cache[key] = StepFactors(
+                active32,
+                active32 * self.lr,
+                active,
+                active * self.lr.astype(np.float64),
+                active * self.momentum.astype(np.float64),
+                bool(active.all()),
+            )
+        return cache[key]
+
+
+@dataclass(frozen=True)
+class StepFactors:
+    """One iteration's ``active`` and ``active·lr`` per parameter as training.py's float32,
+    and ``active``, ``active·lr``, ``active·μ`` in float64."""
+
+    active32: np.ndarray
+    active_lr32: np.ndarray
+    active: np.ndarray
+    active_lr: np.ndarray
+    active_momentum: np.ndarray
+    all_active: bool  # active is 1 everywhere (multiplying by it changes nothing)
+
 
 # --- SGD: exact from the recorded trajectory ------------------------------------------------
 
@@ -98,6 +131,7 @@ def sgd_step_terms(
     settings: ParameterSettings,
     train_grad: np.ndarray,
     batch_grad: np.ndarray | None = None,
+    out: Terms | None = None,
 ) -> Terms:
     """The terms of SGD iteration t (Δθ_t = θ_{t+1} − θ_t) from the recorded steps alone.
 
@@ -106,29 +140,35 @@ def sgd_step_terms(
     where the slot starts at zero). The gradient part −lr g_B is then Δθ_t − μ Δθ_{t−1}, with
     no division by lr (a layer may have lr = 0), and the residual is rounding only. Given
     ``batch_grad`` (g_B replayed at θ_t) the gradient part is −lr g_B instead, and the
-    residual measures how faithfully the replay reproduced the step.
+    residual measures how faithfully the replay reproduced the step. ``out``: (P,) float64
+    arrays, by term name, to write the terms into (rows of one stacked array, say).
 
     The split is exact up to the rounding of θ_{t+1} = θ_t + v_t in float32: the recorded Δθ
     is v_t to within half an ulp of θ, which shifts that much between momentum and gradient.
     """
-    active = settings.active(t).astype(np.float64)
+    f = settings.factors(t)
     delta = np.asarray(delta, np.float64)
-    lr = settings.lr.astype(np.float64)
+    out = {} if out is None else out
+    signal, deviation, momentum, residual = (
+        out[name] if name in out else np.empty_like(delta)
+        for name in ("signal", "deviation", "momentum", "residual")
+    )
     if previous_delta is None:
-        momentum = np.zeros_like(delta)
-    else:
-        momentum = active * settings.momentum.astype(np.float64) * previous_delta
-    signal = -active * lr * np.asarray(train_grad, np.float64)
-    if batch_grad is None:
-        gradient_part = active * (delta - momentum)
-    else:
-        gradient_part = -active * lr * np.asarray(batch_grad, np.float64)
-    terms = {
-        "signal": signal,
-        "deviation": gradient_part - signal,
-        "momentum": momentum,
-    }
-    return _with_residual(terms, delta)
+        momentum.fill(0.0)
+    else:  # active·μ·Δθ_{t−1}
+        np.multiply(f.active_momentum, previous_delta, out=momentum)
+    np.multiply(f.active_lr, train_grad, out=signal)  # −active·lr·∇L_train
+    np.negative(signal, out=signal)
+    if batch_grad is None:  # active·(Δθ − momentum)
+        np.subtract(delta, momentum, out=deviation)
+        if not f.all_active:
+            deviation *= f.active
+    else:  # −active·lr·g_B
+        np.multiply(f.active_lr, batch_grad, out=deviation)
+        np.negative(deviation, out=deviation)
+    deviation -= signal  # the gradient part less the signal
+    terms = {"signal": signal, "deviation": deviation, "momentum": momentum}
+    return _with_residual(terms, delta, residual)
 
 
 def sgd_block_terms(
@@ -209,8 +249,10 @@ class AdamReplay:
         batch_grad: np.ndarray,
         train_grad: np.ndarray,
         theta_next: np.ndarray | None = None,
+        out: Terms | None = None,
     ) -> Terms:
-        """Advance the slots over iteration t and return its terms.
+        """Advance the slots over iteration t and return its terms (into ``out``, as
+        :func:`sgd_step_terms` writes them).
 
         ``theta``: the recorded θ_t (float32); ``batch_grad``: g_B at θ_t on the recorded batch
         (before the decay, as training.py's tape computes it); ``train_grad``: ∇L_train(θ_t).
@@ -219,7 +261,8 @@ class AdamReplay:
         of m_t, of the step and of θ_{t+1} (half an ulp of θ: large against a small step).
         """
         s = self.settings
-        active = s.active(t)
+        factors = s.factors(t)
+        active = factors.active32
         theta = np.asarray(theta, np.float32)
         g = np.asarray(batch_grad, np.float32)
         decay = active * (theta * self.weight_decay * s.lr)
@@ -227,32 +270,41 @@ class AdamReplay:
         m_before = self.m
         self.m = self.m + active * (g - self.m) * self.c1
         self.v = self.v + active * (np.square(g) - self.v) * self.c2
-        coef = active * s.lr * self.scale(t)  # training.py: active·lr·scale, then ·m, then /
+        coef = factors.active_lr32 * self.scale(t)  # training.py: active·lr·scale, ·m, then /
         denom = np.sqrt(self.v) + self.epsilon
         self.theta_next = decayed - coef * self.m / denom
         # m_t = m_{t−1} + (g − m_{t−1})·c1 = (1 − c1) m_{t−1} + c1 g, with c1 as rounded
-        precond = coef.astype(np.float64) / denom.astype(np.float64)
+        out = {} if out is None else out
+        names = ("signal", "deviation", "history", "weight_decay", "residual")
+        signal, deviation, history, weight_decay, residual = (
+            out[name] if name in out else np.empty(theta.shape) for name in names
+        )
         c1 = float(self.c1)
-        terms = {
-            "signal": -precond * c1 * np.asarray(train_grad, np.float64),
-            "deviation": -precond * c1 * (g.astype(np.float64) - train_grad),
-            "history": -precond * (1.0 - c1) * m_before.astype(np.float64),
-        }
+        precond = np.divide(coef, denom, dtype=np.float64)  # both cast to float64 first
+        np.negative(precond, out=precond)
+        np.multiply(precond, c1, out=signal)  # −P c1, then ·∇L_train
+        np.subtract(g, train_grad, out=deviation, dtype=np.float64)  # g_B − ∇L_train
+        deviation *= signal
+        signal *= train_grad
+        np.multiply(precond, 1.0 - c1, out=history)
+        history *= m_before
+        terms = {"signal": signal, "deviation": deviation, "history": history}
         if self.weight_decay:
-            terms["weight_decay"] = -decay.astype(np.float64)
+            terms["weight_decay"] = np.negative(decay, out=weight_decay, dtype=np.float64)
         after = self.theta_next if theta_next is None else theta_next
-        return _with_residual(terms, np.asarray(after, np.float64) - theta)
+        return _with_residual(terms, np.subtract(after, theta, dtype=np.float64), residual)
 
 
 # --- shares ------------------------------------------------------------------------------------
 
 
-def _with_residual(terms: Terms, delta: np.ndarray) -> Terms:
+def _with_residual(terms: Terms, delta: np.ndarray, out: np.ndarray | None = None) -> Terms:
     """Add the residual Δθ − Σ terms, so that the terms sum to Δθ exactly (float64)."""
-    total = np.zeros_like(delta, dtype=np.float64)
-    for value in terms.values():
+    values = iter(terms.values())
+    total = np.array(next(values), np.float64)
+    for value in values:
         total += value
-    terms["residual"] = np.asarray(delta, np.float64) - total
+    terms["residual"] = np.subtract(delta, total, out=out, dtype=np.float64)
     return terms
 
 
@@ -267,11 +319,17 @@ def step_of(terms: Mapping[str, np.ndarray]) -> np.ndarray:
 def residual_ratio(terms: Mapping[str, np.ndarray]) -> float:
     """‖residual‖ / ‖Δθ‖ of one iteration: 0 for an exact replay, 0 for a step that did not
     move anything, inf for a residual on a step that did not move."""
-    residual = float(np.linalg.norm(terms["residual"]))
-    size = float(np.linalg.norm(step_of(terms)))
+    residual = _norm(terms["residual"])
+    size = _norm(step_of(terms))
     if size == 0:
         return 0.0 if residual == 0 else float("inf")
     return residual / size
+
+
+def _norm(x: np.ndarray) -> float:
+    """‖x‖ without BLAS (whose threads wait on each other when the cores are busy)."""
+    x = np.asarray(x, np.float64)
+    return math.sqrt(float(np.einsum("i,i->", x, x)))
 
 
 def cause_shares(
