@@ -104,13 +104,13 @@ def check_replayable(run_dir, trajectory: Trajectory) -> None:
 
 
 class LevelReducer:
-    """Sums of (m, K) rows per unit and per layer, grouped as ``ParameterLayout.unit_index``.
+    """Sums of products of two sets of (·, K) rows per unit and per layer, grouped as
+    ``ParameterLayout.unit_index``, without forming the products.
 
-    Each variable's block is reshaped to its shape and summed over every axis but its unit
-    axis (numpy's vectorised sums: several times faster than one bincount per row); a layer's
-    sum is the sum of its units'. :meth:`unit_products` and :meth:`layer_products` sum the
-    products of two sets of rows the same way without forming them (one ``einsum`` per
-    variable, no BLAS: its threads wait on each other when the cores are busy).
+    Each variable's blocks are reshaped to (before, units, after) around its unit axis and
+    multiplied and summed over everything but the unit axis in one ``einsum`` (no BLAS: its
+    threads wait on each other when the cores are busy); a layer's sum is the sum of its
+    units'.
     """
 
     def __init__(self, layout_json: list[dict]) -> None:
@@ -123,50 +123,22 @@ class LevelReducer:
         own_units = {layer: 0 for layer in self.layers}
         for e in layout.entries:
             own_units[e.layer] = max(own_units[e.layer], e.num_units())
-        self.layer_of_entry = [self.layers.index(e.layer) for e in layout.entries]
-        # (offset, size, shape, unit axis or None for the shared unit, first unit column)
-        self.plan = []
-        for e in layout.entries:
-            first = start_of[e.layer]
-            if e.unit_axis is None:
-                self.plan.append((e.offset, e.size, e.shape, None, first + own_units[e.layer]))
-            else:
-                axis = e.unit_axis % len(e.shape) if e.shape else None
-                self.plan.append((e.offset, e.size, e.shape, axis, first))
-        # (offset, size, layer position, (before, units, after) or None, first unit column)
+        # (offset, size, layer position, (before, units, after) or None for the shared unit
+        # or a scalar, first unit column)
         self.product_plan = []
-        for (offset, size, shape, axis, first), position in zip(
-            self.plan, self.layer_of_entry, strict=True
-        ):
-            split = None
-            if axis is not None:
-                before, after = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1 :]))
-                split = (before, shape[axis], after)
-            self.product_plan.append((offset, size, position, split, first))
+        for e in layout.entries:
+            position, first, split = self.layers.index(e.layer), start_of[e.layer], None
+            if e.unit_axis is None:  # the layer's shared unit comes after its own
+                first += own_units[e.layer]
+            elif e.shape:
+                axis = e.unit_axis % len(e.shape)
+                before = int(np.prod(e.shape[:axis]))
+                split = (before, e.shape[axis], int(np.prod(e.shape[axis + 1 :])))
+            self.product_plan.append((e.offset, e.size, position, split, first))
 
     @property
     def total_units(self) -> int:
         return int(self.unit_starts[-1])
-
-    def unit_sums(self, rows: np.ndarray) -> np.ndarray:
-        """(m, U) float64: every row summed per unit, the layers' units one after another."""
-        out = np.zeros((rows.shape[0], self.total_units))
-        for offset, size, shape, axis, first in self.plan:
-            block = rows[:, offset : offset + size]
-            if axis is None:  # shared by the layer's units (or a scalar: its unit 0)
-                out[:, first] += block.sum(axis=1)
-                continue
-            block = block.reshape(rows.shape[0], *shape)
-            others = tuple(a + 1 for a in range(len(shape)) if a != axis)
-            out[:, first : first + shape[axis]] += block.sum(axis=others)
-        return out
-
-    def layer_sums(self, rows: np.ndarray) -> np.ndarray:
-        """(m, L) float64: every (m, K) row summed per layer, variable by variable."""
-        out = np.zeros((rows.shape[0], len(self.layers)))
-        for (offset, size, _, _, _), position in zip(self.plan, self.layer_of_entry, strict=True):
-            out[:, position] += rows[:, offset : offset + size].sum(axis=1)
-        return out
 
     def unit_products(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(m, q, U) float64: Σ over each unit's entries i of rows[j, i] · weights[r, i]."""
