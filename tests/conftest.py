@@ -1,54 +1,165 @@
-"""Shared fixtures: tiny synthetic runs trained once per session and copied per test."""
+"""Shared fixtures: tiny runs trained and allocated once, keyed by their settings.
 
+A run is keyed by its config name, its ``--set`` overrides and (once allocated) the keyword
+arguments of :func:`lca.allocate`. Each is computed at most once per test session, and once
+for all workers when pytest-xdist runs the suite (a file lock in the session's shared
+temporary folder). The cached runs are shared: a test that writes into a run (allocates,
+reports into it, damages it) asks for a private copy (``fresh_run``, ``allocated_copy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+from helpers import SmallDisk, cli_env
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
+class RunCache:
+    """Runs computed once under a folder every worker of the session sees."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: dict, make) -> Path:
+        """The run for ``key``, made by ``make(run_dir)`` unless a finished one is there."""
+        text = json.dumps(key, sort_keys=True)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+        folder = self.root / f"{key['config']}-{digest}"
+        run_dir, finished = folder / key["config"], folder / "finished.json"
+        with FileLock(str(folder) + ".lock"):
+            if not finished.exists():
+                shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+                folder.mkdir()
+                make(run_dir)
+                finished.write_text(text)
+        return run_dir
+
+
 @pytest.fixture(scope="session")
-def trained_runs(tmp_path_factory):
-    """Train each tiny config at most once per test session."""
-    from lca.config import load_config
-    from lca.training import train
+def run_cache(tmp_path_factory) -> RunCache:
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's base is a folder in the session's own: share that folder
+    return RunCache((base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "lca-runs")
 
-    cache: dict[tuple, Path] = {}
 
-    def get(name: str, overrides: tuple[str, ...] = ()) -> Path:
-        key = (name, overrides)
-        if key not in cache:
-            run_dir = tmp_path_factory.mktemp(name) / "run"
-            config = load_config(CONFIGS / f"{name}.yaml", list(overrides))
-            train(config, run_dir, progress=False)
-            cache[key] = run_dir
-        return cache[key]
+def _train(name: str, overrides: tuple[str, ...]):
+    def make(run_dir: Path) -> None:
+        from lca.config import load_config
+        from lca.training import train
+
+        train(load_config(CONFIGS / f"{name}.yaml", list(overrides)), run_dir, progress=False)
+
+    return make
+
+
+def _allocate(source: Path, allocate_kwargs: dict):
+    """Allocate a copy of ``source``; with ``threads`` in a process of its own, since
+    TensorFlow fixes its thread count when it starts (what ``lca allocate --threads`` does)."""
+
+    def make(run_dir: Path) -> None:
+        shutil.copytree(source, run_dir)
+        if "threads" in allocate_kwargs:
+            code = (
+                "import json, sys; from lca import allocate\n"
+                "s = allocate(sys.argv[1], progress=False, **json.loads(sys.argv[2]))\n"
+                "assert s.complete, s"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(run_dir), json.dumps(allocate_kwargs)],
+                capture_output=True,
+                text=True,
+                env=cli_env(),
+            )
+            assert done.returncode == 0, done.stderr
+            return
+        from lca.allocation import allocate
+
+        summary = allocate(run_dir, progress=False, **allocate_kwargs)
+        assert summary.complete and summary.iterations_done == summary.iterations_total, summary
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_runs(run_cache):
+    """``get(name, overrides)``: the config trained once (read-only: copy it to write)."""
+
+    def get(name: str = "tiny_fc", overrides: tuple[str, ...] = ()) -> Path:
+        key = {"config": name, "overrides": list(overrides)}
+        return run_cache.get(key, _train(name, tuple(overrides)))
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def allocated_runs(run_cache, trained_runs):
+    """``get(name, overrides, **allocate_kwargs)``: the trained run allocated once, to the end,
+    with those arguments of :func:`lca.allocate` (read-only: ask for ``allocated_copy``)."""
+
+    def get(name: str = "tiny_fc", overrides: tuple[str, ...] = (), **allocate_kwargs) -> Path:
+        key = {"config": name, "overrides": list(overrides), "allocate": allocate_kwargs}
+        return run_cache.get(key, _allocate(trained_runs(name, overrides), allocate_kwargs))
+
+    return get
+
+
+def _private_copy(source: Path, tmp_path: Path, name: str) -> Path:
+    target, n = tmp_path / name, 1
+    while target.exists():  # a second copy in the same test
+        n += 1
+        target = tmp_path / f"{name}_{n}"
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture
+def fresh_run(trained_runs, tmp_path):
+    """``get(name, overrides)``: a private copy of a trained tiny run, safe to allocate into."""
+
+    def get(name: str = "tiny_fc", overrides: tuple[str, ...] = ()) -> Path:
+        return _private_copy(trained_runs(name, tuple(overrides)), tmp_path, name)
 
     return get
 
 
 @pytest.fixture
-def fresh_run(trained_runs, tmp_path):
-    """A private copy of a trained tiny run, safe to allocate into."""
+def allocated_copy(allocated_runs, tmp_path):
+    """``get(name, overrides, **allocate_kwargs)``: a private copy of an allocated run."""
 
-    def get(name: str = "tiny_fc", overrides: tuple[str, ...] = ()) -> Path:
-        target = tmp_path / name
-        shutil.copytree(trained_runs(name, tuple(overrides)), target)
-        return target
+    def get(name: str = "tiny_fc", overrides: tuple[str, ...] = (), **allocate_kwargs) -> Path:
+        source = allocated_runs(name, tuple(overrides), **allocate_kwargs)
+        return _private_copy(source, tmp_path, name)
 
     return get
 
 
 @pytest.fixture(scope="session")
-def allocated_tiny_run(trained_runs, tmp_path_factory):
-    """The tiny_fc run allocated on train and val, once per session (read-only: copy it)."""
-    from lca.allocation import allocate
+def allocated_tiny_run(allocated_runs) -> Path:
+    """tiny_fc allocated on train and val with its config's settings (read-only: copy it)."""
+    return allocated_runs("tiny_fc")
 
-    run_dir = tmp_path_factory.mktemp("tiny_fc_allocated") / "tiny_fc"
-    shutil.copytree(trained_runs("tiny_fc"), run_dir)
-    allocate(run_dir, progress=False)
-    return run_dir
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A size-limited tmpfs (64 MiB until resized); skips where mounting is not allowed."""
+    disk = SmallDisk(tmp_path / "disk")
+    disk.path.mkdir()
+    if os.geteuid() != 0 or not disk.mount(64 * 1024):
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({getattr(disk, 'why_not', '')})")
+    try:
+        yield disk
+    finally:
+        disk.unmount()

@@ -1,17 +1,178 @@
-"""Helpers shared by test modules (not fixtures): running the real command line."""
+"""Helpers shared by test modules (not fixtures).
+
+The real command line and its environment, every array of a run's ``lca.zarr``, a model at
+a stored θ, the one-line error that bad input must give, and a size-limited tmpfs.
+"""
+
+from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# --- the command line ------------------------------------------------------------------------
 
 
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of ``python -m lca.cli``: this one, TensorFlow's start-up logs off."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def cli_command(*args: str) -> list[str]:
+    """``lca ARGS`` as a fresh Python process runs it (for Popen)."""
+    return [sys.executable, "-m", "lca.cli", *map(str, args)]
+
+
+def cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None, cwd=None
+) -> subprocess.CompletedProcess:
     """Run ``lca ARGS`` in a fresh Python process, as a user's shell would."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
-        [sys.executable, "-m", "lca.cli", *args],
+        cli_command(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=cli_env() if env is None else env,
+        cwd=cwd,
     )
+
+
+# --- allocations ----------------------------------------------------------------------------
+
+# lca.allocate's arguments for each store level: units without gradients, the others with
+# (parameters: the tiny configs' defaults, so that it is the plain allocation)
+STORE_LEVELS = {
+    "parameters": {},
+    "units": {"store": "units", "store_grad": False},
+    "layers": {"store": "layers"},
+}
+
+# tiny_fc overrides making work units long enough (~1 s) to kill a process inside one
+SLOW = (
+    "data.synthetic.num_examples=12000",
+    "data.synthetic.image_shape=[28, 28, 1]",
+    "model.hidden_units=[64]",
+    "allocate.chunk_iterations=4",
+    "allocate.eval_batch_size=4000",
+)
+
+
+# --- the arrays of lca.zarr ------------------------------------------------------------------
+
+
+def lca_arrays(run_dir) -> dict[str, np.ndarray]:
+    """Every array of a run's ``lca.zarr`` (path or URL), read whole, keyed by its path in the
+    store: ``done``, ``train/lca``, ``val/unit_lca/dense_1``, ``train/subset_check/...``."""
+    import zarr
+
+    from lca.storage import open_run
+
+    store = open_run(run_dir).lca_store
+    assert store is not None, f"{run_dir} is not allocated"
+    return {
+        path: node[...]
+        for path, node in store.members(max_depth=None)
+        if isinstance(node, zarr.Array)
+    }
+
+
+def assert_same_arrays(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """The same arrays, bit for bit (dtype and shape included; NaN equals NaN)."""
+    assert got and got.keys() == want.keys(), (sorted(got), sorted(want))
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name, strict=True)
+
+
+# --- a model at a stored θ -------------------------------------------------------------------
+
+
+def set_theta(model, layout, theta: np.ndarray) -> None:
+    """Assign the flat parameter vector θ to the model's trainable variables."""
+    for variable, value in zip(model.trainable_variables, layout.unflatten(theta)):
+        variable.assign(value)
+
+
+def model_at(config, theta: np.ndarray, *, evaluation: bool = False, data=None):
+    """The config's model, built as ``lca`` builds it and set to θ: (model, layout, dataset)."""
+    from lca.data import load_dataset
+    from lca.models import build_model, parameter_layout
+
+    data = load_dataset(config.data) if data is None else data
+    model = build_model(config.model, data.input_shape, data.num_classes, evaluation=evaluation)
+    layout = parameter_layout(model)
+    set_theta(model, layout, theta)
+    return model, layout, data
+
+
+# --- bad input is one line -------------------------------------------------------------------
+
+
+def assert_one_line_error(failure, *needles: str, exit_code: int = 2, alone: bool = False) -> str:
+    """The one ``error:`` line of a failed command, or the one-line message of an exception,
+    holding every needle; returns it.
+
+    ``failure`` is a finished subprocess (its stderr), a click ``Result`` (its output), a
+    ``pytest.ExceptionInfo`` or an exception (its message), or the text a command printed.
+    Commands must exit with ``exit_code``, print no traceback, and end on their error line;
+    ``alone``: and print nothing else there (no progress bar before it either).
+    """
+    if isinstance(failure, pytest.ExceptionInfo):
+        failure = failure.value
+    if isinstance(failure, BaseException):
+        line = str(failure)
+        assert "\n" not in line and line.strip() == line and line, repr(line)
+    else:
+        if isinstance(failure, subprocess.CompletedProcess):
+            assert failure.returncode == exit_code, (failure.returncode, failure.stderr)
+            text = failure.stderr
+        elif hasattr(failure, "exit_code"):  # click.testing.Result
+            assert failure.exit_code == exit_code, (failure.exit_code, failure.output)
+            text = failure.output
+        else:
+            text = failure
+        assert "Traceback" not in text, text
+        lines = [part for line in text.splitlines() for part in line.split("\r") if part.strip()]
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], text  # a progress bar may precede
+        assert not alone or text.strip() == errors[0], text
+        line = errors[0]
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+# --- a small disk ----------------------------------------------------------------------------
+
+
+class SmallDisk:
+    """A size-limited tmpfs mounted at ``path`` (disk-full tests); ``resize`` it at will."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mount(self, size_kib: int) -> bool:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(self.path)],
+            capture_output=True,
+            text=True,
+        )
+        self.why_not = done.stderr.strip()
+        return done.returncode == 0
+
+    def resize(self, size_kib: int) -> None:
+        subprocess.run(
+            ["mount", "-o", f"remount,size={size_kib}k", str(self.path)],
+            check=True,
+            capture_output=True,
+        )
+
+    def used_kib(self) -> int:
+        du = subprocess.run(["du", "-sk", str(self.path)], capture_output=True, text=True)
+        return int(du.stdout.split()[0])
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)

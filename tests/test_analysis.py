@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 import tracemalloc
 
 import numpy as np
@@ -465,7 +464,6 @@ def test_memory_stays_bounded_on_an_array_that_is_not_in_memory():
     T, K = 5000, 20_000  # 400 MB of float32
     a = GeneratedRows(T, K)
     index = np.repeat(np.arange(4), [5000, 12000, 2500, 500]).astype(np.int32)
-    start = time.perf_counter()
     tracemalloc.start()
     try:
         h = helped_fractions(a, index, 4)
@@ -476,7 +474,6 @@ def test_memory_stays_bounded_on_an_array_that_is_not_in_memory():
     finally:
         tracemalloc.stop()
     assert peak_helped < 60 * 2**20 and peak_totals < 60 * 2**20, (peak_helped, peak_totals)
-    assert time.perf_counter() - start < 30
     zero = 100 * math.erf(0.1 / math.sqrt(2))
     assert h.mean_helped == pytest.approx(50, abs=0.1)
     assert h.zero.mean() == pytest.approx(zero, abs=0.1)

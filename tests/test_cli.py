@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from lca.cli import main
 from lca.storage import open_trajectory
@@ -73,17 +74,13 @@ def test_bad_input_is_one_line_and_non_zero(runner, tmp_path, extra, message):
     result = runner.invoke(
         main, ["train", str(CONFIGS / "tiny_fc.yaml"), "--out", str(tmp_path / "r"), *extra]
     )
-    assert result.exit_code == 2
-    assert message in result.output
-    assert result.output.strip().count("\n") == 0
+    assert_one_line_error(result, message, alone=True)
 
 
 def test_missing_run_directory(runner, tmp_path):
     for command in ("allocate", "verify-error"):
         result = runner.invoke(main, [command, str(tmp_path / "nope")])
-        assert result.exit_code == 2
-        assert result.output.startswith("error: ")
-        assert result.output.strip().count("\n") == 0
+        assert_one_line_error(result, alone=True)
 
 
 def test_help_lists_the_commands_in_pipeline_order_with_an_example_each():

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error
 
 from lca.config import ConfigError, load_config
 
@@ -105,10 +106,7 @@ def test_invalid_configs_give_one_line_errors(tmp_path, text, message):
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    text = str(info.value)
-    assert message in text
-    assert "\n" not in text
-    assert str(path) in text
+    assert_one_line_error(info, message, str(path))
 
 
 def test_missing_config_file(tmp_path):

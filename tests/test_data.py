@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error
 
 from lca.config import DataConfig, SyntheticConfig
 from lca.data import Dataset, DatasetError, load_dataset, make_synthetic, split_indices
@@ -21,13 +22,6 @@ CIFAR_PER_BATCH = 20
 def synthetic_config(**data: object) -> DataConfig:
     synth = SyntheticConfig(image_shape=[6, 5, 3], num_classes=4, num_examples=120, seed=3)
     return DataConfig(**{"name": "synthetic", "val_size": 30, "synthetic": synth, **data})
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message and message.strip() == message
-    for needle in needles:
-        assert needle in message, message
 
 
 # --- synthetic and the split ------------------------------------------------------------

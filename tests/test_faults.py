@@ -27,7 +27,7 @@ import pytest
 import yaml
 import zarr
 from click.testing import CliRunner
-from helpers import cli
+from helpers import assert_one_line_error, assert_same_arrays, cli, cli_command, cli_env, lca_arrays
 
 from lca.cli import main
 from lca.storage import (
@@ -42,7 +42,6 @@ from lca.storage import (
 from lca.storage.check import check_run
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-LCA_ARRAYS = ("lca", "grad", "loss", "error", "error_fo", "splits")
 
 
 # --- damaged stores ------------------------------------------------------------------------
@@ -68,16 +67,9 @@ READER = {
 
 
 @pytest.fixture(scope="module")
-def allocated_here(tmp_path_factory):
-    """A tiny_fc run, trained and allocated once for this module (never modified)."""
-    from lca import allocate
-    from lca.config import load_config
-    from lca.training import train
-
-    run = tmp_path_factory.mktemp("integrity") / "run"
-    train(load_config(CONFIGS / "tiny_fc.yaml"), run, progress=False)
-    allocate(run, progress=False)
-    return run
+def allocated_here(allocated_tiny_run):
+    """The tiny_fc run allocated with its config's settings (never modified: copy it)."""
+    return allocated_tiny_run
 
 
 def _arrays(run: Path) -> list[tuple[str, str]]:
@@ -102,15 +94,6 @@ def _damage(chunk: Path, how: str) -> None:
         chunk.unlink()
     else:
         chunk.write_bytes(chunk.read_bytes()[:-3])
-
-
-def _all_lca_arrays(run: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(str(run / LCA_STORE), mode="r")
-    return {
-        path: node[...]
-        for path, node in group.members(max_depth=None)
-        if isinstance(node, zarr.Array)
-    }
 
 
 def test_the_reader_table_covers_every_array(allocated_here):
@@ -155,7 +138,7 @@ def test_reading_a_lost_theta_row_raises_instead_of_returning_zeros(allocated_he
 
 
 def test_check_repair_then_allocate_restores_lca_bitwise(allocated_here, tmp_path):
-    original = _lca_arrays(allocated_here)
+    original = lca_arrays(allocated_here)
     run = tmp_path / "run"
     shutil.copytree(allocated_here, run)
     chunks = {
@@ -182,10 +165,7 @@ def test_check_repair_then_allocate_restores_lca_bitwise(allocated_here, tmp_pat
     assert allocated_again.exit_code == 0, allocated_again.output
     assert "allocated 24 iterations" in allocated_again.output  # units 1, 2 and 4 of 5
     assert runner.invoke(main, ["check", str(run)]).exit_code == 0
-    restored = _all_lca_arrays(run)
-    assert restored.keys() == original.keys()
-    for name, values in original.items():
-        np.testing.assert_array_equal(restored[name], values, err_msg=name, strict=True)
+    assert_same_arrays(lca_arrays(run), original)
 
 
 def test_damaged_theta_names_lost_iterations_and_ranges_that_avoid_them(tmp_path, monkeypatch):
@@ -249,32 +229,11 @@ def test_runs_written_before_checksums_still_open_and_say_so(allocated_here, tmp
 # --- operation: locks, a full disk, verify-error, a run from someone else ------------------
 
 
-def _error_line(result: subprocess.CompletedProcess) -> str:
-    """The one error line of a failed command: no traceback, the last stderr line."""
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1].split("\r")[-1]
-    assert last.startswith("error: "), result.stderr
-    return last
-
-
-def _lca_arrays(run_dir) -> dict[str, np.ndarray]:
-    group = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
-    out = {"done": group["done"][:]}
-    for split in ("train", "val"):
-        for name in LCA_ARRAYS:
-            out[f"{split}/{name}"] = group[split][name][:]
-    return out
-
-
 @pytest.fixture(scope="module")
-def allocated(tmp_path_factory, trained_runs):
-    """tiny_fc, allocated uninterrupted by `lca allocate --threads 1` (the reference)."""
-    run_dir = tmp_path_factory.mktemp("allocated") / "run"
-    shutil.copytree(trained_runs("tiny_fc"), run_dir)
-    result = cli("allocate", str(run_dir), "--threads", "1")
-    assert result.returncode == 0, result.stderr
-    return run_dir
+def allocated(allocated_runs):
+    """tiny_fc allocated with one TensorFlow thread (``lca allocate --threads 1``): the
+    reference of the resumed allocations below (never modified: copy it)."""
+    return allocated_runs("tiny_fc", threads=1)
 
 
 # --- (a), (b): the run directory's lock ------------------------------------------------------
@@ -282,13 +241,12 @@ def allocated(tmp_path_factory, trained_runs):
 
 def test_second_allocation_of_a_run_names_the_lock_holder(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.Popen(
-        [sys.executable, "-m", "lca.cli", "allocate", str(run_dir), "--threads", "1"],
+        cli_command("allocate", run_dir, "--threads", "1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=cli_env(),
     )
     try:
         deadline = time.monotonic() + 120
@@ -299,7 +257,7 @@ def test_second_allocation_of_a_run_names_the_lock_holder(fresh_run):
         holder = json.loads((run_dir / LOCK_FILE).read_text())
         assert holder["pid"] == first.pid and holder["purpose"] == "allocate"
         second = cli("allocate", str(run_dir), "--threads", "1")
-        line = _error_line(second)
+        line = assert_one_line_error(second)
         assert f"pid {first.pid} on host {socket.gethostname()}" in line
         assert "lca allocate" in line and "in use" in line
         out, err = first.communicate(timeout=600)
@@ -399,44 +357,17 @@ def test_training_and_repair_wait_for_the_lock_holder(allocated, tmp_path):
 # --- (c): disk full during allocate ----------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs mount whose size the test sets (skips where mounting is not allowed)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    tried = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if tried.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here ({tried.stderr.strip()})")
-
-    def resize(kib: int) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mount)], check=True)
-
-    yield mount, resize
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _used_kib(path) -> int:
-    return int(
-        subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True).stdout.split()[0]
-    )
-
-
 def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
     small_disk, trained_runs, allocated
 ):
-    mount, resize = small_disk
-    run_dir = mount / "run"
+    run_dir = small_disk.path / "run"
     shutil.copytree(trained_runs("tiny_fc"), run_dir)
-    resize(_used_kib(mount) + 400)  # the store and about one work unit fit, not all five
+    small_disk.resize(small_disk.used_kib() + 400)  # the store and about one unit fit, not all
 
     failed = cli("allocate", str(run_dir), "--threads", "1")
-    line = _error_line(failed)
-    assert "No space left on device" in line and str(run_dir / LCA_STORE) in line
-    assert f"lca allocate {run_dir}" in line
+    assert_one_line_error(
+        failed, "No space left on device", str(run_dir / LCA_STORE), f"lca allocate {run_dir}"
+    )
     done = zarr.open_group(str(run_dir / LCA_STORE), mode="r")["done"][:]
     assert 0 < done.sum() < done.size, done  # some units finished, the failed one is not done
 
@@ -445,12 +376,10 @@ def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
     assert "nan" not in partial.stdout.lower()
     assert "partial allocation" in partial.stdout and f"lca allocate {run_dir}" in partial.stdout
 
-    resize(64 * 1024)  # make room, then the same command resumes
+    small_disk.resize(64 * 1024)  # make room, then the same command resumes
     resumed = cli("allocate", str(run_dir), "--threads", "1")
     assert resumed.returncode == 0, resumed.stderr
-    got, want = _lca_arrays(run_dir), _lca_arrays(allocated)
-    for name in want:
-        assert np.array_equal(got[name], want[name], equal_nan=True), name
+    assert_same_arrays(lca_arrays(run_dir), lca_arrays(allocated))
 
 
 # --- (d): verify-error explains instead of printing nan ---------------------------------------
@@ -526,9 +455,7 @@ def test_keras_json_with_a_lambda_is_refused_in_safe_mode(tmp_path):
     path = tmp_path / "lambda.yaml"
     model = {"builder": "lca.models:from_keras_config", "kwargs": {"config": config}}
     path.write_text(yaml.safe_dump({"model": model, "data": {"name": "synthetic"}}))
-    result = cli("describe", str(path))
-    line = _error_line(result)
-    assert "Python bytecode" in line and "safe mode" in line
+    assert_one_line_error(cli("describe", str(path)), "Python bytecode", "safe mode")
 
 
 def test_describe_run_imports_none_of_its_code(fresh_run, tmp_path):
@@ -541,15 +468,7 @@ def test_describe_run_imports_none_of_its_code(fresh_run, tmp_path):
     (tmp_path / "flag_on_import.py").write_text(
         f"open({str(marker)!r}, 'w').write('imported')\nraise SystemExit('executed')\n"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "lca.cli", "describe", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    result = cli("describe", run_dir, env=cli_env(PYTHONPATH=str(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
     out = result.stdout

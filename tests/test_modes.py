@@ -100,6 +100,11 @@ def test_endpoint_first_rule_passes_verify_error_and_says_so(fresh_run):
     assert again.returncode == 2 and "other settings" in again.stderr
 
 
+# bfloat16 gradients' relative L2 error on the tiny models, measured at 1.4e-3 to 4.7e-3 (tiny
+# splits of 400-1600 examples; the error shrinks as more examples are summed)
+TINY_BF16_ERROR = 5e-3
+
+
 @pytest.mark.parametrize("name", ["tiny_fc", "tiny_lenet", "tiny_resnet"])
 def test_reduced_precision_leaves_the_losses_bitwise_float32(trained_runs, name):
     """tiny_fc: the first dense layer's shortcut, on inputs cast to bfloat16 once."""
@@ -114,7 +119,7 @@ def test_reduced_precision_leaves_the_losses_bitwise_float32(trained_runs, name)
             assert loss == want[split][0]  # bitwise: the loss defines ΔL
             assert not np.array_equal(grad, want[split][1])  # the arithmetic did change …
             relative = np.linalg.norm(grad - want[split][1]) / np.linalg.norm(want[split][1])
-            assert relative < 1e-2  # … by bfloat16's rounding only
+            assert relative < TINY_BF16_ERROR  # … by bfloat16's rounding only
         for split, (loss, grad) in tf32(theta[t]).items():  # a CPU has no TF32: no change
             assert loss == want[split][0] and np.array_equal(grad, want[split][1])
     # the interior nodes too (the first dense layer's shortcut included)
@@ -122,7 +127,31 @@ def test_reduced_precision_leaves_the_losses_bitwise_float32(trained_runs, name)
     mid, mid_exact = bf16.between(a, b, 0.5), exact.between(a, b, 0.5)
     for split in mid:
         diff = np.linalg.norm(mid[split][1] - mid_exact[split][1])
-        assert 0 < diff < 1e-2 * np.linalg.norm(mid_exact[split][1])
+        assert 0 < diff < TINY_BF16_ERROR * np.linalg.norm(mid_exact[split][1])
+
+
+# docs/accuracy.md: bfloat16 gradients "within about 0.2 % (relative L2)", measured on
+# MNIST-LeNet (1.7e-3 to 2.1e-3 there). The same network on MNIST-shaped synthetic images
+# (tests never need MNIST): 2.1e-3 to 2.4e-3 with a few thousand examples.
+DOCS_LENET = (
+    "data.name=synthetic",
+    "data.val_size=500",
+    "data.synthetic.image_shape=[28, 28, 1]",
+    "data.synthetic.num_classes=10",
+    "data.synthetic.num_examples=3500",
+    "training.iterations=1",
+)
+
+
+def test_bfloat16_gradients_of_mnist_lenet_are_within_the_documented_error(trained_runs):
+    run_dir = trained_runs("mnist_lenet_sgd", DOCS_LENET)
+    theta = open_trajectory(run_dir).theta[0]
+    options = dict(eval_batch_size=1000)
+    exact = load_objective(run_dir, ["train"], **options)(theta)["train"]
+    bf16 = load_objective(run_dir, ["train"], precision="bfloat16", **options)(theta)["train"]
+    assert bf16[0] == exact[0]
+    relative = np.linalg.norm(bf16[1] - exact[1]) / np.linalg.norm(exact[1])
+    assert 1e-4 < relative < 2.5e-3, relative
 
 
 def test_reduced_precision_conserves_and_falls_back_to_float32_where_it_must(fresh_run):

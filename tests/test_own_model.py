@@ -1,6 +1,5 @@
 """Bring your own model: model.fit + TrajectoryRecorder, builder configs, honesty checks."""
 
-import os
 import subprocess
 import sys
 import warnings
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import assert_one_line_error, cli_env
 
 import lca
 from lca.cli import main
@@ -44,12 +44,11 @@ def _conserved(run_dir: Path, split: str = "train") -> np.ndarray:
 
 def test_example_script_fits_records_allocates_and_conserves(tmp_path):
     out = tmp_path / "own"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(
         [sys.executable, str(EXAMPLE / "run_example.py"), "--out", str(out)],
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(),
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "PASS" in done.stdout
@@ -79,9 +78,7 @@ def test_regression_with_mse_is_allocated_and_conserves(tmp_path):
     run_example.fit(out, regression=True)
     runner = CliRunner()
     refused = runner.invoke(main, ["allocate", str(out), "--per-class"])
-    assert refused.exit_code == 2
-    assert "needs a classification loss" in refused.output
-    assert refused.output.strip().count("\n") == 0
+    assert_one_line_error(refused, "needs a classification loss", alone=True)
     result = runner.invoke(main, ["allocate", str(out)])
     assert result.exit_code == 0, result.output
     assert runner.invoke(main, ["verify-error", str(out)]).exit_code == 0
@@ -214,9 +211,7 @@ def test_missing_builder_module_is_a_one_line_cli_error(tmp_path):
         yaml.safe_dump(_builder_config("nope_net") | {"data": {"builder": "no_such_mod:f"}})
     )
     result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2
-    assert "data.builder: cannot import no_such_mod" in result.output
-    assert result.output.strip().count("\n") == 0
+    assert_one_line_error(result, "data.builder: cannot import no_such_mod", alone=True)
     with pytest.raises(ModelError, match="user_models has no nope_net"):
         from lca.models import build_user_model
 

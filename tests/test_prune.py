@@ -2,12 +2,12 @@
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error, set_theta
 
 import lca
 from lca.cli import main
@@ -44,13 +44,9 @@ def constant_score(theta: np.ndarray) -> dict[str, SplitScore]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(trained_runs, tmp_path_factory) -> Path:
-    from lca.allocation import allocate
-
-    target = tmp_path_factory.mktemp("prune") / "tiny_fc"
-    shutil.copytree(trained_runs("tiny_fc"), target)
-    allocate(target, progress=False)
-    return target
+def run_dir(allocated_tiny_run) -> Path:
+    """tiny_fc allocated (read-only: ``lca prune`` writes to an --out of its own here)."""
+    return allocated_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +117,7 @@ def test_pruning_nothing_is_the_allocations_theta_T(run_dir, pruned, evaluator):
         assert table.stored_loss[split] == run.loss(split)[-1]
     # the accuracy from a plain Keras forward pass of the same model at θ_T
     model = evaluator.objective.model
-    for variable, value in zip(model.trainable_variables, run.layout.unflatten(thetas[0])):
-        variable.assign(value)
+    set_theta(model, run.layout, thetas[0])
     from lca.data import load_dataset
 
     dataset = load_dataset(run.config.data, run_dir)
@@ -217,18 +212,17 @@ def test_a_units_store_names_the_reallocation(fresh_run, tmp_path):
     allocate(run_dir, store="units", iterations=(0, 8), progress=False)
     with pytest.raises(RunError) as caught:
         lca.prune(run_dir, by="magnitude,lca", out=tmp_path, evaluate=constant_score)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert f"lca allocate {run_dir} --store parameters --restart" in message
+    assert_one_line_error(caught, f"lca allocate {run_dir} --store parameters --restart")
     result = CliRunner().invoke(main, ["prune", str(run_dir), "--by", "lca-late"])
+    assert_one_line_error(result.stderr, "--store parameters", alone=True)
     assert result.exit_code == 2
-    assert result.stderr.strip().count("\n") == 0 and "--store parameters" in result.stderr
     # the criteria that need no LCA still work on it
     table = lca.prune(run_dir, by="magnitude", out=tmp_path, evaluate=constant_score)
     assert table.criteria == ["magnitude"]
 
 
-def test_cli_writes_json_markdown_and_figure(run_dir):
+def test_cli_writes_json_markdown_and_figure(allocated_copy):
+    run_dir = allocated_copy("tiny_fc")  # the results go into the run
     args = ["prune", str(run_dir), "--by", "lca,magnitude,random", "--seeds", "2"]
     result = CliRunner().invoke(main, [*args, "--fractions", "0.5,0.9", "--scope", "layer"])
     assert result.exit_code == 0, result.output

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 from PIL import Image
 
 from lca import analysis
@@ -38,17 +39,9 @@ FIGURES = [
 
 
 @pytest.fixture(scope="session")
-def allocated(trained_runs, tmp_path_factory):
-    """Allocated copies of the tiny FC run, seeds 0 and 1, made once per session."""
-    from lca.allocation import allocate
-
-    runs = {}
-    for seed in (0, 1):
-        target = tmp_path_factory.mktemp(f"report_seed{seed}") / f"tiny_fc_seed{seed}"
-        shutil.copytree(trained_runs("tiny_fc", (f"training.seed={seed}",)), target)
-        allocate(target, progress=False)
-        runs[seed] = target
-    return runs
+def allocated(allocated_runs):
+    """The tiny FC run, seeds 0 (its config's) and 1, allocated once (read-only)."""
+    return {0: allocated_runs("tiny_fc"), 1: allocated_runs("tiny_fc", ("training.seed=1",))}
 
 
 @pytest.fixture(scope="session")
@@ -156,11 +149,14 @@ def test_several_runs_give_mean_std_sign_test_and_vs(allocated, tmp_path):
 
 
 def test_vs_through_the_command_line(allocated, tmp_path):
+    named = {seed: tmp_path / f"tiny_fc_seed{seed}" for seed in allocated}  # told apart by name
+    for seed, run_dir in named.items():
+        shutil.copytree(allocated[seed], run_dir)
     out = tmp_path / "vs"
-    args = ["report", str(allocated[0]), "--vs", str(allocated[1]), "--out", str(out)]
+    args = ["report", str(named[0]), "--vs", str(named[1]), "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--frames", "2", "--split", "val"])
     assert result.exit_code == 0, result.output
-    assert allocated[0].name in result.output and allocated[1].name in result.output
+    assert named[0].name in result.output and named[1].name in result.output
     data = json.loads((out / "report.json").read_text())
     assert data["split"] == "val" and len(data["vs_runs"]) == 1
     assert math.isfinite(data["vs_runs"][0]["headline"]["percent_helped"])
@@ -170,10 +166,7 @@ def test_vs_through_the_command_line(allocated, tmp_path):
 def test_unallocated_run_is_a_one_line_error(fresh_run):
     run_dir = fresh_run("tiny_fc")
     for args in (["report", str(run_dir)], ["report", str(run_dir / "missing")]):
-        result = CliRunner().invoke(main, args)
-        assert result.exit_code == 2, result.output
-        assert result.output.startswith("error: ")
-        assert result.output.strip().count("\n") == 0
+        assert_one_line_error(CliRunner().invoke(main, args), alone=True)
     assert "allocat" in CliRunner().invoke(main, ["report", str(run_dir)]).output
     assert not (run_dir / "report").exists()
 
@@ -191,7 +184,10 @@ def test_report_on_a_run_larger_than_the_memory_budget_stays_within_it(tmp_path)
 
     config = load_config(
         Path(__file__).parents[1] / "configs" / "tiny_fc.yaml",
-        ["training.iterations=640", "model.hidden_units=[512]", "allocate.splits=[train]"],
+        [
+            *("training.iterations=640", "model.hidden_units=[512]", "allocate.splits=[train]"),
+            *("data.synthetic.num_examples=500", "data.val_size=100"),  # the gradients: quick
+        ],
     )
     run_dir = tmp_path / "big"
     train(config, run_dir, progress=False)

@@ -114,16 +114,14 @@ SPLITS_FIGURES = [
 
 
 @pytest.fixture(scope="module")
-def transformer_reports(trained_runs, tmp_path_factory):
+def transformer_reports(allocated_runs, tmp_path_factory):
     """The tiny transformer allocated at the units (no gradients) and parameters levels, with
     the report of each."""
-    from lca.allocation import allocate
-
     out = {}
     for store in ("units", "parameters"):
         run_dir = tmp_path_factory.mktemp(f"splits_{store}") / f"transformer_{store}"
-        shutil.copytree(trained_runs("tiny_transformer"), run_dir)
-        allocate(run_dir, store=store, store_grad=False, progress=False)
+        allocated = allocated_runs("tiny_transformer", store=store, store_grad=False)
+        shutil.copytree(allocated, run_dir)  # the report goes into the run
         report = make_report([run_dir], out_dir=run_dir / "report", frames=1)
         out[store] = (run_dir, report, json.loads(report.json.read_text()))
     return out

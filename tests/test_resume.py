@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error, cli, cli_command, cli_env
 
 from lca.cli import main
 from lca.storage import RunError
@@ -46,17 +47,11 @@ def train_args(setup: str, out) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "LCA_CHUNK_ROWS": ROWS}
+    return cli_env(LCA_CHUNK_ROWS=ROWS)
 
 
-def lca(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lca.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env(),
-    )
+def lca(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return cli(*args, timeout=timeout, env=env())
 
 
 def snapshot(run_dir) -> dict:
@@ -78,14 +73,6 @@ def assert_bitwise_equal(got: dict, want: dict) -> None:
         assert a.tobytes() == b.tobytes(), f"{name} differs from the uninterrupted run"
     assert got["attrs"] == want["attrs"]
     assert got["groups"] == want["groups"] == []  # no resume checkpoints left behind
-
-
-def one_error_line(stderr: str) -> str:
-    """The single `error:` line of a failed command (tqdm's bar may share stderr)."""
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +105,7 @@ def test_sigkill_at_a_random_point_then_resume_is_bitwise_uninterrupted(setup, t
     rng = random.Random()
     delay = rng.uniform(0.0, 1.0)  # both setups train for well over a second
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lca.cli", *train_args(setup, out)],
+        cli_command(*train_args(setup, out)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env(),
@@ -146,33 +133,18 @@ def test_sigkill_at_a_random_point_then_resume_is_bitwise_uninterrupted(setup, t
 # --- disk full ------------------------------------------------------------------------------
 
 
-def _mount_tmpfs(where: Path, size: str, remount: bool = False) -> bool:
-    options = f"remount,size={size}" if remount else f"size={size}"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+def test_disk_full_on_a_small_tmpfs_is_one_line_and_resumable(small_disk, reference):
+    small_disk.resize(1024)
+    out = small_disk.path / "run"
+    full = lca(*train_args("lenet_sgd", out))
+    assert_one_line_error(
+        full, str(out / "trajectory.zarr"), "No space left on device", "resume from step"
     )
-    return done.returncode == 0
-
-
-def test_disk_full_on_a_small_tmpfs_is_one_line_and_resumable(tmp_path, reference):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not _mount_tmpfs(mnt, "1m"):
-        pytest.skip("cannot mount a tmpfs here (the fake-filesystem test covers disk full)")
-    try:
-        out = mnt / "run"
-        full = lca(*train_args("lenet_sgd", out))
-        assert full.returncode == 2
-        line = one_error_line(full.stderr)
-        assert str(out / "trajectory.zarr") in line and "No space left on device" in line
-        assert "resume from step" in line
-        assert _mount_tmpfs(mnt, "64m", remount=True)
-        resumed = lca(*train_args("lenet_sgd", out))  # the same command, now with room
-        assert resumed.returncode == 0, resumed.stderr
-        assert "resuming" in resumed.stdout
-        assert_bitwise_equal(snapshot(out), reference("lenet_sgd"))
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+    small_disk.resize(64 * 1024)
+    resumed = lca(*train_args("lenet_sgd", out))  # the same command, now with room
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert_bitwise_equal(snapshot(out), reference("lenet_sgd"))
 
 
 def test_disk_full_on_a_quota_filesystem_is_one_line_and_resumable(tmp_path, reference):
@@ -181,16 +153,17 @@ def test_disk_full_on_a_quota_filesystem_is_one_line_and_resumable(tmp_path, ref
         [sys.executable, __file__, "quota", str(dump), *train_args("lenet_sgd", "quota://run")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env=env(),
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["first_exit"] == 2
-    line = one_error_line(report["first_stderr"])
     # UPath spells the URL of an unregistered protocol quota:///run
-    assert "quota:" in line and "run/trajectory.zarr" in line
-    assert "No space left on device" in line and "resume from step" in line
+    assert_one_line_error(
+        report["first_stderr"],
+        *("quota:", "run/trajectory.zarr", "No space left on device", "resume from step"),
+    )
     assert report["second_exit"] == 0, report["second_stderr"]
     assert "resuming" in report["second_stdout"]
     with np.load(dump) as saved:
@@ -285,16 +258,16 @@ def test_rerun_resumes_complete_run_and_other_config_refuse(tmp_path, monkeypatc
 
     complete = runner.invoke(main, ["train", *args])
     assert complete.exit_code == 2
-    assert "already exists; pass --overwrite" in one_error_line(complete.stderr)
+    assert_one_line_error(complete.stderr, "already exists; pass --overwrite")
 
     with monkeypatch.context() as patch:
         _interrupt_at(patch, 9)
         assert runner.invoke(main, ["train", *args, "--overwrite"]).exit_code == 130
     other = runner.invoke(main, ["train", *args, "--set", "optimizer.lr=0.03"])
     assert other.exit_code == 2
-    line = one_error_line(other.stderr)
-    assert "another config" in line and "optimizer.lr: 0.02 in the run, 0.03 now" in line
-    assert "--overwrite" in line
+    assert_one_line_error(
+        other.stderr, "another config", "optimizer.lr: 0.02 in the run, 0.03 now", "--overwrite"
+    )
     nothing = runner.invoke(main, ["train", *args[:1], "--out", str(tmp_path / "x"), "--resume"])
     assert nothing.exit_code == 2 and "nothing to resume" in nothing.stderr
 
@@ -345,9 +318,9 @@ def test_recording_again_into_an_interrupted_model_fit_is_one_line(tmp_path):
     assert not open_trajectory(tmp_path / "run").complete
     with pytest.raises(RunError) as info:
         fit()
-    message = str(info.value)
-    assert "\n" not in message and "interrupted model.fit recording" in message
-    assert "lca cannot continue" in message and "overwrite=True" in message
+    assert_one_line_error(
+        info, "interrupted model.fit recording", "lca cannot continue", "overwrite=True"
+    )
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["quota"]:

@@ -6,28 +6,23 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import cli
+from helpers import STORE_LEVELS, cli
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from lca.allocation import allocate
-from lca.storage import open_run
 from lca.report.tensorboard import histogram_iterations, write_tensorboard
+from lca.storage import open_run
 
 LEVELS = ("parameters", "units", "layers")
 
 
 @pytest.fixture(scope="module")
-def exported(trained_runs, tmp_path_factory):
-    """The tiny run allocated at each level (val too for parameters) and exported:
+def exported(allocated_runs, tmp_path_factory):
+    """A copy of the tiny run allocated at each level, exported beside it:
     {level: (run dir, its log folder, the warnings written)}."""
-    source = trained_runs("tiny_fc")
     out = {}
     for level in LEVELS:
         run_dir = tmp_path_factory.mktemp(level) / level
-        shutil.copytree(source, run_dir)
-        splits = ["train", "val"] if level == "parameters" else ["train"]  # (time)
-        summary = allocate(run_dir, splits=splits, store=level, store_grad=False, progress=False)
-        assert summary.complete
+        shutil.copytree(allocated_runs("tiny_fc", **STORE_LEVELS[level]), run_dir)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             (folder,) = write_tensorboard([run_dir], max_histograms=3)

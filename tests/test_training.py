@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, model_at
 
 from lca.config import ConfigError, load_config
 from lca.storage import RunError, open_trajectory
@@ -27,14 +28,7 @@ def minibatch_gradient(config, theta, batch):
     import keras
     import tensorflow as tf
 
-    from lca.data import load_dataset
-    from lca.models import build_model, parameter_layout
-
-    data = load_dataset(config.data)
-    model = build_model(config.model, data.input_shape, data.num_classes)
-    layout = parameter_layout(model)
-    for var, value in zip(model.trainable_variables, layout.unflatten(theta)):
-        var.assign(value)
+    model, layout, data = model_at(config, theta)
     x, y = data.x_train[batch], data.y_train[batch]
     with tf.GradientTape() as tape:
         loss = keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True)
@@ -136,14 +130,7 @@ def test_adam_and_adamw_match_keras(tmp_path, overrides, keras_optimizer):
     import keras
 
     config, traj = run(tmp_path, [*overrides, "optimizer.lr=0.01"])
-    from lca.data import load_dataset
-    from lca.models import build_model, parameter_layout
-
-    data = load_dataset(config.data)
-    model = build_model(config.model, data.input_shape, data.num_classes)
-    layout = parameter_layout(model)
-    for var, value in zip(model.trainable_variables, layout.unflatten(traj.theta[0])):
-        var.assign(value)
+    model, layout, data = model_at(config, traj.theta[0])
     optimizer = keras_optimizer(keras)
     batches = traj.group["batch_indices"][:]
     import tensorflow as tf
@@ -186,7 +173,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_record(tmp_path):
     config = tiny(["optimizer.lr=1.0e+20"])
     with pytest.raises(TrainingDiverged, match="diverged") as info:
         train(config, tmp_path / "run", progress=False)
-    assert "\n" not in str(info.value)
+    assert_one_line_error(info, "diverged")
     traj = open_trajectory(tmp_path / "run")
     assert not traj.complete
     steps = traj.steps_recorded

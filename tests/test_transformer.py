@@ -5,27 +5,21 @@ parameters' LCA summed over each head's and neuron's own weights, and full-batch
 be Keras' AdamW on the whole training split, step for step.
 """
 
-import shutil
-
 import numpy as np
 import pytest
+from helpers import model_at
 
-from lca.allocation import allocate
 from lca.analysis.diagnostics import verify_error
 from lca.storage import open_run, open_trajectory
 
 
 @pytest.fixture(scope="module")
-def allocated(trained_runs, tmp_path_factory):
-    """tiny_transformer allocated per parameter, and per unit without gradients."""
-    source = trained_runs("tiny_transformer")
-    runs = {}
-    for level in ("parameters", "units"):
-        run_dir = tmp_path_factory.mktemp(level) / "run"
-        shutil.copytree(source, run_dir)
-        assert allocate(run_dir, store=level, store_grad=level == "parameters", progress=False)
-        runs[level] = run_dir
-    return runs
+def allocated(allocated_runs):
+    """tiny_transformer allocated per parameter, and per unit without gradients (read-only)."""
+    return {
+        "parameters": allocated_runs("tiny_transformer"),
+        "units": allocated_runs("tiny_transformer", store="units", store_grad=False),
+    }
 
 
 def test_full_batch_adamw_is_keras_adamw_on_the_whole_training_split(trained_runs):
@@ -33,19 +27,13 @@ def test_full_batch_adamw_is_keras_adamw_on_the_whole_training_split(trained_run
     import tensorflow as tf
 
     from lca.config import load_config
-    from lca.data import load_dataset
-    from lca.models import build_model, parameter_layout
 
     run_dir = trained_runs("tiny_transformer")
     traj = open_trajectory(run_dir)
     assert "batch_indices" not in traj.group  # nothing per iteration to say: every example
     config = load_config(run_dir / "config.yaml")
     assert config.training.batch_size == "full"
-    data = load_dataset(config.data)
-    model = build_model(config.model, data.input_shape, data.num_classes)
-    layout = parameter_layout(model)
-    for var, value in zip(model.trainable_variables, layout.unflatten(traj.theta[0])):
-        var.assign(value)
+    model, layout, data = model_at(config, traj.theta[0])
     opt = config.optimizer
     keras_adamw = keras.optimizers.AdamW(
         opt.lr, weight_decay=opt.weight_decay, beta_2=opt.beta_2, epsilon=opt.epsilon
@@ -69,8 +57,6 @@ def test_validation_accuracy_is_recorded_every_log_every_iterations(trained_runs
     import keras
 
     from lca.config import load_config
-    from lca.data import load_dataset
-    from lca.models import build_model, parameter_layout
 
     run_dir = trained_runs("tiny_transformer")
     traj = open_trajectory(run_dir)
@@ -79,12 +65,8 @@ def test_validation_accuracy_is_recorded_every_log_every_iterations(trained_runs
     every = config.training.log_every
     logged = np.flatnonzero(np.isfinite(recorded))
     assert list(logged) == list(range(every - 1, config.training.iterations, every))
-    data = load_dataset(config.data)
-    model = build_model(config.model, data.input_shape, data.num_classes, evaluation=True)
-    layout = parameter_layout(model)
     t = int(logged[-1])  # recorded with update t: the accuracy of θ_{t+1}
-    for var, value in zip(model.trainable_variables, layout.unflatten(traj.theta[t + 1])):
-        var.assign(value)
+    model, _, data = model_at(config, traj.theta[t + 1], evaluation=True)
     predicted = keras.ops.argmax(model(data.x_val), axis=-1)
     assert recorded[t] == pytest.approx(float(np.mean(np.asarray(predicted) == data.y_val)))
 
