@@ -3,7 +3,7 @@
     python scripts/make_figures.py                       # every target (about 30 min on 2 cores)
     python scripts/make_figures.py mnist_fc tiny         # the quick starts only (about 5 min)
     python scripts/make_figures.py --list                # what each target runs and writes
-    python scripts/make_figures.py --fill                # only refill the pages from docs/outputs
+    python scripts/make_figures.py --fill                # run nothing; refill the pages
 
 Each target runs `lca` commands in a fresh process, exactly as a user types them, into
 ``--runs`` (default ``runs/``). Their printed output lands in ``docs/outputs/NAME.txt`` and in
@@ -221,6 +221,10 @@ def _clean(text: str, keep: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Subsections of a quoted report section that the documentation explains itself.
+DROPPED_SUBSECTIONS = ("### How to read",)
+
+
 def report_section(report_md: Path, heading: str) -> str:
     """One section of a report.md (to the next heading of its level), without its images.
 
@@ -238,7 +242,12 @@ def report_section(report_md: Path, heading: str) -> str:
         ),
         len(lines),
     )
-    kept = [line for line in lines[start + 1 : end] if not line.startswith("![")]
+    kept, dropping = [], False
+    for line in lines[start + 1 : end]:
+        if line.startswith("#"):
+            dropping = line.startswith(DROPPED_SUBSECTIONS)
+        if not dropping and not line.startswith("!["):
+            kept.append(line)
     text = "\n".join(kept).strip("\n")
     return re.sub(r"\n{3,}", "\n\n", text) + "\n"
 
@@ -307,10 +316,17 @@ def main() -> None:
     parser.add_argument("--mnist", default=str(LOCAL_MNIST) if LOCAL_MNIST.exists() else "")
     parser.add_argument("--list", action="store_true", help="print the targets and stop")
     parser.add_argument(
-        "--fill", action="store_true", help="only refill the pages from docs/outputs/ as stored"
+        "--fill",
+        action="store_true",
+        help="run nothing: quote the report sections of the runs there are, refill the pages",
     )
     ns = parser.parse_args()
     if ns.fill:
+        for target in TARGETS.values():  # report sections re-read from the runs, if there
+            for output, (report_md, heading) in target.sections.items():
+                if (ROOT / ns.runs / report_md).exists():
+                    text = report_section(ROOT / ns.runs / report_md, heading)
+                    (OUTPUTS / f"{output}.txt").write_text(text)
         fill_pages({f.stem: f.read_text() for f in OUTPUTS.glob("*.txt")})
         return
     if ns.list:

@@ -5,6 +5,8 @@ Training, the allocation and the models' own helpers share these; none builds a 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..config import ModelError
@@ -23,11 +25,17 @@ def configure_tensorflow(threads: int | None = None, allow_tf32: bool = False) -
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(max(1, min(threads, 2)))
         except RuntimeError:  # TensorFlow already initialised in this process
-            if tf.config.threading.get_intra_op_parallelism_threads() not in (0, threads):
+            running = tf.config.threading.get_intra_op_parallelism_threads()
+            if running not in (0, threads):
                 raise RuntimeError(
-                    f"cannot set {threads} threads: TensorFlow is already running with "
-                    f"{tf.config.threading.get_intra_op_parallelism_threads()}"
+                    f"cannot set {threads} threads: TensorFlow is already running with {running}"
                 ) from None
+            if running == 0:  # its default: results are reproducible only at that count
+                warnings.warn(
+                    f"TensorFlow already runs with its default thread count in this process: "
+                    f"{threads} threads apply only in a fresh process (e.g. the lca command)",
+                    stacklevel=2,
+                )
     tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
 
 
