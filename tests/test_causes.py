@@ -1,7 +1,7 @@
 """lca.allocation.causes: the terms add up to the step and their shares to the LCA, on numpy runs.
 
 The trajectories are made here by numpy transcriptions of the optimisers (SGD exactly as
-lca/training.py writes it; Adam as Keras documents it), on a quadratic loss whose gradient and
+lca/training/loop.py writes it; Adam as Keras documents it), on a quadratic loss whose gradient and
 path-mean gradient are known in closed form.
 """
 

@@ -15,7 +15,7 @@ every term k. The terms (names in :data:`TERM_NAMES`):
 ``residual``      Δθ_recorded − Σ of the others: what the replay did not reproduce. Carried as
                   a term so the shares add up to A; :func:`residual_ratio` reports its size.
 
-The formulas follow ``lca/training.py`` operation for operation (float32, same order), so a
+The formulas follow ``lca/training/loop.py`` operation for operation (float32, same order), so a
 replay on the recorded θ_t and mini-batch gradients reproduces the recorded Δθ to rounding.
 Pure numpy: the gradients (∇L_train, g_B) and the path means ḡ come from the caller.
 """
