@@ -41,6 +41,28 @@ def cli(
     )
 
 
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """``lca ARGS`` run by click's CliRunner in this process, answered as :func:`cli` answers
+    (exit code, stdout, stderr): for tests of what a command prints and returns, where a
+    fresh process (seconds of CPU starting TensorFlow) is not what is tested."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from lca.cli import main
+
+    formatwarning = warnings.formatwarning  # lca's group sets its own: keep this process's
+    try:
+        result = CliRunner().invoke(main, [str(arg) for arg in args])
+    finally:
+        warnings.formatwarning = formatwarning
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bug: its traceback, as the command would print it
+    return subprocess.CompletedProcess(
+        ["lca", *map(str, args)], result.exit_code, result.stdout, result.stderr
+    )
+
+
 # --- allocations ----------------------------------------------------------------------------
 
 # lca.allocate's arguments for each store level: units without gradients, the others with

@@ -15,6 +15,7 @@ from helpers import (
     cli,
     cli_command,
     cli_env,
+    cli_in_process,
     lca_arrays,
     set_theta,
 )
@@ -146,7 +147,7 @@ def test_allocate_refuses_an_incomplete_trajectory(fresh_run):
     run_dir = fresh_run("tiny_fc")
     traj = zarr.open_group(str(run_dir / "trajectory.zarr"), mode="r+")
     traj.attrs.update({"complete": False, "steps_recorded": 17, "status": "interrupted"})
-    result = cli("allocate", str(run_dir))
+    result = cli_in_process("allocate", str(run_dir))
     assert_one_line_error(result, "trajectory incomplete (17 of 41 steps recorded", alone=True)
 
 
@@ -160,16 +161,16 @@ def test_parse_gpus():
 
 def test_verify_error_cli(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    result = cli("verify-error", str(run_dir))
+    result = cli_in_process("verify-error", str(run_dir))
     assert result.returncode == 2 and "run `lca allocate" in result.stderr
     allocate(run_dir, progress=False)
-    result = cli("verify-error", str(run_dir))
+    result = cli_in_process("verify-error", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "total error, adaptive" in result.stdout and "PASS" in result.stdout  # the default
     allocate(run_dir, rule="simpson", restart=True, progress=False)
-    result = cli("verify-error", str(run_dir))
+    result = cli_in_process("verify-error", str(run_dir))
     assert "total error, RK4" in result.stdout and "PASS" in result.stdout  # the paper's
-    result = cli("verify-error", str(run_dir), "--json")
+    result = cli_in_process("verify-error", str(run_dir), "--json")
     import json
 
     data = json.loads(result.stdout)
@@ -184,7 +185,7 @@ def test_verify_error_fails_when_the_threshold_cannot_be_met(fresh_run):
     assert not report.passed
     assert any("even at 4 sub-intervals" in f for f in report.failures())
     assert report.splits["train"].splits_used == {4: 40}
-    result = cli("verify-error", str(run_dir))
+    result = cli_in_process("verify-error", str(run_dir))
     assert result.returncode == 1 and "FAIL" in result.stdout
 
 
@@ -377,7 +378,7 @@ def test_subset_resume_needs_the_same_subset_and_fits_the_train_set(fresh_run):
     with pytest.raises(RunError, match="other settings"):
         allocate(run_dir, progress=False)
     assert allocate(run_dir, subset_size=500, progress=False).complete
-    result = cli("allocate", str(run_dir), "--subset", "1600", "--restart")
+    result = cli_in_process("allocate", str(run_dir), "--subset", "1600", "--restart")
     assert_one_line_error(result, "smaller than the 1600 training examples", alone=True)
     with pytest.raises(RunError, match="check_every"):
         allocate(run_dir, check_every=4, restart=True, progress=False)
@@ -414,14 +415,14 @@ def test_verify_error_shows_the_subset_and_the_comparison(fresh_run):
     import json
 
     run_dir = fresh_run("tiny_fc")
-    result = cli("allocate", str(run_dir), "--subset", "800", "--check-every", "8")
+    result = cli_in_process("allocate", str(run_dir), "--subset", "800", "--check-every", "8")
     assert result.returncode == 0, result.stderr
-    result = cli("verify-error", str(run_dir))
+    result = cli_in_process("verify-error", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "train (subset of 800 of 1600 examples)" in result.stdout
     assert "subset vs full train set, 5 checked iterations" in result.stdout
     assert "per-parameter correlation" in result.stdout
-    data = json.loads(cli("verify-error", str(run_dir), "--json").stdout)
+    data = json.loads(cli_in_process("verify-error", str(run_dir), "--json").stdout)
     assert data["subset_size"] == 800 and data["num_train"] == 1600
     assert data["subset_check"]["checked_iterations"] == 5
     assert data["subset_check"]["correlation_mean"] > 0.9

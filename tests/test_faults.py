@@ -27,7 +27,15 @@ import pytest
 import yaml
 import zarr
 from click.testing import CliRunner
-from helpers import assert_one_line_error, assert_same_arrays, cli, cli_command, cli_env, lca_arrays
+from helpers import (
+    assert_one_line_error,
+    assert_same_arrays,
+    cli,
+    cli_command,
+    cli_env,
+    cli_in_process,
+    lca_arrays,
+)
 
 from lca.cli import main
 from lca.storage import (
@@ -267,7 +275,7 @@ def test_second_allocation_of_a_run_names_the_lock_holder(fresh_run):
     assert first.returncode == 0, err
     assert "40 of 40 done" in out
     assert not (run_dir / LOCK_FILE).exists()  # released
-    verified = cli("verify-error", str(run_dir))
+    verified = cli_in_process("verify-error", str(run_dir))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
@@ -371,7 +379,7 @@ def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
     done = zarr.open_group(str(run_dir / LCA_STORE), mode="r")["done"][:]
     assert 0 < done.sum() < done.size, done  # some units finished, the failed one is not done
 
-    partial = cli("verify-error", str(run_dir))  # (d) a partial allocation: explained
+    partial = cli_in_process("verify-error", str(run_dir))  # (d) a partial allocation: explained
     assert partial.returncode == 1
     assert "nan" not in partial.stdout.lower()
     assert "partial allocation" in partial.stdout and f"lca allocate {run_dir}" in partial.stdout
@@ -455,7 +463,7 @@ def test_keras_json_with_a_lambda_is_refused_in_safe_mode(tmp_path):
     path = tmp_path / "lambda.yaml"
     model = {"builder": "lca.models:from_keras_config", "kwargs": {"config": config}}
     path.write_text(yaml.safe_dump({"model": model, "data": {"name": "synthetic"}}))
-    assert_one_line_error(cli("describe", str(path)), "Python bytecode", "safe mode")
+    assert_one_line_error(cli_in_process("describe", str(path)), "Python bytecode", "safe mode")
 
 
 def test_describe_run_imports_none_of_its_code(fresh_run, tmp_path):

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from helpers import cli
+from helpers import cli_in_process
 
 from lca.allocation import allocate, chunks_for, load_objective
 from lca.analysis.diagnostics import verify_error
@@ -81,7 +81,9 @@ def test_endpoint_first_rule_refines_exactly_where_the_trapezoid_errs(fresh_run,
 
 def test_endpoint_first_rule_passes_verify_error_and_says_so(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    result = cli("allocate", str(run_dir), "--rule", "adaptive", "--trapezoid-threshold", "1e-4")
+    result = cli_in_process(
+        "allocate", str(run_dir), "--rule", "adaptive", "--trapezoid-threshold", "1e-4"
+    )
     assert result.returncode == 0, result.stderr
     assert "gradients/iteration" in result.stdout
     report = verify_error(run_dir)
@@ -90,13 +92,13 @@ def test_endpoint_first_rule_passes_verify_error_and_says_so(fresh_run):
     train = report.splits["train"]
     assert train.rule_iterations["trapezoid"] + train.rule_iterations["simpson"] == 40
     assert train.rule_iterations["trapezoid"] == train.splits_used.get(1, 0) > 0
-    text = cli("verify-error", str(run_dir)).stdout
+    text = cli_in_process("verify-error", str(run_dir)).stdout
     assert "rule adaptive" in text and "iterations with 1 sub-interval (trapezoid)" in text
     assert "trapezoid: mean |error|, total error" in text and text.rstrip().endswith(
         "total error within ±1 %"
     )
     # a resumed allocation must use the same rule
-    again = cli("allocate", str(run_dir), "--rule", "simpson")
+    again = cli_in_process("allocate", str(run_dir), "--rule", "simpson")
     assert again.returncode == 2 and "other settings" in again.stderr
 
 
@@ -187,9 +189,11 @@ def test_reduced_precision_conserves_and_falls_back_to_float32_where_it_must(fre
 
 def test_reduced_precision_allocation_passes_verify_error(fresh_run):
     run_dir = fresh_run("tiny_lenet")
-    result = cli("allocate", str(run_dir), "--rule", "adaptive", "--precision", "bfloat16")
+    result = cli_in_process(
+        "allocate", str(run_dir), "--rule", "adaptive", "--precision", "bfloat16"
+    )
     assert result.returncode == 0, result.stderr
-    text = cli("verify-error", str(run_dir))
+    text = cli_in_process("verify-error", str(run_dir))
     assert text.returncode == 0, text.stdout
     assert "gradients in bfloat16, losses in float32" in text.stdout
     assert "iterations recomputed in float32" in text.stdout
@@ -197,14 +201,16 @@ def test_reduced_precision_allocation_passes_verify_error(fresh_run):
 
 def test_mode_options_are_checked(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    bad = cli("allocate", str(run_dir), "--precision", "float16")
+    bad = cli_in_process("allocate", str(run_dir), "--precision", "float16")
     assert bad.returncode == 2 and "float16" in bad.stderr
-    result = cli("allocate", str(run_dir), "--rule", "simpson", "--trapezoid-threshold", "1e-4")
+    result = cli_in_process(
+        "allocate", str(run_dir), "--rule", "simpson", "--trapezoid-threshold", "1e-4"
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: allocate.trapezoid_threshold: applies to rule: adaptive only"
     )
-    result = cli("allocate", str(run_dir), "--per-class", "--precision", "bfloat16")
+    result = cli_in_process("allocate", str(run_dir), "--per-class", "--precision", "bfloat16")
     assert result.returncode == 2
     assert "per_class needs precision: float32" in result.stderr
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SLOW, assert_one_line_error, assert_same_arrays, cli, lca_arrays
+from helpers import SLOW, assert_one_line_error, assert_same_arrays, cli, cli_in_process, lca_arrays
 from test_data import cifar_sources  # noqa: F401  (the fixture, shared)
 
 from lca.allocation import allocate
@@ -108,7 +108,7 @@ def test_datasets_load_from_urls_as_from_paths(tmp_path, cifar_sources):  # noqa
 
 
 def test_a_missing_run_at_a_url_is_a_one_line_error(tmp_path):
-    result = cli("allocate", (tmp_path / "nothing").as_uri())
+    result = cli_in_process("allocate", (tmp_path / "nothing").as_uri())
     assert_one_line_error(result, "no config.yaml", alone=True)
 
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from helpers import STORE_LEVELS, assert_one_line_error, cli
+from helpers import STORE_LEVELS, assert_one_line_error, cli_in_process
 
 from lca.allocation import allocate, unit_index
 from lca.analysis.diagnostics import verify_error
@@ -135,7 +135,7 @@ def test_what_a_store_did_not_keep_is_a_one_line_error(levels, tmp_path):
 
 def test_resuming_with_another_store_is_refused(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    result = cli(
+    result = cli_in_process(
         "allocate", str(run_dir), "--store", "units", "--no-store-grad", "--iterations", "0:8"
     )
     assert result.returncode == 0, result.stderr
