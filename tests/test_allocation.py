@@ -234,8 +234,10 @@ def test_verify_error_fails_when_the_stored_lca_no_longer_sums_to_the_errors(all
 def test_two_workers_match_one_bitwise_and_threads_within_rounding(fresh_run, allocated_runs):
     one = allocated_runs("tiny_fc", threads=1)  # one process, one thread
     two, free = fresh_run("tiny_fc"), fresh_run("tiny_fc")
+    # the workers are processes of their own (spawned), each on one thread; this process
+    # runs TensorFlow on its default thread count
     for run_dir, extra in ((two, ["--workers", "2", "--threads", "1"]), (free, [])):
-        result = cli("allocate", str(run_dir), *extra)
+        result = cli_in_process("allocate", str(run_dir), *extra)
         assert result.returncode == 0, result.stderr
     a, b, c = lca_arrays(one), lca_arrays(two), lca_arrays(free)
     assert_same_arrays(b, a)

@@ -74,7 +74,7 @@ def test_worker_processes_write_through_a_file_url(trained_runs, one_thread, tmp
     shared = tmp_path / "shared" / "run"
     shutil.copytree(trained_runs("tiny_fc"), shared)
     url = shared.as_uri()
-    result = cli("allocate", url, "--workers", "2", "--threads", "1")
+    result = cli_in_process("allocate", url, "--workers", "2", "--threads", "1")
     assert result.returncode == 0, result.stderr
     assert (shared / "lca.zarr" / "done").is_dir()
     assert_same_arrays(lca_arrays(url), lca_arrays(one_thread))
