@@ -315,7 +315,11 @@ def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, t
     peaks = {}
     for iterations in (64, 256):
         source = trained_runs(
-            "tiny_fc", (f"training.iterations={iterations}", "model.hidden_units=[1024]")
+            "tiny_fc",
+            (
+                *(f"training.iterations={iterations}", "model.hidden_units=[1024]"),
+                *("data.synthetic.num_examples=500", "data.val_size=100"),  # quick gradients
+            ),
         )
         run_dir = tmp_path / f"t{iterations}"
         shutil.copytree(source, run_dir)
@@ -338,7 +342,7 @@ def test_gpus_without_a_gpu_is_a_clear_error(fresh_run):
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
-    result = cli("allocate", str(fresh_run("tiny_fc")), "--gpus", "0")
+    result = cli_in_process("allocate", str(fresh_run("tiny_fc")), "--gpus", "0")
     assert result.returncode == 2
     assert "GPU 0 is not visible to TensorFlow" in result.stderr
 

@@ -264,7 +264,7 @@ def test_second_allocation_of_a_run_names_the_lock_holder(fresh_run):
             time.sleep(0.05)
         holder = json.loads((run_dir / LOCK_FILE).read_text())
         assert holder["pid"] == first.pid and holder["purpose"] == "allocate"
-        second = cli("allocate", str(run_dir), "--threads", "1")
+        second = cli_in_process("allocate", str(run_dir), "--threads", "1")
         line = assert_one_line_error(second)
         assert f"pid {first.pid} on host {socket.gethostname()}" in line
         assert "lca allocate" in line and "in use" in line

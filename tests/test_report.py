@@ -185,8 +185,8 @@ def test_report_on_a_run_larger_than_the_memory_budget_stays_within_it(tmp_path)
     config = load_config(
         Path(__file__).parents[1] / "configs" / "tiny_fc.yaml",
         [
-            *("training.iterations=640", "model.hidden_units=[512]", "allocate.splits=[train]"),
-            *("data.synthetic.num_examples=500", "data.val_size=100"),  # the gradients: quick
+            *("training.iterations=480", "model.hidden_units=[512]", "allocate.splits=[train]"),
+            *("data.synthetic.num_examples=200", "data.val_size=40"),  # the gradients: quick
         ],
     )
     run_dir = tmp_path / "big"
