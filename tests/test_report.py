@@ -221,3 +221,32 @@ def test_report_has_the_per_class_measurements_when_allocated_per_class(fresh_ru
     assert per_class["neuron"]["layer"] == "dense_1"  # S22: dense on the 8x8 input
     with Image.open(report.figures["s22_neuron"]) as image:
         image.verify()
+
+
+def test_animation_frames_are_full_draws_pixel_for_pixel():
+    """Each frame redraws only the heatmaps and what lies over them: it must be the figure
+    drawn whole, with a convolution's block lines and every tick over the heatmap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lca.report.plots_parameters import kernel_animation_frames
+
+    rng = np.random.default_rng(0)
+    layers, iterations = ["conv_1", "dense_1"], [0, 7, 13]
+    matrices = {
+        "conv_1": [rng.normal(size=(12, 9)) for _ in iterations],
+        "dense_1": [rng.normal(size=(10, 24)) * 1e-4 for _ in iterations],
+    }
+    fig, frames = kernel_animation_frames(layers, iterations, matrices, {"conv_1": (3, 3)})
+    assert len(frames) == len(iterations)
+    heatmaps = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(heatmaps) == len(layers) and len(fig.axes[0].lines) == 3 + 2  # block lines
+    title = next(t for t in fig.texts if t.get_text().startswith("LCA per weight"))
+    for k, it in enumerate(iterations):
+        for image, layer in zip(heatmaps, layers):
+            image.set_data(matrices[layer][k])
+        title.set_text(f"LCA per weight, iteration {it} (green = helped, red = hurt)")
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        whole = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+        assert not np.array_equal(np.asarray(frames[k]), np.asarray(frames[k - 1]))
+        np.testing.assert_array_equal(np.asarray(frames[k]), np.asarray(whole.convert("RGB")))
