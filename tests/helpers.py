@@ -73,11 +73,12 @@ STORE_LEVELS = {
     "layers": {"store": "layers"},
 }
 
-# tiny_fc overrides making work units long enough (~1 s) to kill a process inside one
+# tiny_fc overrides making five work units, each long enough (~1 s) to kill a process inside
 SLOW = (
     "data.synthetic.num_examples=12000",
     "data.synthetic.image_shape=[28, 28, 1]",
     "model.hidden_units=[64]",
+    "training.iterations=20",
     "allocate.chunk_iterations=4",
     "allocate.eval_batch_size=4000",
 )

@@ -448,15 +448,18 @@ def test_tf32_is_off_unless_allowed(trained_runs):
 
 @pytest.mark.parametrize("name", ["tiny_fc", "tiny_resnet"])  # class-pure batches; BN masks
 def test_per_class_lca_sums_to_the_total(fresh_run, name):
+    import shutil
+
     from lca.layout import ParameterLayout
 
     run_dir = fresh_run(name)
-    import shutil
-
-    plain = allocate(run_dir, progress=False, iterations=(0, 8))
+    N = 4  # iterations, one work unit (the ResNet's are refined into 4 to 16 sub-intervals)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("chunk_iterations: 8", f"chunk_iterations: {N}"))
+    plain = allocate(run_dir, progress=False, iterations=(0, N))
     plain_arrays = lca_arrays(run_dir)
     shutil.rmtree(run_dir / LCA_STORE)
-    summary = allocate(run_dir, per_class=True, progress=False, iterations=(0, 8))
+    summary = allocate(run_dir, per_class=True, progress=False, iterations=(0, N))
     # no gradient evaluation more than without the per-class split
     assert summary.gradient_evaluations == plain.gradient_evaluations
     store = zarr.open_group(str(run_dir / LCA_STORE), mode="r")
@@ -464,26 +467,28 @@ def test_per_class_lca_sums_to_the_total(fresh_run, name):
     C = open_trajectory(run_dir).attrs["num_classes"]
     for split in ("train", "val"):
         group = store[split]
-        lca = group["lca"][:8]
+        lca = group["lca"][:N]
         # the same allocation as without the split by class, at the same θ
-        np.testing.assert_allclose(group["loss"][:9], plain_arrays[f"{split}/loss"][:9], rtol=1e-12)
+        np.testing.assert_allclose(
+            group["loss"][: N + 1], plain_arrays[f"{split}/loss"][: N + 1], rtol=1e-12
+        )
         # per-class gradients summed: float32 rounding only (measured: 2e-7 of the largest A)
-        plain_lca = plain_arrays[f"{split}/lca"][:8]
+        plain_lca = plain_arrays[f"{split}/lca"][:N]
         np.testing.assert_allclose(lca, plain_lca, rtol=0, atol=1e-6 * np.abs(plain_lca).max())
-        np.testing.assert_array_equal(group["splits"][:8], plain_arrays[f"{split}/splits"][:8])
+        np.testing.assert_array_equal(group["splits"][:N], plain_arrays[f"{split}/splits"][:N])
         per_layer = np.stack(
             [
                 np.bincount(layout.layer_index(), weights=row, minlength=len(layout.layers))
                 for row in lca
             ]
         )
-        class_layer = group["class_layer_lca"][:8]
-        assert class_layer.shape == (8, C, len(layout.layers))
+        class_layer = group["class_layer_lca"][:N]
+        assert class_layer.shape == (N, C, len(layout.layers))
         np.testing.assert_allclose(class_layer.sum(axis=1), per_layer, atol=1e-6)
         np.testing.assert_allclose(
-            group["class_loss"][:9].sum(axis=1), group["loss"][:9], rtol=1e-12
+            group["class_loss"][: N + 1].sum(axis=1), group["loss"][: N + 1], rtol=1e-12
         )
-        assert np.abs(group["class_error"][:8]).max() < 1e-3
-        units = group["class_unit_lca"][layout.layers[-1]][:8]  # the output layer
+        assert np.abs(group["class_error"][:N]).max() < 1e-3
+        units = group["class_unit_lca"][layout.layers[-1]][:N]  # the output layer
         np.testing.assert_allclose(units.sum(axis=2), class_layer[:, :, -1], atol=1e-6)
         assert not np.allclose(class_layer[:, 0], class_layer[:, 1])  # classes differ

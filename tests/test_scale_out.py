@@ -239,7 +239,7 @@ def test_a_ray_worker_killed_mid_chunk_is_retried_and_the_result_is_unchanged(
     assert victim is not None, "no chunk worker was caught mid-chunk"
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
-    assert summary.iterations_done == summary.iterations_total == 40
+    assert summary.iterations_done == summary.iterations_total == 20
     assert victim not in _chunk_worker_pids(busy=False)  # gone (or a zombie with no title)
     clean = allocated_runs("tiny_fc", SLOW, threads=1)  # one thread, as each Ray worker
     assert_same_arrays(lca_arrays(killed_run), lca_arrays(clean))

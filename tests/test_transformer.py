@@ -15,9 +15,9 @@ from lca.storage import open_run, open_trajectory
 
 @pytest.fixture(scope="module")
 def allocated(allocated_runs):
-    """tiny_transformer allocated per parameter, and per unit without gradients (read-only)."""
+    """tiny_transformer allocated per parameter and per unit, without gradients (read-only)."""
     return {
-        "parameters": allocated_runs("tiny_transformer"),
+        "parameters": allocated_runs("tiny_transformer", store="parameters", store_grad=False),
         "units": allocated_runs("tiny_transformer", store="units", store_grad=False),
     }
 
