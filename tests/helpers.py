@@ -73,9 +73,11 @@ STORE_LEVELS = {
     "layers": {"store": "layers"},
 }
 
-# tiny_fc overrides making five work units, each long enough (~1 s) to kill a process inside
+# tiny_fc overrides making an allocation of five work units that lasts seconds (MNIST-sized
+# examples), long enough to kill a process inside one: each process's first the longest
+# (TensorFlow's tracing)
 SLOW = (
-    "data.synthetic.num_examples=12000",
+    "data.synthetic.num_examples=6000",
     "data.synthetic.image_shape=[28, 28, 1]",
     "model.hidden_units=[64]",
     "training.iterations=20",

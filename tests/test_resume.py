@@ -36,8 +36,8 @@ ROWS = "4"  # θ rows per chunk: a checkpoint every 4 steps
 # (config, overrides): dropout, mini-batches and SGD momentum; full batch (no batch_indices),
 # AdamW (two slots, bias correction by step, decoupled decay), validation accuracy logged
 SETUPS = {
-    "lenet_sgd": ("tiny_lenet", ["--iterations", "600"]),
-    "transformer_adamw": ("tiny_transformer", ["--iterations", "600"]),
+    "lenet_sgd": ("tiny_lenet", ["--iterations", "400"]),
+    "transformer_adamw": ("tiny_transformer", ["--iterations", "400"]),
 }  # fmt: skip
 
 

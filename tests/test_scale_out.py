@@ -43,7 +43,7 @@ def test_a_run_at_a_memory_url_is_trained_allocated_and_reported_through_fsspec(
     train(config, url, progress=False, overwrite=True)
     try:
         runner = CliRunner()
-        result = runner.invoke(main, ["allocate", url, "--threads", "1"])
+        result = runner.invoke(main, ["allocate", url])  # TensorFlow runs here already
         assert result.exit_code == 0, result.output
         assert "memory://lca-tests/tiny_fc/lca.zarr" in result.output
         # everything went through the URL: the stores exist in fsspec's memory filesystem
@@ -183,8 +183,9 @@ def test_ray_allocation_is_bitwise_the_local_single_worker_one(
     shutil.copytree(trained_runs("tiny_fc"), on_ray)
     # the real command line, joining the running cluster by its address: first a part of the
     # run (as if the cluster had gone away), then the rest, resumed from the finished chunks.
-    # Each Ray worker runs TensorFlow on its one CPU: one thread, as the reference.
-    ray_args = ("--ray", ray_cluster, "--cpus-per-task", "1")
+    # One Ray worker holds the cluster's two CPUs and runs TensorFlow on one thread, as the
+    # reference (several workers at once: the killed-worker test below).
+    ray_args = ("--ray", ray_cluster, "--cpus-per-task", "2", "--threads", "1")
     part = cli("allocate", str(on_ray), "--iterations", "8:24", *ray_args)
     assert part.returncode == 0, part.stderr
     assert "allocated 16 iterations" in part.stdout and "16 of 40 done" in part.stdout
