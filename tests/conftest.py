@@ -33,10 +33,10 @@ LONGEST_FIRST = (
     "test_allocation.py",
     "test_scale_out.py",
     "test_resume.py",
-    "test_report.py",
     "test_modes.py",
-    "test_faults.py",
+    "test_report.py",
     "test_own_model.py",
+    "test_faults.py",
     "test_examples.py",
 )
 

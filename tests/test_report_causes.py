@@ -32,7 +32,7 @@ def test_report_why_parameters_hurt(causes_run, tmp_path):
     run_dir = causes_run
     run = open_run(run_dir)
     assert run.has_causes and run.splits == ["train", "val"] and run.cause_terms == TERMS
-    report = make_report([run_dir], out_dir=tmp_path / "report")
+    report = make_report([run_dir], out_dir=tmp_path / "report", frames=2)
     md = report.markdown.read_text()
     section = md[md.index("## Why parameters hurt") :]
     for heading in (
