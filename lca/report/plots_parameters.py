@@ -95,7 +95,7 @@ def kernel_animation_frames(
 
     The figure is laid out and drawn once; each frame redraws only the heatmaps, what lies
     over them and the title on a copy of the rest: the frames are, pixel for pixel, what a
-    full draw of each makes, in half the time.
+    full draw of each makes.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
@@ -133,7 +133,8 @@ def kernel_animation_frames(
         )
         for ax, image in zip(axes, images)
     ]
-    for artist in [title, *(a for artists in dynamic for a in artists)]:
+    animated = [title, *(a for artists in dynamic for a in artists)]
+    for artist in animated:
         artist.set_animated(True)
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
@@ -151,7 +152,7 @@ def kernel_animation_frames(
         fig.draw_artist(title)
         rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
         pictures.append(rgba.convert("RGB"))  # opaque: converts to a GIF palette best
-    for artist in [title, *(a for artists in dynamic for a in artists)]:
+    for artist in animated:
         artist.set_animated(False)
     return fig, pictures
 
