@@ -239,3 +239,9 @@ def integrate_step(
         stalled=stalled,
         mean_grad=mean_grads,
     )
+
+
+def segment_point(start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
+    """θ = start + fraction (end − start), computed in float64 and stored as float32."""
+    start64 = np.asarray(start, dtype=np.float64)
+    return (start64 + fraction * (np.asarray(end, np.float64) - start64)).astype(np.float32)

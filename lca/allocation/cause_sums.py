@@ -96,6 +96,8 @@ class CauseModel:
 def check_replayable(run_dir, trajectory: Trajectory) -> None:
     """A one-line RunError for a trajectory whose optimiser lca cannot replay."""
     by = trajectory.attrs.get("recorded_by", LCA_TRAIN)
+    if "torch" in trajectory.attrs.get("versions", {}):
+        raise RunError(f"{run_dir}: --causes is not available for torch runs yet")
     if by != LCA_TRAIN:
         raise RunError(
             f"{run_dir}: --causes needs a run trained by `lca train`; this one was recorded by "

@@ -103,21 +103,31 @@ def load_objective(
     ``precision`` is the arithmetic of the gradients (:mod:`lca.allocation.precision`); losses
     are float32.
     """
-    import keras
-
     from ..data import load_dataset
-    from ..models import build_model, parameter_layout
-    from ..models.runtime import configure_tensorflow
-    from .objective import FullBatchObjective
-    from .per_class_objective import PerClassObjective
 
-    configure_tensorflow(allow_tf32=allow_tf32)
     config = read_run_config(run_dir)
     trajectory = open_trajectory(run_dir)
     dataset = load_dataset(config.data, run_dir)
     for name in ("train_indices", "val_indices"):  # the examples L is defined on
         if not np.array_equal(trajectory.group[name][:], getattr(dataset, name)):
             raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
+    if config.framework == "torch":
+        from ..torch.allocation import load_torch_objective
+
+        if per_class or precision != "float32":
+            raise RunError(f"{run_dir}: torch runs are allocated in float32, without per_class")
+        batch_size = eval_batch_size or config.allocate.eval_batch_size
+        return load_torch_objective(
+            run_dir, config, trajectory, dataset, splits, batch_size, train_subset, allow_tf32
+        )
+    import keras
+
+    from ..models import build_model, parameter_layout
+    from ..models.runtime import configure_tensorflow
+    from .objective import FullBatchObjective
+    from .per_class_objective import PerClassObjective
+
+    configure_tensorflow(allow_tf32=allow_tf32)
     user_model = config.model.builder is not None
     if user_model:
         keras.utils.set_random_seed(int(trajectory.attrs.get("seed", 0)))

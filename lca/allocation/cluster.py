@@ -31,12 +31,12 @@ class _ChunkWorker:
 
     def __init__(self, run_dir: str, settings: Any, threads: int | None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from ..models.runtime import configure_tensorflow
+        from .backends import configure, framework_of
         from .chunks import ChunkAllocator
 
         self.where = socket.gethostname()
         try:
-            configure_tensorflow(threads, allow_tf32=settings.allow_tf32)
+            configure(framework_of(run_dir), threads, allow_tf32=settings.allow_tf32)
             self.allocator = ChunkAllocator(run_dir, settings)
         except RunError as exc:
             raise RunError(

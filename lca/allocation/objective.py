@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..models.runtime import per_example_loss, tf32_enabled
+from ..quadrature import segment_point  # noqa: F401 (used here and re-exported)
 from .precision import kernel_gradient, matmul, tensor_float_32
 
 
@@ -332,12 +333,6 @@ class FullBatchObjective:
         with tensor_float_32(self.precision == "tf32" or tf32_enabled()):
             results = self._compiled_between(point, np.float32(fraction), ends[0], ends[1])
         return self._unpack(results)
-
-
-def segment_point(start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
-    """θ = start + fraction (end − start), computed in float64 and stored as float32."""
-    start64 = np.asarray(start, dtype=np.float64)
-    return (start64 + fraction * (np.asarray(end, np.float64) - start64)).astype(np.float32)
 
 
 def _assign_flat(variables, theta) -> None:

@@ -32,6 +32,7 @@ from ..storage import (
     run_lock,
 )
 from ..storage.base import writing_to
+from .backends import configure, framework_of, visible_gpus
 from .chunks import ChunkAllocator, ChunkResult
 from .settings import resolve_settings
 from .store import open_lca_store
@@ -189,7 +190,8 @@ def _allocate(
         store=store,
         store_grad=store_grad,
         causes=causes,
-        on_gpu=lambda: _on_gpu(gpus, ray, gpus_per_task),
+        on_gpu=lambda: _on_gpu(run_dir, gpus, ray, gpus_per_task),
+        framework=config.framework,
     )
     if settings.causes:
         from .cause_sums import check_replayable
@@ -297,23 +299,19 @@ def _made_with(run_dir: Path) -> dict | None:
     return None
 
 
-def _on_gpu(gpus, ray, gpus_per_task) -> bool:
+def _on_gpu(run_dir, gpus, ray, gpus_per_task) -> bool:
     """Whether the allocation will run on GPUs (for ``precision: auto``)."""
     if gpus is not None or (ray is not None and gpus_per_task > 0):
         return True
     if ray is not None or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
-    from ..models.runtime import visible_gpus
-
-    return bool(visible_gpus())
+    return bool(visible_gpus(framework_of(run_dir)))
 
 
 def _run_here(run_dir, settings, todo, threads, on_iteration):
     """Compute the work units in this process, writing each while the next is computed."""
     if threads is not None:
-        from ..models.runtime import configure_tensorflow
-
-        configure_tensorflow(threads)
+        configure(framework_of(run_dir), threads)
     allocator = ChunkAllocator(run_dir, settings)
     try:
         for k in todo:
@@ -375,14 +373,10 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from ..models.runtime import configure_tensorflow
-
-        configure_tensorflow(threads)
-        if device:
-            from ..models.runtime import visible_gpus
-
-            if not visible_gpus():
-                raise RunError(f"--gpus: GPU {device} is not visible to TensorFlow here")
+        framework = framework_of(run_dir)
+        configure(framework, threads)
+        if device and not visible_gpus(framework):
+            raise RunError(f"--gpus: GPU {device} is not visible to {framework} here")
         allocator = ChunkAllocator(run_dir, settings)
 
         def report(result: ChunkResult) -> None:

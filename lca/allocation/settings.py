@@ -115,6 +115,7 @@ def resolve_settings(
     store_grad: bool | None = None,
     causes: bool | None = None,
     on_gpu: bool | Callable[[], bool] = False,
+    framework: str = "tensorflow",
 ) -> AllocationSettings:
     """Merge command-line choices over the run's ``allocate`` section, validated the same way.
 
@@ -144,6 +145,12 @@ def resolve_settings(
         raise RunError(f"--store {merged.store!r}: choose from {', '.join(STORE_LEVELS)}")
     for key, problem in merged.validate().items():
         raise RunError(f"allocate.{key}: {problem}")
+    if framework == "torch":  # what the torch objective computes (lca.torch.objective)
+        if merged.precision not in ("auto", "float32"):
+            raise RunError(f"--precision {merged.precision}: torch runs are allocated in float32")
+        if merged.per_class:
+            raise RunError("--per-class: not available for torch runs (framework: torch)")
+        merged = replace(merged, precision="float32")
     merged = replace(
         merged,
         precision=resolve_precision(merged.precision, on_gpu=on_gpu, per_class=merged.per_class),

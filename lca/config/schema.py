@@ -19,6 +19,7 @@ import yaml
 from ..locations import location  # a run's config may live at a URL (s3://…/config.yaml)
 
 MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
+TORCH_MODEL_NAMES = ("fc", "lenet")  # the built-ins that exist in both frameworks
 LOSS_NAMES = ("sparse_categorical_crossentropy", "mean_squared_error")
 CLASSIFICATION_LOSSES = ("sparse_categorical_crossentropy",)
 USER_MODEL_KEYS = ("builder", "kwargs", "loss", "from_logits")
@@ -360,6 +361,9 @@ class Config:
     """A whole run; ``name`` defaults to the file's stem and names the run directory."""
 
     name: str = "run"
+    # which framework builds, trains and differentiates the model; torch: model.name fc or
+    # lenet (the TensorFlow networks' twins) or a model.builder returning a torch.nn.Module
+    framework: Literal["tensorflow", "torch"] = "tensorflow"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -368,6 +372,8 @@ class Config:
 
     def validate(self) -> dict[str, str]:
         problems = {}
+        if self.framework == "torch":
+            problems.update(self._torch_problems())
         if self.allocate.per_class and not self.model.classification:
             problems["allocate.per_class"] = f"needs a classification loss, not {self.model.loss}"
         builtin = self.data.builder is None and self.model.builder is None
@@ -384,9 +390,36 @@ class Config:
             )
         return problems
 
+    def _torch_problems(self) -> dict[str, str]:
+        """What a torch run cannot do (yet): one line each, naming the key."""
+        problems = {}
+        if self.model.builder is None and self.model.name not in TORCH_MODEL_NAMES:
+            problems["model.name"] = (
+                f"{self.model.name} is built in TensorFlow only; with framework: torch use "
+                f"{' or '.join(TORCH_MODEL_NAMES)}, or a model.builder returning a torch.nn.Module"
+            )
+        refused = {
+            "per_class": self.allocate.per_class,
+            "jit_compile": self.allocate.jit_compile,
+        }
+        for key, used in refused.items():
+            if used:
+                problems[f"allocate.{key}"] = "is TensorFlow only (framework: torch)"
+        if self.allocate.precision in ("bfloat16", "tf32"):
+            problems["allocate.precision"] = (
+                "torch runs are allocated in float32 (precision: auto or float32)"
+            )
+        return problems
+
     def to_dict(self) -> dict[str, Any]:
-        """All settings; a builder's section keeps only the keys that apply to it."""
+        """All settings; a builder's section keeps only the keys that apply to it.
+
+        ``framework`` is written only when it is not the default (TensorFlow), so the
+        configs of TensorFlow runs read as they always have.
+        """
         data = dataclasses.asdict(self)
+        if self.framework == "tensorflow":
+            data.pop("framework")
         if self.data.name != "modular":  # a section only the modular data set reads
             data["data"].pop("modular")
         if self.model.builder is not None:

@@ -37,6 +37,7 @@ from .trajectory import (
     TrajectoryWriter,
     open_trajectory,
     read_fixed_weights,
+    trajectory_attrs,
     write_fixed_weights,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "open_group",
     "open_run",
     "open_trajectory",
+    "trajectory_attrs",
     "prepare_run_dir",
     "read_fixed_weights",
     "remove_tree",

@@ -36,6 +36,37 @@ from .groups import checksummed, open_group
 from .raw_chunks import write_whole_raw_chunk
 
 
+def trajectory_attrs(
+    name: str, layout, seed: int, dataset, *, recorded_by: str, versions: dict[str, str]
+) -> dict:
+    """The trajectory's metadata: what ``lca allocate`` and the analyses read back.
+
+    ``versions``: the framework's packages (``{"torch": "2.13.0"}``); lca's, numpy's and
+    Python's are added here.
+    """
+    import platform
+
+    from .._version import __version__
+
+    return {
+        "config_name": name,
+        "layout": layout.to_json(),
+        "seed": seed,
+        "dataset": dataset.name,
+        "input_shape": list(dataset.input_shape),
+        "num_classes": dataset.num_classes,
+        "num_train": len(dataset.y_train),
+        "num_val": len(dataset.y_val),
+        "recorded_by": recorded_by,
+        "versions": {
+            "lca": __version__,
+            **versions,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
 @dataclass
 class Trajectory:
     """Read side of ``trajectory.zarr``: θ rows, metrics and metadata of one training run."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .._version import __version__
 from ..config import Config, ConfigError
 from ..config.layer_settings import LayerSettings, resolve_layer_settings  # noqa: F401 (re-exported)
 from ..storage import (
@@ -31,6 +29,7 @@ from ..storage import (
     run_lock,
     write_fixed_weights,
 )
+from ..storage import trajectory_attrs as run_attrs
 from ..storage.base import writing_to
 from ..storage.checkpoint import CONTINUE, RESTART, resume_plan
 
@@ -65,7 +64,13 @@ def batch_schedule(num_examples: int, batch_size: int, iterations: int, seed: in
 
 
 class Trainer:
-    """Holds the model, data on the device and the compiled training step."""
+    """Holds the model, data on the device and the compiled training step.
+
+    The torch trainer (:class:`lca.torch.training.TorchTrainer`) has the same methods, so
+    :func:`train` drives either.
+    """
+
+    framework = "tensorflow"
 
     def __init__(self, config: Config, dataset, *, record: bool = True) -> None:
         import keras
@@ -124,6 +129,27 @@ class Trainer:
             raise RunError(f"{where}: the resume checkpoint does not match the model's variables")
         for var, (_, value) in zip(targets, state, strict=True):
             var.assign(value)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return tensorflow_versions()
+
+    def fixed_state(self) -> list[tuple[str, np.ndarray]]:
+        """``(name, value)`` of the weights outside θ (:func:`lca.models.fixed_weights`)."""
+        from ..models import fixed_weights
+
+        return [(name, value) for name, value, _ in fixed_weights(self.model)]
+
+    def changed_state(self, before: list[tuple[str, np.ndarray]]) -> list[str]:
+        """Names of the weights outside θ, moving statistics aside, changed since ``before``."""
+        from ..models import fixed_weights
+
+        now = fixed_weights(self.model)
+        return [
+            name
+            for (name, old), (_, new, moving) in zip(before, now)
+            if not moving and not np.array_equal(old, new)
+        ]
 
     def theta(self) -> np.ndarray:
         """The current trainable parameters as one flat float32 vector."""
@@ -206,29 +232,26 @@ class Trainer:
         return hits / n
 
 
+def make_trainer(config: Config, dataset, *, record: bool = True):
+    """The trainer of ``config.framework``: :class:`Trainer` or the torch one."""
+    if config.framework == "torch":
+        from ..torch.training import TorchTrainer
+
+        return TorchTrainer(config, dataset, record=record)
+    return Trainer(config, dataset, record=record)
+
+
 def trajectory_attrs(name: str, layout, seed: int, dataset, *, recorded_by: str) -> dict:
-    """The trajectory's metadata: what ``lca allocate`` and the analyses read back."""
+    """The trajectory's metadata (:func:`lca.storage.trajectory_attrs`) of a TensorFlow run."""
+    versions = tensorflow_versions()
+    return run_attrs(name, layout, seed, dataset, recorded_by=recorded_by, versions=versions)
+
+
+def tensorflow_versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    return {
-        "config_name": name,
-        "layout": layout.to_json(),
-        "seed": seed,
-        "dataset": dataset.name,
-        "input_shape": list(dataset.input_shape),
-        "num_classes": dataset.num_classes,
-        "num_train": len(dataset.y_train),
-        "num_val": len(dataset.y_val),
-        "recorded_by": recorded_by,
-        "versions": {
-            "lca": __version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-    }
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def train(
@@ -256,15 +279,18 @@ def train(
     from tqdm.auto import tqdm
 
     from ..data import load_dataset
-    from ..models import changed_fixed_weights, fixed_weights
 
-    if threads is not None:
+    if threads is not None and config.framework == "torch":
+        from ..torch.runtime import configure_torch
+
+        configure_torch(threads)
+    elif threads is not None:
         from ..models.runtime import configure_tensorflow
 
         configure_tensorflow(threads)
     dataset = load_dataset(config.data)
-    trainer = Trainer(config, dataset, record=record)
-    fixed_before = fixed_weights(trainer.model)
+    trainer = make_trainer(config, dataset, record=record)
+    fixed_before = trainer.fixed_state()
     tcfg = config.training
     full_batch = tcfg.batch_size == "full"
     if full_batch:  # every step on every training example, in their stored order
@@ -331,7 +357,7 @@ def train(
         bar.close()
         steps = tcfg.iterations + 1
         if writer is not None:
-            changed = changed_fixed_weights(trainer.model, fixed_before)
+            changed = trainer.changed_state(fixed_before)
             extra = {"non_trainable_changed": changed} if changed else None
             steps = writer.close("complete", extra)
         return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)
@@ -339,8 +365,6 @@ def train(
 
 def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints):
     """The writer of a new or continued run, the first iteration left, a line saying which."""
-    from ..models import fixed_weights
-
     tcfg = config.training
     snapshot = trainer.state if checkpoints else None
     plan = resume_plan(run_dir, config.to_yaml(), resume=resume, overwrite=overwrite)
@@ -371,18 +395,23 @@ def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, 
         train_indices=dataset.train_indices,
         val_indices=dataset.val_indices,
         attrs={
-            **trajectory_attrs(
-                config.name, trainer.layout, tcfg.seed, dataset, recorded_by="lca train"
+            **run_attrs(
+                config.name,
+                trainer.layout,
+                tcfg.seed,
+                dataset,
+                recorded_by="lca train",
+                versions=trainer.versions,
             ),
             "threads": threads,
         },
         rows=int(os.environ.get("LCA_CHUNK_ROWS") or 0) or None,
         snapshot=snapshot,
     )
-    if config.model.builder is not None:  # a user's model may hold weights not in θ
+    # a user's model (and any torch model: buffers) may hold weights outside θ
+    if config.model.builder is not None or config.framework == "torch":
         with writer.writing():
-            fixed = fixed_weights(trainer.model)  # as built: no update has run yet
-            write_fixed_weights(writer.group, [(n, a) for n, a, _ in fixed])
+            write_fixed_weights(writer.group, trainer.fixed_state())  # as built: no update yet
     writer.append(trainer.theta(), None)
     note = f"starting {run_dir} over: it stopped before its first checkpoint" * (plan == RESTART)
     return writer, 0, note

@@ -1,0 +1,21 @@
+"""PyTorch for LCA: record any torch training loop, train the built-ins, allocate with torch.
+
+    recorder = lca.torch.TrajectoryRecorder(model, optimizer, "runs/mine", iterations=1000,
+                                            train_data=(x, y), model_fn="my_model:build")
+    for x_batch, y_batch in loader:          # any loop: plain, Lightning, HF Trainer
+        loss = loss_fn(model(x_batch), y_batch); loss.backward()
+        optimizer.step(); optimizer.zero_grad()   # θ is recorded after every step
+    recorder.close()
+
+Then ``lca allocate/verify-error/report runs/mine`` as for any run. All PyTorch code of lca
+lives in this package: :mod:`.models` (the built-in networks' twins and θ's layout),
+:mod:`.runtime` (loss, evaluation mode, devices), :mod:`.objective` (full-split gradients
+with ``torch.func``), :mod:`.allocation` (the objective of a run directory),
+:mod:`.training` (``lca train`` with ``framework: torch``), :mod:`.recorder` (the step-hook
+recorder) and :mod:`.state` (weights outside θ; reading weight files without unpickling).
+"""
+
+from .models import build_torch_model, keras_to_torch, torch_layout
+from .state import load_state_dict
+
+__all__ = ["build_torch_model", "keras_to_torch", "load_state_dict", "torch_layout"]
