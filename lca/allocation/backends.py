@@ -15,9 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ..storage import read_run_config
+from ..config import ConfigError
+from ..storage import RunError, read_run_config
 
-FRAMEWORKS = ("tensorflow", "torch")
+#: each framework's name in messages
+FRAMEWORKS = {"tensorflow": "TensorFlow", "torch": "PyTorch"}
 
 
 class Objective(Protocol):
@@ -53,8 +55,15 @@ class Objective(Protocol):
 
 
 def framework_of(run_dir: str | Path) -> str:
-    """The framework a run was recorded with (its config's ``framework``)."""
-    return read_run_config(run_dir).framework
+    """The framework a run was recorded with (its config's ``framework``).
+
+    A directory whose config cannot be read says TensorFlow here: what is wrong with it is
+    reported by the allocation itself, which reads the whole run.
+    """
+    try:
+        return read_run_config(run_dir).framework
+    except (RunError, ConfigError):
+        return "tensorflow"
 
 
 def configure(framework: str, threads: int | None = None, allow_tf32: bool = False) -> None:

@@ -32,7 +32,7 @@ from ..storage import (
     run_lock,
 )
 from ..storage.base import writing_to
-from .backends import configure, framework_of, visible_gpus
+from .backends import FRAMEWORKS, configure, framework_of, visible_gpus
 from .chunks import ChunkAllocator, ChunkResult
 from .settings import resolve_settings
 from .store import open_lca_store
@@ -376,7 +376,7 @@ def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
         framework = framework_of(run_dir)
         configure(framework, threads)
         if device and not visible_gpus(framework):
-            raise RunError(f"--gpus: GPU {device} is not visible to {framework} here")
+            raise RunError(f"--gpus: GPU {device} is not visible to {FRAMEWORKS[framework]} here")
         allocator = ChunkAllocator(run_dir, settings)
 
         def report(result: ChunkResult) -> None:
