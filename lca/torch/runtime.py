@@ -85,5 +85,14 @@ def as_tensor(a: np.ndarray, where: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(where)
 
 
+def seed_step(seed: int, iteration: int) -> None:
+    """Seed torch's generators for training iteration ``iteration`` of a run seeded ``seed``.
+
+    Each update draws its dropout masks from a generator seeded by (seed, iteration) alone,
+    so a resumed run and the ``--causes`` replay of step t draw exactly the masks of step t.
+    """
+    torch.manual_seed((int(seed) * 1_000_003 + int(iteration)) % 2**63)
+
+
 def versions() -> dict[str, str]:
     return {"torch": torch.__version__}

@@ -15,7 +15,7 @@ from ..config import Config
 from ..config.layer_settings import resolve_layer_settings
 from ..storage import RunError
 from .models import build_torch_model, torch_layout
-from .runtime import as_tensor, device, per_example_loss, versions
+from .runtime import as_tensor, device, per_example_loss, seed_step, versions
 from .state import changed_state, fixed_state
 
 
@@ -49,30 +49,23 @@ class TorchTrainer:
     # --- state for resume checkpoints ---------------------------------------------------
 
     def state(self) -> list[tuple[str, np.ndarray]]:
-        """Parameters, buffers, the optimiser's slots and the random state (dropout)."""
+        """Parameters, buffers and the optimiser's slots."""
         parts = [(f"model/{n}", v.detach().cpu().numpy().copy()) for n, v in self._tensors()]
         parts += [
             (f"slot/{k}/{i}", s.cpu().numpy().copy())
             for k, kind in enumerate(self.slots)
             for i, s in enumerate(kind)
         ]
-        parts.append(("rng/cpu", torch.get_rng_state().numpy().copy()))
-        if self.where.type == "cuda":
-            parts.append(("rng/cuda", torch.cuda.get_rng_state().numpy().copy()))
-        return parts
+        return parts  # no random state: each step seeds its own (runtime.seed_step)
 
     def restore(self, state: list[tuple[str, np.ndarray]], where) -> None:
         expected = [(v.shape, v.dtype) for _, v in self.state()]
         if [(v.shape, v.dtype) for _, v in state] != expected:
             raise RunError(f"{where}: the resume checkpoint does not match the model's variables")
         targets = [v for _, v in self._tensors()] + [s for kind in self.slots for s in kind]
-        values = dict(state)
         with torch.no_grad():
             for target, (_, value) in zip(targets, state):
                 target.copy_(torch.from_numpy(value))
-        torch.set_rng_state(torch.from_numpy(values["rng/cpu"]))
-        if "rng/cuda" in values:
-            torch.cuda.set_rng_state(torch.from_numpy(values["rng/cuda"]))
 
     def _tensors(self):
         yield from self.model.named_parameters()
@@ -94,6 +87,7 @@ class TorchTrainer:
         idx = torch.from_numpy(np.asarray(batch)).to(self.where)
         x, y = self.x_train[idx], self.y_train[idx]
         self.model.train()
+        seed_step(self.config.training.seed, iteration)  # this step's dropout masks
         outputs = self.model(x)
         loss = self.per_example(outputs, y).mean()
         grads = torch.autograd.grad(loss, self.params)
