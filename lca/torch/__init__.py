@@ -16,6 +16,13 @@ recorder) and :mod:`.state` (weights outside θ; reading weight files without un
 """
 
 from .models import build_torch_model, keras_to_torch, torch_layout
+from .recorder import TrajectoryRecorder
 from .state import load_state_dict
 
-__all__ = ["build_torch_model", "keras_to_torch", "load_state_dict", "torch_layout"]
+__all__ = [
+    "TrajectoryRecorder",
+    "build_torch_model",
+    "keras_to_torch",
+    "load_state_dict",
+    "torch_layout",
+]
