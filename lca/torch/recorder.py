@@ -66,6 +66,7 @@ from ..storage import (
 from ..storage.base import has_contents
 from .models import FC, LeNet, build_torch_model, torch_layout
 from .runtime import versions
+from .state import changed_state, fixed_state, to_numpy
 
 __all__ = ["TrajectoryRecorder"]
 
@@ -190,7 +191,7 @@ class TrajectoryRecorder:
                 ),
             },
         )
-        self._fixed = _fixed_state(model, self.names)
+        self._fixed = fixed_state(model, self.names)
         with self.writer.writing():
             write_fixed_weights(self.writer.group, self._fixed)
         self._pending: list[np.ndarray] = []
@@ -268,7 +269,7 @@ class TrajectoryRecorder:
             )
             self._config.training.iterations = iterations
             (self.run_dir / CONFIG_FILE).write_text(_HEADER + self._config.to_yaml())
-        changed = _changed_state(self.model, self.names, self._fixed)
+        changed = changed_state(self.model, self.names, self._fixed)
         if changed:
             group.attrs["non_trainable_changed"] = changed
             warnings.warn(
@@ -440,13 +441,6 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.is_floating_point() and bool(torch.isclose(a, b, 0, 0, equal_nan=True).all())
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach()
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-        tensor = tensor.float()
-    return tensor.cpu().numpy().copy()
-
-
 def _dataset(train_data, validation_data, data_fn, data_kwargs):
     if train_data is None:
         try:
@@ -457,7 +451,7 @@ def _dataset(train_data, validation_data, data_fn, data_kwargs):
     def arrays(pair, what):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ConfigError(f"TrajectoryRecorder: {what} must be (x, y)")
-        return tuple(_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in pair)
+        return tuple(to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in pair)
 
     val = None if validation_data is None else arrays(validation_data, "validation_data")
     try:
@@ -571,25 +565,3 @@ def _optimizer_description(optimizer, model: nn.Module, names: Sequence[str]) ->
         described["parameters"] = [name_of[id(p)] for p in group["params"] if id(p) in name_of]
         groups.append(described)
     return {"class": type(optimizer).__name__, "groups": groups}
-
-
-# --- fixed state (bfloat16 stored as float32: numpy has no bfloat16) ---------------------
-
-
-def _fixed_state(model: nn.Module, theta_names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """``(name, value)`` of every buffer and every parameter outside θ, in module order."""
-    inside = set(theta_names)
-    out = [(n, _numpy(p)) for n, p in model.named_parameters() if n not in inside]
-    return out + [(n, _numpy(b)) for n, b in model.named_buffers()]
-
-
-def _changed_state(model: nn.Module, theta_names, before) -> list[str]:
-    """Names of fixed state that changed since ``before``, batch-norm statistics aside."""
-    moving = {
-        f"{name}.{stat}" if name else stat
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for stat in ("running_mean", "running_var", "num_batches_tracked")
-    }
-    now = dict(_fixed_state(model, theta_names))
-    return [n for n, old in before if n not in moving and not np.array_equal(old, now.get(n))]

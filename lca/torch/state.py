@@ -21,14 +21,19 @@ from torch import nn
 from ..storage import RunError
 
 
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy copy of a tensor; bfloat16 (which numpy lacks) as float32."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.cpu().numpy().copy()
+
+
 def fixed_state(model: nn.Module, theta_names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
     """``(name, value)`` of every buffer and every parameter outside θ, in module order."""
     inside = set(theta_names)
-    out = [
-        (n, p.detach().cpu().numpy().copy()) for n, p in model.named_parameters() if n not in inside
-    ]
-    out += [(n, b.detach().cpu().numpy().copy()) for n, b in model.named_buffers()]
-    return out
+    out = [(n, to_numpy(p)) for n, p in model.named_parameters() if n not in inside]
+    return out + [(n, to_numpy(b)) for n, b in model.named_buffers()]
 
 
 def changed_state(model: nn.Module, theta_names: Sequence[str], before) -> list[str]:
@@ -76,10 +81,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise RunError(f"{path}: not a safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+    except pickle.UnpicklingError:
         raise RunError(
-            f"{path}: refused to unpickle it: it holds objects other than tensors ({first})"
+            f"{path}: refused to unpickle it: it holds objects other than tensors and plain "
+            "containers, which could run code when loaded; save a state dict of tensors "
+            "(or a .safetensors file)"
         ) from None
     except Exception as exc:
         raise RunError(f"{path}: not a torch checkpoint ({type(exc).__name__})") from None
