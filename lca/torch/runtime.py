@@ -4,8 +4,6 @@ the evaluation mode that makes L a function of θ alone, the device and thread s
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch import nn
@@ -69,7 +67,6 @@ def check_deterministic(model: nn.Module, x: torch.Tensor) -> None:
 
 def configure_torch(threads: int | None = None, allow_tf32: bool = False) -> None:
     """Thread counts (``--threads``; default: torch's) and TF32 matmuls on GPUs."""
-    threads = threads or int(os.environ.get("LCA_THREADS") or 0) or None
     if threads:
         torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
