@@ -22,6 +22,9 @@ from filelock import FileLock
 from helpers import SmallDisk, cli_env
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs on two workers on two cores: torch's OpenMP threads spin-wait, and two
+# processes of two threads each on two cores are many times slower than one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -267,8 +267,8 @@ def _prepare_causes(run_dir, store, trajectory, config, settings, last_unit, pro
     from .cause_sums import CauseModel
     from .replay import prepare_adam_states
 
-    model = CauseModel.of_run(config, trajectory.layout_json)
-    if model.replays_batches:
+    model = CauseModel.of_run(config, trajectory.layout_json, trajectory.attrs)
+    if model.carries_state:
         c = settings.chunk_iterations
         with writing_to(run_dir / LCA_STORE, "rerun the same command to resume"):
             prepare_adam_states(run_dir, store, trajectory, model, config, c, last_unit, progress)
@@ -330,6 +330,10 @@ def _run_workers(run_dir, settings, todo, devices, threads, on_iteration):
         tasks.put(k)
     for _ in devices:
         tasks.put(None)
+    if threads is None and framework_of(run_dir) == "torch":
+        # torch's OpenMP threads spin-wait: workers that together ask for more threads than
+        # there are cores slow each other down many times over; share the cores instead
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
     procs = [
         ctx.Process(
             target=_worker_main,
