@@ -5,7 +5,8 @@ Everything downstream of a recorded trajectory (quadrature, work units, schedule
 gradient of each data split at a flat θ. A framework provides three things, each in its own
 package (TensorFlow: :mod:`lca.allocation.objective` with :mod:`lca.models`; PyTorch:
 :mod:`lca.torch`): an objective built from a run directory, its thread and TF32 settings,
-and the GPUs it sees. A third framework is one more branch in each function below.
+and the GPUs it sees (and, for ``--causes``, the mini-batch gradient of a recorded step). A
+third framework is one more branch in each function below.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def framework_of(run_dir: str | Path) -> str:
         return read_run_config(run_dir).framework
     except (RunError, ConfigError):
         return "tensorflow"
+
+
+def batch_gradient(run_dir: str | Path, config, trajectory):
+    """g_B(θ_t) of the run's recorded steps in its framework (``--causes`` of Adam/AdamW):
+    ``gradient(t, theta)`` → (K,) float32, ``gradient.batch(t)`` → the examples of step t."""
+    if config.framework == "torch":
+        from ..torch.replay import BatchGradient
+    else:
+        from .replay import BatchGradient
+    return BatchGradient(run_dir, config, trajectory)
 
 
 def configure(framework: str, threads: int | None = None, allow_tf32: bool = False) -> None:

@@ -31,6 +31,7 @@ from .causes import (
     residual_ratio,
     sgd_step_terms,
 )
+from .causes_torch_optim import TorchOptimizer
 
 PARTS = (FIRST_ORDER, CURVATURE)
 #: What trajectories that ``lca train``'s own optimiser made say in ``recorded_by``.
@@ -56,6 +57,7 @@ class CauseModel:
     beta_2: float = 0.999
     epsilon: float = 1e-7
     weight_decay: float = 0.0
+    torch_optimizer: TorchOptimizer | None = None  # torch.optim's settings (torch_* kinds)
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -64,10 +66,27 @@ class CauseModel:
     @property
     def replays_batches(self) -> bool:
         """Adam/AdamW: the terms need the mini-batch gradients and the moments m, v."""
-        return self.kind in ("adam", "adamw")
+        return self.kind in ("adam", "adamw", "torch_adam", "torch_adamw")
+
+    @property
+    def carries_state(self) -> bool:
+        """The terms need a state carried from iteration 0 (Adam's m, v; torch.optim.SGD's
+        nesterov b), stored at every work unit's start in ``lca.zarr/replay_state``."""
+        if self.torch_optimizer is not None:
+            return self.torch_optimizer.carries_state
+        return self.replays_batches
 
     @classmethod
-    def of_run(cls, config: Config, layout_json: list[dict]) -> CauseModel:
+    def of_run(
+        cls, config: Config, layout_json: list[dict], attrs: Mapping | None = None
+    ) -> CauseModel:
+        """The run's optimiser: ``lca train``'s (the config's) or, where the trajectory's
+        ``attrs`` describe one (``torch_optimizer``), the torch.optim optimiser recorded."""
+        described = (attrs or {}).get("torch_optimizer")
+        if described is not None:
+            optimizer = TorchOptimizer.from_description(described, layout_json)
+            settings = optimizer.parameter_settings()
+            return cls(optimizer.kind, settings, torch_optimizer=optimizer)
         layout = ParameterLayout.from_json(layout_json)
         per_variable = resolve_layer_settings(config, layout)
         settings = ParameterSettings.from_variables(
@@ -87,21 +106,56 @@ class CauseModel:
             opt.weight_decay if opt.name == "adamw" else 0.0,
         )
 
-    def adam_replay(self, m: np.ndarray | None = None, v: np.ndarray | None = None) -> AdamReplay:
+    def adam_replay(self, m: np.ndarray | None = None, v: np.ndarray | None = None):
+        """The replay of a stateful optimiser from the state (m, v) of a unit's start."""
+        if self.torch_optimizer is not None:
+            return self.torch_optimizer.replay(m, v)
         return AdamReplay(
             self.settings, self.beta_1, self.beta_2, self.epsilon, self.weight_decay, m, v
         )
 
 
-def check_replayable(run_dir, trajectory: Trajectory) -> None:
-    """A one-line RunError for a trajectory whose optimiser lca cannot replay."""
-    by = trajectory.attrs.get("recorded_by", LCA_TRAIN)
-    if "torch" in trajectory.attrs.get("versions", {}):
-        raise RunError(f"{run_dir}: --causes is not available for torch runs yet")
+def check_replayable(run_dir, trajectory: Trajectory, check_batches: bool = True) -> None:
+    """A one-line RunError for a trajectory whose optimiser lca cannot replay.
+
+    ``lca train``'s runs (either framework) and runs of torch.optim SGD, Adam and AdamW
+    recorded by ``lca.torch.TrajectoryRecorder`` are replayed; Adam and AdamW need every
+    step's examples (``batch_indices``), which ``check_batches`` checks.
+    """
+    attrs = trajectory.attrs
+    by = attrs.get("recorded_by", LCA_TRAIN)
+    described = attrs.get("torch_optimizer")
+    if described is not None:
+        try:
+            optimizer = TorchOptimizer.from_description(described, trajectory.layout_json)
+        except RunError as exc:
+            raise RunError(f"{run_dir}: {exc}") from None
+        if check_batches and optimizer.kind != "torch_sgd":
+            _check_batches(run_dir, trajectory, described.get("class"))
+        return
     if by != LCA_TRAIN:
         raise RunError(
             f"{run_dir}: --causes needs a run trained by `lca train`; this one was recorded by "
             f"{by} (model.fit), whose optimiser lca does not replay"
+        )
+
+
+def _check_batches(run_dir, trajectory: Trajectory, name: str) -> None:
+    """Every step of a recorded Adam/AdamW run names its examples (rows of -1 do not)."""
+    missing = 0 if "batch_indices" not in trajectory.group else None
+    if missing is None:
+        array = trajectory.group["batch_indices"]
+        rows = array.chunks[0]
+        for first in range(0, array.shape[0], rows):
+            unknown = ~(np.asarray(array[first : first + rows]) >= 0).any(axis=1)
+            if unknown.any():
+                missing = first + int(np.argmax(unknown))
+                break
+    if missing is not None:
+        raise RunError(
+            f"{run_dir}: --causes for torch.optim.{name} needs every step's mini-batch (its "
+            f"moments are rebuilt from g_B), but step {missing} recorded no batch indices; pass "
+            "batch_size= to TrajectoryRecorder and call recorder.batch(indices) every step"
         )
 
 
@@ -231,7 +285,7 @@ def create_cause_arrays(
         "‖Δθ_recorded − Σ_k u_k‖ / ‖Δθ‖ per iteration: how exactly the replayed optimiser "
         "reproduced the recorded step"
     )
-    if model.replays_batches:  # Adam's moments at every work unit's first iteration
+    if model.carries_state:  # Adam's moments (nesterov's b) at every work unit's start
         units = -(-T // c)
         state = group.create_group("replay_state")
         for name in ("m", "v"):

@@ -11,12 +11,15 @@ every term k. The terms (names in :data:`TERM_NAMES`):
 ``deviation``     what the mini-batch added to that: the same with g_B − ∇L_train(θ_t).
 ``momentum``      SGD: μ v_{t−1}, the velocity carried over from earlier steps.
 ``history``       Adam: −β₁ P_t m_{t−1}, the first moment carried over from earlier steps.
-``weight_decay``  AdamW: −lr·wd·θ_t, decoupled, applied before the Adam step.
+``weight_decay``  AdamW: −lr·wd·θ_t, decoupled, applied before the Adam step (torch.optim's
+                  SGD and Adam: the step's part that wd·θ_t added to the gradient).
 ``residual``      Δθ_recorded − Σ of the others: what the replay did not reproduce. Carried as
                   a term so the shares add up to A; :func:`residual_ratio` reports its size.
 
 The formulas follow ``lca/training/loop.py`` operation for operation (float32, same order), so a
-replay on the recorded θ_t and mini-batch gradients reproduces the recorded Δθ to rounding.
+replay on the recorded θ_t and mini-batch gradients reproduces the recorded Δθ to rounding
+(``lca train``'s torch trainer computes the same; torch.optim's rules, for runs recorded from a
+user's loop, are in :mod:`.causes_torch_optim`).
 Pure numpy: the gradients (∇L_train, g_B) and the path means ḡ come from the caller.
 """
 
@@ -37,6 +40,10 @@ TERM_NAMES: dict[str, tuple[str, ...]] = {
     "sgd_no_momentum": ("signal", "deviation", "residual"),
     "adam": ("signal", "deviation", "history", "residual"),
     "adamw": ("signal", "deviation", "history", "weight_decay", "residual"),
+    # torch.optim's rules, in runs recorded from a torch loop (:mod:`.causes_torch_optim`)
+    "torch_sgd": ("signal", "deviation", "momentum", "weight_decay", "residual"),
+    "torch_adam": ("signal", "deviation", "history", "weight_decay", "residual"),
+    "torch_adamw": ("signal", "deviation", "history", "weight_decay", "residual"),
 }
 
 Terms = dict[str, np.ndarray]  # term name -> (P,) float64 step component
@@ -241,6 +248,10 @@ class AdamReplay:
         step = np.float32(t + 1)
         one = np.float32(1.0)
         return np.sqrt(one - self.beta_2**step) / (one - self.beta_1**step)
+
+    def checkpoint(self) -> tuple[np.ndarray, np.ndarray]:
+        """The slots to store at a work unit's start (``lca.zarr/replay_state``)."""
+        return self.m, self.v
 
     def step(
         self,

@@ -2,10 +2,13 @@
 
 Adam's step depends on its moments m, v, which only the whole history of mini-batch
 gradients gives. :class:`BatchGradient` recomputes g_B at a recorded θ_t on the recorded
-batch with the training model (dropout on, with the randomness of step t), and
-:func:`prepare_adam_states` walks the iterations once, in order, keeping m, v at the first
-iteration of every work unit in ``lca.zarr/replay_state`` so that each unit (in any worker,
-or after a resume) replays only its own steps.
+batch with the TensorFlow training model (dropout on, with the randomness of step t; torch
+runs: :class:`lca.torch.replay.BatchGradient`, chosen by
+:func:`lca.allocation.backends.batch_gradient`), and :func:`prepare_adam_states` walks the
+iterations once, in order, keeping m, v at the first iteration of every work unit in
+``lca.zarr/replay_state`` so that each unit (in any worker, or after a resume) replays only
+its own steps. torch.optim.SGD with nesterov carries its buffer b the same way, from the
+recorded steps alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import zarr
 
 from ..config import Config
 from ..storage import RunError, Trajectory
+from .backends import batch_gradient
 from .cause_sums import CauseModel
 
 
@@ -110,7 +114,8 @@ def prepare_adam_states(
     last_unit: int,
     progress: bool = True,
 ) -> int:
-    """Store m, v at the start of every work unit up to ``last_unit``; returns the steps run.
+    """Store m, v (nesterov SGD: b) at the start of every work unit up to ``last_unit``;
+    returns the steps run.
 
     Continues from the last state stored, so an interrupted or partial pre-pass is resumed.
     """
@@ -128,22 +133,30 @@ def prepare_adam_states(
     else:
         m, v = read_adam_state(store, through - 1)
     replay = model.adam_replay(m, v)
-    gradient = BatchGradient(run_dir, config, trajectory)
+    gradient = batch_gradient(run_dir, config, trajectory) if model.replays_batches else None
     first, stop = (through - 1) * c, last_unit * c
     from tqdm.auto import tqdm
 
     rows = trajectory.theta.chunks[0]
     block: tuple[int, np.ndarray] | None = None
-    for t in tqdm(range(first, stop), desc="replay Adam", unit="it", disable=not progress):
+
+    def row(t: int) -> np.ndarray:
+        nonlocal block
         if block is None or not block[0] <= t < block[0] + len(block[1]):
             start = t - t % rows
             block = (start, trajectory.theta[start : start + rows])
-        theta = block[1][t - block[0]]
-        g = gradient(t, theta)
-        replay.step(t, theta, g, g)
+        return block[1][t - block[0]]
+
+    for t in tqdm(range(first, stop), desc="replay optimiser", unit="it", disable=not progress):
+        theta = row(t)
+        if gradient is not None:
+            g = gradient(t, theta)
+            replay.step(t, theta, g, g)
+        else:  # from the recorded steps alone
+            replay.advance(t, theta, row(t + 1))
         if (t + 1) % c == 0:
             unit = (t + 1) // c
-            state["m"][unit], state["v"][unit] = replay.m, replay.v
+            state["m"][unit], state["v"][unit] = replay.checkpoint()
             state.attrs["through"] = unit + 1
     return max(0, stop - first)
 
@@ -154,12 +167,12 @@ class CauseReplay:
     def __init__(self, run_dir: str | Path, trajectory: Trajectory, config: Config) -> None:
         from .cause_sums import LevelReducer, check_replayable
 
-        check_replayable(run_dir, trajectory)
-        self.model = CauseModel.of_run(config, trajectory.layout_json)
+        check_replayable(run_dir, trajectory, check_batches=False)  # checked before the units
+        self.model = CauseModel.of_run(config, trajectory.layout_json, trajectory.attrs)
         self.reducer = LevelReducer(trajectory.layout_json)
         self.trajectory = trajectory
         self.batch_gradient = (
-            BatchGradient(run_dir, config, trajectory) if self.model.replays_batches else None
+            batch_gradient(run_dir, config, trajectory) if self.model.replays_batches else None
         )
 
     def unit(self, store: zarr.Group, chunk: int, start: int, n: int, splits, store_level: str):
@@ -167,9 +180,11 @@ class CauseReplay:
         from .cause_sums import UnitCauses
 
         before = replay = None
-        if self.model.replays_batches:
+        if self.model.carries_state:
             replay = self.model.adam_replay(*read_adam_state(store, chunk))
         elif start > 0:
             rows = self.trajectory.theta[start - 1 : start + 1]
             before = rows[1].astype(np.float64) - rows[0]
+        if replay is None and self.model.torch_optimizer is not None:  # SGD without nesterov
+            replay = self.model.torch_optimizer.replay(previous_delta=before)
         return UnitCauses(self.model, self.reducer, splits, store_level, start, n, before, replay)

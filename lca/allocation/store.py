@@ -120,7 +120,9 @@ def open_lca_store(
         from ..storage import read_run_config
         from .cause_sums import CauseModel, LevelReducer, create_cause_arrays
 
-        model = CauseModel.of_run(read_run_config(run_dir), trajectory.layout_json)
+        model = CauseModel.of_run(
+            read_run_config(run_dir), trajectory.layout_json, trajectory.attrs
+        )
         reducer = LevelReducer(trajectory.layout_json)
         create_cause_arrays(group, settings.splits, settings.store, T, c, reducer, model, K)
     group.attrs.update(

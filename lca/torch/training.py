@@ -123,8 +123,9 @@ class TorchTrainer:
         scale = float(np.sqrt(np.float32(1) - b2**step) / (np.float32(1) - b1**step))
         for i, (p, g) in enumerate(zip(self.params, grads)):
             m, v = self.slots[0][i], self.slots[1][i]
-            m.add_(active[i] * (g - m) * (1.0 - float(b1)))
-            v.add_(active[i] * (g.square() - v) * (1.0 - float(b2)))
+            # 1 − β rounded once to float32, as in the TensorFlow trainer (not 1 − float32(β))
+            m.add_(active[i] * (g - m) * (1.0 - opt.beta_1))
+            v.add_(active[i] * (g.square() - v) * (1.0 - opt.beta_2))
             p.sub_(active[i] * lr[i] * scale * m / (v.sqrt() + opt.epsilon))
 
     @torch.no_grad()
