@@ -68,16 +68,27 @@ def parse_fractions(fractions: str | Sequence[float]) -> tuple[float, ...]:
 
 
 def prunable_indices(layout: ParameterLayout, include: str = "kernels") -> np.ndarray:
-    """Flat indices of the variables that may be pruned: ``kernels`` (name ends in "kernel",
-    dense and conv), ``all``, or comma-separated name endings (``kernel,embeddings``)."""
-    endings = INCLUDE_ALIASES.get(include) or tuple(
-        e.strip() for e in include.split(",") if e.strip()
-    )
-    chosen = [e for e in layout.entries if e.name.endswith(endings)]
+    """Flat indices of the variables that may be pruned: ``kernels`` (dense and conv kernels:
+    a Keras name ending in "kernel", a torch "weight" of two or more axes that is not an
+    embedding), ``all``, or comma-separated name endings (``kernel,embeddings``)."""
+    if include == "kernels":
+        chosen = [e for e in layout.entries if _is_kernel(e)]
+    else:
+        endings = INCLUDE_ALIASES.get(include) or tuple(
+            e.strip() for e in include.split(",") if e.strip()
+        )
+        chosen = [e for e in layout.entries if e.name.endswith(endings)]
     if not chosen:
         names = ", ".join(e.name for e in layout.entries)
         raise ValueError(f"--include {include!r}: no variable's name ends so (variables: {names})")
     return np.concatenate([np.arange(e.offset, e.offset + e.size) for e in chosen])
+
+
+def _is_kernel(entry) -> bool:
+    if entry.name.endswith("kernel"):
+        return True
+    torch_weight = entry.name.endswith("/weight") and len(entry.shape) >= 2
+    return torch_weight and entry.unit_kind not in ("token", "position")
 
 
 def scope_groups(
