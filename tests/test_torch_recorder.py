@@ -150,6 +150,7 @@ def test_plain_loop_records_every_step_and_allocates(tmp_path):
                 "nesterov": False,
                 "dampening": 0,
                 "weight_decay": 0,
+                "maximize": False,
                 "parameters": ["hidden.weight", "hidden.bias", "out.weight", "out.bias"],
             }
         ],
@@ -628,3 +629,23 @@ def test_existing_recording_is_refused_without_overwrite(tmp_path):
     assert_one_line_error(failure, "interrupted recording (2 of 3 steps)", "cannot continue")
     record(overwrite=True).close()
     open_trajectory(run_dir).require_complete()
+
+
+def test_a_learning_rate_schedule_is_recorded_and_causes_refused(tmp_path):
+    """A schedule changes the step rule the --causes replay assumes fixed: the recording names
+    the first iteration taken with other hyperparameters, and --causes is one line."""
+    torch.manual_seed(0)
+    model = build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    run_dir = tmp_path / "run"
+    with lca.torch.TrajectoryRecorder(
+        model, optimizer, run_dir, iterations=4, train_data=(X_TRAIN, Y_TRAIN), model_fn=MODEL_FN
+    ):
+        for t in range(4):
+            _step(model, optimizer, np.arange(t * 10, t * 10 + 10))
+            schedule.step()
+    assert open_trajectory(run_dir).attrs["torch_optimizer_changed_at"] == 2
+    with pytest.raises(RunError) as failure:
+        lca.allocate(run_dir, splits=["train"], causes=True, progress=False)
+    assert_one_line_error(failure, "changed at iteration 2", "learning-rate schedule")

@@ -125,6 +125,12 @@ def check_replayable(run_dir, trajectory: Trajectory, check_batches: bool = True
     attrs = trajectory.attrs
     by = attrs.get("recorded_by", LCA_TRAIN)
     described = attrs.get("torch_optimizer")
+    changed = attrs.get("torch_optimizer_changed_at")
+    if described is not None and changed is not None:
+        raise RunError(
+            f"{run_dir}: --causes: the optimizer's hyperparameters changed at iteration "
+            f"{changed} (a learning-rate schedule?); the replay knows only the recorded ones"
+        )
     if described is not None:
         try:
             optimizer = TorchOptimizer.from_description(described, trajectory.layout_json)

@@ -77,7 +77,18 @@ _HEADER = (
 )
 
 # the hyperparameters of a param group that are recorded (those a group has)
-_HYPERPARAMETERS = ("lr", "momentum", "nesterov", "dampening", "weight_decay", "betas", "eps")
+_HYPERPARAMETERS = (
+    "lr",
+    "momentum",
+    "nesterov",
+    "dampening",
+    "weight_decay",
+    "betas",
+    "eps",
+    "amsgrad",
+    "maximize",
+    "decoupled_weight_decay",
+)
 
 
 class TrajectoryRecorder:
@@ -195,6 +206,8 @@ class TrajectoryRecorder:
         with self.writer.writing():
             write_fixed_weights(self.writer.group, self._fixed)
         self._pending: list[np.ndarray] = []
+        self._hyperparameters = _hyperparameters(optimizer)
+        self._changed_at: int | None = None  # the first step taken with other hyperparameters
         self._last = self._snapshot()
         self.writer.append(self._arrays(self._last), None)
         self._handles = [
@@ -269,6 +282,8 @@ class TrajectoryRecorder:
             )
             self._config.training.iterations = iterations
             (self.run_dir / CONFIG_FILE).write_text(_HEADER + self._config.to_yaml())
+        if self._changed_at is not None:
+            group.attrs["torch_optimizer_changed_at"] = self._changed_at
         changed = changed_state(self.model, self.names, self._fixed)
         if changed:
             group.attrs["non_trainable_changed"] = changed
@@ -326,6 +341,8 @@ class TrajectoryRecorder:
     def _after_step(self, optimizer, args, kwargs) -> None:
         if self.writer is None:
             return
+        if self._changed_at is None and _hyperparameters(optimizer) != self._hyperparameters:
+            self._changed_at = self.steps  # a schedule: --causes replays fixed settings only
         self._last = self._snapshot()
         row = np.full(self.batch_size or 1, -1, np.int64)
         if self._pending:
@@ -560,8 +577,20 @@ def _optimizer_description(optimizer, model: nn.Module, names: Sequence[str]) ->
         return str(value)
 
     groups = []
-    for group in optimizer.param_groups:
+    for group in optimizer.param_groups:  # as _hyperparameters reads them
         described = {k: plain(group[k]) for k in _HYPERPARAMETERS if k in group}
         described["parameters"] = [name_of[id(p)] for p in group["params"] if id(p) in name_of]
         groups.append(described)
     return {"class": type(optimizer).__name__, "groups": groups}
+
+
+def _hyperparameters(optimizer) -> list[tuple]:
+    """Each param group's recorded hyperparameters as they are now (compared every step)."""
+    return [
+        tuple(
+            float(group[k]) if isinstance(group[k], torch.Tensor) else group[k]
+            for k in _HYPERPARAMETERS
+            if k in group
+        )
+        for group in optimizer.param_groups
+    ]
