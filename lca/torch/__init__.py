@@ -12,7 +12,9 @@ lives in this package: :mod:`.models` (the built-in networks' twins and θ's lay
 :mod:`.runtime` (loss, evaluation mode, devices), :mod:`.objective` (full-split gradients
 with ``torch.func``), :mod:`.allocation` (the objective of a run directory),
 :mod:`.training` (``lca train`` with ``framework: torch``), :mod:`.recorder` (the step-hook
-recorder) and :mod:`.state` (weights outside θ; reading weight files without unpickling).
+recorder), :mod:`.replay` (mini-batch gradients of recorded steps, for ``--causes``),
+:mod:`.state` (weights outside θ; reading weight files without unpickling) and
+:mod:`.twin` (a TensorFlow run's trajectory on the torch twin network).
 """
 
 from .models import build_torch_model, keras_to_torch, torch_layout
