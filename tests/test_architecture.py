@@ -106,3 +106,23 @@ def test_public_paths_still_import():
         [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_torch_public_paths_import_without_tensorflow():
+    """lca.torch (its own layer, below the phases: pyproject.toml) loads neither TensorFlow nor
+    the TensorFlow models."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys\n"
+        "from lca.torch import TrajectoryRecorder, build_torch_model, keras_to_torch\n"
+        "from lca.torch import load_state_dict, torch_layout\n"
+        "from lca.torch.training import TorchTrainer\n"
+        "from lca.torch.allocation import load_torch_objective\n"
+        "from lca.torch.twin import torch_twin\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "assert 'lca.models' not in sys.modules, 'lca.torch imported lca.models'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
