@@ -1,4 +1,4 @@
-"""Loss Change Allocation (Lan, Liu, Zhou, Yosinski; NeurIPS 2019) on TensorFlow/Keras.
+"""Loss Change Allocation (Lan, Liu, Zhou, Yosinski; NeurIPS 2019) for TensorFlow and PyTorch.
 
 import lca
 summary = lca.allocate("runs/mnist_fc_sgd")   # AllocationSummary (what `lca allocate` does)
@@ -7,11 +7,13 @@ run = lca.open_run("runs/mnist_fc_sgd")
 run.lca("train")[:100]        # A[t, i] for the first 100 iterations (a Zarr slice)
 run.to_xarray("train")        # the same as an xarray.Dataset with named dimensions
 
-Record your own model's ``model.fit`` with ``lca.keras.TrajectoryRecorder``.
+Record your own model's ``model.fit`` with ``lca.keras.TrajectoryRecorder``, any torch loop
+with ``lca.torch.TrajectoryRecorder``.
 
 The package is one subpackage per phase, imported one way (``tests/test_architecture.py``
-holds the picture): ``cli`` → ``pruning`` → ``report`` → ``training`` | ``allocation`` |
-``analysis`` → ``models`` | ``data`` → ``storage`` → ``config`` → ``layout``, ``quadrature``,
+holds the picture): ``cli`` | ``keras`` → ``pruning`` → ``report`` → ``training`` |
+``allocation`` | ``analysis`` → ``tensorflow`` | ``torch`` (each framework's code, behind
+``allocation.backends``) → ``data`` → ``storage`` → ``config`` → ``layout``, ``quadrature``,
 ``locations``, ``_version``.
 """
 
@@ -27,7 +29,8 @@ _LAZY = {
     "prune": ("pruning", "prune"),
 }
 
-# Modules that moved into the phase subpackages: importing an old path fails with one line
+# Modules that moved (into the phase subpackages; TensorFlow's code into lca.tensorflow):
+# importing an old path fails with one line
 # naming the new one.
 MOVED = {
     "lca.allocation.levels": "lca.layout.levels",
@@ -36,15 +39,29 @@ MOVED = {
     "lca.diagnostics": "lca.analysis.diagnostics",
     "lca.generalization": "lca.analysis.generalization",
     "lca.gradients": (
-        "lca.allocation.objective (FullBatchObjective), lca.allocation.per_class_objective "
-        "and lca.models.runtime (configure_tensorflow, per_example_loss, visible_gpus, …)"
+        "lca.tensorflow.objective (FullBatchObjective), lca.tensorflow.per_class_objective "
+        "and lca.tensorflow.runtime (configure_tensorflow, per_example_loss, visible_gpus, …)"
     ),
+    # TensorFlow's code, gathered in one package beside lca.torch
+    "lca.models": (
+        "lca.tensorflow (models: build_model; parameters: parameter_layout, fixed_weights; "
+        "runtime) and lca.layout (ParameterLayout)"
+    ),
+    "lca.models.builders": "lca.tensorflow.models",
+    "lca.models.parameters": "lca.tensorflow.parameters",
+    "lca.models.runtime": "lca.tensorflow.runtime",
+    "lca.allocation.objective": "lca.tensorflow.objective",
+    "lca.allocation.per_class_objective": "lca.tensorflow.per_class_objective",
+    "lca.allocation.precision": (
+        "lca.tensorflow.precision (resolve_precision, cpu_has_bf16_units: lca.allocation.settings)"
+    ),
+    "lca.training.recorder": "lca.tensorflow.recorder (public path: lca.keras)",
     "lca.markdown": "lca.report.markdown",
     "lca.per_class": "lca.analysis.per_class",
     "lca.plots": "lca.report.plots",
     "lca.plots_pruning": "lca.pruning.figure",
     "lca.plots_splits": "lca.report.plots_splits",
-    "lca.precision": "lca.allocation.precision",
+    "lca.precision": "lca.tensorflow.precision",
     "lca.pruning_eval": "lca.pruning.evaluation",
     "lca.report_figures": "lca.report.figures",
     "lca.report_splits": "lca.report.splits",

@@ -155,17 +155,18 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
 
         click.echo(describe_run(where).to_text())
         return
+    from .allocation.backends import model_layout
     from .data import input_spec
-    from .models import build_model, describe_layout, parameter_layout
+    from .layout.describe import describe_layout
 
     config = load_config(config_file, overrides)
     if config.model.builder is not None:  # a user's model needs no data to be built
-        model = build_model(config.model, (), 0)
+        layout = model_layout(config, (), 0)
         click.echo(f"{config.name}: model {config.model.builder}, loss {config.model.loss}")
-        click.echo(describe_layout(parameter_layout(model)))
+        click.echo(describe_layout(layout))
         return
     input_shape, num_classes = input_spec(config.data)
-    model = build_model(config.model, input_shape, num_classes)
+    layout = model_layout(config, input_shape, num_classes)
     inputs = "x".join(map(str, input_shape))
     if config.data.name == "modular":
         inputs = f"(sequences of {input_shape[0]} tokens)"
@@ -173,7 +174,7 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
         f"{config.name}: model {config.model.name} on {config.data.name} {inputs}, "
         f"{num_classes} classes"
     )
-    click.echo(describe_layout(parameter_layout(model)))
+    click.echo(describe_layout(layout))
 
 
 @main.command()

@@ -1,9 +1,9 @@
 """The public path of the Keras recorder: ``lca.keras.TrajectoryRecorder``.
 
-It records a user's own ``model.fit`` into a run directory; it lives with the training loop
-in :mod:`lca.training.recorder`.
+It records a user's own ``model.fit`` into a run directory; it lives with the rest of lca's
+TensorFlow code in :mod:`lca.tensorflow.recorder`.
 """
 
-from .training.recorder import TrajectoryRecorder, compiled_loss
+from .tensorflow.recorder import TrajectoryRecorder, compiled_loss
 
 __all__ = ["TrajectoryRecorder", "compiled_loss"]

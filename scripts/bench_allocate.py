@@ -153,7 +153,7 @@ def main() -> None:
 
         eval_model = load_objective(run_dir, settings.splits, settings.eval_batch_size).model
         from lca.data import load_dataset
-        from lca.models import ParameterLayout
+        from lca.layout import ParameterLayout
 
         data = load_dataset(config.data)
         layout = ParameterLayout.from_json(trajectory.layout_json)

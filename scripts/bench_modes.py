@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--iterations", help="ranges A:B,C:D to allocate [all]")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    from lca.models.runtime import visible_gpus
+    from lca.tensorflow.runtime import visible_gpus
 
     ranges = parse_ranges(args.iterations)
     results = []

@@ -167,7 +167,7 @@ def main() -> int:
     if not gpus and not args.allow_cpu:
         print("error: no GPU visible to TensorFlow; run this on a GPU machine (or --allow-cpu)")
         return 2
-    from lca.models.runtime import configure_tensorflow
+    from lca.tensorflow.runtime import configure_tensorflow
     from lca.training import train
 
     configure_tensorflow()  # what lca allocate does: TF32 off

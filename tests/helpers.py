@@ -124,7 +124,8 @@ def set_theta(model, layout, theta: np.ndarray) -> None:
 def model_at(config, theta: np.ndarray, *, evaluation: bool = False, data=None):
     """The config's model, built as ``lca`` builds it and set to θ: (model, layout, dataset)."""
     from lca.data import load_dataset
-    from lca.models import build_model, parameter_layout
+    from lca.tensorflow.models import build_model
+    from lca.tensorflow.parameters import parameter_layout
 
     data = load_dataset(config.data) if data is None else data
     model = build_model(config.model, data.input_shape, data.num_classes, evaluation=evaluation)

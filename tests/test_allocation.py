@@ -53,7 +53,7 @@ def test_allocation_conserves_the_loss(allocated_runs, name):
 def test_loss_matches_an_independent_numpy_forward_pass(allocated_tiny_run):
     from lca.config import load_config
     from lca.data import load_dataset
-    from lca.models import ParameterLayout
+    from lca.layout import ParameterLayout
 
     run_dir = allocated_tiny_run
     traj = open_trajectory(run_dir)
@@ -77,7 +77,7 @@ def test_objective_matches_an_eager_reference_and_ignores_moving_statistics(trai
     from lca.allocation import load_objective
     from lca.config import load_config
     from lca.data import load_dataset
-    from lca.models import ParameterLayout
+    from lca.layout import ParameterLayout
 
     run_dir = trained_runs("tiny_resnet")
     objective = load_objective(run_dir, ["train"], eval_batch_size=400)  # 900 = 2×400 + 100
@@ -436,7 +436,7 @@ def test_verify_error_shows_the_subset_and_the_comparison(fresh_run):
 
 def test_tf32_is_off_unless_allowed(trained_runs):
     from lca.allocation import load_objective
-    from lca.models.runtime import configure_tensorflow, tf32_enabled
+    from lca.tensorflow.runtime import configure_tensorflow, tf32_enabled
 
     load_objective(trained_runs("tiny_fc"), ["train"])
     assert not tf32_enabled()

@@ -210,7 +210,7 @@ def test_an_independent_numpy_replay_gives_the_same_terms(runs, name):
 def test_dropout_randomness_is_the_training_steps(runs):
     """With the seed-generator state of another step, the replayed g_B is a different one."""
     from lca.allocation.cause_sums import CauseModel
-    from lca.allocation.replay import BatchGradient
+    from lca.tensorflow.replay import BatchGradient
 
     run = open_run(runs("adam_dropout"))
     gradient = BatchGradient(run.path, run.config, run.trajectory)

@@ -449,7 +449,8 @@ def _lambda_model_json() -> str:
 def test_keras_json_with_a_lambda_is_refused_in_safe_mode(tmp_path):
     import keras
 
-    from lca.models import ModelError, from_keras_config
+    from lca.config import ModelError
+    from lca.tensorflow.models import from_keras_config
 
     config = _lambda_model_json()
     keras.config.enable_unsafe_deserialization()  # even then: lca stays in safe mode

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 
 from lca.config import ModelConfig
-from lca.models import (
-    ParameterLayout,
-    build_model,
-    describe_layout,
-    parameter_layout,
-)
+from lca.layout import ParameterLayout
+from lca.layout.describe import describe_layout
+from lca.tensorflow.models import build_model
+from lca.tensorflow.parameters import parameter_layout
 
 MNIST = (28, 28, 1)
 CIFAR = (32, 32, 3)

@@ -216,7 +216,7 @@ def test_mode_options_are_checked(fresh_run):
 
 
 def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():
-    from lca.allocation.precision import cpu_has_bf16_units, resolve_precision
+    from lca.allocation.settings import cpu_has_bf16_units, resolve_precision
 
     amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n"
     avx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n"
@@ -231,7 +231,7 @@ def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():
 
 
 def test_default_allocation_records_the_resolved_rule_and_precision(fresh_run):
-    from lca.allocation.precision import cpu_has_bf16_units
+    from lca.allocation.settings import cpu_has_bf16_units
 
     run_dir = fresh_run("tiny_fc", ("allocate.precision=auto",))  # tiny configs pin float32
     allocate(run_dir, iterations=(0, 8), progress=False)

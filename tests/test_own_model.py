@@ -14,10 +14,9 @@ from helpers import assert_one_line_error, cli_env
 
 import lca
 from lca.cli import main
-from lca.config import ConfigError, config_from_dict
+from lca.config import ConfigError, ModelError, config_from_dict
 from lca.data import DatasetError, load_dataset
 from lca.keras import TrajectoryRecorder
-from lca.models import ModelError
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "scripts" / "own_model"
@@ -213,7 +212,7 @@ def test_missing_builder_module_is_a_one_line_cli_error(tmp_path):
     result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r")])
     assert_one_line_error(result, "data.builder: cannot import no_such_mod", alone=True)
     with pytest.raises(ModelError, match="user_models has no nope_net"):
-        from lca.models import build_user_model
+        from lca.tensorflow.models import build_user_model
 
         build_user_model(config_from_dict(_builder_config("nope_net")).model)
 
@@ -247,7 +246,7 @@ def test_recording_does_not_change_training(tmp_path):
     recorded = fit(TrajectoryRecorder(tmp_path / "r", data_fn="my_model:load_data"))
     np.testing.assert_array_equal(plain, recorded)
     run = lca.open_run(tmp_path / "r")  # without model_fn: the Keras config rebuilds the model
-    assert run.config.model.builder == "lca.models:from_keras_config"
+    assert run.config.model.builder == "lca.tensorflow.models:from_keras_config"
     np.testing.assert_array_equal(run.theta[-1], recorded)
     summary = lca.allocate(tmp_path / "r", iterations=(0, 4), progress=False)
     assert summary.iterations_this_run >= 4
@@ -279,7 +278,7 @@ def test_notebook_fit_with_arrays_needs_no_module_and_the_run_is_movable(tmp_pat
     model.fit(x[:300], y[:300], batch_size=30, epochs=2, verbose=0, callbacks=[recorder])
     config = yaml.safe_load((recorded / "config.yaml").read_text())
     assert config["data"] == {"builder": "lca.data:run_arrays", "kwargs": {}}
-    assert config["model"]["builder"] == "lca.models:from_keras_config"
+    assert config["model"]["builder"] == "lca.tensorflow.models:from_keras_config"
     moved = tmp_path / "elsewhere" / "run"  # nothing in the run points outside it
     shutil.move(str(recorded), moved)
     lca.allocate(moved, progress=False)

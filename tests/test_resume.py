@@ -225,7 +225,7 @@ def _quota_driver(dump: str, args: list[str]) -> None:
 
 def _interrupt_at(monkeypatch, iteration: int) -> None:
     """Make Trainer.step raise KeyboardInterrupt at ``iteration`` (a user's Ctrl-C)."""
-    from lca.training import Trainer
+    from lca.tensorflow.training import Trainer
 
     original = Trainer.step
 

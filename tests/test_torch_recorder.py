@@ -436,7 +436,7 @@ def test_changed_buffer_is_named_at_close(tmp_path):
         recorder.close()
     assert open_trajectory(tmp_path / "buffer").attrs["non_trainable_changed"] == ["offset"]
     with pytest.raises(RunError, match="offset changed during training"):
-        lca.allocate(tmp_path / "buffer", progress=False)
+        lca.allocate(tmp_path / "buffer", splits=["train"], progress=False)
 
 
 # --- bad input ------------------------------------------------------------------------------------

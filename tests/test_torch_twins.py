@@ -3,7 +3,7 @@
 * One trajectory, two backends: a Keras tiny_fc run and a torch run directory holding the
   same θ rows (mapped to the twin's layout with :func:`lca.torch.keras_to_torch`) allocate
   to the same losses, gradients, A[t, i], sub-intervals and ``verify-error`` table.
-* One config, two trainers: the Keras :class:`~lca.training.Trainer` and the
+* One config, two trainers: the Keras :class:`~lca.tensorflow.training.Trainer` and the
   :class:`~lca.torch.training.TorchTrainer`, from the same θ_0 on the same batches with plain
   SGD, follow the same trajectory to float32 rounding (fc and LeNet).
 * LeNet's full-split objectives (convolutions, pooling, the flattening order) agree at the
@@ -327,8 +327,9 @@ def test_keras_and_torch_trainers_follow_the_same_trajectory(setup):
     as small against |θ|, and differ only where |g| is near ε (none here). Measured: ≤ 1 ulp
     at every step, for every setup. The mini-batch losses: ≤ 1.1e-7 relative (1e-6 allowed).
     """
+    from lca.tensorflow.training import Trainer
     from lca.torch.training import TorchTrainer
-    from lca.training.loop import Trainer, batch_schedule
+    from lca.training.loop import batch_schedule
 
     steps = 10
     name, overrides = TRAINER_SETUPS[setup]

@@ -2,22 +2,23 @@
 
 Everything downstream of a recorded trajectory (quadrature, work units, schedulers, stores,
 ``verify-error``, the report) sees a model only through an :class:`Objective`: the loss and
-gradient of each data split at a flat θ. A framework provides three things, each in its own
-package (TensorFlow: :mod:`lca.allocation.objective` with :mod:`lca.models`; PyTorch:
-:mod:`lca.torch`): an objective built from a run directory, its thread and TF32 settings,
-and the GPUs it sees (and, for ``--causes``, the mini-batch gradient of a recorded step). A
-third framework is one more branch in each function below.
+gradient of each data split at a flat θ. A framework provides, in a package of its own
+(TensorFlow: :mod:`lca.tensorflow`; PyTorch: :mod:`lca.torch`), the objective of a run
+directory, its thread and TF32 settings, the GPUs it sees and, for ``--causes``, the
+mini-batch gradient of a recorded step. A third framework is one more package of the same
+modules and one more branch in each function below.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ..config import ConfigError
-from ..storage import RunError, read_run_config
+from ..config import Config, ConfigError
+from ..storage import RunError, open_trajectory, read_run_config
 
 #: each framework's name in messages
 FRAMEWORKS = {"tensorflow": "TensorFlow", "torch": "PyTorch"}
@@ -55,6 +56,83 @@ class Objective(Protocol):
         ...
 
 
+def load_objective(
+    run_dir: str | Path,
+    splits: Sequence[str] = ("train", "val"),
+    eval_batch_size: int | None = None,
+    *,
+    allow_tf32: bool = False,
+    jit_compile: bool = False,
+    reuse_input_layer: bool = True,
+    train_subset: np.ndarray | None = None,
+    per_class: bool = False,
+    precision: str = "float32",
+) -> Objective:
+    """The full-set loss/gradient function of a run's model and data, checked against the run.
+
+    The dataset is reloaded from the run's config and must hold exactly the examples the run
+    was trained on; the framework's package rebuilds the model and checks it against the
+    recorded layout. ``train_subset`` (indices into the train split) restricts the train split
+    to those examples. ``precision`` is the arithmetic of the gradients; losses are float32.
+    ``jit_compile``, ``reuse_input_layer``, ``per_class`` and reduced precisions exist for
+    TensorFlow runs only.
+    """
+    from ..data import load_dataset
+
+    config = read_run_config(run_dir)
+    trajectory = open_trajectory(run_dir)
+    dataset = load_dataset(config.data, run_dir)
+    for name in ("train_indices", "val_indices"):  # the examples L is defined on
+        if not np.array_equal(trajectory.group[name][:], getattr(dataset, name)):
+            raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
+    data = {split: dataset.split(split) for split in splits}
+    for split, (_, y) in data.items():
+        if len(y) == 0:
+            raise RunError(
+                f"allocate.splits: the run has no {split} examples (data.builder returned "
+                f"none); allocate with --splits train"
+            )
+    if train_subset is not None and "train" in data:
+        x, y = data["train"]
+        data["train"] = (x[train_subset], y[train_subset])
+    batch_size = eval_batch_size or config.allocate.eval_batch_size
+    if config.framework == "torch":
+        from ..torch.allocation import load_torch_objective
+
+        if per_class or precision != "float32":
+            raise RunError(f"{run_dir}: torch runs are allocated in float32, without per_class")
+        return load_torch_objective(
+            run_dir, config, trajectory, dataset, data, batch_size, allow_tf32
+        )
+    from ..tensorflow.allocation import load_tensorflow_objective
+
+    return load_tensorflow_objective(
+        run_dir,
+        config,
+        trajectory,
+        dataset,
+        data,
+        batch_size,
+        allow_tf32=allow_tf32,
+        jit_compile=jit_compile,
+        reuse_input_layer=reuse_input_layer,
+        per_class=per_class,
+        precision=precision,
+    )
+
+
+def model_layout(config: Config, input_shape: Sequence[int], num_classes: int):
+    """The :class:`~lca.layout.ParameterLayout` of the network a config builds."""
+    if config.framework == "torch":
+        from ..torch.models import build_torch_model, torch_layout
+
+        return torch_layout(build_torch_model(config.model, input_shape, num_classes, 0))
+    from ..tensorflow.models import build_model
+    from ..tensorflow.parameters import parameter_layout
+
+    return parameter_layout(build_model(config.model, input_shape, num_classes))
+
+
 def framework_of(run_dir: str | Path) -> str:
     """The framework a run was recorded with (its config's ``framework``).
 
@@ -73,7 +151,7 @@ def batch_gradient(run_dir: str | Path, config, trajectory):
     if config.framework == "torch":
         from ..torch.replay import BatchGradient
     else:
-        from .replay import BatchGradient
+        from ..tensorflow.replay import BatchGradient
     return BatchGradient(run_dir, config, trajectory)
 
 
@@ -84,7 +162,7 @@ def configure(framework: str, threads: int | None = None, allow_tf32: bool = Fal
 
         configure_torch(threads, allow_tf32)
     else:
-        from ..models.runtime import configure_tensorflow
+        from ..tensorflow.runtime import configure_tensorflow
 
         configure_tensorflow(threads, allow_tf32=allow_tf32)
 
@@ -92,9 +170,9 @@ def configure(framework: str, threads: int | None = None, allow_tf32: bool = Fal
 def visible_gpus(framework: str) -> list[str]:
     """The GPUs the framework sees in this process."""
     if framework == "torch":
-        import torch
+        from ..torch.runtime import visible_gpus as torch_gpus
 
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    from ..models.runtime import visible_gpus as tensorflow_gpus
+        return torch_gpus()
+    from ..tensorflow.runtime import visible_gpus as tensorflow_gpus
 
     return tensorflow_gpus()

@@ -8,7 +8,7 @@ the whole unit is computed, and the unit is marked done last.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +21,13 @@ from ..quadrature import integrate_step
 from ..storage import (
     LCA_STORE,
     RunError,
-    Trajectory,
     location,
     open_group,
     open_trajectory,
     read_run_config,
 )
 from ..storage.base import writing_to
+from .backends import load_objective
 from .settings import AllocationSettings, subset_indices
 from .store import CHECK_SCALARS, _layer_index, unit_index
 
@@ -81,128 +81,6 @@ def compare_lca(
         "sign_agreement": sign_agreement,
         "helped_error": helped_pct(sub) - helped_pct(full),
     }
-
-
-def load_objective(
-    run_dir: str | Path,
-    splits: Sequence[str] = ("train", "val"),
-    eval_batch_size: int | None = None,
-    *,
-    allow_tf32: bool = False,
-    jit_compile: bool = False,
-    reuse_input_layer: bool = True,
-    train_subset: np.ndarray | None = None,
-    per_class: bool = False,
-    precision: str = "float32",
-):
-    """The full-set loss/gradient function of a run's model and data, checked against the run.
-
-    The dataset is reloaded from the run's config and must hold exactly the examples the run
-    was trained on; the evaluation model (no dropout) must have the recorded layout.
-    ``train_subset`` (indices into the train split) restricts the train split to those examples.
-    ``precision`` is the arithmetic of the gradients (:mod:`lca.allocation.precision`); losses
-    are float32.
-    """
-    from ..data import load_dataset
-
-    config = read_run_config(run_dir)
-    trajectory = open_trajectory(run_dir)
-    dataset = load_dataset(config.data, run_dir)
-    for name in ("train_indices", "val_indices"):  # the examples L is defined on
-        if not np.array_equal(trajectory.group[name][:], getattr(dataset, name)):
-            raise RunError(f"{run_dir}: the dataset differs from the one the run was trained on")
-    if config.framework == "torch":
-        from ..torch.allocation import load_torch_objective
-
-        if per_class or precision != "float32":
-            raise RunError(f"{run_dir}: torch runs are allocated in float32, without per_class")
-        batch_size = eval_batch_size or config.allocate.eval_batch_size
-        return load_torch_objective(
-            run_dir, config, trajectory, dataset, splits, batch_size, train_subset, allow_tf32
-        )
-    import keras
-
-    from ..models import build_model, parameter_layout
-    from ..models.runtime import configure_tensorflow
-    from .objective import FullBatchObjective
-    from .per_class_objective import PerClassObjective
-
-    configure_tensorflow(allow_tf32=allow_tf32)
-    user_model = config.model.builder is not None
-    if user_model:
-        keras.utils.set_random_seed(int(trajectory.attrs.get("seed", 0)))
-    model = build_model(config.model, dataset.input_shape, dataset.num_classes, evaluation=True)
-    data = {split: dataset.split(split) for split in splits}
-    for split, (_, y) in data.items():
-        if len(y) == 0:
-            raise RunError(
-                f"allocate.splits: the run has no {split} examples (data.builder returned "
-                f"none); allocate with --splits train"
-            )
-    if user_model:
-        _prepare_user_model(run_dir, model, trajectory, data)
-    elif parameter_layout(model).to_json() != trajectory.layout_json:
-        raise RunError(f"{run_dir}: the model's parameter layout differs from the recorded one")
-    if train_subset is not None and "train" in data:
-        x, y = data["train"]
-        data["train"] = (x[train_subset], y[train_subset])
-    batch_size = eval_batch_size or config.allocate.eval_batch_size
-    options = {"from_logits": config.model.from_logits, "training": not user_model}
-    if per_class:
-        if not config.model.classification:
-            raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
-        return PerClassObjective(
-            model, data, batch_size, dataset.num_classes, jit_compile=jit_compile, **options
-        )
-    return FullBatchObjective(
-        model,
-        data,
-        batch_size,
-        jit_compile=jit_compile,
-        reuse_input_layer=reuse_input_layer,
-        loss=config.model.loss,
-        precision=precision,
-        **options,
-    )
-
-
-def _prepare_user_model(run_dir, model, trajectory: Trajectory, data) -> None:
-    """Make a user's model evaluate the run's loss honestly, or say why it cannot.
-
-    Restores the non-trainable weights the run stored, switches batch norm to batch
-    statistics (a warning: the allocated loss is then the one of the fixed evaluation batches),
-    and checks that the layout matches and that the model is deterministic at a fixed θ.
-    """
-    import warnings
-
-    from ..models import parameter_layout, restore_fixed_weights, same_structure
-    from ..models.runtime import check_deterministic, evaluation_mode
-    from ..storage import read_fixed_weights
-
-    if not same_structure(parameter_layout(model).to_json(), trajectory.layout_json):
-        raise RunError(
-            f"{run_dir}: model.builder builds a model whose trainable weights differ in number "
-            "or shape from the recorded ones"
-        )
-    changed = trajectory.attrs.get("non_trainable_changed")
-    if changed:
-        raise RunError(
-            f"{run_dir}: non-trainable weight {changed[0]} changed during training, so the "
-            "loss is not a function of the recorded θ alone; make it trainable or keep it fixed"
-        )
-    stored = read_fixed_weights(trajectory.group)
-    if stored is not None:
-        restore_fixed_weights(model, stored)
-    switched = evaluation_mode(model)
-    if switched:
-        warnings.warn(
-            f"layer {switched[0]} is batch normalization: the allocated loss uses the batch "
-            "statistics of the fixed evaluation batches (allocate.eval_batch_size), not its "
-            "moving averages",
-            stacklevel=3,
-        )
-    x = next(iter(data.values()))[0][:256]
-    check_deterministic(model, x, training=False)
 
 
 class ChunkAllocator:

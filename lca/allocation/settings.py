@@ -14,10 +14,49 @@ import numpy as np
 from ..config import AllocateConfig
 from ..quadrature import METHODS
 from ..storage import RunError, rows_per_chunk
-from .precision import resolve_precision
 
 #: The arithmetic ``allocate.precision`` may choose for the gradients.
 PRECISIONS = ("auto", "float32", "bfloat16", "tf32")
+
+#: CPU flags of bfloat16 matrix units (Intel AMX, AVX512-BF16): where bfloat16 pays off.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (Linux ``/proc/cpuinfo`` flags).
+
+    Elsewhere TensorFlow emulates bfloat16 products, slower than float32.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(
+    precision: str, *, on_gpu: bool | Callable[[], bool], per_class: bool = False
+) -> str:
+    """``auto``: bfloat16 on a CPU with bfloat16 units, float32 otherwise.
+
+    Where ``auto`` picks bfloat16 it met the agreement limits with the paper's float32
+    allocation on all three MNIST-FC set-ups (docs/performance.md#method-comparisons).
+    GPUs get float32 until TF32 and bf16 there are measured (``scripts/gpu_check.py``);
+    per-class LCA has no reduced-precision path.
+    """
+    if precision != "auto":
+        return precision
+    if per_class or not cpu_has_bf16_units():
+        return "float32"
+    gpu = on_gpu() if callable(on_gpu) else on_gpu  # may import TensorFlow: asked last
+    return "float32" if gpu else "bfloat16"
+
 
 #: What ``allocate.store`` may keep per iteration (:mod:`.levels`): the (T, K) LCA; its sums
 #: per output unit and per layer; its sums per layer only.

@@ -13,6 +13,7 @@ def import_function(path: str, key: str):
     import os
     import sys
 
+    path = RENAMED_BUILDERS.get(path, path)  # configs of runs recorded before a move
     module_name, _, attr = path.partition(":")
     if os.getcwd() not in sys.path:  # as `python -m` does: modules beside the user count too
         sys.path.append(os.getcwd())
@@ -32,7 +33,9 @@ def import_function(path: str, key: str):
     return obj
 
 
-KERAS_CONFIG_BUILDER = "lca.models:from_keras_config"  # a model stored as Keras JSON
+KERAS_CONFIG_BUILDER = "lca.tensorflow.models:from_keras_config"  # a model stored as Keras JSON
+#: lca's own builders that moved, as older runs' configs name them -> where they are now
+RENAMED_BUILDERS = {"lca.models:from_keras_config": KERAS_CONFIG_BUILDER}
 
 
 def holds_bytecode(node) -> bool:

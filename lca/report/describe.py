@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.user_code import KERAS_CONFIG_BUILDER, custom_classes, holds_bytecode
+from ..config.user_code import (
+    KERAS_CONFIG_BUILDER,
+    RENAMED_BUILDERS,
+    custom_classes,
+    holds_bytecode,
+)
 from ..layout.describe import describe_layout
 from ..storage import LCA_STORE, RunError, location, open_group
 
@@ -142,7 +147,7 @@ def _code_of(config, run_dir: Path) -> list[str]:
     model, data = config.model, config.data
     if model.builder is None:
         code = [f"model: only lca's built-in networks ({model.name})"]
-    elif model.builder == KERAS_CONFIG_BUILDER:
+    elif RENAMED_BUILDERS.get(model.builder, model.builder) == KERAS_CONFIG_BUILDER:
         raw = model.kwargs.get("config")
         try:
             tree = json.loads(raw) if isinstance(raw, str) else raw

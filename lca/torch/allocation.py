@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,8 @@ def load_torch_objective(
     config: Config,
     trajectory: Trajectory,
     dataset,
-    splits: Sequence[str],
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
     eval_batch_size: int,
-    train_subset: np.ndarray | None = None,
     allow_tf32: bool = False,
 ) -> TorchObjective:
     """The full-split objective of a torch run: its model rebuilt from the config (built-in
@@ -56,13 +54,6 @@ def load_torch_objective(
             "running averages",
             stacklevel=3,
         )
-    data = {split: dataset.split(split) for split in splits}
-    for split, (_, y) in data.items():
-        if len(y) == 0:
-            raise RunError(f"allocate.splits: the run has no {split} examples")
-    if train_subset is not None and "train" in data:
-        x, y = data["train"]
-        data["train"] = (x[train_subset], y[train_subset])
     where = device()
     check_deterministic(model.to(where), as_tensor(next(iter(data.values()))[0][:256], where))
     return TorchObjective(

@@ -13,7 +13,7 @@ from ..config import ModelError
 
 def per_example_loss(name: str = "sparse_categorical_crossentropy", from_logits: bool = True):
     """``f(outputs, y) -> (N,)`` losses, the formulas of the TensorFlow path's
-    :func:`lca.models.runtime.per_example_loss` (Keras' clipping of probabilities included)."""
+    :func:`lca.tensorflow.runtime.per_example_loss` (Keras' clipping of probabilities included)."""
     if name == "sparse_categorical_crossentropy":
         if from_logits:
             return lambda out, y: nn.functional.cross_entropy(
@@ -76,6 +76,10 @@ def configure_torch(threads: int | None = None, allow_tf32: bool = False) -> Non
 def device() -> torch.device:
     """CUDA when torch sees a GPU (``--gpus`` sets which one), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def visible_gpus() -> list[str]:
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 def as_tensor(a: np.ndarray, where: torch.device) -> torch.Tensor:

@@ -1,25 +1,24 @@
-"""Phase 1, training: the loop and its optimisers (:mod:`.loop`); the Keras ``model.fit``
-recorder lives in :mod:`.recorder` (public path: :mod:`lca.keras`).
+"""Phase 1, training: the loop, the same for every framework (:mod:`.loop`). The frameworks'
+trainers are :mod:`lca.tensorflow.training` and :mod:`lca.torch.training`; the recorders of
+loops lca does not own, :mod:`lca.keras` (``model.fit``) and :mod:`lca.torch`.
 """
 
 from .loop import (
     LayerSettings,
-    Trainer,
     TrainingDiverged,
     TrainResult,
     batch_schedule,
+    make_trainer,
     resolve_layer_settings,
     train,
-    trajectory_attrs,
 )
 
 __all__ = [
     "LayerSettings",
     "TrainResult",
-    "Trainer",
     "TrainingDiverged",
     "batch_schedule",
+    "make_trainer",
     "resolve_layer_settings",
     "train",
-    "trajectory_attrs",
 ]

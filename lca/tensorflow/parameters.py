@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import ModelError
 from ..layout import ParameterEntry, ParameterLayout
-from .builders import BN_SUFFIX, PositionEmbedding
+from .models import BN_SUFFIX, PositionEmbedding
 from .runtime import all_layers
 
 #: layer-name suffixes that join another layer's group: a conv's batch norm joins the conv,

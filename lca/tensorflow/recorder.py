@@ -49,6 +49,7 @@ from ..config import (
     TrainingConfig,
     config_from_dict,
 )
+from ..config.user_code import KERAS_CONFIG_BUILDER
 from ..data import RUN_ARRAYS
 from ..storage import (
     CONFIG_FILE,
@@ -147,7 +148,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     ``model_fn`` and ``data_fn`` are ``"module:function"`` import paths (as in the config's
     ``model.builder`` and ``data.builder``), called with ``model_kwargs`` / ``data_kwargs``.
     Without ``model_fn`` the model's own Keras config (``model.to_json()``) goes into the run's
-    config as the kwargs of the builder ``lca.models:from_keras_config``;
+    config as the kwargs of the builder ``lca.tensorflow.models:from_keras_config``;
     ``data_fn`` returns ``(train, val)`` as :func:`lca.data.load_builder_dataset` describes,
     and its train split must be the data the loss is allocated on (usually the one fitted).
     Instead of ``data_fn``, ``train_data=(x, y)`` (and ``validation_data``) are stored in the
@@ -196,7 +197,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
 
     def _config(self, iterations: int) -> Config:
         if self.model_fn is None:  # the model's own architecture, kept in the config
-            self.model_fn = "lca.models:from_keras_config"
+            self.model_fn = KERAS_CONFIG_BUILDER
             self.model_kwargs = {"config": self.model.to_json()}
         loss, from_logits = (self.loss, self.from_logits) if self.loss else (None, None)
         if loss is None:
@@ -218,8 +219,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         from ..data import dataset_from_parts, load_dataset, write_run_arrays
-        from ..models import build_model, fixed_weights, parameter_layout, same_structure
-        from .loop import trajectory_attrs
+        from .models import build_model
+        from .parameters import fixed_weights, parameter_layout, same_structure
+        from .training import trajectory_attrs
 
         model = self.model
         if not model.trainable_variables:
@@ -294,7 +296,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     # --- end -------------------------------------------------------------------------------
 
     def on_train_end(self, logs=None) -> None:
-        from ..models import changed_fixed_weights
+        from .parameters import changed_fixed_weights
 
         if self.writer is None:
             return

@@ -1,7 +1,7 @@
 """Building a run's network: the paper's four (supplement S7), the transformer, a user's own.
 
 LCA works on one flat vector θ of all trainable parameters, and its map
-(:func:`lca.models.parameters.parameter_layout`) is stored with each run and compared on
+(:func:`lca.tensorflow.parameters.parameter_layout`) is stored with each run and compared on
 reload, so layer and variable names here are explicit and stable rather than Keras's
 auto-generated ones.
 
@@ -9,8 +9,9 @@ Every network outputs logits. ``evaluation=True`` builds the same network withou
 because the full-set loss that LCA integrates must be a deterministic function of θ.
 
 A user's model (``model.builder: "module:function"``) is built by calling that function with
-``model.kwargs``; its evaluation is made deterministic differently (inference mode, batch norm
-on batch statistics: see :func:`lca.models.runtime.evaluation_mode`), since its code is not ours.
+``model.kwargs``; its evaluation is made deterministic differently (inference mode, batch
+norm on batch statistics: see :func:`lca.tensorflow.runtime.evaluation_mode`), since its code
+is not ours.
 """
 
 from __future__ import annotations

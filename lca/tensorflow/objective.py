@@ -9,9 +9,9 @@ resident on the device and one compiled function runs every batch of every split
 
 A user's model is not built by us in an evaluation variant, so it is evaluated in inference
 mode (``training=False``: dropout and noise layers off) with its batch-norm layers switched to
-the statistics of each fixed evaluation batch (:func:`lca.models.runtime.evaluation_mode`),
+the statistics of each fixed evaluation batch (:func:`lca.tensorflow.runtime.evaluation_mode`),
 which is what the built-ins' ``training=True`` evaluation variants compute;
-:func:`lca.models.runtime.check_deterministic` then verifies that the result does not change
+:func:`lca.tensorflow.runtime.check_deterministic` then verifies that the result does not change
 from one call to the next.
 """
 
@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..models.runtime import per_example_loss, tf32_enabled
 from ..quadrature import segment_point  # noqa: F401 (used here and re-exported)
 from .precision import kernel_gradient, matmul, tensor_float_32
+from .runtime import per_example_loss, tf32_enabled
 
 
 class FullBatchObjective:
@@ -81,7 +81,7 @@ class FullBatchObjective:
         """(Re)create the compiled functions for gradients in ``precision``.
 
         ``bfloat16`` reduces the backward matrix products of dense and convolution layers
-        (:mod:`lca.allocation.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the
+        (:mod:`lca.tensorflow.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the
         gradient pass and takes the losses from a separate forward pass with TF32 off. The
         losses are float32 in every case, bitwise those of ``float32``.
         """

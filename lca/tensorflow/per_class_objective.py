@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..models.runtime import all_layers, per_example_loss
 from .objective import _assign_flat, _fixed_batches, segment_point
+from .runtime import all_layers, per_example_loss
 
 
 class PerClassObjective:
