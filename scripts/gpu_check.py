@@ -15,6 +15,10 @@
    (TF32 tensor cores) and bfloat16 (bf16 backward products). Their losses must be bitwise
    float32's and their gradients within 1 % of it.
 
+4. The same for PyTorch (``framework: torch``): a small LeNet run on MNIST-shaped synthetic
+   data allocated on GPU 0 and on the CPU must agree within the same tolerances, torch's
+   TF32 must be off where it allocates, and one full-set gradient is timed on the GPU.
+
 Prints each figure and PASS/FAIL; exits 1 on a failed check. Without a GPU it refuses
 unless ``--allow-cpu``, which stands a single-threaded CPU worker in for the GPU (to check
 the script itself; the figures then say nothing about GPUs).
@@ -150,6 +154,80 @@ def gradient_timings(examples: int, repeats: int) -> tuple[dict[str, dict], str]
     return results, f"{examples} examples, eval batches of {config.allocate.eval_batch_size}"
 
 
+def torch_checks(args, failures: list[str]) -> None:
+    """Check 4: the torch allocation on GPU 0 against the CPU, TF32 off, gradient times."""
+    import torch
+
+    from lca.allocation import load_objective
+    from lca.torch.runtime import configure_torch
+
+    gpu = torch.cuda.is_available()
+    config = load_config(
+        ROOT / "configs" / "mnist_lenet_sgd.yaml",
+        [
+            "framework=torch",
+            "data.name=synthetic",
+            "data.synthetic.image_shape=[28, 28, 1]",
+            f"data.synthetic.num_examples={args.examples}",
+            f"data.val_size={max(args.examples // 10, 10)}",
+            f"training.iterations={args.iterations}",
+            "training.batch_size=50",
+            "training.log_every=0",
+            f"allocate.eval_batch_size={min(1000, args.examples)}",
+            "allocate.chunk_iterations=4",
+        ],
+    )
+    from lca.training import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        on_gpu, on_cpu = Path(tmp) / "torch_gpu", Path(tmp) / "torch_cpu"
+        train(config, on_gpu, progress=False)
+        subprocess.run(["cp", "-r", str(on_gpu), str(on_cpu)], check=True)
+        where = ["--gpus", "0"] if gpu else ["--threads", "1"]
+        first = run_cli(["allocate", str(on_gpu), *where], {})
+        second = run_cli(["allocate", str(on_cpu)], {"CUDA_VISIBLE_DEVICES": ""})
+        diff = compare(on_gpu, on_cpu)
+        objective = load_objective(on_gpu, ["train"], config.allocate.eval_batch_size)
+        theta = np.asarray(open_run(on_gpu).theta[1])
+        objective(theta)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            objective(theta)
+            times.append(time.perf_counter() - start)
+    print(
+        f"torch LeNet run ({args.examples} examples, {args.iterations} iterations): allocate "
+        f"{first:.1f} s on {'GPU 0' if gpu else 'CPU, 1 thread'}, {second:.1f} s on the CPU"
+    )
+    for label, value, limit in (
+        ("full-set losses, largest relative difference", diff["loss"], LOSS_RTOL),
+        ("per-iteration errors, largest difference", diff["error"], ERROR_ATOL),
+        ("LCA, largest difference / largest |A|", diff["lca"], LCA_RTOL),
+    ):
+        ok = value <= limit
+        print(f"  {label}: {value:.2e} (limit {limit:.0e}) {'PASS' if ok else 'FAIL'}")
+        if not ok:
+            failures.append(f"torch {label}")
+    configure_torch()  # what lca allocate does: TF32 off
+    if gpu:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((1024, 1024)).astype(np.float32)
+        b = rng.standard_normal((1024, 1024)).astype(np.float32)
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        product = (torch.from_numpy(a).cuda() @ torch.from_numpy(b).cuda()).cpu().numpy()
+        relative = float(np.abs(product - exact).max() / np.abs(exact).max())
+        ok = not torch.backends.cuda.matmul.allow_tf32 and relative <= TF32_FREE
+        print(
+            f"torch TF32: float32 matmul relative error {relative:.1e} {'PASS' if ok else 'FAIL'}"
+        )
+        if not ok:
+            failures.append("torch TF32")
+    print(
+        f"torch one full-set gradient (train split) on {'GPU 0' if gpu else 'the CPU'}: "
+        f"{np.median(times):.3f} s (median of {args.repeats})"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=5000, help="size of the small run")
@@ -225,6 +303,12 @@ def main() -> int:
         )
         if not ok:
             failures.append(f"precision {precision}")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("torch: not installed (pip install -e '.[torch]'); its checks are skipped")
+    else:
+        torch_checks(args, failures)
     print("PASS" if not failures else f"FAIL: {', '.join(failures)}")
     return 1 if failures else 0
 
