@@ -8,13 +8,14 @@
     recorder.close()
 
 Then ``lca allocate/verify-error/report runs/mine`` as for any run. All PyTorch code of lca
-lives in this package: :mod:`.models` (the built-in networks' twins and θ's layout),
-:mod:`.runtime` (loss, evaluation mode, devices), :mod:`.objective` (full-split gradients
-with ``torch.func``), :mod:`.allocation` (the objective of a run directory),
-:mod:`.training` (``lca train`` with ``framework: torch``), :mod:`.recorder` (the step-hook
-recorder), :mod:`.replay` (mini-batch gradients of recorded steps, for ``--causes``),
-:mod:`.state` (weights outside θ; reading weight files without unpickling) and
-:mod:`.twin` (a TensorFlow run's trajectory on the torch twin network).
+lives in this package, the same modules as :mod:`lca.tensorflow`: :mod:`.models` (the
+built-in networks' twins and θ's layout), :mod:`.runtime` (loss, evaluation mode, devices),
+:mod:`.objective` (full-split gradients with ``torch.func``), :mod:`.allocation` (the
+objective of a run directory), :mod:`.training` (``lca train`` with ``framework: torch``),
+:mod:`.recorder` (the step-hook recorder) with :mod:`.recorder_setup` (what it checks and
+describes first), :mod:`.replay` (mini-batch gradients of recorded steps, for ``--causes``),
+:mod:`.state` (weights outside θ; reading weight files without unpickling) and :mod:`.twin`
+(a TensorFlow run's trajectory on the torch twin network).
 """
 
 from .models import build_torch_model, keras_to_torch, torch_layout
