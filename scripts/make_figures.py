@@ -1,19 +1,21 @@
 """Regenerate every figure and quoted output of README.md and docs/ with the project's commands.
 
-    python scripts/make_figures.py                       # every target (about 30 min on 2 cores)
+    python scripts/make_figures.py                       # every target (the torch ones need torch)
     python scripts/make_figures.py mnist_fc tiny         # the quick starts only (about 5 min)
+    python scripts/make_figures.py torch                 # the PyTorch example on MNIST
     python scripts/make_figures.py --list                # what each target runs and writes
     python scripts/make_figures.py --fill                # run nothing; refill the pages
 
-Each target runs `lca` commands in a fresh process, exactly as a user types them, into
-``--runs`` (default ``runs/``). Their printed output lands in ``docs/outputs/NAME.txt`` and in
-every block of README.md and docs/**/*.md between ``<!-- output: NAME -->`` and
-``<!-- /output -->`` (inside a code fence, or bare for Markdown output such as a table); the figures are copied from the report folders to ``docs/images/``; the
-notebook ``docs/tutorials/explore_a_run.ipynb`` is executed against the MNIST-FC run and stored
-with its outputs. ``docs/outputs/NAME_provenance.txt`` records, per target, the commit, the
-machine and the wall time of every command. ``tests/test_make_figures.py`` checks that every marked block
-matches its file and that every image the pages show is made here, so nothing quoted can
-drift from what the commands print.
+Each target runs `lca` commands (or an example or benchmark script of ``scripts/``) in a
+fresh process, exactly as a user types them, into ``--runs`` (default ``runs/``). Their
+printed output lands in ``docs/outputs/NAME.txt`` and in every block of README.md and
+docs/**/*.md between ``<!-- output: NAME -->`` and ``<!-- /output -->`` (inside a code fence,
+or bare for Markdown output such as a table); the figures are copied from the report folders
+to ``docs/images/``; the notebook ``docs/tutorials/explore_a_run.ipynb`` is executed against
+the MNIST-FC run and stored with its outputs. ``docs/outputs/NAME_provenance.txt`` records,
+per target, the commit, the machine and the wall time of every command.
+``tests/test_make_figures.py`` checks that every marked block matches its file and that every
+image the pages show is made here, so nothing quoted can drift from what the commands print.
 
 MNIST is read from ``--mnist PATH`` (a Keras ``mnist.npz``) when given or when
 ``../shared/data/mnist.npz`` exists, else downloaded by Keras.
@@ -51,7 +53,14 @@ class Step:
 
     args: str
     output: str | None = None  # docs/outputs/<output>.txt and the marked blocks of that name
-    keep: str = "all"  # "all" lines, "tail:N" the last N lines, "table" a Markdown table's
+    # "all" lines, "tail:N" the last N lines, "table" a Markdown table's, "from:TEXT" the lines
+    # from the first that starts with TEXT
+    keep: str = "all"
+    program: str = "lca"  # or "python": args start with a script of this checkout
+
+    def shown(self, **names: str) -> str:
+        """The command line as a user types it."""
+        return f"{self.program} {self.args.format(**names)}"
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Target:
     notebook_run: str | None = None  # execute the notebook against this run
     # output name -> (runs-relative report.md, heading): a section of a report, quoted as is
     sections: dict[str, tuple[str, str]] = field(default_factory=dict)
+    torch: bool = False  # the provenance names torch's version too
 
 
 MNIST = "--set data.path={mnist}"
@@ -164,6 +174,31 @@ TARGETS: dict[str, Target] = {
             for name in CAUSE_RUNS
         },
     ),
+    "torch": Target(
+        "a CNN trained by a plain PyTorch loop on MNIST, recorded, allocated, verified and "
+        "reported (scripts/torch_mnist; a few minutes; needs torch and an mnist.npz)",
+        [
+            Step(
+                "scripts/torch_mnist/run_example.py --data {mnist} --out {runs}/torch_mnist",
+                output="torch_mnist",
+                keep="from:$ lca report",
+                program="python",
+            )
+        ],
+        torch=True,
+    ),
+    "torch_bench": Target(
+        "TensorFlow against PyTorch: full-set gradients, allocation and the torch recorder's "
+        "cost (scripts/bench_torch.py; needs torch)",
+        [
+            Step(
+                "scripts/bench_torch.py --set data.path={mnist}",
+                output="torch_bench",
+                program="python",
+            )
+        ],
+        torch=True,
+    ),
 }
 
 
@@ -205,11 +240,15 @@ def pages() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
+# a progress bar's rate: "1.00it/s]", "?it/s]", "1.24s/it, halvings=3]" (not "0.2 s/iteration")
+PROGRESS = re.compile(r"[\d?](it/s|s/it)[],]")
+
+
 def _clean(text: str, keep: str) -> str:
     """Printed output as a reader sees it: progress bars and TensorFlow's log lines dropped."""
     lines = []
     for line in text.replace("\r", "\n").splitlines():
-        if not line.strip() or "it/s" in line or "s/it" in line:
+        if not line.strip() or PROGRESS.search(line):
             continue
         if re.match(r"^(WARNING: All log|[IWE]\d{4} )", line):
             continue
@@ -218,6 +257,9 @@ def _clean(text: str, keep: str) -> str:
         lines = [line for line in lines if line.startswith("|")]
     if keep.startswith("tail:"):
         lines = lines[-int(keep.split(":")[1]) :]
+    if keep.startswith("from:"):
+        start = keep.split(":", 1)[1]
+        lines = lines[next(i for i, line in enumerate(lines) if line.startswith(start)) :]
     return "\n".join(lines) + "\n"
 
 
@@ -253,19 +295,25 @@ def report_section(report_md: Path, heading: str) -> str:
 
 
 def run_step(step: Step, runs: Path, mnist: str) -> tuple[str, float]:
-    """Run one `lca` command as a user would; its cleaned output and wall time."""
+    """Run one command as a user would; its cleaned output and wall time."""
     args = step.args.format(runs=runs, mnist=mnist).split()
     if "{mnist}" in step.args and not mnist:
+        if "--data {mnist}" in step.args:
+            sys.exit(f"`{step.program} {step.args}` reads MNIST from a file: pass --mnist PATH")
         args = [a for a in args if not a.startswith("data.path=") and a != "--set"]
-    print(f"$ lca {' '.join(args)}", flush=True)
+    shown = f"{step.program} {' '.join(args)}"
+    print(f"$ {shown}", flush=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "lca.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    command = (
+        [sys.executable, *args]
+        if step.program == "python"
+        else [sys.executable, "-m", "lca.cli", *args]
     )
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        sys.exit(f"`lca {' '.join(args)}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        sys.exit(f"`{shown}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return _clean(done.stdout, step.keep), seconds
 
 
@@ -280,8 +328,8 @@ def execute_notebook(run_dir: Path) -> None:
     nbformat.write(notebook, NOTEBOOK)
 
 
-def provenance() -> str:
-    """The commit and machine every quoted figure comes from."""
+def provenance(torch: bool = False) -> str:
+    """The commit and machine every quoted figure comes from (and torch's version)."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -299,11 +347,11 @@ def provenance() -> str:
     from importlib.metadata import version
 
     tensorflow = version("tensorflow")
+    frameworks = f"TensorFlow {tensorflow}" + (f", PyTorch {version('torch')}" if torch else "")
     return (
         f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, "
         f"{time.strftime('%Y-%m-%d')}\n"
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"TensorFlow {tensorflow}\n"
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {frameworks}\n"
     )
 
 
@@ -333,7 +381,10 @@ def main() -> None:
         for name, target in TARGETS.items():
             print(f"{name}: {target.about}")
             for step in target.steps:
-                print(f"    lca {step.args}" + (f"  -> {step.output}" if step.output else ""))
+                print(
+                    f"    {step.shown(runs='{runs}', mnist='{mnist}')}"
+                    + (f"  -> {step.output}" if step.output else "")
+                )
         return
     unknown = set(ns.targets) - set(TARGETS)
     if unknown:
@@ -345,7 +396,7 @@ def main() -> None:
         times = []
         for step in target.steps:
             text, seconds = run_step(step, ns.runs, ns.mnist)
-            times.append(f"{seconds:7.1f} s  lca {step.args.format(runs='runs', mnist='MNIST')}")
+            times.append(f"{seconds:7.1f} s  {step.shown(runs='runs', mnist='MNIST')}")
             if step.output:
                 outputs[step.output] = text
                 (OUTPUTS / f"{step.output}.txt").write_text(text)
@@ -356,7 +407,7 @@ def main() -> None:
             shutil.copyfile(ROOT / ns.runs / source, IMAGES / image)
         if target.notebook_run:
             execute_notebook(ns.runs / target.notebook_run)
-        outputs[f"{name}_provenance"] = provenance() + "\n".join(times) + "\n"
+        outputs[f"{name}_provenance"] = provenance(target.torch) + "\n".join(times) + "\n"
         (OUTPUTS / f"{name}_provenance.txt").write_text(outputs[f"{name}_provenance"])
     fill_pages(outputs)
 
