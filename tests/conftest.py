@@ -41,6 +41,9 @@ LONGEST_FIRST = (
     "test_own_model.py",
     "test_faults.py",
     "test_examples.py",
+    "test_torch_pipeline.py",
+    "test_torch_causes.py",
+    "test_torch_example.py",
 )
 
 

@@ -126,6 +126,9 @@ def docs_workdir(allocated_tiny_run, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", MARKDOWN_WITH_PYTHON, ids=_relative)
 def test_python_blocks(path, docs_workdir):
+    if path.name == "pytorch.md":  # the one page whose examples need the torch extra
+        pytest.importorskip("torch")
+        pytest.importorskip("lightning")
     namespace: dict = {"__name__": "__main__"}
     written: list[str] = []
     try:
