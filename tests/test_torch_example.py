@@ -24,8 +24,7 @@ EXAMPLE = ROOT / "scripts" / "torch_mnist" / "run_example.py"
 def test_torch_example_records_allocates_verifies_and_reports(tmp_path):
     out = tmp_path / "torch_mnist"
     done = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--synthetic", "--steps", "10", "--out", str(out)]
-        + ["--frames", "2"],
+        [sys.executable, str(EXAMPLE), "--synthetic", "--out", str(out), "--frames", "2"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -50,4 +49,4 @@ def test_torch_example_records_allocates_verifies_and_reports(tmp_path):
         assert abs(sums.sum() - (loss[-1] - loss[0])) < 1e-2 * abs(loss[-1] - loss[0])
     assert run.loss("train")[-1] < run.loss("train")[0] - 0.2  # it learned
     batches = run.trajectory.group["batch_indices"][:]
-    assert batches.shape == (10, 30) and (batches >= 0).all()  # recorder.batch every step
+    assert batches.shape == (20, 30) and (batches >= 0).all()  # recorder.batch every step
