@@ -328,8 +328,12 @@ def execute_notebook(run_dir: Path) -> None:
     nbformat.write(notebook, NOTEBOOK)
 
 
-def provenance(torch: bool = False) -> str:
-    """The commit and machine every quoted figure comes from (and torch's version)."""
+def source_state() -> tuple[str, bool]:
+    """The commit the figures are made with, and whether the tree differs from it.
+
+    Read once, before any target runs: the outputs, figures and pages this script writes are
+    not what makes the figures, and must not mark the commit as changed.
+    """
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -339,6 +343,12 @@ def provenance(torch: bool = False) -> str:
         capture_output=True,
         text=True,
     ).stdout.strip()
+    return commit, bool(dirty)
+
+
+def provenance(source: tuple[str, bool], torch: bool = False) -> str:
+    """The commit and machine every quoted figure comes from (and torch's version)."""
+    commit, dirty = source
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -389,6 +399,7 @@ def main() -> None:
     unknown = set(ns.targets) - set(TARGETS)
     if unknown:
         sys.exit(f"unknown target(s) {', '.join(sorted(unknown))}; see --list")
+    source = source_state()
     OUTPUTS.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
     for name in ns.targets or list(TARGETS):
@@ -407,7 +418,7 @@ def main() -> None:
             shutil.copyfile(ROOT / ns.runs / source, IMAGES / image)
         if target.notebook_run:
             execute_notebook(ns.runs / target.notebook_run)
-        outputs[f"{name}_provenance"] = provenance(target.torch) + "\n".join(times) + "\n"
+        outputs[f"{name}_provenance"] = provenance(source, target.torch) + "\n".join(times) + "\n"
         (OUTPUTS / f"{name}_provenance.txt").write_text(outputs[f"{name}_provenance"])
     fill_pages(outputs)
 

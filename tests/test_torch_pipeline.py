@@ -2,13 +2,13 @@
 TensorFlow runs do, survive the same faults, and the commands that only read results
 import no framework at all.
 
-* `lca train` → `lca allocate` → `lca verify-error` PASS → `lca check` OK.
+* `lca train` → `lca allocate` → `lca verify-error` PASS → `lca report` → `lca check` OK.
 * Faults: `lca train` killed (SIGKILL) mid-run resumes to a bitwise-uninterrupted run (the
   torch RNG state of dropout included); `lca allocate` killed mid-run resumes to bitwise the
   uninterrupted allocation; damaged lca.zarr chunks are found by `lca check` and restored
   bitwise by `lca check --repair` then `lca allocate`.
 * `--workers 2` gives the arrays of one process, bitwise.
-* Fresh processes: `import lca`, `lca verify-error/check` import neither torch nor
+* Fresh processes: `import lca`, `lca verify-error/report/check` import neither torch nor
   TensorFlow (a meta-path hook names the import chain if one does); training and allocating
   a torch run import no TensorFlow.
 * What torch cannot do is a one-line error: TensorFlow-only networks, bfloat16/TF32.
@@ -114,12 +114,10 @@ def _watched(commands: list[list[str]], forbidden: list[str]) -> subprocess.Comp
     )
 
 
-def test_train_allocate_verify_check(tmp_path):
+def test_train_allocate_verify_report_check(tmp_path):
     """A torch run on the command line, as a user runs it: `lca train` and `lca allocate` in
-    a process that never imports TensorFlow (nor Keras, JAX); `lca verify-error` and `lca
-    check` of the result in one that imports no framework at all. (`lca report` of a torch run
-    in a fresh process: tests/test_torch_example.py; that lca.report imports no framework is
-    an import contract, tests/test_architecture.py.)"""
+    a process that never imports TensorFlow (nor Keras, JAX); `lca verify-error`, `lca report`
+    and `lca check` of the result in one that imports no framework at all."""
     run = tmp_path / "run"
     commands = [
         ["train", torch_config(tmp_path), "--out", run, "--iterations", "16",
@@ -140,11 +138,16 @@ def test_train_allocate_verify_check(tmp_path):
     # precision auto: float32 for torch (TensorFlow picks bfloat16 on CPUs with bf16 units)
     assert zarr.open_group(str(run / LCA_STORE), mode="r").attrs["precision"] == "float32"
 
-    done = _watched([["verify-error", run], ["check", run]], NO_FRAMEWORK)
+    done = _watched(
+        [["verify-error", run], ["report", run, "--frames", "1"], ["check", run]], NO_FRAMEWORK
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS: every iteration within the threshold" in done.stdout
+    assert f"report written to {run / 'report'}" in done.stdout
     assert f"all {UNITS} work units done" in done.stdout
     assert done.stdout.strip().endswith(f"{run}: every chunk is present and checks out")
+    markdown = (run / "report" / "report.md").read_text()
+    assert "dense_1" in markdown and "dense_2" in markdown
 
 
 def test_reading_a_tensorflow_run_imports_no_framework(allocated_copy):
