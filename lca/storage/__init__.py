@@ -33,10 +33,12 @@ from .raw_chunks import write_whole_raw_chunk
 from .run import Run, open_run, read_run_config
 from .trajectory import (
     FIXED_WEIGHTS_GROUP,
+    RecordedBatches,
     Trajectory,
     TrajectoryWriter,
     open_trajectory,
     read_fixed_weights,
+    refuse_existing_recording,
     trajectory_attrs,
     write_fixed_weights,
 )
@@ -60,7 +62,9 @@ __all__ = [
     "location",
     "open_group",
     "open_run",
+    "RecordedBatches",
     "open_trajectory",
+    "refuse_existing_recording",
     "trajectory_attrs",
     "prepare_run_dir",
     "read_fixed_weights",

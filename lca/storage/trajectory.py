@@ -19,6 +19,7 @@ from .base import (
     RunError,
     WriteFailed,
     _json_safe,
+    has_contents,
     location,
     os_error_cause,
     rows_per_chunk,
@@ -129,6 +130,56 @@ def open_trajectory(run_dir: str | Path) -> Trajectory:
     codecs = tuple(c.to_dict()["name"] for c in group["theta"].metadata.codecs)
     warn_if_unchecked(str(location(run_dir)), codecs)
     return Trajectory(group=group, path=path)
+
+
+class RecordedBatches:
+    """The training examples of each recorded iteration, read a chunk of rows at a time.
+
+    ``batch_indices`` rows (a recorder pads short rows with -1, left out here); a full-batch
+    run has no such array, and every iteration used every training example in stored order.
+    """
+
+    def __init__(self, trajectory: Trajectory, num_train: int) -> None:
+        group = trajectory.group
+        self.array = group.get("batch_indices")
+        self.everything = np.arange(num_train, dtype=np.int64)
+        self._block: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, t: int) -> np.ndarray:
+        if self.array is None:
+            return self.everything
+        rows = self.array.chunks[0]
+        first = t - t % rows
+        if self._block is None or self._block[0] != first:
+            self._block = (first, np.asarray(self.array[first : first + rows], np.int64))
+        row = self._block[1][t - first]
+        return row if row.size == 0 or row[-1] >= 0 else row[row >= 0]
+
+
+def refuse_existing_recording(run_dir: Path, recording: str, owner: str, again: str) -> None:
+    """A one-line RunError for a run directory that already holds a trajectory.
+
+    A recorder does not own the training loop, so it cannot continue an interrupted
+    recording: ``recording`` names what it records ("model.fit recording"), ``owner`` what
+    owns the optimizer, data order and random state, ``again`` what to run again.
+    """
+    store = run_dir / TRAJECTORY_STORE
+    if not store.exists():
+        if has_contents(run_dir):
+            raise RunError(f"{run_dir} already exists; pass overwrite=True to replace it")
+        return
+    attrs = open_group(store, "r", requirements=False).attrs.asdict()
+    steps, total = attrs.get("steps_recorded", 0), attrs.get("num_iterations", -1) + 1
+    if attrs.get("complete"):
+        what = "a complete recording"
+    elif attrs.get("recorded_by") == "lca train":
+        what = f"an interrupted `lca train` run ({steps} of {total} steps; rerun it to resume)"
+    else:
+        what = (
+            f"an interrupted {recording} ({steps} of {total} steps), which lca cannot continue "
+            f"({owner} owns its optimizer, data order and random state)"
+        )
+    raise RunError(f"{run_dir} already holds {what}; pass overwrite=True to record {again} again")
 
 
 class TrajectoryWriter:

@@ -53,12 +53,10 @@ from ..config.user_code import KERAS_CONFIG_BUILDER
 from ..data import RUN_ARRAYS
 from ..storage import (
     CONFIG_FILE,
-    TRAJECTORY_STORE,
-    RunError,
     TrajectoryWriter,
     location,
-    open_group,
     prepare_run_dir,
+    refuse_existing_recording,
     write_fixed_weights,
 )
 
@@ -119,27 +117,6 @@ def _theta_reader(variables: list) -> Callable[[], list[np.ndarray]]:
         else:
             return lambda: [np.asarray(read(resource=h, dtype=d)) for h, d in handles]
     return lambda: [v.numpy() for v in variables]
-
-
-def _refuse_existing_recording(run_dir: Path) -> None:
-    """A one-line error for a run directory that already holds a trajectory."""
-    store = run_dir / TRAJECTORY_STORE
-    if not store.exists():
-        return  # anything else there: prepare_run_dir's own error
-    attrs = open_group(store, "r", requirements=False).attrs.asdict()
-    steps, total = attrs.get("steps_recorded", 0), attrs.get("num_iterations", -1) + 1
-    if attrs.get("complete"):
-        what = "a complete recording"
-    elif attrs.get("recorded_by") == "lca train":
-        what = f"an interrupted `lca train` run ({steps} of {total} steps; rerun it to resume)"
-    else:
-        what = (
-            f"an interrupted model.fit recording ({steps} of {total} steps), which lca cannot "
-            "continue (fit owns its optimizer, data order and random state)"
-        )
-    raise RunError(
-        f"{run_dir} already holds {what}; pass overwrite=True to record the whole fit again"
-    )
 
 
 class TrajectoryRecorder(keras.callbacks.Callback):
@@ -252,7 +229,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
             )
         del rebuilt
         if not self.overwrite:
-            _refuse_existing_recording(self.run_dir)
+            refuse_existing_recording(self.run_dir, "model.fit recording", "fit", "the whole fit")
         run_dir = prepare_run_dir(self.run_dir, self.overwrite)
         (run_dir / CONFIG_FILE).write_text(_HEADER + config.to_yaml())
         if self.train_data is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..storage import RunError, Trajectory
+from ..storage import RecordedBatches, RunError, Trajectory
 
 
 class BatchGradient:
@@ -43,11 +43,7 @@ class BatchGradient:
         ]
         self.x = tf.constant(dataset.x_train)
         self.y = tf.constant(dataset.y_train)
-        if "batch_indices" in trajectory.group:
-            self.batches = trajectory.group["batch_indices"]
-        else:  # full batch: every training example, in stored order
-            self.batches = None
-            self.everything = np.arange(len(dataset.y_train), dtype=np.int64)
+        self.batch = RecordedBatches(trajectory, len(dataset.y_train))
         loss_of = per_example_loss(config.model.loss, config.model.from_logits)
 
         def gradient(idx):
@@ -60,16 +56,6 @@ class BatchGradient:
             return [tf.reshape(tf.convert_to_tensor(g), [-1]) for g in grads]
 
         self._gradient = tf.function(gradient, reduce_retracing=True)
-        self._block: tuple[int, np.ndarray] | None = None
-
-    def batch(self, t: int) -> np.ndarray:
-        if self.batches is None:
-            return self.everything
-        rows = self.batches.chunks[0]
-        first = t - t % rows
-        if self._block is None or self._block[0] != first:
-            self._block = (first, np.asarray(self.batches[first : first + rows], np.int64))
-        return self._block[1][t - first]
 
     def __call__(self, t: int, theta: np.ndarray) -> np.ndarray:
         """(K,) float32 g_B of iteration t at θ_t (the recorded row)."""

@@ -55,6 +55,7 @@ from ..storage import (
     TrajectoryWriter,
     location,
     prepare_run_dir,
+    refuse_existing_recording,
     trajectory_attrs,
     write_fixed_weights,
 )
@@ -68,7 +69,6 @@ from .recorder_setup import (
     optimized_parameters,
     optimizer_description,
     recorded_dataset,
-    refuse_existing,
     same_values,
     unwrapped,
 )
@@ -165,7 +165,9 @@ class TrajectoryRecorder:
         self._warn_precision()
 
         if not overwrite:
-            refuse_existing(self.run_dir)
+            refuse_existing_recording(
+                self.run_dir, "recording", "the training loop", "the training"
+            )
         run_dir = prepare_run_dir(self.run_dir, overwrite)
         (run_dir / CONFIG_FILE).write_text(_HEADER + config.to_yaml())
         if train_data is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +21,6 @@ from ..config import (
     ModelConfig,
 )
 from ..data import DatasetError, dataset_from_parts, load_dataset
-from ..storage import (
-    TRAJECTORY_STORE,
-    RunError,
-    open_group,
-)
-from ..storage.base import has_contents
 from .models import FC, LeNet, build_torch_model
 from .state import to_numpy
 
@@ -203,28 +196,6 @@ def check_rebuilt(model, config, dataset, seed, what) -> None:
             f"model_fn: {what} builds another model than the one being trained: it has a "
             f"parameter {extra[0]} the trained model lacks"
         )
-
-
-def refuse_existing(run_dir: Path) -> None:
-    """A one-line error for a run directory that already holds anything."""
-    store = run_dir / TRAJECTORY_STORE
-    if store.exists():
-        attrs = open_group(store, "r", requirements=False).attrs.asdict()
-        steps, total = attrs.get("steps_recorded", 0), attrs.get("num_iterations", -1) + 1
-        if attrs.get("complete"):
-            what = "a complete recording"
-        elif attrs.get("recorded_by") == "lca train":
-            what = f"an interrupted `lca train` run ({steps} of {total} steps; rerun it to resume)"
-        else:
-            what = (
-                f"an interrupted recording ({steps} of {total} steps), which lca cannot "
-                "continue (the training loop owns its optimizer, data order and random state)"
-            )
-        raise RunError(
-            f"{run_dir} already holds {what}; pass overwrite=True to record the training again"
-        )
-    if has_contents(run_dir):
-        raise RunError(f"{run_dir} already exists; pass overwrite=True to replace it")
 
 
 def optimizer_description(optimizer, model: nn.Module, names: Sequence[str]) -> dict:

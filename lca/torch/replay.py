@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..storage import RunError, Trajectory, read_fixed_weights
+from ..storage import RecordedBatches, RunError, Trajectory, read_fixed_weights
 from .models import build_torch_model, parameter_names, torch_layout
 from .runtime import as_tensor, device, per_example_loss, seed_step
 from .state import load_fixed_state
@@ -57,23 +57,7 @@ class BatchGradient:
         self.loss_of = per_example_loss(config.model.loss, config.model.from_logits)
         self.x = as_tensor(dataset.x_train, self.where)
         self.y = as_tensor(dataset.y_train, self.where)
-        if "batch_indices" in trajectory.group:
-            self.batches = trajectory.group["batch_indices"]
-        else:  # full batch: every training example, in stored order
-            self.batches = None
-            self.everything = np.arange(len(dataset.y_train), dtype=np.int64)
-        self._block: tuple[int, np.ndarray] | None = None
-
-    def batch(self, t: int) -> np.ndarray:
-        """The training examples of iteration t (a recorder's -1 padding left out)."""
-        if self.batches is None:
-            return self.everything
-        rows = self.batches.chunks[0]
-        first = t - t % rows
-        if self._block is None or self._block[0] != first:
-            self._block = (first, np.asarray(self.batches[first : first + rows], np.int64))
-        row = self._block[1][t - first]
-        return row if row.size == 0 or row[-1] >= 0 else row[row >= 0]
+        self.batch = RecordedBatches(trajectory, len(dataset.y_train))
 
     def __call__(self, t: int, theta: np.ndarray) -> np.ndarray:
         """(K,) float32 g_B of iteration t at θ_t (the recorded row)."""
