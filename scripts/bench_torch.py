@@ -15,7 +15,7 @@ same allocation work. Measured, alternating which framework goes first in every 
   (batch 250, SGD with momentum) with ``lca.torch.TrajectoryRecorder`` and without.
 
 Ratios are medians over the repeats of the per-repeat ratios (torch / TensorFlow, recorded /
-plain), the figure least moved by a busy machine. Both frameworks run on their default thread
+plain), the figure least moved by other load on the machine. Both frameworks run on their default thread
 counts unless ``--threads`` is given.
 """
 

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..storage import RecordedBatches, RunError, Trajectory, read_fixed_weights
-from .models import build_torch_model, parameter_names, torch_layout
+from ..storage import RecordedBatches, RunError, Trajectory
+from .allocation import rebuild_model
 from .runtime import as_tensor, device, per_example_loss, seed_step
-from .state import load_fixed_state
 
 
 class BatchGradient:
@@ -39,15 +38,7 @@ class BatchGradient:
         dataset = load_dataset(config.data, run_dir)
         self.seed = int(config.training.seed)
         self.where = device()
-        model = build_torch_model(config.model, dataset.input_shape, dataset.num_classes, self.seed)
-        names = parameter_names(trajectory.layout_json)
-        try:
-            layout = torch_layout(model, names)
-        except Exception as exc:  # a name the rebuilt model lacks
-            raise RunError(f"{run_dir}: the training model's parameters differ: {exc}") from None
-        if [e["shape"] for e in layout.to_json()] != [e["shape"] for e in trajectory.layout_json]:
-            raise RunError(f"{run_dir}: the training model's parameters differ from the recorded")
-        load_fixed_state(model, read_fixed_weights(trajectory.group), run_dir)
+        model, names = rebuild_model(run_dir, config, trajectory, dataset)
         self.model = model.to(self.where).train()
         named = dict(self.model.named_parameters())
         self.params = [named[n] for n in names]
