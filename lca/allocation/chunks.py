@@ -7,7 +7,6 @@ the whole unit is computed, and the unit is marked done last.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ class ChunkResult:
     evaluations: int = 0
     fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
     check: dict[str, np.ndarray] | None = None  # rows of ``subset_check/`` (checked units)
-    check_seconds: float = 0.0  # time spent on the full-set check (benchmarks subtract it)
     root: dict[str, np.ndarray] = field(default_factory=dict)  # lca.zarr/<name> rows (causes)
 
 
@@ -319,7 +317,6 @@ class ChunkAllocator:
         quadrature, so their difference is the subset's sampling error alone; the full set's
         own conservation error is stored beside it as ``full_error``.
         """
-        began = time.perf_counter()
         objective = self.full_objective
         rows = result.stop - result.start
         if result.check is None:
@@ -346,7 +343,6 @@ class ChunkAllocator:
             check[name][k] = value
         check["full_loss_change"][k] = there[0] - here[0]
         check["full_error"][k] = step.error["train"]
-        result.check_seconds += time.perf_counter() - began
 
     def write(self, result: ChunkResult) -> None:
         """Write a unit's own chunks, then (and only then) mark it done.

@@ -26,7 +26,7 @@ class Trainer:
 
     framework = "tensorflow"
 
-    def __init__(self, config: Config, dataset, *, record: bool = True) -> None:
+    def __init__(self, config: Config, dataset) -> None:
         import keras
         import tensorflow as tf
 
@@ -52,7 +52,7 @@ class Trainer:
             [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
             for _ in range(1 if opt.name == "sgd" else 2)
         ]
-        self._step = tf.function(self._make_step(record), reduce_retracing=True)
+        self._step = tf.function(self._make_step(), reduce_retracing=True)
         self._evaluate = tf.function(
             self._val_accuracy,
             input_signature=[
@@ -110,7 +110,7 @@ class Trainer:
         """The current trainable parameters as one flat float32 vector."""
         return np.concatenate([v.numpy().reshape(-1) for v in self.variables])
 
-    def _make_step(self, record: bool):
+    def _make_step(self):
         import tensorflow as tf
 
         opt = self.config.optimizer
@@ -150,11 +150,9 @@ class Trainer:
                 accuracy = tf.reduce_mean(hits)
             else:  # a regressor has no accuracy
                 accuracy = tf.constant(float("nan"))
-            outputs = [loss, accuracy]
-            if record:  # θ after the update: a finiteness probe, then each variable's value
-                outputs.append(tf.add_n([tf.reduce_sum(v) for v in self.variables]))
-                outputs.extend(tf.identity(v.value) for v in self.variables)
-            return outputs
+            # θ after the update: a finiteness probe, then each variable's value
+            probe = tf.add_n([tf.reduce_sum(v) for v in self.variables])
+            return [loss, accuracy, probe, *(tf.identity(v.value) for v in self.variables)]
 
         return step
 
@@ -167,7 +165,7 @@ class Trainer:
         )
 
     def step(self, batch: np.ndarray, iteration: int):
-        """One update on the examples ``batch``; returns (loss, accuracy[, θ after])."""
+        """One update on the examples ``batch``; returns [loss, accuracy, probe, θ parts after]."""
         outputs = self._step(batch, np.int64(iteration))
         # np.asarray shares each tensor's buffer: θ is copied once, into the writer's buffer
         return [np.asarray(o) for o in outputs]

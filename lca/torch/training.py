@@ -25,7 +25,7 @@ class TorchTrainer:
 
     framework = "torch"
 
-    def __init__(self, config: Config, dataset, *, record: bool = True) -> None:
+    def __init__(self, config: Config, dataset) -> None:
         self.config = config
         self.where = device()
         self.model = build_torch_model(
@@ -44,7 +44,6 @@ class TorchTrainer:
         self.y_val = as_tensor(dataset.y_val, self.where)
         kinds = 1 if config.optimizer.name == "sgd" else 2
         self.slots = [[torch.zeros_like(p) for p in self.params] for _ in range(kinds)]
-        self.record = record
         self.versions = versions()
 
     # --- state for resume checkpoints ---------------------------------------------------
@@ -98,12 +97,12 @@ class TorchTrainer:
             accuracy = float((outputs.argmax(-1) == y.reshape(-1)).float().mean())
         else:
             accuracy = float("nan")
-        result = [float(loss.detach()), accuracy]
-        if self.record:
-            parts = [p.detach().cpu().numpy() for p in self.params]
-            result.append(float(sum(float(p.sum()) for p in parts)))
-            result.extend(parts)
-        return result
+        return [float(loss.detach()), accuracy, *self._theta_outputs()]
+
+    def _theta_outputs(self) -> list:
+        """θ after the update: a finiteness probe, then each parameter's values."""
+        parts = [p.detach().cpu().numpy() for p in self.params]
+        return [float(sum(float(p.sum()) for p in parts)), *parts]
 
     def _update(self, grads, t: int) -> None:
         opt, s = self.config.optimizer, self.settings

@@ -7,7 +7,6 @@ the same for every framework; the model and its update rules are the framework's
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -61,17 +60,17 @@ def batch_schedule(num_examples: int, batch_size: int, iterations: int, seed: in
     return np.concatenate(batches)[:iterations].astype(np.int64)
 
 
-def make_trainer(config: Config, dataset, *, record: bool = True):
+def make_trainer(config: Config, dataset):
     """The trainer of ``config.framework``: :class:`lca.tensorflow.training.Trainer` or
     :class:`lca.torch.training.TorchTrainer` (the same methods, so :func:`train` drives
     either)."""
     if config.framework == "torch":
         from ..torch.training import TorchTrainer
 
-        return TorchTrainer(config, dataset, record=record)
+        return TorchTrainer(config, dataset)
     from ..tensorflow.training import Trainer
 
-    return Trainer(config, dataset, record=record)
+    return Trainer(config, dataset)
 
 
 def train(
@@ -82,8 +81,6 @@ def train(
     resume: bool | None = None,
     threads: int | None = None,
     progress: bool = True,
-    record: bool = True,
-    checkpoints: bool = True,
 ) -> TrainResult:
     """Train ``config`` and write the run directory, resuming an interrupted run of it.
 
@@ -91,10 +88,9 @@ def train(
     ``run_dir`` continues from its last checkpoint, ending bitwise equal to an uninterrupted
     run when ``threads`` is the same (it pins TensorFlow's thread counts, which fix the order
     of its reductions); ``True`` insists on continuing; ``False`` never does. A failed write
-    (disk full, read-only) raises a one-line WriteFailed and leaves the run resumable.
-    ``record=False`` and ``checkpoints=False`` are for benchmarks. The environment variable
-    ``LCA_CHUNK_ROWS`` sets the θ rows per chunk of a new run (so how often a checkpoint is
-    taken; tests use it to checkpoint tiny runs).
+    (disk full, read-only) raises a one-line WriteFailed and leaves the run resumable. The
+    environment variable ``LCA_CHUNK_ROWS`` sets the θ rows per chunk of a new run (so how
+    often a checkpoint is taken; tests use it to checkpoint tiny runs).
     """
     from tqdm.auto import tqdm
 
@@ -109,7 +105,7 @@ def train(
 
         configure_tensorflow(threads)
     dataset = load_dataset(config.data)
-    trainer = make_trainer(config, dataset, record=record)
+    trainer = make_trainer(config, dataset)
     fixed_before = trainer.fixed_state()
     tcfg = config.training
     full_batch = tcfg.batch_size == "full"
@@ -120,14 +116,12 @@ def train(
 
     run_dir = location(run_dir)
     # one writer at a time: a second `lca train` (or an allocate) on this run names the holder
-    with run_lock(run_dir, "train") if record else contextlib.nullcontext():
-        writer, first = None, 0
-        if record:
-            writer, first, note = _open_writer(
-                config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints
-            )
-            if note and progress:
-                print(note, flush=True)
+    with run_lock(run_dir, "train"):
+        writer, first, note = _open_writer(
+            config, run_dir, trainer, dataset, overwrite, resume, threads
+        )
+        if note and progress:
+            print(note, flush=True)
 
         start = time.perf_counter()
         loss = acc = float("nan")
@@ -145,7 +139,7 @@ def train(
                 batch = everything if full_batch else schedule[t]
                 outputs = trainer.step(batch, t)
                 loss, acc = float(outputs[0]), float(outputs[1])
-                bad_theta = record and not math.isfinite(outputs[2])  # inf or nan anywhere in θ
+                bad_theta = not math.isfinite(outputs[2])  # inf or nan anywhere in θ
                 if not math.isfinite(loss) or bad_theta:
                     status = f"diverged at iteration {t}"
                     what = "parameters are no longer finite" if bad_theta else f"loss is {loss}"
@@ -161,8 +155,7 @@ def train(
                 )
                 if logged:  # of θ_t+1, recorded with the update that made it
                     metrics["val_accuracy"] = trainer.validation_accuracy()
-                if writer is not None:
-                    writer.append(outputs[3:], metrics)
+                writer.append(outputs[3:], metrics)
                 if t % 10 == 0 or t == tcfg.iterations - 1:
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
                 printed = (t + 1) % max(tcfg.log_every, 100) == 0 or t == tcfg.iterations - 1
@@ -171,22 +164,19 @@ def train(
                     bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
         except BaseException:
             bar.close()
-            if writer is not None:  # keeps what it safely can; the error raised is this one
-                writer.abort(status)
+            writer.abort(status)  # keeps what it safely can; the error raised is this one
             raise
         bar.close()
-        steps = tcfg.iterations + 1
-        if writer is not None:
-            changed = trainer.changed_state(fixed_before)
-            extra = {"non_trainable_changed": changed} if changed else None
-            steps = writer.close("complete", extra)
+        changed = trainer.changed_state(fixed_before)
+        extra = {"non_trainable_changed": changed} if changed else None
+        steps = writer.close("complete", extra)
         return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)
 
 
-def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, checkpoints):
+def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads):
     """The writer of a new or continued run, the first iteration left, a line saying which."""
     tcfg = config.training
-    snapshot = trainer.state if checkpoints else None
+    snapshot = trainer.state
     plan = resume_plan(run_dir, config.to_yaml(), resume=resume, overwrite=overwrite)
     if plan == CONTINUE:
         writer, checkpoint = TrajectoryWriter.reopen(run_dir, snapshot=snapshot)
