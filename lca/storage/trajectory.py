@@ -1,4 +1,11 @@
-"""``trajectory.zarr``: θ_t of every step, written by ``lca train`` (or the Keras recorder)."""
+"""``trajectory.zarr``: the stored θ of a training run, written by ``lca train``, a recorder or
+``lca import``.
+
+θ is stored after every optimizer step, or every k steps (``training.record_every``, a
+recorder's ``record_every=``, or saved checkpoints): then the array ``steps`` holds the
+optimizer step of each θ row, and each iteration of the allocation is the segment between
+two consecutive rows. A store without ``steps`` has θ of every step 0..T.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +75,33 @@ def trajectory_attrs(
     }
 
 
+STEPS_ARRAY = "steps"
+#: ``recorded_by`` of a run built from saved checkpoints
+IMPORTED_BY = "lca import"
+
+
+def stored_steps(iterations: int, record_every: int) -> np.ndarray:
+    """The optimizer steps whose θ is stored: 0, k, 2k, … and always the last one."""
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    return np.union1d(np.arange(0, iterations, record_every), [iterations]).astype(np.int64)
+
+
+def segment_attrs(steps: np.ndarray, iterations: int) -> dict[str, Any]:
+    """The attributes that say what one iteration of a segmented store is.
+
+    ``record_every``: the spacing of the stored steps when every segment but the last has
+    the same length (None for irregular ones); ``optimizer_steps``: the steps trained.
+    """
+    lengths = np.diff(steps)
+    even = len(lengths) > 0 and bool((lengths[:-1] == lengths[0]).all())
+    even = even and lengths[-1] <= lengths[0]
+    return {
+        "record_every": int(lengths[0]) if even else None,
+        "optimizer_steps": int(iterations),
+    }
+
+
 @dataclass
 class Trajectory:
     """Read side of ``trajectory.zarr``: θ rows, metrics and metadata of one training run."""
@@ -99,6 +133,23 @@ class Trajectory:
     def layout_json(self) -> list[dict]:
         return list(self.group.attrs["layout"])
 
+    @property
+    def steps(self) -> np.ndarray:
+        """The optimizer step of every θ row (0..T for a store of every step)."""
+        if STEPS_ARRAY in self.group:
+            return np.asarray(self.group[STEPS_ARRAY][:], np.int64)
+        return np.arange(self.num_iterations + 1, dtype=np.int64)
+
+    @property
+    def segmented(self) -> bool:
+        """Whether an iteration is a segment of several optimizer steps (or of unknown ones:
+        θ imported from checkpoints)."""
+        return STEPS_ARRAY in self.group
+
+    def segment_note(self) -> str | None:
+        """One line saying what an iteration of this run is, or None for single steps."""
+        return segment_note(self.attrs, self.steps if self.segmented else None)
+
     def require_complete(self) -> None:
         """Raise RunError unless training finished and every θ row was written."""
         status = self.group.attrs.get("status", "unknown")
@@ -113,6 +164,44 @@ class Trajectory:
                 f"{self.path}: theta has {self.theta.shape[0]} rows, expected "
                 f"{self.num_iterations + 1}; the store is corrupt"
             )
+
+
+def segment_note(attrs: dict[str, Any], steps: np.ndarray | None) -> str | None:
+    """``θ every k steps: each iteration … is a segment of k optimizer steps`` (None: k=1)."""
+    if steps is None:
+        return None
+    k = attrs.get("record_every")
+    lengths = np.diff(steps)
+    if k:
+        head = f"θ every {k} optimizer steps"
+        what = f"a segment of {k} optimizer steps"
+        if len(lengths) and lengths[-1] != k:
+            what += f" (the last one of {int(lengths[-1])})"
+    else:
+        head = "θ at irregular steps"
+        lo, hi = (int(lengths.min()), int(lengths.max())) if len(lengths) else (0, 0)
+        what = f"a segment of {lo} to {hi} optimizer steps"
+    source = " (imported checkpoints)" if attrs.get("recorded_by") == IMPORTED_BY else ""
+    return (
+        f"{head}{source}: each iteration of this run is {what}; its LCA is each parameter's "
+        "net move along the straight segment, not the optimizer's path"
+    )
+
+
+def refuse_segments(trajectory: Trajectory, what: str) -> None:
+    """A one-line RunError for a measure that needs every optimizer step (``what``)."""
+    attrs = trajectory.attrs
+    imported = attrs.get("recorded_by") == IMPORTED_BY
+    if not trajectory.segmented or (attrs.get("record_every") == 1 and not imported):
+        return
+    k = attrs.get("record_every")
+    stored = f"θ every {k} steps" if k else "θ at irregular steps"
+    if imported:
+        stored = f"{stored} from saved checkpoints"
+    raise RunError(
+        f"{trajectory.path.parent}: {what} needs θ of every optimizer step, and this run "
+        f"stores {stored}"
+    )
 
 
 def open_trajectory(run_dir: str | Path) -> Trajectory:
@@ -209,7 +298,11 @@ class TrajectoryWriter:
         attrs: dict[str, Any],
         rows: int | None = None,
         snapshot: Callable[[], list[tuple[str, np.ndarray]]] | None = None,
+        steps: np.ndarray | None = None,
     ) -> None:
+        """``steps``: the optimizer step of each θ row to come, for θ stored every k steps
+        (``num_iterations`` is then the number of segments, ``len(steps) - 1``); None: θ of
+        every step, and no ``steps`` array is written."""
         self.path = location(run_dir) / TRAJECTORY_STORE
         self.snapshot = snapshot
         self._committed = self._steps = 0  # steps of the last checkpoint (0: none), of θ rows
@@ -259,6 +352,8 @@ class TrajectoryWriter:
                     dimension_names=("iteration", "batch_position"),
                     compressors=checksummed(),
                 )
+            if steps is not None:
+                write_steps(group, steps, num_iterations)
             for name, values in (("train_indices", train_indices), ("val_indices", val_indices)):
                 arr = group.create_array(
                     name,
@@ -545,6 +640,26 @@ class _RowBuffer:
             if not write_whole_raw_chunk(self.arrays[name], start, values):
                 self.arrays[name][start:stop] = values
         return stop
+
+
+def write_steps(group: zarr.Group, steps: np.ndarray, iterations: int | None = None) -> None:
+    """Store (or replace) the optimizer step of every θ row, with the segment attributes.
+
+    ``iterations``: the number of segments the store was made for (``len(steps) - 1``).
+    """
+    steps = np.asarray(steps, np.int64)
+    if iterations is not None and len(steps) != iterations + 1:
+        raise ValueError(f"{len(steps)} stored steps for {iterations} segments")
+    if STEPS_ARRAY in group:
+        del group[STEPS_ARRAY]
+    group.create_array(
+        STEPS_ARRAY,
+        shape=steps.shape,
+        dtype="int64",
+        dimension_names=("step",),
+        compressors=checksummed(),
+    )[:] = steps
+    group.attrs.update(segment_attrs(steps, int(steps[-1]) if len(steps) else 0))
 
 
 # --- non-trainable weights (a user's model) ------------------------------------------------

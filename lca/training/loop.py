@@ -29,6 +29,8 @@ from ..storage import (
 from ..storage import trajectory_attrs as run_attrs
 from ..storage.base import writing_to
 from ..storage.checkpoint import CONTINUE, RESTART, resume_plan
+from ..storage.trajectory import stored_steps
+from .segments import SegmentMetrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,11 +117,16 @@ def train(
         schedule = batch_schedule(len(dataset.y_train), tcfg.batch_size, tcfg.iterations, tcfg.seed)
 
     run_dir = location(run_dir)
+    # θ every k steps: one row per segment (segments.py); k = 1 records every step as always
+    steps = stored_steps(tcfg.iterations, tcfg.record_every) if tcfg.record_every > 1 else None
     # one writer at a time: a second `lca train` (or an allocate) on this run names the holder
     with run_lock(run_dir, "train"):
         writer, first, note = _open_writer(
-            config, run_dir, trainer, dataset, overwrite, resume, threads
+            config, run_dir, trainer, dataset, overwrite, resume, threads, steps
         )
+        segments = None
+        if steps is not None:
+            segments = SegmentMetrics(steps, None if full_batch else tcfg.batch_size)
         if note and progress:
             print(note, flush=True)
 
@@ -153,12 +160,15 @@ def train(
                 logged = tcfg.log_every and (
                     (t + 1) % tcfg.log_every == 0 or t == tcfg.iterations - 1
                 )
+                printed = (t + 1) % max(tcfg.log_every, 100) == 0 or t == tcfg.iterations - 1
+                if segments is not None:  # a row only where a segment ends
+                    metrics, logged, printed = segments.add(t, metrics, logged, printed)
                 if logged:  # of θ_t+1, recorded with the update that made it
                     metrics["val_accuracy"] = trainer.validation_accuracy()
-                writer.append(outputs[3:], metrics)
+                if metrics is not None:
+                    writer.append(outputs[3:], metrics)
                 if t % 10 == 0 or t == tcfg.iterations - 1:
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
-                printed = (t + 1) % max(tcfg.log_every, 100) == 0 or t == tcfg.iterations - 1
                 if logged and progress and printed:
                     val = metrics["val_accuracy"]
                     bar.write(f"iteration {t + 1}: loss {loss:.4f}, val accuracy {val:.4f}")
@@ -173,8 +183,11 @@ def train(
         return TrainResult(run_dir, steps, loss, acc, time.perf_counter() - start)
 
 
-def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads):
-    """The writer of a new or continued run, the first iteration left, a line saying which."""
+def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, steps=None):
+    """The writer of a new or continued run, the first iteration left, a line saying which.
+
+    ``steps``: the optimizer steps whose θ is stored, when not every one is.
+    """
     tcfg = config.training
     snapshot = trainer.state
     plan = resume_plan(run_dir, config.to_yaml(), resume=resume, overwrite=overwrite)
@@ -189,6 +202,8 @@ def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads):
                 stacklevel=3,
             )
         first = checkpoint.next_iteration
+        if steps is not None:  # the update after the last stored θ
+            first = int(steps[checkpoint.steps - 1])
         note = (
             f"resuming {run_dir} from step {checkpoint.steps} "
             f"({tcfg.iterations - first} of {tcfg.iterations} iterations left)"
@@ -199,9 +214,9 @@ def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads):
         (run_dir / CONFIG_FILE).write_text(config.to_yaml())
     writer = TrajectoryWriter(
         run_dir,
-        num_iterations=tcfg.iterations,
+        num_iterations=tcfg.iterations if steps is None else len(steps) - 1,
         num_params=trainer.layout.total,
-        batch_size=None if tcfg.batch_size == "full" else tcfg.batch_size,
+        batch_size=None if tcfg.batch_size == "full" else tcfg.batch_size * tcfg.record_every,
         train_indices=dataset.train_indices,
         val_indices=dataset.val_indices,
         attrs={
@@ -217,6 +232,7 @@ def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads):
         },
         rows=int(os.environ.get("LCA_CHUNK_ROWS") or 0) or None,
         snapshot=snapshot,
+        steps=steps,
     )
     # a user's model (and any torch model: buffers) may hold weights outside θ
     if config.model.builder is not None or config.framework == "torch":
