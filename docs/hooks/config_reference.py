@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import inspect
 import io
+import re
 import textwrap
 import tokenize
 import types
@@ -154,7 +155,18 @@ def _default_text(f: dataclasses.Field) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("``", "`").replace("|", "\\|").replace("\n", " ")
+    text = text.replace("``", "`").replace("|", "\\|").replace("\n", " ")
+    return DOCS_PATH.sub(_link, text)
+
+
+# a comment's "docs/storage.md#store-levels" becomes a link from reference/configuration.md
+DOCS_PATH = re.compile(r"\bdocs/([\w/-]+)\.md(?:#([\w-]+))?")
+
+
+def _link(match: re.Match) -> str:
+    page, anchor = match.group(1), match.group(2)
+    words = (anchor or page.rsplit("/", 1)[-1]).replace("-", " ")
+    return f"[{words}](../{page}.md{'#' + anchor if anchor else ''})"
 
 
 def sections(module_name: str = CONFIG_MODULE) -> list[Section]:
