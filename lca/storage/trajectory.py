@@ -662,6 +662,23 @@ def write_steps(group: zarr.Group, steps: np.ndarray, iterations: int | None = N
     group.attrs.update(segment_attrs(steps, int(steps[-1]) if len(steps) else 0))
 
 
+def shorten_recording(group: zarr.Group, rows: int, steps: Sequence[int] | None = None) -> None:
+    """Cut a complete recording that stopped early down to its ``rows`` θ rows.
+
+    ``steps``: the optimizer step of each of those rows, for θ stored every k steps.
+    """
+    iterations = rows - 1
+    group["theta"].resize((rows, group["theta"].shape[1]))
+    for name in ("loss", "accuracy", "val_accuracy"):
+        if name in group:
+            group[name].resize((iterations,))
+    if "batch_indices" in group:
+        group["batch_indices"].resize((iterations, group["batch_indices"].shape[1]))
+    if steps is not None:
+        write_steps(group, np.asarray(steps, np.int64), iterations)
+    group.attrs.update({"num_iterations": iterations, "steps_recorded": rows, "complete": True})
+
+
 # --- non-trainable weights (a user's model) ------------------------------------------------
 
 FIXED_WEIGHTS_GROUP = "non_trainable"

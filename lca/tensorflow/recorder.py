@@ -59,6 +59,7 @@ from ..storage import (
     refuse_existing_recording,
     write_fixed_weights,
 )
+from ..storage.trajectory import shorten_recording, stored_steps
 
 __all__ = ["TrajectoryRecorder", "compiled_loss"]
 
@@ -134,6 +135,8 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     of the config's ``allocate`` section (e.g. ``{"eval_batch_size": 1000}``).
     ``overwrite=True`` replaces an existing run directory; an interrupted recording cannot be
     continued (see the module docstring), so recording into it again is a one-line error.
+    ``record_every=k`` stores θ every k optimizer steps and after the last one (each
+    iteration of the allocation is then a segment of k steps: docs/checkpoints.md).
     """
 
     def __init__(
@@ -151,9 +154,15 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         allocate: dict[str, Any] | None = None,
         seed: int = 0,
         overwrite: bool = False,
+        record_every: int = 1,
     ) -> None:
         super().__init__()
         self.run_dir = location(run_dir)
+        if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+            raise ConfigError(
+                f"TrajectoryRecorder: record_every must be a whole number >= 1, got {record_every}"
+            )
+        self.record_every = record_every
         if (data_fn is None) == (train_data is None):
             raise ConfigError(
                 "TrajectoryRecorder: give either data_fn ('module:function') or train_data=(x, y)"
@@ -188,7 +197,9 @@ class TrajectoryRecorder(keras.callbacks.Callback):
                 from_logits=True if from_logits is None else from_logits,
             ),
             data=DataConfig(builder=self.data_fn or RUN_ARRAYS, kwargs=self.data_kwargs),
-            training=TrainingConfig(iterations=iterations, seed=self.seed, log_every=0),
+            training=TrainingConfig(
+                iterations=iterations, seed=self.seed, log_every=0, record_every=self.record_every
+            ),
             allocate=AllocateConfig(),
         ).to_dict()
         raw["allocate"].update(self.allocate)
@@ -235,9 +246,13 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         if self.train_data is not None:
             write_run_arrays(run_dir, dataset)
         self._written = config
+        # θ every k steps: the steps whose θ is stored, and those of the rows written so far
+        stored = stored_steps(iterations, self.record_every) if self.record_every > 1 else None
+        self._stored = None if stored is None else {int(s) for s in stored}
+        self._row_steps = [0]
         self.writer = TrajectoryWriter(
             run_dir,
-            num_iterations=iterations,
+            num_iterations=iterations if stored is None else len(stored) - 1,
             num_params=layout.total,
             batch_size=1,
             train_indices=dataset.train_indices,
@@ -252,6 +267,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
                 ),
                 "metrics": "loss, accuracy and batch_indices are not recorded by model.fit",
             },
+            steps=stored,
         )
         self._fixed = fixed_weights(model)
         write_fixed_weights(self.writer.group, [(n, a) for n, a, _ in self._fixed])
@@ -264,6 +280,14 @@ class TrajectoryRecorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         if self.writer is None:
+            return
+        if self._stored is not None:  # θ every k steps: a row where a segment ends
+            if self.steps >= self._written.training.iterations:
+                raise ConfigError("model.fit ran more steps than it announced; cannot record them")
+            self.steps += 1
+            if self.steps in self._stored:
+                self.writer.append(self._read_theta(), self._no_metrics)
+                self._row_steps.append(self.steps)
             return
         if self.steps >= self.writer.num_steps - 1:
             raise ConfigError("model.fit ran more steps than it announced; cannot record them")
@@ -278,19 +302,16 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         if self.writer is None:
             return
         writer, self.writer = self.writer, None
+        segmented = self._stored is not None
+        if segmented and self._row_steps[-1] < self.steps:  # stopped inside a segment
+            writer.append(self._read_theta(), self._no_metrics)
+            self._row_steps.append(self.steps)
         recorded = writer.close("complete")
         group = writer.group
-        if recorded < writer.num_steps:  # stopped early (EarlyStopping, initial_epoch)
-            iterations = recorded - 1
-            group["theta"].resize((recorded, group["theta"].shape[1]))
-            for name in ("loss", "accuracy", "val_accuracy"):
-                if name in group:
-                    group[name].resize((iterations,))
-            group["batch_indices"].resize((iterations, 1))
-            group.attrs.update(
-                {"num_iterations": iterations, "steps_recorded": recorded, "complete": True}
-            )
-            self._written.training.iterations = iterations
+        stopped = recorded < writer.num_steps or self.steps < self._written.training.iterations
+        if stopped:  # stopped early (EarlyStopping, initial_epoch)
+            shorten_recording(group, recorded, self._row_steps if segmented else None)
+            self._written.training.iterations = self.steps if segmented else recorded - 1
             (self.run_dir / CONFIG_FILE).write_text(_HEADER + self._written.to_yaml())
         changed = changed_fixed_weights(self.model, self._fixed)
         if changed:

@@ -59,10 +59,12 @@ from ..storage import (
     trajectory_attrs,
     write_fixed_weights,
 )
+from ..storage.trajectory import shorten_recording, stored_steps
 from .models import torch_layout
 from .recorder_setup import (
     check_arguments,
     check_rebuilt,
+    check_record_every,
     hyperparameters,
     is_recording_rank,
     model_config,
@@ -102,7 +104,9 @@ class TrajectoryRecorder:
     ``batch_size``: the most example indices one step records with :meth:`batch` (the
     batch size times the steps of gradient accumulation); without it no indices are
     recorded (-1). ``seed`` is written to the config; ``overwrite=True`` replaces an
-    existing run directory.
+    existing run directory. ``record_every=k`` stores θ every k optimizer steps and after
+    the last one (each iteration of the allocation is then a segment of k steps, with the
+    examples of all its steps: docs/checkpoints.md).
 
     Use it as a context manager, or call :meth:`close` after the last step: either removes
     the hooks and finishes the store; an exception inside the ``with`` block keeps the rows
@@ -128,12 +132,14 @@ class TrajectoryRecorder:
         batch_size: int | None = None,
         seed: int = 0,
         overwrite: bool = False,
+        record_every: int = 1,
     ) -> None:
         self.run_dir = location(run_dir)
         self.writer: TrajectoryWriter | None = None
         self.steps = 0
         self._handles: list = []
         check_arguments(iterations, train_data, data_fn, validation_data, batch_size)
+        check_record_every(record_every)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(
                 f"TrajectoryRecorder: optimizer is a {type(optimizer).__name__}, not a "
@@ -156,7 +162,9 @@ class TrajectoryRecorder:
             framework="torch",
             model=model_cfg,
             data=DataConfig(builder=data_fn or RUN_ARRAYS, kwargs=dict(data_kwargs or {})),
-            training=TrainingConfig(iterations=self.iterations, seed=seed, log_every=0),
+            training=TrainingConfig(
+                iterations=self.iterations, seed=seed, log_every=0, record_every=record_every
+            ),
             allocate=AllocateConfig(),
         ).to_dict()
         raw["allocate"].update(allocate or {})
@@ -174,11 +182,17 @@ class TrajectoryRecorder:
             write_run_arrays(run_dir, dataset)
         self._config = config
         self._num_train = len(dataset.y_train)
+        # θ every k steps: the steps whose θ is stored, those of the rows written so far, and
+        # the examples of the steps of the segment being trained
+        stored = stored_steps(self.iterations, record_every) if record_every > 1 else None
+        self._stored = None if stored is None else {int(s) for s in stored}
+        self._row_steps = [0]
+        self._segment: list[np.ndarray] = []
         self.writer = TrajectoryWriter(
             run_dir,
-            num_iterations=self.iterations,
+            num_iterations=self.iterations if stored is None else len(stored) - 1,
             num_params=layout.total,
-            batch_size=batch_size or 1,
+            batch_size=(batch_size or 1) * record_every,
             train_indices=dataset.train_indices,
             val_indices=dataset.val_indices,
             attrs={
@@ -196,6 +210,7 @@ class TrajectoryRecorder:
                     "TrajectoryRecorder.batch gave them (-1 elsewhere)"
                 ),
             },
+            steps=stored,
         )
         self._fixed = fixed_state(model, self.names)
         with self.writer.writing():
@@ -263,19 +278,15 @@ class TrajectoryRecorder:
                 stacklevel=2,
             )
             return 0
+        segmented = self._stored is not None
+        if segmented and self._row_steps[-1] < self.steps:  # stopped inside a segment
+            self._append_segment(writer)
         recorded = writer.close("complete")
         group = writer.group
-        if recorded < writer.num_steps:  # the training stopped early
-            iterations = recorded - 1
-            group["theta"].resize((recorded, group["theta"].shape[1]))
-            for name in ("loss", "accuracy", "val_accuracy"):
-                if name in group:
-                    group[name].resize((iterations,))
-            group["batch_indices"].resize((iterations, group["batch_indices"].shape[1]))
-            group.attrs.update(
-                {"num_iterations": iterations, "steps_recorded": recorded, "complete": True}
-            )
-            self._config.training.iterations = iterations
+        stopped = recorded < writer.num_steps or self.steps < self.iterations
+        if stopped:  # the training stopped early
+            shorten_recording(group, recorded, self._row_steps if segmented else None)
+            self._config.training.iterations = self.steps if segmented else recorded - 1
             (self.run_dir / CONFIG_FILE).write_text(_HEADER + self._config.to_yaml())
         if self._changed_at is not None:
             group.attrs["torch_optimizer_changed_at"] = self._changed_at
@@ -288,7 +299,7 @@ class TrajectoryRecorder:
                 "refuse this run",
                 stacklevel=2,
             )
-        return recorded - 1
+        return self.steps if segmented else recorded - 1
 
     def abort(self, status: str = "failed") -> int:
         """Remove the hooks and keep the rows recorded so far, marked incomplete."""
@@ -344,8 +355,24 @@ class TrajectoryRecorder:
             indices = np.concatenate(self._pending)
             row[: len(indices)] = indices
             self._pending = []
+        if self._stored is not None:  # θ every k steps: a row where a segment ends
+            self._segment.append(row[row >= 0])
+            self.steps += 1
+            if self.steps in self._stored:
+                self._append_segment(self.writer)
+            return
         self.writer.append(self._arrays(self._last), {"batch_indices": row})
         self.steps += 1
+
+    def _append_segment(self, writer: TrajectoryWriter) -> None:
+        """θ after the segment's last step, with the examples of all its steps (-1 after)."""
+        width = writer.group["batch_indices"].shape[1]
+        row = np.full(width, -1, np.int64)
+        indices = np.concatenate(self._segment) if self._segment else row[:0]
+        row[: len(indices)] = indices
+        self._segment = []
+        writer.append(self._arrays(self._last), {"batch_indices": row})
+        self._row_steps.append(self.steps)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -54,6 +54,13 @@ def check_arguments(iterations, train_data, data_fn, validation_data, batch_size
         raise ConfigError(f"TrajectoryRecorder: batch_size must be > 0, got {batch_size}")
 
 
+def check_record_every(record_every) -> None:
+    if isinstance(record_every, bool) or not isinstance(record_every, (int, np.integer)):
+        raise ConfigError("TrajectoryRecorder: record_every must be a whole number of steps")
+    if record_every < 1:
+        raise ConfigError(f"TrajectoryRecorder: record_every must be >= 1, got {record_every}")
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
     """The module whose parameters are θ: DDP's, DataParallel's or torch.compile's inner one;
     a sharded model is refused."""

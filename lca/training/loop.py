@@ -202,10 +202,11 @@ def _open_writer(config, run_dir, trainer, dataset, overwrite, resume, threads, 
                 stacklevel=3,
             )
         first = checkpoint.next_iteration
+        at = checkpoint.steps
         if steps is not None:  # the update after the last stored θ
-            first = int(steps[checkpoint.steps - 1])
+            first = at = int(steps[checkpoint.steps - 1])
         note = (
-            f"resuming {run_dir} from step {checkpoint.steps} "
+            f"resuming {run_dir} from step {at} "
             f"({tcfg.iterations - first} of {tcfg.iterations} iterations left)"
         )
         return writer, first, note
