@@ -13,16 +13,73 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
+import typing
 import warnings
 from pathlib import Path
 
-import click
+# TensorFlow's start-up chatter (oneDNN, cuInit on machines without a GPU, …) stays out of the
+# output: set before anything imports TensorFlow; a value the user set wins (and shows all)
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from .config import ConfigError, load_config
-from .storage import RunError, location
+import click  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+from .config import ConfigError, Precision, StoreLevel, load_config, note_renamed  # noqa: E402
+from .quadrature import RULES  # noqa: E402
+from .storage import RunError, location  # noqa: E402
+
+RULE_NAMES = tuple(RULES)
+PRECISION_NAMES: tuple[str, ...] = typing.get_args(Precision)
+STORE_NAMES: tuple[str, ...] = typing.get_args(StoreLevel)
+
+#: Old flags that still work (command: {old: new}); each prints ``note: OLD is now NEW``.
+RENAMED_FLAGS = {
+    "allocate": {
+        "--max-splits": "--max-intervals",
+        "--restart": "--overwrite",
+        "--iterations": "--range",
+    },
+    "tensorboard": {"--logdir": "--out"},
+}
+
+
+class Option(click.Option):
+    """An option whose described default (``show_default="…"``) shows as ``[default: …]``,
+    the way click shows a real default, so every default in ``--help`` reads the same."""
+
+    def get_help_extra(self, ctx: click.Context) -> dict:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str) and "default" in extra:
+            extra["default"] = self.show_default
+        return extra
+
+
+def option(*names: str, **kwargs):
+    """``click.option`` with :class:`Option`: the one way options of ``lca`` are declared."""
+    return click.option(*names, cls=Option, **kwargs)
+
+
+class RenamingCommand(click.Command):
+    """A command that still reads its old flag names, noting each new one once."""
+
+    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed = renamed or {}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        new_args = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                new_args += args[i:]
+                break
+            flag, equals, value = arg.partition("=")
+            if flag in self.renamed:
+                note_renamed(flag, self.renamed[flag])
+                arg = self.renamed[flag] + equals + value
+            new_args.append(arg)
+        return super().parse_args(ctx, new_args)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -96,6 +153,49 @@ PIPELINE = {
 }
 
 
+#: Lines native libraries print on stderr whatever TF_CPP_MIN_LOG_LEVEL says (absl logs
+#: before its initialisation): informational, or about a GPU a CPU-only machine lacks.
+NATIVE_NOISE = re.compile(
+    rb"All log messages before absl::InitializeLog|^[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] "
+    rb"|failed call to cuInit|Could not find cuda drivers|Unable to register cu\w+ factory"
+    rb"|computation placer already registered"
+)
+
+
+def quiet_native_stderr() -> None:
+    """Drop :data:`NATIVE_NOISE` lines written to file descriptor 2 by native code.
+
+    Python's own stderr keeps writing to the terminal directly; only what reaches fd 2
+    otherwise (TensorFlow's C++ logs, worker processes) passes a filter thread.
+    """
+    import threading
+
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):  # captured (tests, notebooks): leave it
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    sys.stderr = open(terminal, "w", buffering=1, encoding=sys.stderr.encoding, closefd=False)  # noqa: SIM115
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        pending = b""
+        while chunk := os.read(read_end, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not NATIVE_NOISE.search(line)]
+            if pending and not re.match(rb"[IWEF]\d|WARNING: All", pending):
+                kept.append(pending)  # a progress bar's line: no newline to wait for
+                pending = b""
+            if kept:
+                os.write(terminal, b"".join(kept))
+
+    threading.Thread(target=forward, daemon=True, name="lca-stderr-filter").start()
+
+
 class PipelineGroup(click.Group):
     """``lca --help`` lists the commands in pipeline order, each with an example."""
 
@@ -121,12 +221,15 @@ class PipelineGroup(click.Group):
 def main() -> None:
     """Loss Change Allocation: record a training run, allocate its loss change, verify it.
 
-    `lca COMMAND --help` lists a command's options. Documentation: docs/ (mkdocs serve).
+    `lca COMMAND --help` lists a command's options. Documentation: the docs/ folder of the
+    repository (browse it with `mkdocs serve`).
     """
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    if USER_TF_LOG_LEVEL is None:
+        quiet_native_stderr()
 
 
-override_option = click.option(
+override_option = option(
     "--set",
     "overrides",
     multiple=True,
@@ -179,19 +282,35 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/<config name>].")
-@click.option("--seed", type=int, help="Training seed (initialisation, batches, dropout).")
-@click.option("--iterations", type=int, help="Number of training iterations.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-@click.option(
+@option(
+    "--out",
+    type=click.Path(file_okay=False),
+    show_default="runs/<config name>",
+    help="Run directory.",
+)
+@option(
+    "--seed",
+    type=int,
+    show_default="training.seed (config)",
+    help="Training seed (initialisation, batches, dropout).",
+)
+@option(
+    "--iterations",
+    type=int,
+    show_default="training.iterations (config)",
+    help="Number of training iterations.",
+)
+@option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run in the directory (a plain rerun does too); fail if none.",
 )
-@click.option(
+@option(
     "--threads",
     type=int,
-    help="Pin TensorFlow's threads: the same N makes a resumed run bitwise an uninterrupted one.",
+    show_default="all cores",
+    help="Pin the intra-op threads: the same N makes a resumed run bitwise an uninterrupted one.",
 )
 @override_option
 @friendly_errors
@@ -218,141 +337,210 @@ def train(config_file, out, seed, iterations, overwrite, resume, threads, overri
     )
 
 
-@main.command()
+#: ``lca allocate``'s options and the settings they set, in one place: the command builds
+#: its overrides from it, and rewrites the library's errors, which name settings
+#: (``allocate.max_intervals: …``), into the flags the user typed (``--max-intervals: …``).
+ALLOCATE_FLAGS = {
+    "--splits": "allocate.splits",
+    "--threshold": "allocate.threshold",
+    "--max-intervals": "allocate.max_intervals",
+    "--subset": "allocate.subset_size",
+    "--check-every": "allocate.check_every",
+    "--per-class": "allocate.per_class",
+    "--rule": "allocate.rule",
+    "--trapezoid-threshold": "allocate.trapezoid_threshold",
+    "--precision": "allocate.precision",
+    "--store": "allocate.store",
+    "--store-grad": "allocate.store_grad",
+    "--causes": "allocate.causes",
+    "--workers": "execution.workers",
+    "--gpus": "execution.gpus",
+    "--threads": "execution.threads",
+    "--ray": "execution.ray",
+    "--gpus-per-task": "execution.gpus_per_task",
+    "--cpus-per-task": "execution.cpus_per_task",
+    "--overwrite": "execution.overwrite",
+}
+
+
+def _from_config(setting: str) -> str:
+    """How a default that comes from the run's config shows in ``--help``."""
+    from .config import AllocateConfig
+
+    value = getattr(AllocateConfig(), setting)
+    if isinstance(value, list):
+        value = ",".join(value)
+    elif isinstance(value, bool):
+        value = str(value).lower()
+    return f"{value} (config)"
+
+
+def _with_flags(message: str, given: set[str]) -> str:
+    """``message`` with each setting the user gave as a flag named by that flag."""
+    for flag, setting in sorted(ALLOCATE_FLAGS.items(), key=lambda item: -len(item[1])):
+        if flag in given or setting.startswith("execution."):
+            message = re.sub(rf"{re.escape(setting)}(\[\d+\])?(?![\w.])", flag, message)
+    return message
+
+
+@main.command(cls=RenamingCommand, renamed=RENAMED_FLAGS["allocate"])
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--gpus", help="One worker per listed GPU: 0-3 or 0,2.")
-@click.option("--workers", type=int, default=1, show_default=True, help="CPU worker processes.")
-@click.option(
-    "--threads", type=int, help="TensorFlow intra-op threads per worker [--ray: its CPUs]."
+@option("--gpus", help="One worker process per listed GPU: 0-3 or 0,2.")
+@option("--workers", type=int, default=1, show_default=True, help="CPU worker processes.")
+@option(
+    "--threads",
+    type=int,
+    show_default="all cores (--ray: its CPUs per task)",
+    help="Intra-op threads per worker: the same N gives bitwise the same numbers.",
 )
-@click.option(
+@option(
     "--ray",
-    "ray_address",
     metavar="auto|local|ADDRESS",
-    help="Run each chunk as a task on a Ray cluster (pip install 'lca[ray]').",
+    help="Run each block of iterations as a task on a Ray cluster (pip install 'lca[ray]').",
 )
-@click.option(
+@option(
     "--gpus-per-task",
     type=float,
     default=0.0,
     show_default=True,
     help="With --ray: GPUs a task holds.",
 )
-@click.option(
-    "--cpus-per-task", type=float, help="With --ray: CPUs (and threads) a task holds [1]."
+@option(
+    "--cpus-per-task",
+    type=float,
+    show_default="1",
+    help="With --ray: CPUs (and threads) a task holds.",
 )
-@click.option("--splits", help="Comma-separated splits to allocate [config: train,val].")
-@click.option("--threshold", type=float, help="Per-iteration |error| that triggers halving.")
-@click.option("--max-splits", type=int, help="Most sub-intervals per iteration (power of 2).")
-@click.option(
-    "--iterations",
+@option(
+    "--splits",
+    show_default=_from_config("splits"),
+    help="Comma-separated data splits to allocate.",
+)
+@option(
+    "--threshold",
+    type=float,
+    show_default=_from_config("threshold"),
+    help="Per-iteration |conservation error| that triggers halving the sub-intervals.",
+)
+@option(
+    "--max-intervals",
+    type=int,
+    show_default=_from_config("max_intervals"),
+    help="Most sub-intervals per iteration (a power of two).",
+)
+@option(
+    "--range",
     "iteration_range",
     metavar="A:B",
-    help="Allocate only iterations A..B-1 (rounded out to whole chunks).",
+    show_default="all iterations",
+    help="Allocate only iterations A..B-1 (rounded out to whole blocks).",
 )
-@click.option(
-    "--subset", type=int, metavar="N", help="Allocate the train split on N fixed random examples."
+@option(
+    "--subset",
+    "subset_size",
+    type=int,
+    metavar="N",
+    show_default="the whole split",
+    help="Allocate the train split on N fixed random examples.",
 )
-@click.option(
+@option(
     "--check-every",
     type=int,
     metavar="K",
+    show_default="never",
     help="With --subset: also allocate every K-th iteration on the full train set and compare.",
 )
-@click.option(
-    "--per-class", is_flag=True, default=None, help="Also split every LCA into per-class parts."
+@option(
+    "--per-class",
+    is_flag=True,
+    default=None,
+    show_default=_from_config("per_class"),
+    help="Also split every LCA into per-class parts.",
 )
-@click.option(
+@option(
     "--rule",
-    type=click.Choice(["adaptive", "simpson"]),
-    help="adaptive: trapezoid on the endpoints first; simpson: the paper's [config: adaptive].",
+    type=click.Choice(RULE_NAMES),
+    show_default=_from_config("rule"),
+    help="Quadrature rule. adaptive: the trapezoid on the endpoints first, Simpson where its "
+    "error is too large; simpson: the paper's composite Simpson.",
 )
-@click.option(
+@option(
     "--trapezoid-threshold",
     type=float,
-    help="With --rule adaptive: |error| within which the trapezoid is accepted [config].",
+    show_default="threshold / 10 (config)",
+    help="With --rule adaptive: |error| within which the trapezoid is accepted.",
 )
-@click.option(
+@option(
     "--precision",
-    type=click.Choice(["auto", "float32", "bfloat16", "tf32"]),
-    help="Arithmetic of the gradients; losses stay float32 [config: auto, bfloat16 on CPUs "
-    "with bf16 units].",
+    type=click.Choice(PRECISION_NAMES),
+    show_default=_from_config("precision"),
+    help="Arithmetic of the gradients; losses stay float32. auto: bfloat16 on CPUs with "
+    "bf16 units, float32 elsewhere.",
 )
-@click.option(
+@option(
     "--store",
-    type=click.Choice(["parameters", "units", "layers"]),
+    type=click.Choice(STORE_NAMES),
+    show_default=_from_config("store"),
     help="What to keep per iteration: the LCA of every parameter, or only its sums per unit "
-    "and layer, or per layer (long runs) [config: parameters].",
+    "and layer, or per layer (long runs).",
 )
-@click.option(
+@option(
     "--store-grad/--no-store-grad",
     default=None,
-    help="Keep the full-set gradient at every step (T+1, K); only oscillations need it "
-    "[config: true].",
+    show_default=_from_config("store_grad"),
+    help="Keep the full-set gradient at every step (T+1, K); only oscillations need it.",
 )
-@click.option(
+@option(
     "--causes/--no-causes",
     default=None,
+    show_default=_from_config("causes"),
     help="Also split every LCA by its cause: each term of the optimiser's step (signal, "
     "mini-batch deviation, momentum or Adam's history, weight decay, replay residual) × first "
-    "order / curvature, summed per layer and unit (<split>/causes in lca.zarr) [config: false].",
+    "order / curvature, summed per layer and unit (<split>/causes in lca.zarr).",
 )
-@click.option("--restart", is_flag=True, help="Discard an existing lca.zarr and start over.")
+@option(
+    "--overwrite",
+    is_flag=True,
+    help="Discard an existing lca.zarr and start over (old name: --restart).",
+)
+@click.pass_context
 @friendly_errors
-def allocate(
-    run_dir,
-    gpus,
-    workers,
-    threads,
-    ray_address,
-    gpus_per_task,
-    cpus_per_task,
-    splits,
-    threshold,
-    max_splits,
-    iteration_range,
-    subset,
-    check_every,
-    per_class,
-    rule,
-    trapezoid_threshold,
-    precision,
-    store,
-    store_grad,
-    causes,
-    restart,
-) -> None:
-    """Compute the per-parameter, per-iteration LCA of a trained run (resumable)."""
-    from .allocation import allocate as run_allocation
-    from .allocation import parse_gpus
+def allocate(ctx: click.Context, run_dir, iteration_range, **options) -> None:
+    """Compute the per-parameter, per-iteration LCA of a trained run (resumable).
 
-    if sum([bool(gpus), workers != 1, ray_address is not None]) > 1:
-        raise click.UsageError("--gpus, --workers and --ray are exclusive")
-    if ray_address is None and (gpus_per_task or cpus_per_task is not None):
-        raise click.UsageError("--gpus-per-task and --cpus-per-task need --ray")
-    summary = run_allocation(
-        run_dir,
-        splits=splits.split(",") if splits else None,
-        threshold=threshold,
-        max_splits=max_splits,
-        subset_size=subset,
-        check_every=check_every,
-        per_class=per_class,
-        rule=rule,
-        trapezoid_threshold=trapezoid_threshold,
-        precision=precision,
-        store=store,
-        store_grad=store_grad,
-        causes=causes,
-        iterations=_parse_range(iteration_range),
-        workers=workers,
-        gpus=parse_gpus(gpus) if gpus else None,
-        threads=threads,
-        ray=ray_address,
-        gpus_per_task=gpus_per_task,
-        cpus_per_task=cpus_per_task,
-        restart=restart,
-    )
+    Options not given take the run's config (its `allocate:` section); a resumed allocation
+    continues with its store's rule, precision and store choices.
+    """
+    from .allocation import Execution, parse_gpus
+    from .allocation import allocate as run_allocation
+
+    if options["splits"]:
+        options["splits"] = options["splits"].split(",")
+    if options["gpus"]:
+        options["gpus"] = parse_gpus(options["gpus"])
+    typed = click.core.ParameterSource.COMMANDLINE
+    names = {flag: setting.partition(".") for flag, setting in ALLOCATE_FLAGS.items()}
+    given = {
+        flag for flag, (_, _, name) in names.items() if ctx.get_parameter_source(name) == typed
+    }
+    overrides = {
+        name: options[name]
+        for flag, (section, _, name) in names.items()
+        if section == "allocate" and flag in given
+    }
+    execution_options = {
+        name: options[name] for section, _, name in names.values() if section == "execution"
+    }
+    try:
+        execution = Execution(**execution_options)
+        summary = run_allocation(
+            run_dir, execution=execution, iterations=_parse_range(iteration_range), **overrides
+        )
+    except (RunError, ConfigError) as exc:
+        rewritten = _with_flags(str(exc), given)
+        if rewritten == str(exc):
+            raise
+        raise RunError(rewritten) from None
     done = f"{summary.iterations_done} of {summary.iterations_total} done in {run_dir}/lca.zarr"
     n = summary.iterations_this_run
     if n == 0:
@@ -367,7 +555,7 @@ def allocate(
 
 @main.command("verify-error")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
 def verify_error(run_dir: str, as_json: bool) -> None:
     """Report how well the allocation conserves the loss (paper Table S1); exit 1 if it fails."""
@@ -383,21 +571,30 @@ def verify_error(run_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory [RUN/report].")
-@click.option(
+@option(
+    "--split",
+    type=click.Choice(["train", "val"]),
+    default="train",
+    show_default=True,
+    help="The data split whose LCA the report shows.",
+)
+@option(
+    "--out", type=click.Path(file_okay=False), show_default="RUN/report", help="Output directory."
+)
+@option(
     "--vs",
     "vs",
     multiple=True,
     type=click.Path(file_okay=False),
     help="A run of a second group to compare with (repeatable).",
 )
-@click.option("--frames", type=int, default=40, show_default=True, help="Animation frames (≤ 40).")
+@option("--frames", type=int, default=40, show_default=True, help="Animation frames (≤ 40).")
 @friendly_errors
 def report(run_dirs, split, out, vs, frames) -> None:
     """Turn allocated runs into the paper's tables and figures (report.md, report.json, PNGs).
 
-    Several RUN_DIRS (same config, different seeds) give mean ± std and a per-layer sign test.
+    Several RUN_DIRS (same config, different seeds) give mean ± std and a per-layer one-sample
+    t-test of the totals against 0.
     """
     from .report import make_report
 
@@ -410,14 +607,15 @@ def report(run_dirs, split, out, vs, frames) -> None:
     click.echo(f"report written to {result.out_dir}")
 
 
-@main.command()
+@main.command(cls=RenamingCommand, renamed=RENAMED_FLAGS["tensorboard"])
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--logdir",
+@option(
+    "--out",
     type=click.Path(file_okay=False),
-    help="Where the event files go, one folder per run [tensorboard/ beside the runs].",
+    show_default="tensorboard/ beside the runs",
+    help="Where the event files go, one folder per run (old name: --logdir).",
 )
-@click.option(
+@option(
     "--histograms",
     type=int,
     default=50,
@@ -425,18 +623,18 @@ def report(run_dirs, split, out, vs, frames) -> None:
     help="Most iterations with per-layer LCA histograms (the training log points).",
 )
 @friendly_errors
-def tensorboard(run_dirs, logdir, histograms) -> None:
+def tensorboard(run_dirs, out, histograms) -> None:
     """Write TensorBoard event files of RUN_DIRS: losses, per-layer LCA, errors, config.
 
-    Each run goes to LOGDIR/<run name>/ (train/, val/, training/), so one
-    `tensorboard --logdir LOGDIR` shows several runs side by side. A command of its own
-    rather than a flag of `lca report`: it writes no report, and LOGDIR is its only output.
+    Each run goes to `OUT/<run name>/` (train/, val/, training/), so one
+    `tensorboard --logdir OUT` shows several runs side by side. A command of its own
+    rather than a flag of `lca report`: it writes no report, and OUT is its only output.
     """
     from .report.tensorboard import write_tensorboard
 
     if histograms < 0:
         raise click.BadParameter("must be >= 0", param_hint="--histograms")
-    written = write_tensorboard(list(run_dirs), logdir, max_histograms=histograms)
+    written = write_tensorboard(list(run_dirs), out, max_histograms=histograms)
     for folder in written:
         click.echo(f"wrote {folder}")
     root = written[0].parent if len(written) == 1 else os.path.commonpath(written)
@@ -445,33 +643,40 @@ def tensorboard(run_dirs, logdir, histograms) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
+@option(
     "--by",
-    help="Comma-separated criteria: lca, lca-abs, lca-late, magnitude, movement, random [all].",
+    show_default="all",
+    help="Comma-separated criteria: lca, lca-abs, lca-late, magnitude, movement, random.",
 )
-@click.option("--fractions", help="Comma-separated fractions to prune [0.5,0.8,0.9,0.95,0.98].")
-@click.option(
+@option(
+    "--fractions",
+    show_default="0.5,0.8,0.9,0.95,0.98",
+    help="Comma-separated fractions to prune.",
+)
+@option(
     "--scope",
     type=click.Choice(["global", "layer"]),
     default="global",
     show_default=True,
     help="Rank all prunable weights together, or prune each layer group by the fraction.",
 )
-@click.option(
+@option(
     "--split",
     type=click.Choice(["train", "val"]),
     default="train",
     show_default=True,
     help="The split whose LCA ranks the weights.",
 )
-@click.option(
+@option(
     "--include",
     default="kernels",
     show_default=True,
     help="What may be pruned: kernels, all, or comma-separated name endings (kernel,embeddings).",
 )
-@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds of random pruning.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory [RUN/prune].")
+@option("--seeds", type=int, default=5, show_default=True, help="Seeds of random pruning.")
+@option(
+    "--out", type=click.Path(file_okay=False), show_default="RUN/prune", help="Output directory."
+)
 @friendly_errors
 def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
     """Zero the least important weights of θ_T by LCA, magnitude, movement or at random,
@@ -498,7 +703,7 @@ def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
+@option(
     "--repair",
     is_flag=True,
     help="Mark the LCA work units holding damaged chunks as not done (then `lca allocate`).",

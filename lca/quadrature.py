@@ -1,10 +1,11 @@
 """Path integrals of the gradient along one training step, in pure numpy.
 
 LCA of iteration t is A_t,i = Δ_i ∫_0^1 g_i(θ_t + sΔ) ds. The integral is approximated by a
-quadrature rule on equally spaced nodes s = k/n; the rule is a pluggable object (Simpson's
-rule is the paper's "RK4"), and :func:`integrate_step` refines it adaptively, halving the
-sub-intervals while the conservation error of any split exceeds the threshold. The sequence
-of rules is pluggable too (:data:`METHODS`): ``simpson`` is the paper's, ``adaptive`` starts
+Newton–Cotes formula on equally spaced nodes s = k/n; the formula is a pluggable object
+(Simpson's is the paper's "RK4"), and :func:`integrate_step` refines it adaptively, halving
+the sub-intervals while the conservation error of any split exceeds the threshold. The
+refinement sequence, the rule ``allocate.rule`` names, is pluggable too (:data:`RULES`):
+``simpson`` is the paper's, ``adaptive`` starts
 from the trapezoid on the two endpoints, which costs one new gradient per iteration instead
 of two. Nodes live on the grid of the finest level, so every gradient computed at a coarse
 level is reused at the finer ones and never evaluated twice.
@@ -14,23 +15,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 
 @dataclass(frozen=True)
-class QuadratureRule:
+class QuadratureFormula:
     """A closed Newton–Cotes family: ``weights(n)`` for the n+1 nodes k/n of [0, 1]."""
 
     name: str
-    min_splits: int
+    min_intervals: int
     weights: Callable[[int], np.ndarray]
     order: int  # the error falls as h**order for smooth integrands
 
     def check(self, n: int) -> None:
-        if n < self.min_splits or n % self.min_splits:
+        if n < self.min_intervals or n % self.min_intervals:
             raise ValueError(
-                f"{self.name} needs a multiple of {self.min_splits} sub-intervals, got {n}"
+                f"{self.name} needs a multiple of {self.min_intervals} sub-intervals, got {n}"
             )
 
 
@@ -58,37 +60,37 @@ def left_riemann_weights(n: int) -> np.ndarray:
     return w
 
 
-SIMPSON = QuadratureRule("simpson", 2, simpson_weights, order=4)
-TRAPEZOID = QuadratureRule("trapezoid", 1, trapezoid_weights, order=2)
-FIRST_ORDER = QuadratureRule("first_order", 1, left_riemann_weights, order=1)
-RULES = {rule.name: rule for rule in (SIMPSON, TRAPEZOID, FIRST_ORDER)}
+SIMPSON = QuadratureFormula("simpson", 2, simpson_weights, order=4)
+TRAPEZOID = QuadratureFormula("trapezoid", 1, trapezoid_weights, order=2)
+FIRST_ORDER = QuadratureFormula("first_order", 1, left_riemann_weights, order=1)
+FORMULAS = {formula.name: formula for formula in (SIMPSON, TRAPEZOID, FIRST_ORDER)}
 
 
-def integrate(rule: QuadratureRule, values: np.ndarray) -> np.ndarray:
-    """Apply ``rule`` to function values at the n+1 equally spaced nodes (first axis)."""
+def integrate(formula: QuadratureFormula, values: np.ndarray) -> np.ndarray:
+    """Apply ``formula`` to function values at the n+1 equally spaced nodes (first axis)."""
     values = np.asarray(values, dtype=np.float64)
     n = values.shape[0] - 1
-    return np.tensordot(rule.weights(n), values, axes=1)
+    return np.tensordot(formula.weights(n), values, axes=1)
 
 
 @dataclass(frozen=True)
 class Level:
-    """One stage of a refinement: ``rule`` on ``splits`` sub-intervals, accepted when every
+    """One stage of a refinement: ``formula`` on ``intervals`` sub-intervals, accepted when every
     split's |conservation error| is at most ``threshold``."""
 
-    splits: int
-    rule: QuadratureRule
+    intervals: int
+    formula: QuadratureFormula
     threshold: float
 
 
-def simpson_levels(threshold: float, max_splits: int, **_) -> tuple[Level, ...]:
-    """The paper's rule: composite Simpson on 2, 4, …, ``max_splits`` sub-intervals."""
-    SIMPSON.check(max_splits)
-    return tuple(Level(2**k, SIMPSON, threshold) for k in range(1, int(np.log2(max_splits)) + 1))
+def simpson_levels(threshold: float, max_intervals: int, **_) -> tuple[Level, ...]:
+    """The paper's rule: composite Simpson on 2, 4, …, ``max_intervals`` sub-intervals."""
+    SIMPSON.check(max_intervals)
+    return tuple(Level(2**k, SIMPSON, threshold) for k in range(1, int(np.log2(max_intervals)) + 1))
 
 
 def adaptive_levels(
-    threshold: float, max_splits: int, trapezoid_threshold: float | None = None
+    threshold: float, max_intervals: int, trapezoid_threshold: float | None = None
 ) -> tuple[Level, ...]:
     """Endpoint-first: the trapezoid on the two endpoints, whose gradients every iteration
     shares with its neighbours (one new gradient per iteration), then the paper's Simpson
@@ -100,28 +102,31 @@ def adaptive_levels(
     """
     strict = threshold / 10 if trapezoid_threshold is None else trapezoid_threshold
     first = (Level(1, TRAPEZOID, min(strict, threshold)),)
-    return first + (simpson_levels(threshold, max_splits) if max_splits >= 2 else ())
+    return first + (simpson_levels(threshold, max_intervals) if max_intervals >= 2 else ())
 
 
 #: The pluggable refinement sequences, by the name ``allocate.rule`` takes.
-METHODS: dict[str, Callable[..., tuple[Level, ...]]] = {
+RULES: dict[str, Callable[..., tuple[Level, ...]]] = {
     "simpson": simpson_levels,
     "adaptive": adaptive_levels,
 }
 
+#: The names :data:`RULES` holds, as a type: ``allocate.rule`` is checked against it.
+RuleName = Literal[tuple(RULES)]  # type: ignore[valid-type]
+
 
 def refinement_levels(
-    method: str,
+    rule: str,
     threshold: float = 1e-3,
-    max_splits: int = 32,
+    max_intervals: int = 32,
     trapezoid_threshold: float | None = None,
 ) -> tuple[Level, ...]:
-    """The levels ``method`` tries, coarsest first (see :data:`METHODS`)."""
+    """The levels ``rule`` tries, coarsest first (see :data:`RULES`)."""
     try:
-        make = METHODS[method]
+        make = RULES[rule]
     except KeyError:
-        raise ValueError(f"unknown rule {method!r} (choose from {', '.join(METHODS)})") from None
-    return make(threshold, max_splits, trapezoid_threshold=trapezoid_threshold)
+        raise ValueError(f"unknown rule {rule!r} (choose from {', '.join(RULES)})") from None
+    return make(threshold, max_intervals, trapezoid_threshold=trapezoid_threshold)
 
 
 @dataclass
@@ -131,14 +136,14 @@ class StepAllocation:
     lca: dict[str, np.ndarray]  # split -> (K,) float32, A_i = Δ_i · mean gradient on the path
     error: dict[str, float]  # split -> ΔL − Σ_i A_i (float64, from the stored float32 values)
     error_first_order: dict[str, float]  # split -> ΔL − Σ_i Δ_i g_i(θ_t)
-    splits: int  # sub-intervals of the accepted rule (1: the trapezoid on the endpoints)
+    intervals: int  # sub-intervals of the accepted level (1: the trapezoid on the endpoints)
     evaluations: int  # gradient evaluations this call made (start and end not counted)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (n, errors)
     components: dict[str, np.ndarray] = field(default_factory=dict)  # see integrate_step
-    rule: str = "simpson"  # the rule of the accepted level
+    formula: str = "simpson"  # the Newton–Cotes formula of the accepted level
     converged: bool = True  # the last level tried is within its threshold
     stalled: bool = False  # refinement stopped early: it no longer reduced the error
-    # split -> (K,) float64 path-mean gradient ḡ of the accepted rule (lca = (Δ·ḡ) as float32)
+    # split -> (K,) float64 path-mean gradient ḡ of the accepted level (lca = (Δ·ḡ) as float32)
     mean_grad: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -155,8 +160,8 @@ def integrate_step(
     end: Mapping[str, np.ndarray],
     *,
     threshold: float = 1e-3,
-    max_splits: int = 32,
-    method: str = "simpson",
+    max_intervals: int = 32,
+    rule: str = "simpson",
     trapezoid_threshold: float | None = None,
     components: tuple[str, ...] = (),
     stop_when_stalled: bool = False,
@@ -165,7 +170,7 @@ def integrate_step(
 
     ``gradient_at(s)`` returns the gradient of each split at θ + sΔ for an interior s;
     ``start``/``end`` are the gradients at s = 0 and 1, which the caller shares with the
-    neighbouring iterations. The levels of ``method`` (:func:`refinement_levels`) are tried in
+    neighbouring iterations. The levels of ``rule`` (:func:`refinement_levels`) are tried in
     order until every split's |error| is within the level's threshold or none is left.
 
     ``stop_when_stalled`` (for reduced-precision gradients, whose rounding puts a floor under
@@ -173,11 +178,11 @@ def integrate_step(
     refining further would only spend gradients. The result then says ``converged=False``.
 
     ``components`` names further entries of the node dictionaries (e.g. per-class gradients,
-    shaped (C, K)) that are integrated with the accepted rule without steering it:
+    shaped (C, K)) that are integrated with the accepted level without steering it:
     ``result.components[name] = Δ · Σ_k w_k g_k`` as float32.
     """
-    levels = refinement_levels(method, threshold, max_splits, trapezoid_threshold)
-    finest = levels[-1].splits
+    levels = refinement_levels(rule, threshold, max_intervals, trapezoid_threshold)
+    finest = levels[-1].intervals
     delta64 = np.asarray(delta, dtype=np.float64)
     nodes: dict[int, Mapping[str, np.ndarray]] = {0: start, finest: end}
     evaluations = 0
@@ -191,13 +196,13 @@ def integrate_step(
     converged = stalled = False
     previous: Level | None = None
     for level in levels:
-        n, stride = level.splits, finest // level.splits
+        n, stride = level.intervals, finest // level.intervals
         for k in range(n + 1):
             j = k * stride
             if j not in nodes:
                 nodes[j] = gradient_at(j / finest)
                 evaluations += 1
-        weights = level.rule.weights(n)
+        weights = level.formula.weights(n)
         lca, error, mean_grads = {}, {}, {}
         for split in loss_change:
             mean_grad = np.zeros_like(delta64)
@@ -211,7 +216,7 @@ def integrate_step(
         if (
             stop_when_stalled
             and previous is not None
-            and previous.rule is level.rule
+            and previous.formula is level.formula
             and worst >= max(abs(e) for e in history[-1][1].values())
         ):
             stalled = True
@@ -234,7 +239,7 @@ def integrate_step(
         evaluations,
         history,
         parts,
-        rule=level.rule.name,
+        formula=level.formula.name,
         converged=converged,
         stalled=stalled,
         mean_grad=mean_grads,
@@ -245,3 +250,19 @@ def segment_point(start: np.ndarray, end: np.ndarray, fraction: float) -> np.nda
     """θ = start + fraction (end − start), computed in float64 and stored as float32."""
     start64 = np.asarray(start, dtype=np.float64)
     return (start64 + fraction * (np.asarray(end, np.float64) - start64)).astype(np.float32)
+
+
+class LossAndGradient(NamedTuple):
+    """One split's values at a θ, as an objective returns them (``objective(θ)[split]``)."""
+
+    loss: float  # float64 mean of the per-example losses
+    gradient: np.ndarray  # (K,) float32, in θ's order
+
+
+class ClassLossAndGradient(NamedTuple):
+    """:class:`LossAndGradient` and its exact split into classes (``allocate.per_class``)."""
+
+    loss: float
+    gradient: np.ndarray  # (K,) float32
+    class_loss: np.ndarray  # (C,): L = Σ_c class_loss[c]
+    class_gradient: np.ndarray  # (C, K)

@@ -81,7 +81,7 @@ SLOW = (
     "data.synthetic.image_shape=[28, 28, 1]",
     "model.hidden_units=[64]",
     "training.iterations=20",
-    "allocate.chunk_iterations=4",
+    "allocate.block_iterations=4",
     "allocate.eval_batch_size=4000",
 )
 

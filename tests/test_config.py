@@ -86,7 +86,7 @@ def _write(tmp_path, text):
         ("training: {iterations: 2.5}", "training.iterations: must be an integer"),
         ("training: {batch_size: 0}", "training.batch_size: must be > 0"),
         ("optimizer: {momentum: 1.0}", "optimizer.momentum: must be in [0, 1)"),
-        ("allocate: {max_splits: 12}", "allocate.max_splits: must be a power of two"),
+        ("allocate: {max_intervals: 12}", "allocate.max_intervals: must be a power of two"),
         ("allocate: {splits: [train, test]}", "allocate.splits[1]: must be one of train, val"),
         ("allocate: {threshold: 0}", "allocate.threshold: must be > 0"),
         ("data: {name: imagenet}", "data.name: must be one of mnist, cifar10, synthetic"),

@@ -103,7 +103,7 @@ def _builder_config(model: str, data: str = "user_models:blobs", **allocate) -> 
         "data": {"builder": data},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
         "training": {"iterations": 12, "batch_size": 40, "log_every": 0},
-        "allocate": {"eval_batch_size": 100, "chunk_iterations": 6, "threshold": 1e-4, **allocate},
+        "allocate": {"eval_batch_size": 100, "block_iterations": 6, "threshold": 1e-4, **allocate},
     }
 
 
@@ -403,7 +403,7 @@ def test_modular_tokens_with_adamw_train_allocate_and_conserve(tmp_path):
             "training": {"iterations": 12, "batch_size": 8, "log_every": 0},
             "allocate": {
                 "eval_batch_size": 100,
-                "chunk_iterations": 6,
+                "block_iterations": 6,
                 "threshold": 1e-4,
                 "precision": "float32",
             },

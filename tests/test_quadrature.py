@@ -22,7 +22,7 @@ def test_simpson_weights_pattern_and_sum(n):
     assert simpson_weights(n).sum() == pytest.approx(1.0, abs=1e-15)
 
 
-def test_simpson_rejects_odd_splits():
+def test_simpson_rejects_odd_intervals():
     with pytest.raises(ValueError, match="multiple of 2"):
         simpson_weights(3)
 
@@ -42,12 +42,12 @@ def test_simpson_is_not_exact_on_quartics():
     assert abs(integrate(SIMPSON, s**4) - 0.2) > 1e-3
 
 
-@pytest.mark.parametrize(("rule", "order"), [(SIMPSON, 4), (TRAPEZOID, 2), (FIRST_ORDER, 1)])
-def test_composite_rules_converge_at_their_order(rule, order):
+@pytest.mark.parametrize(("formula", "order"), [(SIMPSON, 4), (TRAPEZOID, 2), (FIRST_ORDER, 1)])
+def test_composite_formulas_converge_at_their_order(formula, order):
     exact = np.e - 1.0  # ∫_0^1 e^s ds
     errors = []
     for n in (2, 4, 8, 16, 32):
-        errors.append(abs(integrate(rule, np.exp(np.linspace(0, 1, n + 1))) - exact))
+        errors.append(abs(integrate(formula, np.exp(np.linspace(0, 1, n + 1))) - exact))
     rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     np.testing.assert_allclose(rates, order, atol=0.1)
 
@@ -87,7 +87,7 @@ def test_cubic_loss_is_conserved_by_one_simpson_step():
     rng = np.random.default_rng(1)
     f = CountingGradient(rng.normal(size=50), rng.normal(size=50), 4, rng.normal(size=50))
     result = _step(f)  # the gradient of a quartic is cubic: Simpson is exact
-    assert result.splits == 2
+    assert result.intervals == 2
     assert f.calls == [0.5]  # the midpoint only; the endpoints were given
     assert abs(result.error["train"]) < 1e-5
     # first order is visibly worse on the same step
@@ -102,7 +102,7 @@ def test_adaptive_rule_halves_only_while_needed_and_reuses_every_gradient():
     f = CountingGradient(
         rng.uniform(0.5, 1.5, 40), 0.5 * rng.uniform(0.5, 1.5, 40), 6, rng.uniform(0.5, 1.0, 40)
     )
-    result = _step(f, threshold=1e-3, max_splits=32)
+    result = _step(f, threshold=1e-3, max_intervals=32)
     ns = [n for n, _ in result.history]
     assert ns == [2, 4, 8, 16]
     # composite Simpson: halving h divides the error by about 2**4
@@ -112,17 +112,17 @@ def test_adaptive_rule_halves_only_while_needed_and_reuses_every_gradient():
     for _, errors in result.history[:-1]:
         assert max(abs(e) for e in errors.values()) > 1e-3
     assert max(abs(e) for e in result.error.values()) <= 1e-3
-    assert result.splits == ns[-1] > 2
+    assert result.intervals == ns[-1] > 2
     # each interior node evaluated exactly once: n - 1 new gradients in all
-    assert len(f.calls) == len(set(f.calls)) == result.splits - 1 == result.evaluations
-    assert sorted(f.calls) == [k / result.splits for k in range(1, result.splits)]
+    assert len(f.calls) == len(set(f.calls)) == result.intervals - 1 == result.evaluations
+    assert sorted(f.calls) == [k / result.intervals for k in range(1, result.intervals)]
 
 
-def test_adaptive_rule_stops_at_max_splits():
+def test_adaptive_rule_stops_at_max_intervals():
     rng = np.random.default_rng(3)
     f = CountingGradient(rng.uniform(1, 2, 10), rng.uniform(1, 2, 10), 30, np.ones(10))
-    result = _step(f, threshold=1e-12, max_splits=8)
-    assert result.splits == 8
+    result = _step(f, threshold=1e-12, max_intervals=8)
+    assert result.intervals == 8
     assert len(f.calls) == 7
     assert abs(result.error["train"]) > 1e-12  # still above: verify-error must flag it
 
@@ -142,7 +142,7 @@ def test_error_of_either_split_triggers_halving():
         {"train": g1, "val": g0},
         threshold=1e-6,
     )
-    assert result.splits > 2
+    assert result.intervals > 2
     assert abs(result.error["val"]) < 1e-5 * abs(float(g0 @ delta))  # float32 rounding only
 
 
@@ -151,7 +151,7 @@ def test_error_of_either_split_triggers_halving():
 
 def test_rule_sequences():
     simpson = refinement_levels("simpson", 1e-3, 32)
-    assert [(lv.splits, lv.rule.name) for lv in simpson] == [
+    assert [(lv.intervals, lv.formula.name) for lv in simpson] == [
         (2, "simpson"),
         (4, "simpson"),
         (8, "simpson"),
@@ -159,7 +159,7 @@ def test_rule_sequences():
         (32, "simpson"),
     ]
     adaptive = refinement_levels("adaptive", 1e-3, 8, trapezoid_threshold=2e-4)
-    assert [(lv.splits, lv.rule.name, lv.threshold) for lv in adaptive] == [
+    assert [(lv.intervals, lv.formula.name, lv.threshold) for lv in adaptive] == [
         (1, "trapezoid", 2e-4),
         (2, "simpson", 1e-3),
         (4, "simpson", 1e-3),
@@ -174,8 +174,8 @@ def test_endpoint_first_is_exact_for_gradients_linear_along_the_step():
     rng = np.random.default_rng(5)
     # a quadratic loss: its gradient is linear in s, so the trapezoid on the ends is exact
     f = CountingGradient(rng.normal(size=30), rng.normal(size=30), 2, rng.normal(size=30))
-    result = _step(f, method="adaptive", threshold=1e-3, trapezoid_threshold=1e-6)
-    assert (result.splits, result.rule, result.evaluations, result.halvings) == (
+    result = _step(f, rule="adaptive", threshold=1e-3, trapezoid_threshold=1e-6)
+    assert (result.intervals, result.formula, result.evaluations, result.halvings) == (
         1,
         "trapezoid",
         0,
@@ -199,13 +199,13 @@ def test_endpoint_first_refines_exactly_where_the_trapezoid_error_exceeds_its_th
     f = CountingGradient(rng.uniform(0.5, 1, 25), rng.uniform(0.1, 0.3, 25), 3, np.ones(25))
     err = abs(_trapezoid_error(f))  # the larger of the two splits ("val" is half of "train")
     assert err > 1e-6
-    result = _step(f, method="adaptive", threshold=1.0, trapezoid_threshold=margin * err)
+    result = _step(f, rule="adaptive", threshold=1.0, trapezoid_threshold=margin * err)
     if margin > 1:  # within the trapezoid's threshold: accepted with no new gradient
         assert [n for n, _ in result.history] == [1] and f.calls == []
         assert result.error["train"] == pytest.approx(_trapezoid_error(f), rel=1e-5, abs=1e-9)
     else:  # just above it: the midpoint, Simpson, exact for a cubic loss
         assert [n for n, _ in result.history] == [1, 2] and f.calls == [0.5]
-        assert result.rule == "simpson" and abs(result.error["train"]) < 1e-5
+        assert result.formula == "simpson" and abs(result.error["train"]) < 1e-5
         assert result.history[0][1]["train"] == pytest.approx(_trapezoid_error(f), rel=1e-5)
 
 
@@ -214,17 +214,17 @@ def test_endpoint_first_reuses_every_gradient_up_the_levels():
     f = CountingGradient(
         rng.uniform(0.5, 1.5, 40), 0.5 * rng.uniform(0.5, 1.5, 40), 6, rng.uniform(0.5, 1.0, 40)
     )
-    result = _step(f, method="adaptive", threshold=1e-3, max_splits=32)
+    result = _step(f, rule="adaptive", threshold=1e-3, max_intervals=32)
     ns = [n for n, _ in result.history]
     assert ns == [1, 2, 4, 8, 16]
     assert result.halvings == 4 and result.converged
     # each interior node evaluated exactly once, on the finest grid: n - 1 new gradients
-    assert len(f.calls) == len(set(f.calls)) == result.splits - 1 == result.evaluations
-    assert sorted(f.calls) == [k / result.splits for k in range(1, result.splits)]
+    assert len(f.calls) == len(set(f.calls)) == result.intervals - 1 == result.evaluations
+    assert sorted(f.calls) == [k / result.intervals for k in range(1, result.intervals)]
     # above the trapezoid level the result is the paper's rule, bit for bit
     g = CountingGradient(f.theta0, f.delta, f.power, f.coef)
-    paper = _step(g, method="simpson", threshold=1e-3, max_splits=32)
-    assert paper.splits == result.splits
+    paper = _step(g, rule="simpson", threshold=1e-3, max_intervals=32)
+    assert paper.intervals == result.intervals
     np.testing.assert_array_equal(paper.lca["train"], result.lca["train"])
 
 
@@ -241,8 +241,8 @@ class NoisyGradient(CountingGradient):
 def test_a_rounding_floor_stops_refinement_early_when_asked():
     rng = np.random.default_rng(7)
     args = (rng.uniform(0.5, 1.5, 200), 0.3 * rng.uniform(0.5, 1.5, 200), 4, np.ones(200))
-    stalled = _step(NoisyGradient(*args), method="adaptive", threshold=1e-9, stop_when_stalled=True)
+    stalled = _step(NoisyGradient(*args), rule="adaptive", threshold=1e-9, stop_when_stalled=True)
     assert stalled.stalled and not stalled.converged
-    assert stalled.splits < 32  # stopped once a halving no longer reduced the error
-    plain = _step(NoisyGradient(*args), method="adaptive", threshold=1e-9)
-    assert plain.splits == 32 and not plain.stalled and not plain.converged
+    assert stalled.intervals < 32  # stopped once a halving no longer reduced the error
+    plain = _step(NoisyGradient(*args), rule="adaptive", threshold=1e-9)
+    assert plain.intervals == 32 and not plain.stalled and not plain.converged

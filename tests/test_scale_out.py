@@ -247,13 +247,14 @@ def test_a_ray_worker_killed_mid_chunk_is_retried_and_the_result_is_unchanged(
 
 
 def test_a_run_the_ray_workers_cannot_read_is_a_one_line_error(ray_cluster, tmp_path):
-    from lca.allocation import AllocationSettings
+    from lca.allocation import AllocationSettings, Execution
     from lca.allocation.cluster import run_on_ray
     from lca.storage import RunError
 
     settings = AllocationSettings(
-        splits=("train",), threshold=1e-3, max_splits=32, chunk_iterations=8, eval_batch_size=64
+        splits=["train"], eval_batch_size=64, precision="float32", block_iterations=8
     )
+    execution = Execution(ray="auto", cpus_per_task=1)
     with pytest.raises(RunError) as excinfo:
-        list(run_on_ray(tmp_path / "not_here", settings, [0], "auto", 0.0, 1, print))
+        list(run_on_ray(tmp_path / "not_here", [0], settings, execution, print))
     assert_one_line_error(excinfo, "no trajectory.zarr", "filesystem every node sees")

@@ -41,7 +41,7 @@ from helpers import (  # noqa: E402
 from lca.storage import LCA_STORE, TRAJECTORY_STORE, open_trajectory, read_run_config  # noqa: E402
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-TORCH_FC = ("framework=torch", "training.iterations=16", "allocate.chunk_iterations=4")
+TORCH_FC = ("framework=torch", "training.iterations=16", "allocate.block_iterations=4")
 UNITS = 4
 
 
@@ -121,7 +121,7 @@ def test_train_allocate_verify_report_check(tmp_path):
     run = tmp_path / "run"
     commands = [
         ["train", torch_config(tmp_path), "--out", run, "--iterations", "16",
-         "--set", "allocate.chunk_iterations=4", "--set", "allocate.precision=auto"],
+         "--set", "allocate.block_iterations=4", "--set", "allocate.precision=auto"],
         ["allocate", run],
     ]  # fmt: skip
     done = _watched(commands, ["tensorflow", "keras", "jax"])

@@ -2,7 +2,8 @@
 
 Units are handed out dynamically and each writes only its own chunks, then marks itself
 done; a rerun skips the done units, so a killed allocation resumes and ends with exactly the
-arrays of an uninterrupted run.
+arrays of an uninterrupted run. Every scheduler is a :class:`Scheduler`, called the same way;
+:func:`scheduler_for` picks one from the :class:`Execution` options.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import queue
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..config import AllocateConfig, note_renamed, quiet_notes
 from ..storage import (
     LCA_STORE,
     RunError,
@@ -33,8 +36,8 @@ from ..storage import (
 )
 from ..storage.base import writing_to
 from .backends import FRAMEWORKS, configure, framework_of, visible_gpus
-from .chunks import ChunkAllocator, ChunkResult
-from .settings import resolve_settings
+from .chunks import BlockAllocator, BlockResult
+from .settings import AllocationSettings, continued_from, resolve_settings
 from .store import open_lca_store
 
 
@@ -54,13 +57,13 @@ class AllocationSummary:
         return self.iterations_done == self.iterations_total
 
 
-def chunks_for(num_iterations: int, chunk: int, iterations: tuple[int, int] | None) -> list[int]:
-    """Work units covering ``iterations`` (a half-open range), rounded out to whole chunks."""
+def blocks_for(num_iterations: int, block: int, iterations: tuple[int, int] | None) -> list[int]:
+    """Work units covering ``iterations`` (a half-open range), rounded out to whole blocks."""
     start, stop = iterations if iterations else (0, num_iterations)
     start, stop = max(0, start), min(num_iterations, stop)
     if start >= stop:
-        raise RunError(f"--iterations {start}:{stop} selects no iteration of {num_iterations}")
-    return list(range(start // chunk, math.ceil(stop / chunk)))
+        raise RunError(f"iterations {start}:{stop}: selects no iteration of {num_iterations}")
+    return list(range(start // block, math.ceil(stop / block)))
 
 
 def parse_gpus(spec: str) -> list[int]:
@@ -74,85 +77,129 @@ def parse_gpus(spec: str) -> list[int]:
             elif part.strip():
                 gpus.append(int(part))
     except ValueError:
-        raise RunError(f"--gpus {spec!r}: expected a list like 0-3 or 0,2") from None
+        raise RunError(f"execution.gpus {spec!r}: expected a list like 0-3 or 0,2") from None
     if not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0:
-        raise RunError(f"--gpus {spec!r}: expected distinct GPU numbers like 0-3 or 0,2")
+        raise RunError(f"execution.gpus {spec!r}: expected distinct GPU numbers like 0-3 or 0,2")
     return gpus
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How an allocation runs, none of which changes its numbers.
+
+    ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
+    starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
+    runs each block as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
+    (:mod:`lca.allocation.cluster`); by default the work runs in this process. ``threads``
+    pins the intra-op threads per worker (bitwise-reproducible results). ``overwrite``
+    discards an existing ``lca.zarr`` and starts over.
+    """
+
+    workers: int = 1
+    gpus: tuple[int, ...] | None = None
+    threads: int | None = None
+    ray: str | None = None
+    gpus_per_task: float = 0.0
+    cpus_per_task: float | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", tuple(self.gpus))
+        chosen = [self.gpus is not None, self.workers != 1, self.ray is not None]
+        if sum(chosen) > 1:
+            raise RunError("execution.gpus, execution.workers and execution.ray exclude each other")
+        if self.workers < 1:
+            raise RunError("execution.workers: must be >= 1")
+        if self.ray is None and (self.gpus_per_task or self.cpus_per_task is not None):
+            raise RunError("execution.gpus_per_task and execution.cpus_per_task need execution.ray")
+
+
+#: Names ``lca.allocate`` still takes for an :class:`Execution` option (old: new).
+RENAMED_OPTIONS = {"restart": "overwrite"}
+
+
+class Scheduler(Protocol):
+    """Computes the work units ``blocks`` of a run; yields (iterations, gradient evaluations)
+    per finished unit and calls ``on_iteration(halvings)`` for every allocated iteration."""
+
+    def __call__(
+        self,
+        run_dir: Path,
+        blocks: Sequence[int],
+        settings: AllocationSettings,
+        execution: Execution,
+        on_iteration: Callable[[int], None],
+    ) -> Iterator[tuple[int, int]]: ...
+
+
+def scheduler_for(execution: Execution) -> Scheduler:
+    """This process, worker processes or Ray: the one place the choice is made."""
+    if execution.ray is not None:
+        from .cluster import run_on_ray
+
+        return run_on_ray
+    if execution.gpus is None and execution.workers <= 1:
+        return run_here
+    return run_workers
 
 
 def allocate(
     run_dir: str | Path,
+    settings: AllocateConfig | None = None,
+    execution: Execution | None = None,
     *,
-    splits: Sequence[str] | None = None,
-    threshold: float | None = None,
-    max_splits: int | None = None,
-    subset_size: int | None = None,
-    check_every: int | None = None,
-    per_class: bool | None = None,
-    rule: str | None = None,
-    trapezoid_threshold: float | None = None,
-    precision: str | None = None,
-    store: str | None = None,
-    store_grad: bool | None = None,
-    causes: bool | None = None,
     iterations: tuple[int, int] | None = None,
-    workers: int = 1,
-    gpus: Sequence[int] | None = None,
-    threads: int | None = None,
-    ray: str | None = None,
-    gpus_per_task: float = 0.0,
-    cpus_per_task: float | None = None,
-    restart: bool = False,
     progress: bool = True,
+    **overrides: Any,
 ) -> AllocationSummary:
     """Allocate the loss change of every (selected) iteration of a run; resumable.
 
-    ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
-    starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
-    runs each chunk as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
-    (see ``lca.allocation.cluster``); by default the work runs in this process. ``threads`` pins
-    TensorFlow's intra-op threads per worker (bitwise-reproducible results). ``rule``,
-    ``trapezoid_threshold`` and ``precision`` override the run's ``allocate`` settings, and
-    so do ``store`` (what is kept per iteration: ``parameters``, ``units``, ``layers``) and
-    ``store_grad``; a resumed allocation continues with its store's choices of all five.
-    ``causes`` also splits every LCA by the terms of the optimiser's step
-    (:mod:`lca.allocation.cause_sums`); a store made without them is not resumed with them.
+    ``settings`` replaces the run's ``allocate`` section whole; ``overrides`` change single
+    settings of it (names of :class:`lca.config.AllocateConfig`, checked as a config file's,
+    e.g. ``rule="simpson"``; None leaves a setting as it is) or options of ``execution``
+    (:class:`Execution`, e.g. ``workers=2``). A resumed allocation continues with its store's
+    rule, trapezoid threshold, precision, store level, ``store_grad`` and ``causes`` unless
+    they are chosen here. ``iterations`` (a half-open range) allocates only those, rounded out
+    to whole work units.
 
     The run is locked for the whole allocation (``RUN/lca.lock``, :func:`lca.storage.run_lock`):
     a second allocation of the same run raises :class:`lca.storage.RunLocked` naming this one.
     A write that fails (disk full, read-only, no permission) raises
     :class:`lca.storage.WriteFailed`; the units finished before stay done and a rerun resumes.
     """
+    chosen, execution = _split_overrides(overrides, execution or Execution())
     run_dir = location(run_dir)
     read_run_config(run_dir)  # a RunError for what is not a run, before a lock is made there
     with run_lock(run_dir, "allocate"):
-        return _allocate(run_dir, **{k: v for k, v in locals().items() if k != "run_dir"})
+        return _allocate(run_dir, settings, chosen, execution, iterations, progress)
+
+
+def _split_overrides(overrides: dict, execution: Execution) -> tuple[dict, Execution]:
+    """The settings among ``overrides`` (given ones: not None), and ``execution`` with the
+    execution options among them applied."""
+    options = {f.name for f in fields(Execution)}
+    chosen, changed = {}, {}
+    for name, value in overrides.items():
+        if name in RENAMED_OPTIONS:
+            note_renamed(name, RENAMED_OPTIONS[name])
+            name = RENAMED_OPTIONS[name]
+        if name in options:
+            changed[name] = value
+        elif value is not None:
+            chosen[name] = value  # checked against AllocateConfig by resolve_settings
+    if changed:
+        execution = replace(execution, **changed)
+    return chosen, execution
 
 
 def _allocate(
     run_dir: Path,
-    *,
-    splits,
-    threshold,
-    max_splits,
-    subset_size,
-    check_every,
-    per_class,
-    rule,
-    trapezoid_threshold,
-    precision,
-    store,
-    store_grad,
-    causes,
-    iterations,
-    workers,
-    gpus,
-    threads,
-    ray,
-    gpus_per_task,
-    cpus_per_task,
-    restart,
-    progress,
+    base: AllocateConfig | None,
+    chosen: dict[str, Any],
+    execution: Execution,
+    iterations: tuple[int, int] | None,
+    progress: bool,
 ) -> AllocationSummary:
     """``allocate``'s work, with the run locked."""
     from tqdm.auto import tqdm
@@ -160,38 +207,17 @@ def _allocate(
     config = read_run_config(run_dir)
     trajectory = open_trajectory(run_dir)
     trajectory.require_complete()
-    K = trajectory.theta.shape[1]
-    if per_class and not config.model.classification:
-        raise RunError(f"--per-class: needs a classification loss, not {config.model.loss}")
-    resuming = not restart and (run_dir / LCA_STORE).exists()
+    resuming = not execution.overwrite and (run_dir / LCA_STORE).exists()
     made_with = _made_with(run_dir) if resuming else None
-    if made_with is not None:
-        # resuming: what is not chosen explicitly continues as the store was made
-        rule = rule or made_with.get("rule", "simpson")
-        if trapezoid_threshold is None and rule == made_with.get("rule", "simpson"):
-            trapezoid_threshold = made_with.get("trapezoid_threshold")
-        precision = precision or made_with.get("precision", "float32")
-        store = store or made_with.get("store", "parameters")
-        store_grad = made_with.get("store_grad", True) if store_grad is None else store_grad
-        causes = made_with.get("causes", False) if causes is None else causes
+    if made_with is not None and base is None:
+        chosen = continued_from(made_with, chosen)  # what is not chosen continues as made
     settings = resolve_settings(
-        config.allocate,
-        K,
-        splits=splits,
-        threshold=threshold,
-        max_splits=max_splits,
-        subset_size=subset_size,
-        check_every=check_every,
+        config.allocate if base is None else base,
+        trajectory.theta.shape[1],
         num_train=int(trajectory.attrs["num_train"]),
-        per_class=per_class,
-        rule=rule,
-        trapezoid_threshold=trapezoid_threshold,
-        precision=precision,
-        store=store,
-        store_grad=store_grad,
-        causes=causes,
-        on_gpu=lambda: _on_gpu(run_dir, gpus, ray, gpus_per_task),
-        framework=config.framework,
+        on_gpu=lambda: _on_gpu(run_dir, execution),
+        run=config,
+        **chosen,
     )
     if settings.causes:
         from .cause_sums import check_replayable
@@ -203,12 +229,12 @@ def _allocate(
         f"`lca allocate {run_dir}`",
         verb="create",
     ):
-        if restart and (run_dir / LCA_STORE).exists():
+        if execution.overwrite and (run_dir / LCA_STORE).exists():
             remove_tree(run_dir / LCA_STORE)
         store = open_lca_store(run_dir, trajectory, settings)
     T = trajectory.num_iterations
-    c = settings.chunk_iterations
-    wanted = chunks_for(T, c, iterations)
+    c = settings.block_iterations
+    wanted = blocks_for(T, c, iterations)
     done = store["done"][:]
     todo = [k for k in wanted if not done[k]]
     size = {k: min(c, T - k * c) for k in wanted}
@@ -224,7 +250,7 @@ def _allocate(
         _prepare_causes(run_dir, store, trajectory, config, settings, max(todo), progress)
     bar = tqdm(
         total=sum(size[k] for k in todo),
-        desc=f"allocate {run_dir.name}",
+        desc=f"allocate {run_dir.name}" + (" on Ray" if execution.ray is not None else ""),
         unit="it",
         disable=not progress,
     )
@@ -236,19 +262,8 @@ def _allocate(
 
     start = time.perf_counter()
     try:
-        # three ways to schedule the same work units; each yields (iterations, evaluations)
-        if ray is not None:
-            from .cluster import run_on_ray
-
-            bar.set_description(f"allocate {run_dir.name} on Ray")
-            finished = run_on_ray(
-                run_dir, settings, todo, ray, gpus_per_task, cpus_per_task, on_iteration, threads
-            )
-        elif gpus is None and workers <= 1:
-            finished = _run_here(run_dir, settings, todo, threads, on_iteration)
-        else:
-            devices = [str(g) for g in gpus] if gpus is not None else [""] * workers
-            finished = _run_workers(run_dir, settings, todo, devices, threads, on_iteration)
+        run = scheduler_for(execution)
+        finished = run(run_dir, todo, settings, execution, on_iteration)
         with contextlib.closing(finished):
             for iterations_done, evaluations in finished:
                 summary.iterations_this_run += iterations_done
@@ -269,7 +284,7 @@ def _prepare_causes(run_dir, store, trajectory, config, settings, last_unit, pro
 
     model = CauseModel.of_run(config, trajectory.layout_json, trajectory.attrs)
     if model.carries_state:
-        c = settings.chunk_iterations
+        c = settings.block_iterations
         with writing_to(run_dir / LCA_STORE, "rerun the same command to resume"):
             prepare_adam_states(run_dir, store, trajectory, model, config, c, last_unit, progress)
 
@@ -299,22 +314,24 @@ def _made_with(run_dir: Path) -> dict | None:
     return None
 
 
-def _on_gpu(run_dir, gpus, ray, gpus_per_task) -> bool:
+def _on_gpu(run_dir: Path, execution: Execution) -> bool:
     """Whether the allocation will run on GPUs (for ``precision: auto``)."""
-    if gpus is not None or (ray is not None and gpus_per_task > 0):
+    ray = execution.ray
+    if execution.gpus is not None or (ray is not None and execution.gpus_per_task > 0):
         return True
     if ray is not None or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
     return bool(visible_gpus(framework_of(run_dir)))
 
 
-def _run_here(run_dir, settings, todo, threads, on_iteration):
-    """Compute the work units in this process, writing each while the next is computed."""
-    if threads is not None:
-        configure(framework_of(run_dir), threads)
-    allocator = ChunkAllocator(run_dir, settings)
+def run_here(run_dir, blocks, settings, execution, on_iteration):
+    """A :class:`Scheduler`: the work units in this process, each written while the next is
+    computed."""
+    if execution.threads is not None:
+        configure(framework_of(run_dir), execution.threads)
+    allocator = BlockAllocator(run_dir, settings)
     try:
-        for k in todo:
+        for k in blocks:
             result = allocator.compute(k, on_iteration)
             allocator.submit(result)
             yield result.stop - result.start, result.evaluations
@@ -322,11 +339,17 @@ def _run_here(run_dir, settings, todo, threads, on_iteration):
         allocator.wait()  # what was computed is written, even on Ctrl-C
 
 
-def _run_workers(run_dir, settings, todo, devices, threads, on_iteration):
-    """Hand work units to one process per device through a queue; yield finished units."""
+def run_workers(run_dir, blocks, settings, execution, on_iteration):
+    """A :class:`Scheduler`: work units handed through a queue to one process per listed GPU
+    (``execution.gpus``), or to ``execution.workers`` CPU processes."""
+    if execution.gpus is not None:
+        devices = [str(g) for g in execution.gpus]
+    else:
+        devices = [""] * execution.workers
+    threads = execution.threads
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
-    for k in todo:
+    for k in blocks:
         tasks.put(k)
     for _ in devices:
         tasks.put(None)
@@ -344,7 +367,7 @@ def _run_workers(run_dir, settings, todo, devices, threads, on_iteration):
     ]
     for p in procs:
         p.start()
-    remaining = len(todo)
+    remaining = len(blocks)
     try:
         while remaining:
             try:
@@ -375,15 +398,18 @@ def _run_workers(run_dir, settings, todo, devices, threads, on_iteration):
 def _worker_main(run_dir, settings, device, threads, tasks, results) -> None:
     """Entry point of a worker process: see only its device, then take units until told to stop."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_notes()  # the parent gave them
     try:
         framework = framework_of(run_dir)
         configure(framework, threads)
         if device and not visible_gpus(framework):
-            raise RunError(f"--gpus: GPU {device} is not visible to {FRAMEWORKS[framework]} here")
-        allocator = ChunkAllocator(run_dir, settings)
+            raise RunError(
+                f"execution.gpus: GPU {device} is not visible to {FRAMEWORKS[framework]} here"
+            )
+        allocator = BlockAllocator(run_dir, settings)
 
-        def report(result: ChunkResult) -> None:
+        def report(result: BlockResult) -> None:
             results.put(("done", result.stop - result.start, result.evaluations))
 
         while (chunk := tasks.get()) is not None:

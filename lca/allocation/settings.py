@@ -1,22 +1,25 @@
-"""What fixes the numbers of an allocation: the settings, merged from config and command line.
+"""What fixes the numbers of an allocation: the run's ``allocate`` settings, resolved for it.
 
-A resumed allocation must use exactly the settings its store was made with, so they have an
-``identity()`` that ``lca.zarr`` records and compares.
+The settings are defined, defaulted and checked once, as :class:`lca.config.AllocateConfig`;
+:func:`resolve_settings` applies a caller's overrides to it and fixes what depends on the
+machine and the run. A resumed allocation must use exactly the settings its store was made
+with, so they have an ``identity()`` that ``lca.zarr`` records and compares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
-from ..config import AllocateConfig
-from ..quadrature import METHODS
+from ..config import AllocateConfig, Config, ConfigError, Precision, StoreLevel, with_overrides
 from ..storage import RunError, rows_per_chunk
 
 #: The arithmetic ``allocate.precision`` may choose for the gradients.
-PRECISIONS = ("auto", "float32", "bfloat16", "tf32")
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 #: CPU flags of bfloat16 matrix units (Intel AMX, AVX512-BF16): where bfloat16 pays off.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -60,74 +63,106 @@ def resolve_precision(
 
 #: What ``allocate.store`` may keep per iteration (:mod:`.levels`): the (T, K) LCA; its sums
 #: per output unit and per layer; its sums per layer only.
-STORE_LEVELS = ("parameters", "units", "layers")
+STORE_LEVELS: tuple[str, ...] = typing.get_args(StoreLevel)
+
+#: The names ``lca.zarr`` records for settings that are named otherwise in the config: the
+#: stores' own format, the same in stores made before and after the config's names changed.
+RECORDED_NAMES = {"max_intervals": "max_splits", "block_iterations": "chunk_iterations"}
+
+#: Settings a store records only when they differ from these values (stores made before a
+#: setting existed lack it, and were made with this value), in the order they are recorded.
+#: A resumed allocation continues with its store's values of these unless they are chosen.
+RECORDED_UNLESS = {
+    "rule": "simpson",
+    "trapezoid_threshold": None,
+    "precision": "float32",
+    "store": "parameters",
+    "store_grad": True,
+    "causes": False,
+}
+
+#: Settings every store records (under :data:`RECORDED_NAMES`), in the order recorded.
+ALWAYS_RECORDED = (
+    "splits",
+    "threshold",
+    "max_intervals",
+    "block_iterations",
+    "eval_batch_size",
+    "allow_tf32",
+    "jit_compile",
+    "reuse_input_layer",
+)
 
 
-@dataclass(frozen=True)
-class AllocationSettings:
-    """What fixes the numbers of an allocation; a resumed run must use the same."""
+@dataclass
+class AllocationSettings(AllocateConfig):
+    """The ``allocate`` settings resolved for one run: ``precision`` names the arithmetic
+    actually used and ``block_iterations`` is set. Made by :func:`resolve_settings`."""
 
-    splits: tuple[str, ...]
-    threshold: float
-    max_splits: int
-    chunk_iterations: int
-    eval_batch_size: int
-    allow_tf32: bool = False
-    jit_compile: bool = False
-    reuse_input_layer: bool = True
-    subset_size: int | None = None  # train split on this many examples (None: all of them)
-    subset_seed: int = 0
-    check_every: int | None = None  # also allocate every k-th iteration on the full train set
-    per_class: bool = False  # also the per-class parts of every LCA
-    per_class_full: bool = False  # ... and their full (T, C, K) arrays
-    rule: str = "simpson"  # the refinement sequence (lca.quadrature.METHODS)
-    trapezoid_threshold: float | None = None  # rule "adaptive": when the trapezoid is accepted
-    precision: str = "float32"  # arithmetic of the gradients; losses always float32
-    store: str = "parameters"  # what is kept per iteration (STORE_LEVELS)
-    store_grad: bool = True  # also keep the full-set gradient at every θ_t
-    causes: bool = False  # also the LCA of every term of the optimiser's step (cause_sums)
+    def __post_init__(self) -> None:
+        if self.precision == "auto" or self.block_iterations is None:
+            raise ValueError(
+                "AllocationSettings needs a concrete precision and block_iterations "
+                "(lca.allocation.resolve_settings resolves an AllocateConfig)"
+            )
 
     @property
     def reduced_precision(self) -> bool:
         return self.precision != "float32"
 
     def identity(self) -> dict:
-        subset = {}
-        if self.subset_size is not None:  # absent otherwise, so older stores still resume
-            subset = {
-                "subset_size": self.subset_size,
-                "subset_seed": self.subset_seed,
-                "check_every": self.check_every,
-            }
-        return {
-            "splits": list(self.splits),
-            "threshold": self.threshold,
-            "max_splits": self.max_splits,
-            "chunk_iterations": self.chunk_iterations,
-            "eval_batch_size": self.eval_batch_size,
-            "allow_tf32": self.allow_tf32,
-            "jit_compile": self.jit_compile,
-            "reuse_input_layer": self.reuse_input_layer,
-            **subset,
-            **(
-                {"per_class": True, "per_class_full": self.per_class_full} if self.per_class else {}
-            ),
-            # absent at their defaults, so that stores made before they existed still resume
-            **({"rule": self.rule} if self.rule != "simpson" else {}),
-            **(
-                {"trapezoid_threshold": self.trapezoid_threshold}
-                if self.trapezoid_threshold is not None
-                else {}
-            ),
-            **({"precision": self.precision} if self.reduced_precision else {}),
-            **({"store": self.store} if self.store != "parameters" else {}),
-            **({"store_grad": False} if not self.store_grad else {}),
-            **({"causes": True} if self.causes else {}),
+        """What ``lca.zarr`` records and a resumed allocation must match (JSON)."""
+        recorded: dict[str, Any] = {
+            RECORDED_NAMES.get(name, name): getattr(self, name) for name in ALWAYS_RECORDED
         }
+        recorded["splits"] = list(self.splits)
+        if self.subset_size is not None:  # absent otherwise, so older stores still resume
+            recorded.update(
+                subset_size=self.subset_size,
+                subset_seed=self.subset_seed,
+                check_every=self.check_every,
+            )
+        if self.per_class:
+            recorded.update(per_class=True, per_class_full=self.per_class_full)
+        for name, unrecorded in RECORDED_UNLESS.items():
+            if getattr(self, name) != unrecorded:
+                recorded[name] = getattr(self, name)
+        return recorded
+
+    def differences(self, made_with: dict) -> str:
+        """``made with store: units; asked for store: parameters``: where a store's recorded
+        identity and these settings differ (an absent key: the value stores made before had)."""
+        asked = self.identity()
+        keys = [k for k in {**made_with, **asked} if made_with.get(k) != asked.get(k)]
+        names = {recorded: name for name, recorded in RECORDED_NAMES.items()}
+
+        def values(identity: dict) -> str:
+            return ", ".join(
+                f"{names.get(k, k)}: {identity.get(k, RECORDED_UNLESS.get(k))}" for k in keys
+            )
+
+        return f"made with {values(made_with)}; asked for {values(asked)}"
 
     def checked(self, iteration: int) -> bool:
         """Whether ``iteration`` also gets the full-set LCA (``subset_check/``)."""
         return self.check_every is not None and iteration % self.check_every == 0
+
+
+def recorded_values(identity: dict) -> dict[str, Any]:
+    """The settings of :data:`RECORDED_UNLESS` a store's ``identity`` was made with."""
+    return {name: identity.get(name, unrecorded) for name, unrecorded in RECORDED_UNLESS.items()}
+
+
+def continued_from(identity: dict, chosen: dict[str, Any]) -> dict[str, Any]:
+    """``chosen`` completed with what a resumed store was made with, where not chosen.
+
+    A trapezoid threshold continues only with the rule it was made with.
+    """
+    made = recorded_values(identity)
+    continued = {name: value for name, value in made.items() if name not in chosen}
+    if chosen.get("rule", made["rule"]) != made["rule"]:
+        continued.pop("trapezoid_threshold", None)
+    return {**continued, **chosen}
 
 
 def subset_indices(num_train: int, size: int, seed: int) -> np.ndarray:
@@ -140,71 +175,44 @@ def resolve_settings(
     config: AllocateConfig,
     num_params: int,
     *,
-    splits: Sequence[str] | None = None,
-    threshold: float | None = None,
-    max_splits: int | None = None,
-    subset_size: int | None = None,
-    check_every: int | None = None,
     num_train: int | None = None,
-    per_class: bool | None = None,
-    rule: str | None = None,
-    trapezoid_threshold: float | None = None,
-    precision: str | None = None,
-    store: str | None = None,
-    store_grad: bool | None = None,
-    causes: bool | None = None,
     on_gpu: bool | Callable[[], bool] = False,
+    run: Config | None = None,
     framework: str = "tensorflow",
+    **overrides: Any,
 ) -> AllocationSettings:
-    """Merge command-line choices over the run's ``allocate`` section, validated the same way.
+    """``config`` with ``overrides`` (setting names of :class:`lca.config.AllocateConfig`)
+    applied and checked as a config file is, resolved for a run of ``num_params`` parameters.
 
     ``precision: auto`` is resolved here (``on_gpu``: the allocation runs on GPUs), so the
-    settings, and the store they make, name the arithmetic actually used.
+    settings, and the store they make, name the arithmetic actually used. ``run`` (the run's
+    whole config) adds the checks that depend on its model and framework. Errors name the
+    setting: ``allocate.max_intervals: must be a power of two >= 2``.
     """
-    merged = replace(
-        config,
-        splits=list(splits) if splits else list(config.splits),
-        threshold=config.threshold if threshold is None else threshold,
-        max_splits=config.max_splits if max_splits is None else max_splits,
-        subset_size=config.subset_size if subset_size is None else subset_size,
-        check_every=config.check_every if check_every is None else check_every,
-        per_class=config.per_class if per_class is None else per_class,
-        rule=rule or config.rule,
-        trapezoid_threshold=trapezoid_threshold or config.trapezoid_threshold,
-        precision=precision or config.precision,
-        store=store or config.store,
-        store_grad=config.store_grad if store_grad is None else store_grad,
-        causes=config.causes if causes is None else causes,
-    )
-    if merged.rule not in METHODS:
-        raise RunError(f"--rule {merged.rule!r}: choose from {', '.join(METHODS)}")
-    if merged.precision not in PRECISIONS:
-        raise RunError(f"--precision {merged.precision!r}: choose from {', '.join(PRECISIONS)}")
-    if merged.store not in STORE_LEVELS:
-        raise RunError(f"--store {merged.store!r}: choose from {', '.join(STORE_LEVELS)}")
-    for key, problem in merged.validate().items():
-        raise RunError(f"allocate.{key}: {problem}")
+    try:
+        merged = with_overrides(config, overrides, "allocate.")
+        if run is not None:
+            framework = run.framework
+            for key, problem in replace(run, allocate=merged).validate().items():
+                if key.startswith("allocate."):
+                    raise ConfigError(f"{key}: {problem}")
+    except ConfigError as exc:
+        raise RunError(str(exc)) from None
     if framework == "torch":  # what the torch objective computes (lca.torch.objective)
         if merged.precision not in ("auto", "float32"):
-            raise RunError(f"--precision {merged.precision}: torch runs are allocated in float32")
+            raise RunError("allocate.precision: torch runs are allocated in float32")
         if merged.per_class:
-            raise RunError("--per-class: not available for torch runs (framework: torch)")
+            raise RunError("allocate.per_class: not available for torch runs (framework: torch)")
         merged = replace(merged, precision="float32")
-    merged = replace(
-        merged,
-        precision=resolve_precision(merged.precision, on_gpu=on_gpu, per_class=merged.per_class),
-    )
-    unknown = [s for s in merged.splits if s not in ("train", "val")]
-    if unknown:
-        raise RunError(f"--splits: unknown split {unknown[0]!r} (choose from train, val)")
     too_big = num_train is not None and (merged.subset_size or 0) >= num_train
     if too_big:
         raise RunError(
-            f"--subset {merged.subset_size}: must be smaller than the {num_train} "
+            f"allocate.subset_size {merged.subset_size}: must be smaller than the {num_train} "
             "training examples (omit it to allocate on the full train split)"
         )
-    # every setting has the allocate-config field of the same name
-    values = {f.name: getattr(merged, f.name) for f in fields(AllocationSettings)}
-    values["splits"] = tuple(merged.splits)
-    values["chunk_iterations"] = merged.chunk_iterations or rows_per_chunk(num_params)
+    values = {f.name: getattr(merged, f.name) for f in fields(AllocateConfig)}
+    values["precision"] = resolve_precision(
+        merged.precision, on_gpu=on_gpu, per_class=merged.per_class
+    )
+    values["block_iterations"] = merged.block_iterations or rows_per_chunk(num_params)
     return AllocationSettings(**values)

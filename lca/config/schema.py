@@ -8,6 +8,7 @@ silently ignored after an hour of training.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..locations import location  # a run's config may live at a URL (s3://…/config.yaml)
+from ..quadrature import RuleName
 
 MODEL_NAMES = ("fc", "lenet", "resnet20", "allcnn")
 TORCH_MODEL_NAMES = ("fc", "lenet")  # the built-ins that exist in both frameworks
@@ -253,11 +255,16 @@ class TrainingConfig:
     # validation accuracy every N iterations (0: never): recorded in the trajectory
     # (val_accuracy), printed at most every 100
     log_every: int = 100
+    # store θ every k optimizer steps (and the last one): each iteration of the allocation is
+    # then the straight segment between two stored θ (docs/checkpoints.md)
+    record_every: int = 1
 
     def validate(self) -> dict[str, str]:
         problems = {}
         if self.iterations <= 0:
             problems["iterations"] = "must be > 0"
+        if self.record_every <= 0:
+            problems["record_every"] = "must be >= 1"
         if self.batch_size != "full" and self.batch_size <= 0:
             problems["batch_size"] = "must be > 0 (or full)"
         if self.log_every < 0:
@@ -265,19 +272,30 @@ class TrainingConfig:
         return problems
 
 
+#: What ``allocate.precision`` may choose for the gradients.
+Precision = Literal["auto", "float32", "bfloat16", "tf32"]
+#: What ``allocate.store`` may keep per iteration.
+StoreLevel = Literal["parameters", "units", "layers"]
+
+
 @dataclass
 class AllocateConfig:
-    """How ``lca allocate`` evaluates the full-set loss and integrates along the path."""
+    """How ``lca allocate`` evaluates the full-set loss and integrates along the path.
+
+    The one definition of the allocate settings: their names, defaults, allowed values and
+    checks. The config file, ``lca allocate``'s options and ``lca.allocate(run, **overrides)``
+    all fill this object; :class:`lca.allocation.AllocationSettings` is it resolved for a run.
+    """
 
     splits: list[Literal["train", "val"]] = field(default_factory=lambda: ["train", "val"])
     eval_batch_size: int = 11000
     threshold: float = 1e-3
-    max_splits: int = 32
-    # the refinement sequence (lca.quadrature.METHODS): "simpson" is the paper's composite
+    max_intervals: int = 32  # most sub-intervals per iteration (a power of two)
+    # the refinement sequence (lca.quadrature.RULES): "simpson" is the paper's composite
     # Simpson from 2 sub-intervals; "adaptive" starts from the trapezoid on the endpoints (one
     # new gradient per iteration) and refines to Simpson only where its error is too large
     # (the default: it met the agreement limits with "simpson" on every MNIST-FC set-up)
-    rule: Literal["simpson", "adaptive"] = "adaptive"
+    rule: RuleName = "adaptive"
     # |error| within which "adaptive" accepts the trapezoid (default threshold / 10: its
     # errors share a sign along training and add up where Simpson's do not)
     trapezoid_threshold: float | None = None
@@ -285,8 +303,8 @@ class AllocateConfig:
     # the backward matrix products on bf16 units, tf32 allows TF32 tensor cores on GPUs; an
     # iteration still over the threshold after refinement is recomputed in float32. "auto":
     # bfloat16 on a CPU with bf16 units (AMX, AVX512-BF16), float32 elsewhere
-    precision: Literal["auto", "float32", "bfloat16", "tf32"] = "auto"
-    chunk_iterations: int | None = None  # iterations per work unit (default: storage chunk)
+    precision: Precision = "auto"
+    block_iterations: int | None = None  # iterations per work unit (default: storage chunk)
     allow_tf32: bool = False
     jit_compile: bool = False
     # interior quadrature nodes reuse a first dense layer's pre-activations (exact up to
@@ -304,7 +322,7 @@ class AllocateConfig:
     per_class_full: bool = False
     # what is kept per iteration (docs/storage.md#store-levels): "parameters" the (T, K)
     # LCA; "units" only its float64 sums per output unit and per layer; "layers" per layer only
-    store: Literal["parameters", "units", "layers"] = "parameters"
+    store: StoreLevel = "parameters"
     # also keep the full-set gradient at every θ_t, (T+1, K): only oscillation measures read it
     store_grad: bool = True
     # also split every LCA by its cause (docs/storage.md): the optimiser step's terms (signal,
@@ -322,17 +340,17 @@ class AllocateConfig:
             problems["eval_batch_size"] = "must be > 0"
         if self.threshold <= 0:
             problems["threshold"] = "must be > 0"
-        if self.max_splits < 2 or self.max_splits & (self.max_splits - 1):
-            problems["max_splits"] = "must be a power of two >= 2"
+        if self.max_intervals < 2 or self.max_intervals & (self.max_intervals - 1):
+            problems["max_intervals"] = "must be a power of two >= 2"
         if self.trapezoid_threshold is not None:
             if self.trapezoid_threshold <= 0:
                 problems["trapezoid_threshold"] = "must be > 0"
             elif self.rule != "adaptive":
                 problems["trapezoid_threshold"] = "applies to rule: adaptive only"
         if self.precision not in ("float32", "auto") and self.per_class:
-            problems["precision"] = "per_class needs precision: float32"
-        if self.chunk_iterations is not None and self.chunk_iterations <= 0:
-            problems["chunk_iterations"] = "must be > 0"
+            problems["precision"] = "allocate.per_class needs precision: float32"
+        if self.block_iterations is not None and self.block_iterations <= 0:
+            problems["block_iterations"] = "must be > 0"
         if self.subset_size is not None and self.subset_size <= 0:
             problems["subset_size"] = "must be > 0"
         if self.subset_seed < 0:
@@ -341,9 +359,11 @@ class AllocateConfig:
             if self.check_every <= 0:
                 problems["check_every"] = "must be > 0"
             elif self.subset_size is None:
-                problems["check_every"] = "compares a subset with the full set; set subset_size"
+                problems["check_every"] = (
+                    "compares a subset with the full set; set allocate.subset_size"
+                )
         if self.per_class_full and not self.per_class:
-            problems["per_class_full"] = "needs per_class: true"
+            problems["per_class_full"] = "needs allocate.per_class: true"
         if self.subset_size is not None and "train" not in self.splits:
             problems["subset_size"] = "subsets the train split; allocate the train split"
         if self.causes:
@@ -352,7 +372,7 @@ class AllocateConfig:
             elif self.subset_size is not None:
                 problems["causes"] = "the signal term needs the whole train split, not a subset"
             elif self.per_class:
-                problems["causes"] = "not together with per_class"
+                problems["causes"] = "not together with allocate.per_class"
         return problems
 
 
@@ -420,6 +440,8 @@ class Config:
         data = dataclasses.asdict(self)
         if self.framework == "tensorflow":
             data.pop("framework")
+        if self.training.record_every == 1:  # θ of every step: configs read as they always have
+            data["training"].pop("record_every")
         if self.data.name != "modular":  # a section only the modular data set reads
             data["data"].pop("modular")
         if self.model.builder is not None:
@@ -484,25 +506,78 @@ def apply_override(raw: dict[str, Any], override: str, source: str = "<overrides
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str):
+#: Config keys that have a new name (old dotted path: new one). An old key keeps working and
+#: prints ``note: OLD is now NEW`` once.
+RENAMED_KEYS = {
+    "allocate.max_splits": "allocate.max_intervals",
+    "allocate.chunk_iterations": "allocate.block_iterations",
+}
+
+_notes_given: set[str] | None = set()  # None: notes are off in this process
+
+
+def note_renamed(old: str, new: str) -> None:
+    """Print ``note: OLD is now NEW`` on stderr, once per process for each old name."""
+    if _notes_given is None or old in _notes_given:
+        return
+    _notes_given.add(old)
+    print(f"note: {old} is now {new}", file=sys.stderr)
+
+
+def quiet_notes() -> None:
+    """No rename notes from this process (a worker: its parent gave them already)."""
+    global _notes_given
+    _notes_given = None
+
+
+def renamed_keys(raw: dict[str, Any], prefix: str, *, note: bool = True) -> dict[str, Any]:
+    """``raw`` (a section's mapping) with its old key names replaced by the new ones."""
+    renamed = {}
+    for key, value in raw.items():
+        new = RENAMED_KEYS.get(f"{prefix}{key}")
+        if new is None:
+            renamed[key] = value
+            continue
+        new_key = new.rpartition(".")[2]
+        if new_key in raw:
+            raise ConfigError(f"{prefix}{key}: the old name of {new}; give only {new}")
+        if note:
+            note_renamed(f"{prefix}{key}", new)
+        renamed[new_key] = value
+    return renamed
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str | None):
+    where = f" in {source}" if source else ""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping in {source}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping{where}")
+    raw = renamed_keys(raw, prefix)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
             allowed = ", ".join(sorted(known))
-            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {allowed}) in {source}")
+            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {allowed}){where}")
     values = {
         key: _convert(hints[key], value, f"{prefix}{key}", source) for key, value in raw.items()
     }
     obj = cls(**values)
     if hasattr(obj, "validate"):
         for key, problem in obj.validate().items():
-            raise ConfigError(f"{prefix}{key}: {problem} in {source}")
+            raise ConfigError(f"{prefix}{key}: {problem}{where}")
     return obj
+
+
+def with_overrides(section: Any, overrides: dict[str, Any], prefix: str) -> Any:
+    """A copy of a config ``section`` with ``overrides`` applied, checked like a config file:
+    unknown names, types, allowed values and the section's ``validate()`` (errors name the
+    setting, e.g. ``allocate.max_intervals: must be a power of two >= 2``)."""
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    for key, value in renamed_keys(overrides, prefix).items():
+        values[key] = list(value) if isinstance(value, tuple) else value
+    return _build(type(section), values, prefix, None)
 
 
 def _type_name(tp: Any) -> str:
@@ -522,9 +597,10 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
     def fail() -> typing.NoReturn:
-        raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r} in {source}")
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}{where}")
 
     if tp is Any:  # free-form values (builder kwargs): whatever YAML gave
         return value
