@@ -80,3 +80,15 @@ def test_configuration_reference_lists_every_field(site):
         assert [r.key.rsplit(".", 1)[-1] for r in s.rows] == list(hints)
         for r in s.rows:
             assert r.key in text, r.key
+
+
+def test_cli_page_follows_the_pipeline_with_its_examples():
+    """The CLI page lists the commands in `lca --help`'s order, each with its example, and
+    renders them in that order."""
+    from lca.cli import PIPELINE
+
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text()
+    rows = re.findall(r"^\| \[`([\w-]+)`\]\(#lca-[\w-]+\) \| `([^`]+)` \|$", page, re.M)
+    assert rows == list(PIPELINE.items())
+    rendered = re.findall(r"^    :prog_name: lca ([\w-]+)$", page, re.M)
+    assert rendered == list(PIPELINE)
