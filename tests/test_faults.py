@@ -68,7 +68,7 @@ READER = {
     **{
         (LCA_STORE, f"{split}/{name}"): ["verify-error"]
         for split in ("train", "val")
-        for name in ("lca", "loss", "error", "error_fo", "splits")
+        for name in ("lca", "loss", "error", "error_fo", "intervals")
     },
     **{(LCA_STORE, f"{split}/grad"): ["check"] for split in ("train", "val")},
 }
@@ -193,7 +193,7 @@ def test_damaged_theta_names_lost_iterations_and_ranges_that_avoid_them(tmp_path
     assert report.allowed_ranges() == [(0, 8), (24, 40)]  # whole units of 8 iterations
     text = report.to_text()
     assert "iterations 15:24 cannot be allocated" in text
-    assert "`--iterations 0:8` and `--iterations 24:40` avoid them" in text
+    assert "`--range 0:8` and `--range 24:40` avoid them" in text
     result = CliRunner().invoke(main, ["check", str(run), "--repair"])
     assert result.exit_code == 1 and "cannot be recomputed" in result.output
 

@@ -81,7 +81,7 @@ def test_every_level_keeps_the_same_losses_errors_and_gradients(levels):
         store = store_of(levels[level])
         for split in SPLITS:
             group = store[split]
-            for name in ("loss", "error", "error_fo", "splits"):
+            for name in ("loss", "error", "error_fo", "intervals"):
                 assert np.array_equal(group[name][:], reference[split][name][:]), (level, name)
             assert "lca" not in group
             assert ("unit_lca" in group) == (level == "units")
@@ -188,7 +188,7 @@ def test_a_store_level_is_one_of_three():
         config_from_dict({"allocate": {"store": "neurons"}})
     with pytest.raises(ConfigError, match="allocate.store_grad: must be true or false"):
         config_from_dict({"allocate": {"store_grad": "no"}})
-    with pytest.raises(RunError, match="--store 'neurons': choose from parameters, units"):
+    with pytest.raises(RunError, match="allocate.store: must be one of parameters, units"):
         resolve_settings(AllocateConfig(), 10, store="neurons")
     settings = resolve_settings(AllocateConfig(store="layers", store_grad=False), 10)
     assert settings.identity()["store"] == "layers" and not settings.identity()["store_grad"]

@@ -72,7 +72,7 @@ def test_scalars_are_the_stores_values(exported, level):
             expected = run.error(split, first_order=first_order).astype(np.float32)
             np.testing.assert_array_equal(error, expected)
         _, sub = scalars(series, "sub_intervals")
-        assert np.array_equal(sub, run.lca_store[split]["splits"][:])
+        assert np.array_equal(sub, run.lca_store[split]["intervals"][:])
         helped = [t for t in series if t.startswith("helped")]
         hist = [t for t in series if t.startswith("lca_hist/")]
         if level == "parameters":

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from ..config import Config, ConfigError
+from ..quadrature import LossAndGradient
 from ..storage import RunError, open_trajectory, read_run_config
 
 #: each framework's name in messages
@@ -27,7 +28,8 @@ FRAMEWORKS = {"tensorflow": "TensorFlow", "torch": "PyTorch"}
 class Objective(Protocol):
     """Full-split loss and gradient at any flat θ (float32 in, float64 sums inside).
 
-    ``objective(theta)`` returns ``{split: (loss, grad)}``: the loss the float64 mean of the
+    ``objective(theta)`` returns ``{split: LossAndGradient(loss, gradient)}``
+    (:class:`lca.quadrature.LossAndGradient`): the loss the float64 mean of the
     per-example losses over the whole split, the gradient a float32 vector in θ's order,
     summed over fixed evaluation batches in float64. The loss must be a function of θ alone:
     dropout off, batch norm on the statistics of the fixed evaluation batches.
@@ -37,11 +39,11 @@ class Objective(Protocol):
     evaluations: int  # gradient evaluations so far (the cost the summaries report)
     precision: str  # the arithmetic of the gradients: float32, bfloat16 or tf32
 
-    def __call__(self, theta: np.ndarray) -> dict[str, tuple[float, np.ndarray]]: ...
+    def __call__(self, theta: np.ndarray) -> dict[str, LossAndGradient]: ...
 
     def between(
         self, start: np.ndarray, end: np.ndarray, fraction: float
-    ) -> dict[str, tuple[float, np.ndarray]]:
+    ) -> dict[str, LossAndGradient]:
         """As ``__call__`` at start + fraction (end − start); may reuse work of both ends."""
         ...
 

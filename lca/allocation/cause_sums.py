@@ -6,7 +6,8 @@ per-parameter shares would be 2·terms times the size of the LCA itself, so a un
 their sums: ``<split>/causes/layer``, ``causes/unit/<layer>`` (store levels ``parameters``
 and ``units``), ``causes/hurt_layer`` (the shares of entries with A[t, i] > 0 only) and the
 replay's ``replay_residual``. Sums group the parameters as :class:`lca.layout.LevelSums`
-does (``ParameterLayout.unit_index``); a layer's sum is the sum of its units' sums.
+does (``ParameterLayout.unit_index``); a layer's sum is the sum of its units' sums
+(:class:`lca.layout.GroupSums`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import zarr
 
 from ..config import Config, resolve_layer_settings
-from ..layout import ParameterLayout
-from ..storage import RunError, Trajectory, checksummed
+from ..layout import GroupSums, ParameterLayout
+from ..storage import RunError, Trajectory
 from .causes import (
     CURVATURE,
     FIRST_ORDER,
@@ -181,6 +182,9 @@ class LevelReducer:
         counts = {layer: count for layer, (_, _, count) in layout.unit_index().items()}
         self.unit_counts = [counts[layer] for layer in self.layers]
         self.unit_starts = np.concatenate([[0], np.cumsum(self.unit_counts)]).astype(np.int64)
+        self.unit_layers = GroupSums(
+            np.repeat(np.arange(len(self.layers)), self.unit_counts), len(self.layers)
+        )
         start_of = dict(zip(self.layers, self.unit_starts[:-1].tolist(), strict=True))
         own_units = {layer: 0 for layer in self.layers}
         for e in layout.entries:
@@ -235,7 +239,7 @@ class LevelReducer:
 
     def layers_from_units(self, units: np.ndarray) -> np.ndarray:
         """(…, L) float64 from (…, U) unit sums."""
-        return np.add.reduceat(units, self.unit_starts[:-1], axis=-1)
+        return self.unit_layers(units, dtype=None)
 
     def unit_columns(self, layer_position: int) -> slice:
         return slice(
@@ -243,62 +247,18 @@ class LevelReducer:
         )
 
 
-def create_cause_arrays(
-    group: zarr.Group,
-    splits,
-    store_level: str,
-    T: int,
-    c: int,
-    reducer: LevelReducer,
-    model: CauseModel,
-    num_params: int,
-) -> None:
-    """The arrays ``allocate.causes`` adds to a new ``lca.zarr`` (chunks of c iterations)."""
-    n, L = len(model.terms), len(reducer.layers)
-
-    def make(parent, name: str, shape: tuple, dims: tuple, chunks=None, dtype="float64"):
-        parent.create_array(
-            name,
-            shape=shape,
-            chunks=chunks or (c, *shape[1:]),
-            dtype=dtype,
-            dimension_names=dims,
-            fill_value=np.nan,
-            compressors=checksummed(),
-        )
-
-    dims = ("iteration", "term", "part")
-    for split in splits:
-        causes = group[split].create_group("causes")
-        make(causes, "layer", (T, n, 2, L), (*dims, "layer"))
-        make(causes, "hurt_layer", (T, n, 2, L), (*dims, "layer"))
-        if store_level != "layers":
-            units = causes.create_group("unit")
-            for position, layer in enumerate(reducer.layers):
-                count = reducer.unit_counts[position]
-                make(units, layer, (T, n, 2, count), (*dims, f"{layer}_unit"))
-        causes.attrs.update(
-            {
-                "terms": list(model.terms),
-                "parts": list(PARTS),
-                "optimizer": model.kind,
-                "layers": reducer.layers,
-                "description": CAUSES_DESCRIPTION,
-            }
-        )
-    make(group, "replay_residual", (T,), ("iteration",))
-    group["replay_residual"].attrs["description"] = (
-        "‖Δθ_recorded − Σ_k u_k‖ / ‖Δθ‖ per iteration: how exactly the replayed optimiser "
-        "reproduced the recorded step"
+def describe_causes(causes: zarr.Group, model: CauseModel, layers: list[str]) -> None:
+    """The attributes of a split's new ``causes`` group: the axes' names and what they mean
+    (its arrays are in the table of :mod:`lca.storage.lca_arrays`)."""
+    causes.attrs.update(
+        {
+            "terms": list(model.terms),
+            "parts": list(PARTS),
+            "optimizer": model.kind,
+            "layers": layers,
+            "description": CAUSES_DESCRIPTION,
+        }
     )
-    if model.carries_state:  # Adam's moments (nesterov's b) at every work unit's start
-        units = -(-T // c)
-        state = group.create_group("replay_state")
-        for name in ("m", "v"):
-            state_dims = ("work_unit", "parameter")
-            make(state, name, (units, num_params), state_dims, (1, num_params), "float32")
-            state[name][:] = np.float32(np.nan)  # every chunk written: none reads as missing
-        state.attrs["through"] = 0  # states of units 0 … through−1 are stored
 
 
 class UnitCauses:

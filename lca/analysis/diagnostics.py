@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import LCA_STORE, RunError, location, open_group
+from ..storage.lca_arrays import read_array
 
 TOTAL_ERROR_LIMIT_PCT = 1.0
 RULE_NOTES = {
@@ -407,7 +408,7 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         ok = done & np.isfinite(error_all)
         error = error_all[ok]
         error_fo = group["error_fo"][:][measured]
-        used = group["splits"][:][done]
+        used = read_array(group, "intervals")[:][done]
         sums = _lca_sums(group, done_units, c, T)
         loss_change = float(dl.sum())
         lca_total = float(sums[measured].sum())
@@ -436,7 +437,7 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
             nonfinite_loss_steps=[int(t) for t in nonfinite_loss],
             nonfinite_error_iterations=[int(t) for t in nonfinite_error],
         )
-        used_all = group["splits"][:]
+        used_all = read_array(group, "intervals")[:]
         stats = report.splits[split]
         for rule, rows in {"trapezoid": used_all == 1, "simpson": used_all >= 2}.items():
             stats.rule_iterations[rule] = int((rows & done).sum())

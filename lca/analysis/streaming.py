@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..layout import GroupSums
+
 
 class RowSliceable(Protocol):
     """What the streaming functions need: a shape and row slicing into numpy."""
@@ -95,52 +97,18 @@ def _stream(a: RowSliceable, chunk_rows: int, accumulators: Sequence[Any]) -> No
             acc.update(block, start)
 
 
-class _LayerReducer:
-    """Per-row, per-layer sums of a (b, K) block.
-
-    Layouts keep a layer's parameters in a few contiguous runs, so the sums are one
-    ``np.add.reduceat`` over those runs (plus a tiny runs → layers matmul when a layer has
-    several runs); an arbitrary ``layer_index`` with many runs falls back to ``np.bincount``
-    per row.
-    """
-
-    MAX_RUNS = 4096
+class _LayerReducer(GroupSums):
+    """Per-row, per-layer sums of a (b, K) block (:class:`lca.layout.GroupSums`), checked
+    against the arrays an analysis streams."""
 
     def __init__(self, layer_index: np.ndarray, num_layers: int, num_params: int) -> None:
-        index = np.asarray(layer_index).astype(np.int64, copy=False).reshape(-1)
+        index = np.asarray(layer_index).reshape(-1)
         if index.size != num_params:
             raise ValueError(f"layer_index has {index.size} entries, arrays have {num_params}")
         if index.size and (index.min() < 0 or index.max() >= num_layers):
             raise ValueError(f"layer_index values must lie in [0, {num_layers})")
-        self.index = index
-        self.L = int(num_layers)
-        self.sizes = np.bincount(index, minlength=self.L).astype(np.int64)
-        if index.size:
-            self.starts = np.concatenate([[0], np.flatnonzero(np.diff(index)) + 1])
-        else:
-            self.starts = np.zeros(0, dtype=np.int64)
-        self.run_layer = index[self.starts]
-        self.direct = len(np.unique(self.run_layer)) == len(self.run_layer)
-        if not self.direct and len(self.starts) <= self.MAX_RUNS:
-            self.onehot = np.zeros((len(self.starts), self.L))
-            self.onehot[np.arange(len(self.starts)), self.run_layer] = 1.0
-
-    def __call__(self, block: np.ndarray, dtype: type = np.float64) -> np.ndarray:
-        """(b, L) sums of ``block`` (values or a boolean mask) over each layer's parameters."""
-        b = block.shape[0]
-        out = np.zeros((b, self.L), dtype=dtype)
-        if b == 0 or self.index.size == 0:
-            return out
-        if len(self.starts) > self.MAX_RUNS:
-            for r in range(b):
-                out[r] = np.bincount(self.index, weights=block[r], minlength=self.L)
-            return out
-        runs = np.add.reduceat(block, self.starts, axis=1, dtype=dtype)
-        if self.direct:
-            out[:, self.run_layer] = runs
-        else:
-            out[:] = (runs @ self.onehot).astype(dtype)  # integer counts stay exact in float64
-        return out
+        super().__init__(index, num_layers)
+        self.L = self.num_groups
 
 
 def _check_layers(num_layers: int) -> None:

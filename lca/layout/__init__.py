@@ -2,7 +2,7 @@
 and its table in words (:mod:`.describe`).
 """
 
-from .levels import LevelSums
+from .levels import GroupSums, LevelSums
 from .parameters import ParameterEntry, ParameterLayout
 
-__all__ = ["LevelSums", "ParameterEntry", "ParameterLayout"]
+__all__ = ["GroupSums", "LevelSums", "ParameterEntry", "ParameterLayout"]

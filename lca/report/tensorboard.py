@@ -201,7 +201,7 @@ def _split_series(run: Run, split: str, chunk_rows: int) -> list[Series]:
     columns = [*per_layer.T, *np.cumsum(per_layer, axis=0).T]
     group = run.lca_store[split]
     tags += ["conservation_error/rule", "conservation_error/first_order", "sub_intervals"]
-    columns += [group["error"], group["error_fo"], group["splits"]]
+    columns += [group["error"], group["error_fo"], run.intervals(split)]
     if run.store_level == "parameters":
         helped = helped_fractions(run.lca(split), run.layout.layer_index(), len(layers), chunk_rows)
         tags += [f"helped_pct/{n}" for n in layers]

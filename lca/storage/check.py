@@ -4,7 +4,7 @@ Damage in ``lca.zarr`` is recoverable: each chunk belongs to one work unit of th
 allocation, so :func:`lca.allocation.repair.repair_run` marks those units not done (and
 removes their bad chunks), and ``lca allocate RUN`` recomputes exactly them.
 Damage in ``trajectory.zarr`` (or in the recorder's ``data.zarr``) is not: θ cannot be
-recomputed from the LCA, so the report names the steps lost and the ``--iterations``
+recomputed from the LCA, so the report names the steps lost and the ``--range``
 ranges that avoid them.
 """
 
@@ -66,7 +66,7 @@ class RunCheck:
     run_dir: Path
     arrays: list[ArrayCheck]
     num_iterations: int
-    unit_iterations: int  # the allocation's work-unit length (for --iterations advice)
+    unit_iterations: int  # the allocation's work-unit length (for --range advice)
     bad_units: list[int]  # lca.zarr work units holding a bad chunk
     lost_iterations: list[tuple[int, int]]  # [a, b) that cannot be allocated (θ damaged)
     fatal: list[str]  # damage that no allocation can work around
@@ -81,7 +81,7 @@ class RunCheck:
         return not self.issues
 
     def allowed_ranges(self) -> list[tuple[int, int]]:
-        """``--iterations`` ranges, in whole work units, that avoid every lost iteration."""
+        """``--range`` ranges, in whole work units, that avoid every lost iteration."""
         c, T = self.unit_iterations, self.num_iterations
         bad = np.zeros(math.ceil(T / c), bool)
         for a, b in self.lost_iterations:
@@ -136,7 +136,7 @@ class RunCheck:
         lines += [f"cannot be repaired: {reason}" for reason in self.fatal]
         if self.lost_iterations and not self.fatal:
             lost = ", ".join(f"{a}:{b}" for a, b in self.lost_iterations)
-            ranges = [f"`--iterations {a}:{b}`" for a, b in self.allowed_ranges()]
+            ranges = [f"`--range {a}:{b}`" for a, b in self.allowed_ranges()]
             avoid = (
                 f"{', '.join(ranges[:-1])} and {ranges[-1]} avoid them"
                 if len(ranges) > 1

@@ -14,6 +14,7 @@ from ..config import Config, load_config
 from ..layout import LevelSums, ParameterLayout
 from .base import CONFIG_FILE, LCA_STORE, RunError, location
 from .groups import open_group
+from .lca_arrays import read_array
 from .trajectory import Trajectory, open_trajectory
 
 
@@ -218,6 +219,11 @@ class Run:
     def loss(self, split: str = "train") -> np.ndarray:
         """Full-set loss L(θ_t), shape (T+1,)."""
         return self._group(split)["loss"][:]
+
+    def intervals(self, split: str = "train") -> zarr.Array:
+        """(T,) int32: the sub-intervals the accepted rule used at every iteration (also in
+        stores that name the array ``splits``)."""
+        return read_array(self._group(split), "intervals")
 
     def error(self, split: str = "train", first_order: bool = False) -> np.ndarray:
         return self._group(split)["error_fo" if first_order else "error"][:]

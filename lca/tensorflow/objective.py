@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..quadrature import segment_point  # noqa: F401 (used here and re-exported)
+from ..quadrature import LossAndGradient, segment_point  # noqa: F401 (segment_point re-exported)
 from .precision import kernel_gradient, matmul, tensor_float_32
 from .runtime import per_example_loss, tf32_enabled
 
@@ -31,10 +31,10 @@ from .runtime import per_example_loss, tf32_enabled
 class FullBatchObjective:
     """L and ∇L of every split at a flat θ, compiled once: ``objective(theta)``.
 
-    Returns ``{split: (loss, grad)}`` with ``loss`` the float64 mean of the per-example
-    ``loss`` (:func:`per_example_loss`) over the split and ``grad`` its float32 gradient as a
-    flat vector in the layout's order. ``training`` is the mode the model is called in: True
-    for the built-ins' evaluation variants, False for a user's model after
+    Returns ``{split: LossAndGradient(loss, gradient)}`` with ``loss`` the float64 mean of the
+    per-example ``loss`` (:func:`per_example_loss`) over the split and ``gradient`` its float32
+    gradient as a flat vector in the layout's order. ``training`` is the mode the model is
+    called in: True for the built-ins' evaluation variants, False for a user's model after
     :func:`evaluation_mode`.
 
     For a network whose first weighted layer is a dense layer on the (flattened) input, the
@@ -272,13 +272,13 @@ class FullBatchObjective:
             raise ValueError(f"theta has shape {theta.shape}, expected ({self.num_params},)")
         return theta
 
-    def _unpack(self, results) -> dict[str, tuple[float, np.ndarray]]:
+    def _unpack(self, results) -> dict[str, LossAndGradient]:
         return {
-            name: (float(result[0].numpy()), result[1].numpy())
+            name: LossAndGradient(float(result[0].numpy()), result[1].numpy())
             for name, result in zip(self.split_names, results)
         }
 
-    def __call__(self, theta: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+    def __call__(self, theta: np.ndarray) -> dict[str, LossAndGradient]:
         theta = self._checked(theta)
         self.evaluations += 1
         if self.precision == "tf32":  # gradients on TF32 cores, losses from a float32 pass
@@ -318,7 +318,7 @@ class FullBatchObjective:
 
     def between(
         self, start: np.ndarray, end: np.ndarray, fraction: float
-    ) -> dict[str, tuple[float, np.ndarray]]:
+    ) -> dict[str, LossAndGradient]:
         """L and ∇L at start + fraction (end − start): as ``__call__`` at that point.
 
         Cheaper when both ends were the latest points evaluated and the input layer is

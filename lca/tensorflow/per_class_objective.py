@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..quadrature import ClassLossAndGradient
 from .objective import _assign_flat, _fixed_batches, segment_point
 from .runtime import all_layers, per_example_loss
 
@@ -13,11 +14,12 @@ from .runtime import all_layers, per_example_loss
 class PerClassObjective:
     """L, ∇L and their exact split into classes: L = Σ_c L_c, L_c = (1/N) Σ_{i in class c} l_i.
 
-    Returns ``{split: (loss, grad, class_loss (C,), class_grad (C, K))}``. Without batch norm
-    the loss does not depend on how examples are batched, so the evaluation batches are made
-    class-pure (each class padded with zero-weight examples): every batch's gradient belongs
-    to one class and the split costs no extra backward pass. With batch norm the fixed batches
-    define L, so each batch takes one forward pass and C class-masked backward passes.
+    Returns ``{split: ClassLossAndGradient}`` (``class_loss`` (C,), ``class_gradient`` (C, K)).
+    Without batch norm the loss does not depend on how examples are batched, so the evaluation
+    batches are made class-pure (each class padded with zero-weight examples): every batch's
+    gradient belongs to one class and the split costs no extra backward pass. With batch norm
+    the fixed batches define L, so each batch takes one forward pass and C class-masked backward
+    passes.
     """
 
     def __init__(
@@ -125,17 +127,19 @@ class PerClassObjective:
             )
         return results
 
-    def __call__(self, theta: np.ndarray) -> dict[str, tuple]:
+    def __call__(self, theta: np.ndarray) -> dict[str, ClassLossAndGradient]:
         theta = np.ascontiguousarray(theta, dtype=np.float32)
         if theta.shape != (self.num_params,):
             raise ValueError(f"theta has shape {theta.shape}, expected ({self.num_params},)")
         self.evaluations += 1
         return {
-            name: (float(r[0].numpy()), r[1].numpy(), r[2].numpy(), r[3].numpy())
+            name: ClassLossAndGradient(float(r[0].numpy()), *(x.numpy() for x in r[1:4]))
             for name, r in zip(self.split_names, self._compiled(theta))
         }
 
-    def between(self, start: np.ndarray, end: np.ndarray, fraction: float) -> dict[str, tuple]:
+    def between(
+        self, start: np.ndarray, end: np.ndarray, fraction: float
+    ) -> dict[str, ClassLossAndGradient]:
         return self(segment_point(start, end, fraction))
 
 

@@ -1,12 +1,12 @@
 """Full-split loss and gradient of a torch model at any flat θ (``torch.func``).
 
 The same contract as the TensorFlow objective (:class:`lca.allocation.backends.Objective`):
-``objective(theta) -> {split: (loss, grad)}``, the loss the float64 mean of the per-example
-losses over the whole split, the gradient summed over fixed, unshuffled evaluation batches in
-float64 and returned as float32. The model is in :func:`~lca.torch.runtime.evaluation_mode`
-(dropout off, batch norm on batch statistics) and its buffers and the parameters outside θ are
-held fixed, so L is a function of θ alone. θ goes in through ``torch.func.functional_call``:
-the module itself is never modified.
+``objective(theta) -> {split: LossAndGradient(loss, gradient)}``, the loss the float64 mean of
+the per-example losses over the whole split, the gradient summed over fixed, unshuffled
+evaluation batches in float64 and returned as float32. The model is in
+:func:`~lca.torch.runtime.evaluation_mode` (dropout off, batch norm on batch statistics) and its
+buffers and the parameters outside θ are held fixed, so L is a function of θ alone. θ goes in
+through ``torch.func.functional_call``: the module itself is never modified.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..quadrature import LossAndGradient
 from .runtime import as_tensor, device, per_example_loss
 
 
@@ -76,7 +77,7 @@ class TorchObjective:
             raise ValueError(f"theta has shape {theta.shape}, expected ({self.num_params},)")
         return theta
 
-    def __call__(self, theta: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+    def __call__(self, theta: np.ndarray) -> dict[str, LossAndGradient]:
         parts = self._parts(theta)
         self.evaluations += 1
         out = {}
@@ -88,12 +89,12 @@ class TorchObjective:
                 g, loss_sum = self._grad(parts, x, y, n)
                 loss += loss_sum
                 grad += torch.cat([g[k].reshape(-1) for k in self.names]).double()
-            out[name] = (float(loss) / n, grad.float().cpu().numpy())
+            out[name] = LossAndGradient(float(loss) / n, grad.float().cpu().numpy())
         return out
 
     def between(
         self, start: np.ndarray, end: np.ndarray, fraction: float
-    ) -> dict[str, tuple[float, np.ndarray]]:
+    ) -> dict[str, LossAndGradient]:
         """L and ∇L at start + fraction (end − start)."""
         from ..quadrature import segment_point
 
