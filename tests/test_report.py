@@ -19,7 +19,7 @@ from lca.analysis import statistics
 from lca.analysis.diagnostics import verify_error
 from lca.cli import main
 from lca.report import make_report
-from lca.report.figures import kernel_rows
+from lca.report.views import kernel_rows
 from lca.storage import open_run
 
 FIGURES = [
@@ -257,6 +257,7 @@ def test_animation_frames_are_full_draws_pixel_for_pixel():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from lca.report.plots_parameters import kernel_animation_frames
+    from lca.report.style import PlotStyle
 
     rng = np.random.default_rng(0)
     layers, iterations = ["conv_1", "dense_1"], [0, 7, 13]
@@ -264,7 +265,9 @@ def test_animation_frames_are_full_draws_pixel_for_pixel():
         "conv_1": [rng.normal(size=(12, 9)) for _ in iterations],
         "dense_1": [rng.normal(size=(10, 24)) * 1e-4 for _ in iterations],
     }
-    fig, frames = kernel_animation_frames(layers, iterations, matrices, {"conv_1": (3, 3)})
+    fig, frames = kernel_animation_frames(
+        layers, iterations, matrices, {"conv_1": (3, 3)}, style=PlotStyle()
+    )
     assert len(frames) == len(iterations)
     heatmaps = [ax.images[0] for ax in fig.axes if ax.images]
     assert len(heatmaps) == len(layers) and len(fig.axes[0].lines) == 3 + 2  # block lines

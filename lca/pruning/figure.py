@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..report.plots import LOSS_UNIT, ZERO, _layer_colours, _save
+from ..report.style import ZERO, PlotStyle, layer_colours
 
 
 def pruning_curves(
-    curves: Mapping[str, Mapping[tuple[str, str], tuple]], path: str | Path, title: str = ""
+    curves: Mapping[str, Mapping[tuple[str, str], tuple]],
+    path: str | Path,
+    title: str = "",
+    *,
+    style: PlotStyle,
 ) -> Path:
     """One panel per (metric, split), one line per criterion, random as mean ± std band.
 
@@ -26,7 +30,7 @@ def pruning_curves(
     metrics = list(dict.fromkeys(m for m, _ in panels))
     fig = Figure(figsize=(4.6 * len(splits), 3.6 * len(metrics)))
     axes = np.atleast_2d(fig.subplots(len(metrics), len(splits), squeeze=False))
-    colours = dict(zip([c for c in curves if c != "random"], _layer_colours(10)))
+    colours = dict(zip([c for c in curves if c != "random"], layer_colours(10)))
     colours["random"] = ZERO
     fractions = next(iter(next(iter(curves.values())).values()))[0]
     log_x = bool(np.all(fractions < 1.0))
@@ -70,11 +74,11 @@ def pruning_curves(
             ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_ylabel(f"{split} loss ({LOSS_UNIT.get()})")
+            ax.set_ylabel(f"{split} loss ({style.loss_unit})")
         else:
             ax.set_ylabel(f"{split} {metric} (%)")
         ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return style.save(fig, path)

@@ -14,8 +14,6 @@ kept"; ties go by flat index (a stable sort), so every mask is reproducible.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,9 @@ import numpy as np
 import zarr
 
 from ..layout import ParameterLayout
-from ..storage import Run, RunError, is_remote, location, open_run
+from ..storage import Run, RunError, location, open_run
 from ..storage.base import writing_to
+from ..storage.outputs import local_folder, write_text
 from .evaluation import PruneTable, average_row, figure_curves
 
 #: Ranking criteria; the first three read the per-parameter LCA (``allocate.store: parameters``).
@@ -274,29 +273,23 @@ def _stored_loss(run: Run, splits: Sequence[str]) -> dict[str, float]:
 
 def _write(table: PruneTable, target: Path) -> Path:
     """prune.json, prune.md, prune.png, each whole or not at all; a URL is uploaded last."""
-    from ..report import plots
-    from ..report.make import write_text
+    from ..report.style import PlotStyle
     from . import figure as plots_pruning
 
-    out = Path(tempfile.mkdtemp(prefix="lca-prune-")) if is_remote(target) else target
-    out.mkdir(parents=True, exist_ok=True)
-    data = table.to_dict()
-    write_text(out / "prune.json", json.dumps(data, indent=1, allow_nan=False))
-    figure = "prune.png"
-    markdown = (
-        table.to_markdown() + f"\n![accuracy and loss against the fraction pruned]({figure})\n"
-    )
-    write_text(out / "prune.md", markdown)
-    partial = out / ".prune.partial.png"
-    token = plots.LOSS_UNIT.set(table.loss_unit)
-    try:
-        plots_pruning.pruning_curves(
-            figure_curves(table), partial, title=f"{table.run_dir.name}: pruning θ_T"
+    with local_folder(target, "lca-prune-") as out:
+        data = table.to_dict()
+        write_text(out / "prune.json", json.dumps(data, indent=1, allow_nan=False))
+        figure = "prune.png"
+        markdown = (
+            table.to_markdown() + f"\n![accuracy and loss against the fraction pruned]({figure})\n"
         )
-    finally:
-        plots.LOSS_UNIT.reset(token)
-    partial.replace(out / figure)
-    if out is not target:
-        target.fs.put(str(out) + "/", target.path, recursive=True)
-        shutil.rmtree(out, ignore_errors=True)
+        write_text(out / "prune.md", markdown)
+        partial = out / ".prune.partial.png"
+        plots_pruning.pruning_curves(
+            figure_curves(table),
+            partial,
+            title=f"{table.run_dir.name}: pruning θ_T",
+            style=PlotStyle(loss_unit=table.loss_unit),
+        )
+        partial.replace(out / figure)
     return target

@@ -11,69 +11,95 @@ overfitting, the check that the causes add up and the replay residual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import analysis
 from ..analysis import CauseSummary, ValidationDrivers
-from ..storage import Run
 from .markdown import num, table
-from .measures import _unit
 from .plots_causes import panel_layers, stacked_causes
+from .style import PlotStyle
+
+if TYPE_CHECKING:
+    from .section import ReportRuns
 
 MAX_COLUMNS = 8  # layer columns in a table; beyond it the largest 6 and "other layers"
 WINDOWS = 4
 BINS = 40
+CHUNK_ROWS = 1024  # iterations read at once: the cause arrays are per layer, small
 
 
-@dataclass
 class CausesSection:
-    """The section's Markdown, its report.json entry and its figures."""
+    """Each cause's LCA per layer and window, stacked over iterations; what drove the hurting."""
 
-    markdown: str
-    data: dict[str, Any]
-    figures: dict[str, Path]
+    def __init__(
+        self,
+        run_name: str,
+        terms: list[str],
+        layers: list[str],
+        summaries: dict[str, CauseSummary],
+        drivers: ValidationDrivers | None,
+        residual: dict,
+        unit: str,
+    ) -> None:
+        self._run_name, self._terms, self._layers = run_name, terms, layers
+        self._summaries, self._drivers, self._residual = summaries, drivers, residual
+        self._unit = unit
+        self.data: dict[str, Any] = {"causes": None}
+        if summaries:
+            self.data["causes"] = analysis.jsonable(
+                {
+                    "terms": terms,
+                    "parts": list(analysis.PARTS),
+                    "splits": {s: summary.to_dict() for s, summary in summaries.items()},
+                    "validation": None if drivers is None else drivers.to_dict(),
+                    "replay_residual": residual,
+                    "figures": {f"causes_{s}": f"causes_{s}.png" for s in summaries},
+                }
+            )
 
+    @classmethod
+    def from_runs(cls, runs: ReportRuns) -> CausesSection:
+        """Measure the causes of every allocated split (the report's split first)."""
+        run, split = runs.runs[0], runs.split
+        if not run.has_causes:
+            return cls(run.path.name, [], [], {}, None, {}, runs.loss_unit)
+        terms = run.cause_terms
+        layers = run.layer_names
+        summaries: dict[str, CauseSummary] = {}
+        for s in [split] + [s for s in run.splits if s != split]:
+            summaries[s] = analysis.summarise_causes(
+                s, run.cause_layer_lca(s), terms, layers, hurt=run.cause_hurt_layer_lca(s),
+                layer_lca=run.layer_lca(s), windows=WINDOWS, bins=BINS, chunk_rows=CHUNK_ROWS,
+            )  # fmt: skip
+        drivers = None
+        if "val" in summaries:
+            drivers = analysis.validation_drivers(run.cause_layer_lca("val"), terms, CHUNK_ROWS)
+        residual = analysis.residual_summary(run.replay_residual())
+        return cls(run.path.name, terms, layers, summaries, drivers, residual, runs.loss_unit)
 
-def causes_section(run: Run, split: str, out: Path, chunk_rows: int = 1024) -> CausesSection:
-    """Measure the causes of every allocated split (``split`` first), draw, write."""
-    terms = run.cause_terms
-    layers = run.layer_names
-    splits = [split] + [s for s in run.splits if s != split]
-    summaries: dict[str, CauseSummary] = {}
-    figures: dict[str, Path] = {}
-    for s in splits:
-        summary = analysis.summarise_causes(
-            s, run.cause_layer_lca(s), terms, layers, hurt=run.cause_hurt_layer_lca(s),
-            layer_lca=run.layer_lca(s), windows=WINDOWS, bins=BINS, chunk_rows=chunk_rows,
-        )  # fmt: skip
-        summaries[s] = summary
-        shown = panel_layers(layers, summary.totals)
-        which = "" if len(shown) == len(layers) else f" (the {len(shown)} largest layers)"
-        figures[f"causes_{s}"] = stacked_causes(
-            [layers[k] for k in shown], terms, summary.bin_edges, summary.bins[..., shown],
-            out / f"causes_{s}.png", f"{run.path.name}: LCA by cause over iterations, "
-            f"{s} split{which}",
-        )  # fmt: skip
-    drivers = None
-    if "val" in summaries:
-        drivers = analysis.validation_drivers(run.cause_layer_lca("val"), terms, chunk_rows)
-    residual = analysis.residual_summary(run.replay_residual())
-    data = analysis.jsonable(
-        {
-            "terms": terms,
-            "parts": list(analysis.PARTS),
-            "splits": {s: summary.to_dict() for s, summary in summaries.items()},
-            "validation": None if drivers is None else drivers.to_dict(),
-            "replay_residual": residual,
-            "figures": {k: p.name for k, p in figures.items()},
-        }
-    )
-    markdown = _markdown(terms, summaries, drivers, residual, figures)
-    return CausesSection(markdown=markdown, data=data, figures=figures)
+    def figures(self, out_dir: Path, style: PlotStyle) -> dict[str, Path]:
+        figures: dict[str, Path] = {}
+        layers = self._layers
+        for s, summary in self._summaries.items():
+            shown = panel_layers(layers, summary.totals)
+            which = "" if len(shown) == len(layers) else f" (the {len(shown)} largest layers)"
+            figures[f"causes_{s}"] = stacked_causes(
+                [layers[k] for k in shown], self._terms, summary.bin_edges,
+                summary.bins[..., shown], out_dir / f"causes_{s}.png",
+                f"{self._run_name}: LCA by cause over iterations, {s} split{which}", style=style,
+            )  # fmt: skip
+        return figures
+
+    def markdown(self, figures: Mapping[str, Path]) -> str:
+        if not self._summaries:
+            return ""
+        return _markdown(
+            self._terms, self._summaries, self._drivers, self._residual, figures, self._unit
+        )
 
 
 # --- report.md ------------------------------------------------------------------------------
@@ -101,14 +127,25 @@ def _columns(summary: CauseSummary) -> tuple[list[str], list[np.ndarray]]:
     return names + ["all layers"], selectors + [np.ones(n)]
 
 
+#: A cause's LCA within this fraction of its table's largest |value| is rounding of a float64
+#: sum (the causes add up to about 1e-9 of the layer LCA): printed as 0, not as 1e-23.
+NEGLIGIBLE = 1e-9
+
+
+def _nats(values: np.ndarray) -> list[list[str]]:
+    """A table's values as ``+.4g``, those within rounding of zero as "0"."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.abs(values[np.isfinite(values)])
+    zero = NEGLIGIBLE * (finite.max() if finite.size else 0.0)
+    return [["0" if abs(v) <= zero else num(float(v), "+.4g") for v in row] for row in values]
+
+
 def _cause_table(summary: CauseSummary) -> str:
     names, selectors = _columns(summary)
     flat = summary.totals.reshape(-1, len(summary.layers))
-    rows = [
-        [_label(c)] + [num(float(v @ s), "+.4g") for s in selectors]
-        for c, v in zip(summary.causes, flat)
-    ]
-    rows.append(["**sum (layer LCA)**"] + [num(float(flat.sum(0) @ s), "+.4g") for s in selectors])
+    values = _nats([[v @ s for s in selectors] for v in [*flat, flat.sum(0)]])
+    rows = [[_label(c), *v] for c, v in zip(summary.causes, values)]
+    rows.append(["**sum (layer LCA)**", *values[-1]])
     return table(["cause", *names], rows)
 
 
@@ -116,27 +153,29 @@ def _window_table(summary: CauseSummary) -> str:
     edges = summary.window_edges
     per_window = summary.windows.sum(axis=3).reshape(len(summary.windows), -1)  # (W, causes)
     header = ["cause (all layers)"] + [f"iterations {a}–{b - 1}" for a, b in zip(edges, edges[1:])]
-    rows = [
-        [_label(c)] + [num(float(v), "+.4g") for v in per_window[:, k]]
-        for k, c in enumerate(summary.causes)
-    ]
-    rows.append(["**sum**"] + [num(float(v), "+.4g") for v in per_window.sum(axis=1)])
+    values = _nats([*per_window.T, per_window.sum(axis=1)])
+    rows = [[_label(c), *v] for c, v in zip(summary.causes, values)]
+    rows.append(["**sum**", *values[-1]])
     return table(header, rows)
 
 
 def _percent(v: float) -> str:
-    return num(100.0 * v, ".1f") + " %" if np.isfinite(v) else "n/a"
+    text = num(100.0 * v, ".1f")
+    return ("0.0" if text == "-0.0" else text) + " %" if np.isfinite(v) else "n/a"
 
 
-def _hurting(summary: CauseSummary) -> list[str]:
+SHOWN = 0.0005  # a share that prints as 0.0 % is left out of the spelled-out sentence
+
+
+def _hurting(summary: CauseSummary, unit: str) -> list[str]:
     h = summary.hurting
     if h is None:
         return []
     ranked = h.ranked()
     if not np.isfinite(ranked[0][1]):
         return [f"No entry raised the {summary.split} loss: there is no positive LCA to split."]
-    spelled = ", ".join(f"{_percent(f)} from {_label(c)}" for c, f in ranked if f > 0)
-    against = [f"{_label(c)} ({_percent(f)})" for c, f in ranked if f < 0]
+    spelled = ", ".join(f"{_percent(f)} from {_label(c)}" for c, f in ranked if f >= SHOWN)
+    against = [f"{_label(c)} ({_percent(f)})" for c, f in ranked if f <= -SHOWN]
     if against:
         spelled += "; pulling the other way: " + ", ".join(against)
     names, selectors = _columns(summary)
@@ -151,21 +190,20 @@ def _hurting(summary: CauseSummary) -> list[str]:
     rows.append(["**positive LCA**"] + [num(p, ".4g") for p in positive])
     return [
         f"Of the positive LCA on the {summary.split} split (Σ {num(float(h.positive.sum()), '.4g')}"
-        f" {_unit()} over the entries A[t, i] > 0, which raised the loss), {spelled}.",
+        f" {unit} over the entries A[t, i] > 0, which raised the loss), {spelled}.",
         "",
         table(["cause", *names], rows),
     ]
 
 
-def _validation(drivers: ValidationDrivers) -> list[str]:
+def _validation(drivers: ValidationDrivers, unit: str) -> list[str]:
+    totals = np.asarray(drivers.totals, dtype=np.float64)  # (terms, parts)
+    values = _nats(np.column_stack([totals, totals.sum(axis=1)]))
     rows = []
     for k, term in enumerate(drivers.terms):
-        fo, curv = drivers.totals[k]
-        verdict = drivers.verdicts()[k]
-        rows.append(
-            [term, num(float(fo), "+.4g"), num(float(curv), "+.4g"),
-             num(float(fo + curv), "+.4g"), verdict]
-        )  # fmt: skip
+        # the replay residual is no update term: it drives nothing
+        verdict = "— (replay residual)" if term == "residual" else drivers.verdicts()[k]
+        rows.append([term, *values[k], verdict])
     lines = [
         "### What drives generalisation (validation split)",
         "",
@@ -180,7 +218,7 @@ def _validation(drivers: ValidationDrivers) -> list[str]:
             "",
             "The training signal's first-order validation share, −lr ∇L_train(θ_t)·∇L_val(θ_t) "
             "summed over the run (through the optimiser's preconditioner): "
-            f"{num(drivers.signal_first_order, '+.4g')} {_unit()}; it was positive (following "
+            f"{num(drivers.signal_first_order, '+.4g')} {unit}; it was positive (following "
             "the training gradient raised the validation loss) at "
             f"{drivers.signal_hurt_iterations} of {drivers.iterations} iterations.",
         ]
@@ -192,7 +230,8 @@ def _markdown(
     summaries: dict[str, CauseSummary],
     drivers: ValidationDrivers | None,
     residual: dict,
-    figures: dict[str, Path],
+    figures: Mapping[str, Path],
+    unit: str,
 ) -> str:
     lines = [
         "## Why parameters hurt: the LCA by cause",
@@ -228,7 +267,7 @@ def _markdown(
             "",
             f"### Causes of the {split} LCA",
             "",
-            f"Each cause's {split} LCA per layer over the run ({_unit()}; negative helped, "
+            f"Each cause's {split} LCA per layer over the run ({unit}; negative helped, "
             "positive hurt); a column sums to the layer's LCA.",
             "",
             _cause_table(summary),
@@ -239,11 +278,11 @@ def _markdown(
         ]
         if f"causes_{split}" in figures:
             lines += ["", f"![LCA by cause, {split}]({figures[f'causes_{split}'].name})"]
-        hurting = _hurting(summary)
+        hurting = _hurting(summary, unit)
         if hurting:
             lines += ["", f"### Where the hurting comes from ({split} split)", "", *hurting]
     if drivers is not None:
-        lines += ["", *_validation(drivers)]
+        lines += ["", *_validation(drivers, unit)]
     lines += ["", *_HOW_TO_READ]
     return "\n".join(lines) + "\n"
 

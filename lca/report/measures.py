@@ -10,13 +10,17 @@ from typing import Any
 import numpy as np
 
 from .. import analysis
-from ..analysis.per_class import class_specialisation, class_synchronisation, neuron_input_totals
 from ..storage import Run
-from . import plots
-from . import splits as report_splits
 from .markdown import escape as _md
+from .style import unit_of_loss
 
 TOP_MOMENTS = 20
+SPLITS = ("train", "val")
+
+
+def has_both_splits(run: Run) -> bool:
+    """Whether the run was allocated on the training and the validation split."""
+    return all(split in run.splits for split in SPLITS)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Skipped:
         return f"{self.measurement}: skipped; needs {self.needs}; {self.how}."
 
 
-def _per_parameter_skip(run: Run, measurement: str) -> Skipped:
+def per_parameter_skip(run: Run, measurement: str) -> Skipped:
     return Skipped(
         measurement,
         f"the per-parameter LCA, which `store: {run.store_level}` does not keep",
@@ -44,8 +48,8 @@ def _skipped(run: Run, split: str) -> list[Skipped]:
     out = []
     if run.store_level != "parameters":
         out += [
-            _per_parameter_skip(run, "percent of parameters helped (Table 1, Fig 3a, 3c, 3d)"),
-            _per_parameter_skip(run, "distribution of LCA values and its kurtosis (Fig 3b, S10)"),
+            per_parameter_skip(run, "percent of parameters helped (Table 1, Fig 3a, 3c, 3d)"),
+            per_parameter_skip(run, "distribution of LCA values and its kurtosis (Fig 3b, S10)"),
         ]
     if not run.has_grad(split):
         out.append(
@@ -59,12 +63,12 @@ def _skipped(run: Run, split: str) -> list[Skipped]:
     return out
 
 
-def _skipped_views(run: Run) -> list[Skipped]:
+def skipped_views(run: Run) -> list[Skipped]:
     """What the direct views (first run only) and the train vs val section leave out."""
     out = []
     if run.store_level != "parameters":
-        out.append(_per_parameter_skip(run, "kernel heatmaps and their animation (Fig 2)"))
-        out.append(_per_parameter_skip(run, "single-parameter curves (S2)"))
+        out.append(per_parameter_skip(run, "kernel heatmaps and their animation (Fig 2)"))
+        out.append(per_parameter_skip(run, "single-parameter curves (S2)"))
     if run.store_level == "layers":
         units = Skipped(
             "",
@@ -72,13 +76,13 @@ def _skipped_views(run: Run) -> list[Skipped]:
             f"reallocate with `lca allocate {run.path} --store units --restart`",
         )
         out.append(dataclasses.replace(units, measurement="per-unit LCA images (S1)"))
-        if report_splits.has_both_splits(run):
+        if has_both_splits(run):
             out.append(
                 dataclasses.replace(
                     units, measurement="train vs validation by head, neuron and unit"
                 )
             )
-    if not report_splits.has_both_splits(run):
+    if not has_both_splits(run):
         out.append(
             Skipped(
                 "train vs validation by component",
@@ -277,82 +281,30 @@ class Report:
         return "\n".join(lines)
 
     def headline_markdown(self) -> str:
-        head = "| measurement | " + " | ".join(self.columns) + " |"
-        rule = "| --- |" + " ---: |" * len(self.columns)
-        body = [
-            "| " + _md(label) + " | " + " | ".join(_md(c) for c in cells) + " |"
-            for label, cells in self.rows
-        ]
-        return "\n".join([head, rule, *body])
+        return headline_markdown(self.columns, self.rows)
+
+    def moved_to(self, target: Path) -> Report:
+        """The same report with its files' paths under ``target`` (where it was uploaded)."""
+        return dataclasses.replace(
+            self,
+            out_dir=target,
+            markdown=target / self.markdown.name,
+            json=target / self.json.name,
+            figures={k: target / p.name for k, p in self.figures.items()},
+        )
 
 
-PER_CLASS_NA = (
-    "## Per class\n\nNot applicable: this run's loss ({loss}) is not a classification loss, "
-    "so the loss has no per-class parts (Fig 6, S21, S22 are skipped).\n"
-)
-
-
-def _per_class(run: Run, split: str, min_fraction: float, chunk_rows: int) -> dict | None:
-    """Fig 6 and S21 from ``lca allocate --per-class`` arrays (None when there are none)."""
-    group = run.lca_store[split]
-    if "class_layer_lca" not in group:
-        return None
-    sync = class_synchronisation(
-        group["class_layer_lca"][:], top=TOP_MOMENTS, min_fraction=min_fraction
-    )
-    specialisation = {}
-    for layer in run.layout.layers:
-        units = group["class_unit_lca"][layer]
-        totals = np.zeros(units.shape[1:])
-        for start in range(0, units.shape[0], chunk_rows):  # stream over iterations
-            totals += units[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
-        result = class_specialisation(totals)
-        specialisation[layer] = {
-            "units": result["units"],
-            **{f"top{k}_over_80pct": v for k, v in result["fraction_over"].items()},
-        }
-    neuron = _neuron_view(run, split, group, chunk_rows)
-    return {
-        "synchronisation": sync,
-        "specialisation": specialisation,
-        "min_fraction": min_fraction,
-        "neuron": neuron,
-    }
-
-
-def _neuron_view_layer(run: Run) -> str | None:
-    """The first layer when it is dense on the (image) input: S22 draws its input weights."""
-    layer = run.layout.layers[0]
-    kernel = next((e for e in run.layout.entries if e.layer == layer), None)
-    shape = [int(v) for v in run.trajectory.attrs.get("input_shape", [])]
-    if kernel is None or len(kernel.shape) != 2 or kernel.shape[0] != int(np.prod(shape)):
-        return None
-    return layer
-
-
-def _neuron_view(run: Run, split: str, group, chunk_rows: int) -> dict | None:
-    """S22 for the most-helped unit of a first dense layer on image input (else None)."""
-    layer = _neuron_view_layer(run)
-    if layer is None or run.store_level != "parameters":  # the input weights' LCA: per weight
-        return None
-    shape = [int(v) for v in run.trajectory.attrs.get("input_shape", [])]
-    units = group["class_unit_lca"][layer]
-    totals = np.zeros(units.shape[1:])
-    for start in range(0, units.shape[0], chunk_rows):
-        totals += units[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
-    unit = int(np.argmin(totals.sum(axis=0)))  # the unit that helped most
-    curves = np.cumsum(units[:, :, unit].astype(np.float64), axis=0)
-    inputs = neuron_input_totals(run.lca(split), run.layout, layer, unit, chunk_rows)
-    image = inputs.reshape(shape).mean(axis=-1)
-    return {"layer": layer, "unit": unit, "class_curves": curves, "input_lca": image}
-
-
-def _unit() -> str:
-    """The unit of losses and LCA in this report's text and figures (see plots.LOSS_UNIT)."""
-    return plots.LOSS_UNIT.get()
+def headline_markdown(columns: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """The headline table in Markdown: one row per measurement, one column per group."""
+    head = "| measurement | " + " | ".join(columns) + " |"
+    rule = "| --- |" + " ---: |" * len(columns)
+    body = [
+        "| " + _md(label) + " | " + " | ".join(_md(c) for c in cells) + " |"
+        for label, cells in rows
+    ]
+    return "\n".join([head, rule, *body])
 
 
 def loss_unit(run: Run) -> str:
     """Nats for cross-entropy (natural log); the loss's own name for anything else."""
-    loss = getattr(run.config.model, "loss", "sparse_categorical_crossentropy")
-    return {"sparse_categorical_crossentropy": "nats", "mean_squared_error": "MSE"}.get(loss, loss)
+    return unit_of_loss(getattr(run.config.model, "loss", "sparse_categorical_crossentropy"))

@@ -5,109 +5,33 @@ figures can be redrawn from ``report.json`` without touching the (T, K) stores. 
 ``matplotlib.figure.Figure`` objects rendered by the Agg canvas: no pyplot, no global
 backend switch, safe on machines without a display.
 
-Colour meaning is the paper's throughout: **green = helped** (negative LCA, lowered the
-loss), **red = hurt** (positive LCA), white = zero, darker = larger. Losses and LCA are in
-the loss's units: nats for cross-entropy (natural log), or what :data:`LOSS_UNIT` is set to
-(``lca report`` sets it from the run's loss, e.g. "MSE" for a regressor).
+Colours, the loss unit in the labels and the resolution come from the
+:class:`~lca.report.style.PlotStyle` each function is given (``lca report`` makes it from
+the run's loss: nats for cross-entropy, "MSE" for a regressor).
 """
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
-HELP = "#1a9850"  # green: negative LCA
-HURT = "#d73027"  # red: positive LCA
-ZERO = "#969696"  # grey: no effect
-LOSS = "#252525"
-SYNC = "#6a3d9a"  # purple: synchronised iterations
-LCA_CMAP = LinearSegmentedColormap.from_list(
-    "lca_green_white_red", ["#00441b", HELP, "#ffffff", HURT, "#67000d"]
+from .style import (
+    HELP,
+    HURT,
+    LOSS,
+    SYNC,
+    ZERO,
+    PlotStyle,
+    figure_width,
+    layer_axis,
+    layer_colours,
+    sign_colours,
+    sign_legend,
+    signed,
 )
-DPI = 110
-#: The unit of losses and LCA in labels; a context variable, so concurrent reports keep theirs.
-LOSS_UNIT: ContextVar[str] = ContextVar("loss_unit", default="nats")
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def _save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    # A figure's artists form reference cycles, so its images would stay in memory until
-    # the cyclic collector happens to run: free them now, keeping the report's peak flat.
-    fig.clear()
-    gc.collect()
-    return path
-
-
-def _layer_axis(ax, layers: Sequence[str], axis: str = "x") -> None:
-    """Layer names as tick labels, turned on their side when there are many."""
-    positions = np.arange(len(layers))
-    many = len(layers) > 6
-    if axis == "x":
-        ax.set_xticks(positions)
-        ax.set_xticklabels(layers, rotation=90 if many else 0, fontsize=8 if many else 9)
-        ax.set_xlim(-0.6, len(layers) - 0.4)
-    else:
-        ax.set_yticks(positions)
-        ax.set_yticklabels(layers, fontsize=8 if many else 9)
-
-
-def _width(n_layers: int, base: float = 6.0, per_layer: float = 0.38) -> float:
-    return max(base, 1.5 + per_layer * n_layers)
-
-
-def _symmetric_limit(values: np.ndarray, percentile: float = 99.0) -> float:
-    """A colour range ±v around zero that is not washed out by a few huge values."""
-    a = np.abs(np.asarray(values, dtype=np.float64))
-    a = a[np.isfinite(a) & (a > 0)]
-    if a.size == 0:
-        return 1.0
-    v = float(np.percentile(a, percentile))
-    return v if v > 0 else float(a.max())
-
-
-def _sign_colours(values: np.ndarray) -> list[str]:
-    return [HURT if v > 0 else HELP if v < 0 else ZERO for v in np.asarray(values)]
-
-
-def _fmt(v: float) -> str:
-    return f"{v:+.3g}" if np.isfinite(v) else "n/a"
-
-
-def _sign_legend(ax, loc: str = "best") -> None:
-    from matplotlib.patches import Patch
-
-    ax.legend(
-        handles=[
-            Patch(color=HELP, label="negative = helped (lowered the loss)"),
-            Patch(color=HURT, label="positive = hurt (raised the loss)"),
-        ],
-        loc=loc,
-        fontsize=8,
-    )
-
-
-def _cmap_bar(fig: Figure, mappable, ax, limit: float, short: bool = False) -> None:
-    bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
-    bar.ax.tick_params(labelsize=7)
-    if short:
-        bar.set_label(f"LCA ({LOSS_UNIT.get()})", fontsize=8)
-    else:
-        label = (
-            f"LCA ({LOSS_UNIT.get()}); green = helped, red = hurt\ncolour clipped at ±{limit:.2g}"
-        )
-        bar.set_label(label, fontsize=8)
-
 
 # --- Fig 3: learning is noisy ---------------------------------------------------------------
 
@@ -119,6 +43,8 @@ def percent_helped(
     loss: np.ndarray,
     path: str | Path,
     split: str = "train",
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Fig 3a: barely more than half of the parameters help at any iteration."""
     T = len(helped)
@@ -135,7 +61,7 @@ def percent_helped(
     ax.set_ylabel("parameters (%)")
     loss_ax = ax.twinx()
     loss_ax.plot(np.arange(len(loss)), loss, color=LOSS, lw=1.5, label=f"{split} loss")
-    loss_ax.set_ylabel(f"full {split}-set loss L(θ_t) ({LOSS_UNIT.get()})")
+    loss_ax.set_ylabel(f"full {split}-set loss L(θ_t) ({style.loss_unit})")
     lines = ax.get_lines()[:3] + loss_ax.get_lines()
     ax.legend(
         lines,
@@ -148,7 +74,7 @@ def percent_helped(
     )
     mean = float(np.nanmean(helped)) if np.isfinite(helped).any() else float("nan")
     ax.set_title(f"Percent of parameters helping each iteration (mean {mean:.1f} %)")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 def value_histogram(
@@ -159,6 +85,8 @@ def value_histogram(
     path: str | Path,
     zero: int = 0,
     clipped: int = 0,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Fig 3b: helping and hurting LCA values, heavy-tailed (S10)."""
     edges = np.asarray(edges, dtype=np.float64)
@@ -170,20 +98,22 @@ def value_histogram(
     if np.any(np.asarray(helped_counts) > 0) or np.any(np.asarray(hurt_counts) > 0):
         ax.set_yscale("log")
     ax.axvline(0, color="k", lw=0.6)
-    ax.set_xlabel(f"LCA of one parameter at one iteration ({LOSS_UNIT.get()})")
+    ax.set_xlabel(f"LCA of one parameter at one iteration ({style.loss_unit})")
     ax.set_ylabel("count (parameter-iterations, log scale)")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     ax.legend(fontsize=8, title=f"zeros left out: {zero:,}\n1 % tails cut: {clipped:,}")
     ax.legend_.get_title().set_fontsize(8)
     k = f"{excess_kurtosis:.1f}" if np.isfinite(excess_kurtosis) else "n/a"
     ax.set_title(f"Distribution of non-zero LCA values (excess kurtosis {k}; Gaussian = 0)")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
-def helped_per_layer(layers: Sequence[str], percent: np.ndarray, path: str | Path) -> Path:
+def helped_per_layer(
+    layers: Sequence[str], percent: np.ndarray, path: str | Path, *, style: PlotStyle
+) -> Path:
     """Fig 3c: every layer has close to half its parameters helping."""
     percent = np.asarray(percent, dtype=np.float64)
-    fig = Figure(figsize=(_width(len(layers)), 4))
+    fig = Figure(figsize=(figure_width(len(layers)), 4))
     ax = fig.subplots()
     x = np.arange(len(layers))
     ax.bar(x, percent, color=HELP, width=0.7)
@@ -196,12 +126,12 @@ def helped_per_layer(layers: Sequence[str], percent: np.ndarray, path: str | Pat
         for xi, p in zip(x, percent):
             if np.isfinite(p):
                 ax.text(xi, p, f"{p:.1f}", ha="center", va="bottom", fontsize=8)
-    _layer_axis(ax, layers)
+    layer_axis(ax, layers)
     ax.set_ylabel("helped (% of non-zero LCA, mean over iterations)")
     ax.set_xlabel("layer (bias and batch norm merged into their layer)")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Percent of parameters helping, per layer (y axis zoomed)")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 def fraction_helped(
@@ -210,6 +140,8 @@ def fraction_helped(
     layer_index: np.ndarray | None = None,
     layers: Sequence[str] | None = None,
     iterations: int | None = None,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Fig 3d: no parameter helps all the time; most help about half the iterations."""
     pct = 100.0 * np.asarray(fraction, dtype=np.float64)
@@ -233,26 +165,31 @@ def fraction_helped(
     ax.set_title(
         "How often each parameter helped (zero-LCA iterations count as not helping)", fontsize=10
     )
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 # --- Fig 4, S11: some layers hurt -----------------------------------------------------------
 
 
 def layer_totals(
-    layers: Sequence[str], totals: np.ndarray, path: str | Path, title: str | None = None
+    layers: Sequence[str],
+    totals: np.ndarray,
+    path: str | Path,
+    title: str | None = None,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Fig 4: each layer's share of the total loss change."""
     totals = np.asarray(totals, dtype=np.float64)
-    fig = Figure(figsize=(_width(len(layers)), 4.2))
+    fig = Figure(figsize=(figure_width(len(layers)), 4.2))
     ax = fig.subplots()
     x = np.arange(len(layers))
-    ax.bar(x, totals, color=_sign_colours(totals), width=0.7)
+    ax.bar(x, totals, color=sign_colours(totals), width=0.7)
     ax.axhline(0, color="k", lw=0.6)
     if len(layers) <= 12:
         for xi, v in zip(x, totals):
             ax.annotate(
-                _fmt(v),
+                signed(v),
                 (xi, v),
                 xytext=(0, 3 if v >= 0 else -3),
                 textcoords="offset points",
@@ -261,41 +198,35 @@ def layer_totals(
                 fontsize=8,
             )
         ax.margins(y=0.15)
-    _layer_axis(ax, layers)
-    ax.set_ylabel(f"total LCA over training ({LOSS_UNIT.get()})")
+    layer_axis(ax, layers)
+    ax.set_ylabel(f"total LCA over training ({style.loss_unit})")
     ax.set_xlabel("layer (bias and batch norm merged into their layer)")
-    _sign_legend(ax)
-    ax.set_title(title or f"LCA per layer, summed over iterations (sum {_fmt(totals.sum())})")
-    return _save(fig, path)
+    sign_legend(ax)
+    ax.set_title(title or f"LCA per layer, summed over iterations (sum {signed(totals.sum())})")
+    return style.save(fig, path)
 
 
-def _layer_colours(n: int) -> list:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
-
-
-def cumulative_layer_lca(layers: Sequence[str], series: np.ndarray, path: str | Path) -> Path:
+def cumulative_layer_lca(
+    layers: Sequence[str], series: np.ndarray, path: str | Path, *, style: PlotStyle
+) -> Path:
     """S11: when each layer's contribution accumulates, and whether it turns around."""
     cum = np.cumsum(np.asarray(series, dtype=np.float64), axis=0)
     T = cum.shape[0]
     fig = Figure(figsize=(8.5 if len(layers) > 10 else 7.5, 4.5))
     ax = fig.subplots()
     t = np.arange(1, T + 1)
-    for name, colour, curve in zip(layers, _layer_colours(len(layers)), cum.T):
+    for name, colour, curve in zip(layers, layer_colours(len(layers)), cum.T):
         ax.plot(t, curve, color=colour, lw=1.3, label=name)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlim(0, T)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()}); below 0 = helped")
+    ax.set_ylabel(f"cumulative LCA ({style.loss_unit}); below 0 = helped")
     if len(layers) > 10:
         ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.legend(fontsize=8)
     ax.set_title("Cumulative LCA per layer over training")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 # --- Fig S7: oscillations --------------------------------------------------------------------
@@ -309,9 +240,11 @@ def oscillations(
     gradient_crossings: np.ndarray,
     iterations: int,
     path: str | Path,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """S7: weights change direction and gradients cross zero every few iterations."""
-    fig = Figure(figsize=(_width(len(layers), 6.0, 0.3) + 6.0, 4.4))
+    fig = Figure(figsize=(figure_width(len(layers), 6.0, 0.3) + 6.0, 4.4))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     x = np.arange(len(layers))
     w = 0.38
@@ -322,7 +255,7 @@ def oscillations(
     left.legend(
         ["weight changes direction", "full-set gradient crosses zero"], fontsize=8, loc="best"
     )
-    _layer_axis(left, layers)
+    layer_axis(left, layers)
     left.set_ylabel("iterations per event (mean over parameters)")
     left.set_xlabel("layer")
     left.set_title("Iterations between oscillations, per layer", fontsize=10)
@@ -339,7 +272,7 @@ def oscillations(
     right.legend(fontsize=8)
     right.set_title("Per parameter", fontsize=10)
     fig.suptitle("Oscillations: how often weights reverse and gradients change sign")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 # --- Fig S17: learning is synchronised ------------------------------------------------------
@@ -357,6 +290,8 @@ def synchronisation(
     required: int,
     path: str | Path,
     top: int = 20,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """S17: layers' moments of learning coincide more often than chance."""
     series = np.asarray(series, dtype=np.float64)
@@ -402,7 +337,7 @@ def synchronisation(
         grid[0, 1].set_title(f"zoom: iterations 0–{zoom_end}, full y range", fontsize=9)
         grid[-1, 1].set_xlabel("iteration")
         grid[-1, 1].set_xlim(0, zoom_end)
-    fig.supylabel(f"layer LCA per iteration ({LOSS_UNIT.get()})", fontsize=9)
+    fig.supylabel(f"layer LCA per iteration ({style.loss_unit})", fontsize=9)
     from matplotlib.lines import Line2D
 
     fig.legend(
@@ -422,10 +357,7 @@ def synchronisation(
         f"{baseline_std:.2f} (p = {p_value:.3g})",
         fontsize=10,
     )
-    return _save(fig, path)
-
-
-# --- Fig 2, S1, S2: direct views -----------------------------------------------------------
+    return style.save(fig, path)
 
 
 # --- conservation: the loss rebuilt from LCA ------------------------------------------------
@@ -437,6 +369,8 @@ def approximate_loss(
     first_order: np.ndarray,
     path: str | Path,
     split: str = "train",
+    *,
+    style: PlotStyle,
 ) -> Path:
     """L(θ_0) + cumulative Σ LCA should retrace the measured loss: the LCA is grounded."""
     measured, rk4, fo = (np.asarray(a, dtype=np.float64) for a in (measured, rk4, first_order))
@@ -446,12 +380,12 @@ def approximate_loss(
     top.plot(t, measured, color=LOSS, lw=2.2, label=f"measured full {split}-set loss")
     top.plot(t, rk4, color="#2171b5", lw=1.1, ls="--", label="L(θ_0) + Σ LCA, RK4 (Simpson)")
     top.plot(t, fo, color="#e6550d", lw=1.1, ls=":", label="L(θ_0) + Σ LCA, first order")
-    top.set_ylabel(f"loss ({LOSS_UNIT.get()})")
+    top.set_ylabel(f"loss ({style.loss_unit})")
     top.legend(fontsize=8)
     bottom.plot(t, rk4 - measured, color="#2171b5", lw=1.1, label="RK4 − measured")
     bottom.plot(t, fo - measured, color="#e6550d", lw=1.1, label="first order − measured")
     bottom.axhline(0, color="k", lw=0.5)
-    bottom.set_ylabel(f"cumulative error ({LOSS_UNIT.get()})")
+    bottom.set_ylabel(f"cumulative error ({style.loss_unit})")
     bottom.set_xlabel("iteration")
     bottom.set_xlim(0, max(len(t) - 1, 1))
     bottom.legend(fontsize=8)
@@ -465,7 +399,7 @@ def approximate_loss(
         f"first order {pct(fo)} of ΔL)",
         fontsize=10,
     )
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 # --- comparisons: splits, runs, groups ------------------------------------------------------
@@ -477,6 +411,8 @@ def grouped_layer_totals(
     path: str | Path,
     title: str,
     p_values: Mapping[str, np.ndarray] | None = None,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Per-layer total LCA for several groups side by side; (runs, L) arrays get mean ± std.
 
@@ -487,7 +423,7 @@ def grouped_layer_totals(
     G = len(names)
     x = np.arange(len(layers))
     w = 0.8 / max(G, 1)
-    fig = Figure(figsize=(_width(len(layers), 6.5, 0.3 + 0.15 * G), 4.6))
+    fig = Figure(figsize=(figure_width(len(layers), 6.5, 0.3 + 0.15 * G), 4.6))
     ax = fig.subplots()
     palette = ["#4575b4", "#fdae61", "#74add1", "#f46d43", "#abd9e9"]
     for g, name in enumerate(names):
@@ -515,12 +451,9 @@ def grouped_layer_totals(
                 )  # fmt: skip
     ax.axhline(0, color="k", lw=0.6)
     ax.margins(y=0.2)
-    _layer_axis(ax, layers)
-    ax.set_ylabel(f"total LCA over training ({LOSS_UNIT.get()}); < 0 helped, > 0 hurt")
+    layer_axis(ax, layers)
+    ax.set_ylabel(f"total LCA over training ({style.loss_unit}); < 0 helped, > 0 hurt")
     ax.set_xlabel("layer")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
-
-
-# --- S22: one neuron and its classes --------------------------------------------------------
+    return style.save(fig, path)

@@ -18,7 +18,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .plots import LOSS, LOSS_UNIT, _save
+from .style import LOSS, PlotStyle
 
 MAX_PANELS = 6
 TERM_COLOURS = {
@@ -53,6 +53,8 @@ def stacked_causes(
     bins: np.ndarray,
     path: str | Path,
     title: str,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """One panel per layer of ``layers`` (``bins``: (B, n_terms, 2, len(layers)))."""
     edges = np.asarray(bin_edges)
@@ -76,21 +78,21 @@ def stacked_causes(
             for p in range(values.shape[2]):
                 v = values[:, j, p]
                 pos, neg = np.where(v > 0, v, 0.0), np.where(v < 0, v, 0.0)
-                style = {
+                bar_style = {
                     "color": to_rgba(colour, 1.0 if p == 0 else 0.45),
                     "hatch": None if p == 0 else "///",
                     "edgecolor": colour,
                     "linewidth": 0,
                     "width": widths,
                 }
-                ax.bar(centres, pos, bottom=up, **style)
-                ax.bar(centres, neg, bottom=down, **style)
+                ax.bar(centres, pos, bottom=up, **bar_style)
+                ax.bar(centres, neg, bottom=down, **bar_style)
                 up += pos
                 down += neg
         ax.plot(centres, values.sum(axis=(1, 2)), color=LOSS, lw=1.2, marker=".", ms=3)
         ax.axhline(0, color=LOSS, lw=0.6)
         ax.set_title(layers[k], fontsize=10)
-        ax.set_ylabel(f"LCA per bin ({LOSS_UNIT.get()})", fontsize=8)
+        ax.set_ylabel(f"LCA per bin ({style.loss_unit})", fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in axes[-cols:]:
         ax.set_xlabel("iteration")
@@ -105,4 +107,4 @@ def stacked_causes(
     handles.append(Patch(color=LOSS, label="sum (layer LCA)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return style.save(fig, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .plots import LOSS, LOSS_UNIT, _layer_colours, _save
+from .style import LOSS, PlotStyle, layer_colours
 
 
 def _smooth(series: np.ndarray, window: int) -> np.ndarray:
@@ -39,6 +39,8 @@ def overview(
     title: str = "",
     rule_label: str = "allocated rule",
     mean_helped: float | None = None,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Three panels: cumulative LCA per layer, % of parameters helped, conservation.
 
@@ -51,7 +53,7 @@ def overview(
     series = np.asarray(layer_series, dtype=np.float64)
     T = series.shape[0]
     t = np.arange(1, T + 1)
-    colours = _layer_colours(len(layers))
+    colours = layer_colours(len(layers))
     fig = Figure(figsize=(13.5, 3.9))
     cum_ax, helped_ax, loss_ax = fig.subplots(1, 3, gridspec_kw={"wspace": 0.28})
 
@@ -61,7 +63,7 @@ def overview(
     cum_ax.axhline(0, color="k", lw=0.6)
     cum_ax.set_xlim(0, T)
     cum_ax.set_xlabel("iteration")
-    cum_ax.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()})")
+    cum_ax.set_ylabel(f"cumulative LCA ({style.loss_unit})")
     cum_ax.set_title("Which layer lowered the loss (below 0 = helped)", fontsize=10)
     cum_ax.legend(fontsize=8, ncol=2 if len(layers) > 6 else 1)
 
@@ -105,7 +107,7 @@ def overview(
 
     loss_ax.set_xlim(0, max(len(steps) - 1, 1))
     loss_ax.set_xlabel("iteration")
-    loss_ax.set_ylabel(f"loss ({LOSS_UNIT.get()})")
+    loss_ax.set_ylabel(f"loss ({style.loss_unit})")
     loss_ax.set_title(
         f"Conserved: error {pct(np.asarray(rebuilt['rk4']))} "
         f"(first order {pct(np.asarray(rebuilt['first_order']))})",
@@ -114,4 +116,4 @@ def overview(
     loss_ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11, y=1.02)
-    return _save(fig, path)
+    return style.save(fig, path)

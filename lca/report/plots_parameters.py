@@ -11,16 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .plots import (
-    HELP,
-    LCA_CMAP,
-    LOSS_UNIT,
-    ZERO,
-    _cmap_bar,
-    _layer_colours,
-    _save,
-    _symmetric_limit,
-)
+from .style import HELP, LCA_CMAP, ZERO, PlotStyle, layer_colours, symmetric_limit
 
 
 def _matrix_axes(ax, layer: str, block: tuple[int, int] | None, shape: tuple[int, int]) -> None:
@@ -47,10 +38,12 @@ def kernel_frames(
     matrices: Sequence[np.ndarray],
     path: str | Path,
     block: tuple[int, int] | None = None,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Fig 2 stills: one layer's LCA heatmap at a few iterations, on one colour scale."""
     n = len(matrices)
-    limit = _symmetric_limit(np.concatenate([np.ravel(m) for m in matrices]))
+    limit = symmetric_limit(np.concatenate([np.ravel(m) for m in matrices]))
     rows, cols = matrices[0].shape
     aspect = cols / max(rows, 1)
     panel_w = 3.6 if aspect > 1.5 else 2.8
@@ -63,9 +56,9 @@ def kernel_frames(
         image = ax.imshow(m, cmap=LCA_CMAP, norm=norm, aspect="auto", interpolation="nearest")
         ax.set_title(f"iteration {it}", fontsize=9)
         _matrix_axes(ax, layer, block, m.shape)
-    _cmap_bar(fig, image, axes.tolist(), limit)
+    style.colour_bar(fig, image, axes.tolist(), limit)
     fig.suptitle(f"LCA of {layer}'s kernel at single iterations (green = helped, red = hurt)")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 def kernel_animation(
@@ -75,9 +68,11 @@ def kernel_animation(
     path: str | Path,
     blocks: Mapping[str, tuple[int, int] | None] | None = None,
     fps: int = 4,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Fig 2 animated: every shown layer's LCA heatmap, one frame per chosen iteration."""
-    _, frames = kernel_animation_frames(layers, iterations, matrices, blocks)
+    _, frames = kernel_animation_frames(layers, iterations, matrices, blocks, style=style)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
@@ -90,6 +85,8 @@ def kernel_animation_frames(
     matrices: Mapping[str, Sequence[np.ndarray]],
     blocks: Mapping[str, tuple[int, int] | None] | None = None,
     dpi: int = 60,
+    *,
+    style: PlotStyle,
 ) -> tuple[Figure, list]:
     """The animation's figure and its frames (RGB ``PIL.Image``), one per iteration.
 
@@ -109,7 +106,7 @@ def kernel_animation_frames(
     images = []
     for ax, layer in zip(axes, layers):
         frames = matrices[layer]
-        limit = _symmetric_limit(np.concatenate([np.ravel(m) for m in frames]))
+        limit = symmetric_limit(np.concatenate([np.ravel(m) for m in frames]))
         image = ax.imshow(
             frames[0], cmap=LCA_CMAP, norm=Normalize(-limit, limit), aspect="auto",
             interpolation="nearest",
@@ -118,7 +115,7 @@ def kernel_animation_frames(
         bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
         bar.ax.tick_params(labelsize=6)
         bar.ax.yaxis.get_offset_text().set_fontsize(6)
-        bar.set_label(f"LCA ({LOSS_UNIT.get()})", fontsize=7)
+        bar.set_label(f"LCA ({style.loss_unit})", fontsize=7)
         images.append(image)
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -162,6 +159,8 @@ def unit_series(
     series: Sequence[np.ndarray],
     path: str | Path,
     kinds: Sequence[str] | None = None,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """S1: which units (neurons, channels, heads, tokens) learn when: their LCA per iteration."""
     n = len(layers)
@@ -170,14 +169,14 @@ def unit_series(
     kinds = kinds or ["unit"] * n
     for ax, layer, s, kind in zip(axes, layers, series, kinds):
         s = np.asarray(s, dtype=np.float64)
-        limit = _symmetric_limit(s)
+        limit = symmetric_limit(s)
         image = ax.imshow(
             s.T, cmap=LCA_CMAP, norm=Normalize(-limit, limit), aspect="auto",
             interpolation="nearest", extent=(-0.5, s.shape[0] - 0.5, s.shape[1] - 0.5, -0.5),
         )  # fmt: skip
         ax.set_ylabel(f"{layer}\n{kind}", fontsize=8)
         ax.tick_params(labelsize=7)
-        _cmap_bar(fig, image, ax, limit, short=True)
+        style.colour_bar(fig, image, ax, limit, short=True)
     axes[-1].set_xlabel("iteration")
     fig.suptitle(
         "LCA per unit (a neuron's or channel's incoming weights and bias, a head's or "
@@ -186,11 +185,15 @@ def unit_series(
         "percentile of |LCA|",
         fontsize=10,
     )
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 def parameter_curves(
-    layers: Sequence[str], curves: Sequence[Mapping[str, np.ndarray]], path: str | Path
+    layers: Sequence[str],
+    curves: Sequence[Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """S2: a few parameters do much of the helping, and they do it early."""
     n = len(layers)
@@ -209,12 +212,12 @@ def parameter_curves(
             fontsize=9,
         )
         ax.set_xlabel("iteration")
-        ax.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()})")
+        ax.set_ylabel(f"cumulative LCA ({style.loss_unit})")
         ax.set_xlim(0, t[-1] if t.size else 1)
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle("Cumulative LCA of single parameters (below 0 = helped)")
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 def neuron_view(
@@ -223,6 +226,8 @@ def neuron_view(
     class_curves: np.ndarray,
     input_lca: np.ndarray,
     path: str | Path,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """S22: a neuron's cumulative LCA by class, and its input weights' total LCA as an image.
 
@@ -230,18 +235,18 @@ def neuron_view(
     """
     fig = Figure(figsize=(12, 4))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1], "wspace": 0.45})
-    colours = _layer_colours(class_curves.shape[1])
+    colours = layer_colours(class_curves.shape[1])
     for c in range(class_curves.shape[1]):
         left.plot(class_curves[:, c], color=colours[c], lw=1.2, label=f"class {c}")
     left.axhline(0, color=ZERO, lw=0.8, ls=":")
     left.set_xlabel("iteration")
-    left.set_ylabel(f"cumulative LCA ({LOSS_UNIT.get()}); below 0 = helped")
+    left.set_ylabel(f"cumulative LCA ({style.loss_unit}); below 0 = helped")
     left.set_title(f"{layer} unit {unit}: cumulative LCA by class", fontsize=10)
     left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    limit = _symmetric_limit(input_lca)
+    limit = symmetric_limit(input_lca)
     image = right.imshow(input_lca, cmap=LCA_CMAP, norm=Normalize(-limit, limit))
     right.set_title("its input weights' total LCA", fontsize=10)
     right.set_xticks([])
     right.set_yticks([])
-    _cmap_bar(fig, image, right, limit, short=True)
-    return _save(fig, path)
+    style.colour_bar(fig, image, right, limit, short=True)
+    return style.save(fig, path)

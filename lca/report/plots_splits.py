@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .plots import LOSS_UNIT, SYNC, _layer_colours, _save
+from .style import SYNC, PlotStyle, layer_colours
 
 TRAIN_COLOUR = "#252525"
 VAL_COLOUR = SYNC
@@ -47,6 +47,8 @@ def split_cumulative(
     markers: Sequence[Marker],
     path: str | Path,
     title: str,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Per row (title, component names, (T+1, n) train and val running totals): two panels.
 
@@ -57,9 +59,9 @@ def split_cumulative(
     longest = max(len(names) for _, names, _, _ in rows)
     fig = Figure(figsize=(11.5 if longest > 10 else 10.5, 0.8 + 3.4 * n_rows), layout="constrained")
     axes = np.asarray(fig.subplots(n_rows, 2, sharey="row", squeeze=False))
-    unit = LOSS_UNIT.get()
+    unit = style.loss_unit
     for r, (row_title, names, train, val) in enumerate(rows):
-        colours = _layer_colours(len(names))
+        colours = layer_colours(len(names))
         steps = np.arange(np.asarray(train).shape[0])
         for c, (split, curves) in enumerate((("train", train), ("validation", val))):
             ax = axes[r, c]
@@ -83,7 +85,7 @@ def split_cumulative(
             bbox_to_anchor=(1.01, 1.0),
         )
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return style.save(fig, path)
 
 
 def accuracy_curves(
@@ -93,6 +95,8 @@ def accuracy_curves(
     steps: int,
     path: str | Path,
     batch_accuracy: bool = False,
+    *,
+    style: PlotStyle,
 ) -> Path:
     """Train and validation accuracy against steps, with the 95 % and 99 % crossings."""
     fig = Figure(figsize=(8, 4.2), layout="constrained")
@@ -115,4 +119,4 @@ def accuracy_curves(
     ax.set_title(
         "Accuracy; vertical lines: first step at 95 % (dotted), 99 % (dashed)", fontsize=10
     )
-    return _save(fig, path)
+    return style.save(fig, path)

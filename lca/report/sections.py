@@ -1,14 +1,22 @@
-"""``report.md``: the Markdown sections, tables and figure links of a report."""
+"""report.md's paper sections of the measured runs: the headline, what the stores could not
+give, and the measurements (Fig 3, 4, S7, S11, S17, the loss rebuilt from LCA)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import figures as report_figures
 from .markdown import num as _num
 from .markdown import table as _table
-from .measures import TOP_MOMENTS, Report, RunMeasures, Skipped, _unit
+from .measures import TOP_MOMENTS, RunMeasures, Skipped, headline_markdown, skipped_views
+from .per_class import neuron_view_skip
+from .section import ReportRuns, image
+from .style import PlotStyle
 
 
 def _cell(stats: dict[str, float], spec: str, std_spec: str | None = None) -> str:
@@ -18,8 +26,8 @@ def _cell(stats: dict[str, float], spec: str, std_spec: str | None = None) -> st
     return f"{_num(stats['mean'], spec)} ± {_num(stats['std'], std_spec or spec.lstrip('+'))}"
 
 
-def _group_rows(
-    layers: list[str], stats: dict[str, dict[str, float]], sign: dict | None
+def group_rows(
+    layers: list[str], stats: dict[str, dict[str, float]], sign: dict | None, unit: str
 ) -> list[tuple[str, str]]:
     """(label, cell) rows of one group of runs: the paper's headline numbers."""
     n = stats["percent_helped"]["n"]
@@ -49,18 +57,18 @@ def _group_rows(
             "total error first order (% of |ΔL|)",
             _cell(stats["total_error_first_order_pct"], "+.3f"),
         ),
-        (f"loss change ΔL ({_unit()})", _cell(stats["loss_change"], "+.4f")),
+        (f"loss change ΔL ({unit})", _cell(stats["loss_change"], "+.4f")),
     ]
     for i, name in enumerate(layers):
         text = _cell(stats[f"layer_total/{name}"], "+.4g", ".2g")
         if sign is not None:
             hurt = int(round(sign["fraction_positive"][i] * n))
             text += f" (p={_num(sign['p_value'][i], '.2g')}, {hurt}/{n} hurt)"
-        rows.append((f"total LCA {name} ({_unit()})", text))
+        rows.append((f"total LCA {name} ({unit})", text))
     return rows
 
 
-def _skip_lines(
+def skip_lines(
     group: list[RunMeasures], vs_group: list[RunMeasures], views: list[Skipped]
 ) -> list[str]:
     """One report.md line per skipped measurement (named by run when there are several)."""
@@ -73,70 +81,121 @@ def _skip_lines(
     return lines + [prefix + k.line() for k in views]
 
 
-def _per_class_markdown(per_class: dict) -> str:
-    sync = per_class["synchronisation"]
-    rows = [
-        [str(c), f"{n:.0f}", f"{b:.2f}", f"{p:.3g}"]
-        for c, (n, b, p) in enumerate(zip(sync["count"], sync["baseline_mean"], sync["p_value"]))
-    ]
-    spec = per_class["specialisation"]
-    return "\n".join(
-        [
-            "## Per class (Fig 6, S21)",
-            "",
-            f"Synchronised moments of learning per class: iterations where at least "
-            f"{per_class['min_fraction']:.0%} of the layers have one of their top-{TOP_MOMENTS} "
-            f"moments in that class's per-layer LCA; mean {sync['mean_count']:.1f} against "
-            f"{sync['mean_baseline']:.2f} when layers are shifted at random by −2…2 iterations "
-            "(the paper: 9.4 against 0.4 for MNIST-FC).",
-            "",
-            _table(["class", "synchronised moments", "shift baseline", "p"], rows),
-            "",
-            "Class specialisation of units (S21): for each output unit, the share of its helping "
-            "(negative total LCA, per class) carried by its top 1, 2, 3 classes; the table gives "
-            "the fraction of units where that share exceeds 80 %.",
-            "",
-            _table(
-                ["layer", "units helped", "top 1 > 80 %", "top 2 > 80 %", "top 3 > 80 %"],
-                [
-                    [layer, str(v["units"]), *(f"{v[f'top{k}_over_80pct']:.2f}" for k in (1, 2, 3))]
-                    for layer, v in spec.items()
-                ],
-            ),
-        ]
-    )
+class HeadlineSection:
+    """The title, the headline numbers of each group, and the overview figure."""
+
+    def __init__(self, runs: ReportRuns) -> None:
+        self.runs = runs
+        layers = runs.layers
+        self.columns = runs.columns
+        cells = [group_rows(layers, runs.stats, runs.sign, runs.loss_unit)]
+        if runs.vs_group:
+            cells.append(group_rows(layers, runs.vs_stats, runs.vs_sign, runs.loss_unit))
+        self.rows = [(name, [c[i][1] for c in cells]) for i, (name, _) in enumerate(cells[0])]
+        self.data: dict[str, Any] = {
+            "split": runs.split,
+            "run_dirs": [str(r.path) for r in runs.runs],
+            "vs_run_dirs": [str(r.path) for r in runs.others],
+            "layers": layers,
+            "headline": {"columns": self.columns, "rows": [[n, c] for n, c in self.rows]},
+            "runs": [m.to_dict() for m in runs.group],
+            "across_runs": runs.stats,
+            "sign_test": runs.sign,
+            "vs_runs": [m.to_dict() for m in runs.vs_group],
+            "vs_across_runs": runs.vs_stats,
+            "vs_sign_test": runs.vs_sign,
+        }
+
+    @classmethod
+    def from_runs(cls, runs: ReportRuns) -> HeadlineSection:
+        return cls(runs)
+
+    def figures(self, out_dir: Path, style: PlotStyle) -> dict[str, Path]:
+        return report_figures.overview_figure(self.runs.first, out_dir, style)
+
+    def markdown(self, figures: Mapping[str, Path]) -> str:
+        return _headline_markdown(self.runs, self.columns, self.rows, figures)
 
 
-def _img(report: Report, key: str, alt: str) -> str:
-    path = report.figures.get(key)
-    return f"![{alt}]({path.name})" if path is not None else ""
+class SkippedSection:
+    """The measurements the runs' stores cannot give, each with how to get it."""
+
+    def __init__(self, runs: ReportRuns) -> None:
+        run = runs.runs[0]
+        first_only = skipped_views(run) + neuron_view_skip(run, runs.split)
+        self._lines = skip_lines(runs.group, runs.vs_group, first_only)
+        self.data: dict[str, Any] = {
+            "skipped": [
+                {"run_dir": str(m.run_dir), **dataclasses.asdict(k)}
+                for m in runs.group + runs.vs_group
+                for k in m.skipped
+            ]
+            + [{"run_dir": str(run.path), **dataclasses.asdict(k)} for k in first_only]
+        }
+
+    @classmethod
+    def from_runs(cls, runs: ReportRuns) -> SkippedSection:
+        return cls(runs)
+
+    def figures(self, out_dir: Path, style: PlotStyle) -> dict[str, Path]:
+        return {}
+
+    def markdown(self, figures: Mapping[str, Path]) -> str:
+        if not self._lines:
+            return ""
+        parts = ["## Skipped: not in this store", ""]
+        return "\n".join(parts + [f"- {line}" for line in self._lines] + [""])
 
 
-def _markdown(
-    report: Report,
-    group: list[RunMeasures],
-    vs_group: list[RunMeasures],
-    stats: dict,
-    sign: dict | None,
-    skipped: Sequence[str] = (),
+class MeasuresSection:
+    """Learning is noisy, some layers hurt, oscillations, synchronisation, conservation."""
+
+    def __init__(self, runs: ReportRuns) -> None:
+        self.runs = runs
+        self.data: dict[str, Any] = {}  # its numbers are the runs' (HeadlineSection)
+
+    @classmethod
+    def from_runs(cls, runs: ReportRuns) -> MeasuresSection:
+        return cls(runs)
+
+    def figures(self, out_dir: Path, style: PlotStyle) -> dict[str, Path]:
+        r = self.runs
+        figures = report_figures.run_figures(r.first, out_dir, TOP_MOMENTS, style)
+        figures.update(
+            report_figures.comparison_figures(
+                r.group, r.vs_group, r.columns, r.sign, r.vs_sign, r.layers, out_dir, style
+            )
+        )
+        return figures
+
+    def markdown(self, figures: Mapping[str, Path]) -> str:
+        return _measures_markdown(self.runs, figures)
+
+
+def _headline_markdown(
+    runs: ReportRuns,
+    columns: list[str],
+    rows: list[tuple[str, list[str]]],
+    figures: Mapping[str, Path],
 ) -> str:
-    """report.md's paper sections; ``skipped``: one line per measurement left out."""
+    """The title, the headline table and the overview figure."""
+    group, vs_group, sign = runs.group, runs.vs_group, runs.sign
     m = group[0]
     layers = m.layers
-    h, osc, hist, sync = m.helped, m.oscillations, m.histogram, m.sync
     name = m.run_dir.name
+    unit = runs.loss_unit
     parts = [
         f"# LCA report: {', '.join(r.run_dir.name for r in group)} ({m.split} split)",
         "",
         f"{m.iterations} iterations, {m.parameters:,} parameters, layers: {', '.join(layers)}. "
         "Sign convention: **negative LCA = helped** (lowered the loss), positive = hurt; "
-        f"in figures green = helped, red = hurt, white = zero. LCA and losses are in {_unit()}.",
+        f"in figures green = helped, red = hurt, white = zero. LCA and losses are in {unit}.",
     ]
     if len(group) > 1 or vs_group:
         parts.append(
             f"Single-run figures show `{name}`; numbers with ± are mean ± std (ddof 1) over runs."
         )
-    parts += ["", "## Headline", "", report.headline_markdown(), ""]
+    parts += ["", "## Headline", "", headline_markdown(columns, rows), ""]
     if sign is not None:
         parts.append(
             "Per-layer p: one-sample t-test of the layer's total LCA against 0 over runs (the "
@@ -146,7 +205,7 @@ def _markdown(
 
     parts += [
         "",
-        _img(report, "overview", "overview: cumulative LCA per layer, % helped, conservation"),
+        image(figures, "overview", "overview: cumulative LCA per layer, % helped, conservation"),
         "",
         "How to read: left, each layer's running total of LCA (below zero = it lowered the "
         "loss); middle, the share of each layer's parameters that helped at each iteration "
@@ -154,11 +213,19 @@ def _markdown(
         "rebuilt as L(θ_0) plus the summed LCA, against the measured loss and first order.",
         "",
     ]
-    if skipped:
-        parts += ["## Skipped: not in this store", ""]
-        parts += [f"- {line}" for line in skipped] + [""]
+    return "\n".join(parts)
+
+
+def _measures_markdown(runs: ReportRuns, figures: Mapping[str, Path]) -> str:
+    """Fig 3, 4, S11 (and across runs, train vs val), S7, S17 and conservation."""
+    group, sign, unit = runs.group, runs.sign, runs.loss_unit
+    m = group[0]
+    layers = m.layers
+    h, osc, hist, sync = m.helped, m.oscillations, m.histogram, m.sync
+    name = m.run_dir.name
+    parts: list[str] = []
     if h is not None and hist is not None:
-        parts += _noisy_markdown(report, m)
+        parts += _noisy_markdown(figures, m)
     parts += [
         "## Some layers hurt (Fig 4, S11)",
         "",
@@ -171,46 +238,49 @@ def _markdown(
             f"{100 * m.totals[i] / m.loss_change:.1f} %" if m.loss_change else "n/a",
         ]
         if sign is not None:
-            row += [f"{sign['mean'][i]:+.4g} ± {sign['std'][i]:.2g}", f"{sign['p_value'][i]:.3g}"]
+            row += [
+                f"{sign['mean'][i]:+.4g} ± {sign['std'][i]:.2g}",
+                f"{sign['p_value'][i]:.3g}",
+            ]
         totals_rows.append(row)
-    header = ["layer", f"total LCA of {name} ({_unit()})", "share of ΔL"]
+    header = ["layer", f"total LCA of {name} ({unit})", "share of ΔL"]
     if sign is not None:
         header += [f"mean ± std over {len(group)} runs", "p (t-test vs 0)"]
     parts += [
         _table(header, totals_rows),
         "",
-        _img(report, "fig4_layer_totals", "per-layer total LCA"),
+        image(figures, "fig4_layer_totals", "per-layer total LCA"),
         "",
         "How to read: bars below zero (green) are layers whose parameters, summed over training, "
         "lowered the loss; a bar above zero (red) is a layer that, in total, *raised* it while "
         "the rest of the network learned.",
         "",
-        _img(report, "s11_cumulative_layer_lca", "cumulative per-layer LCA"),
+        image(figures, "s11_cumulative_layer_lca", "cumulative per-layer LCA"),
         "",
         "How to read: each curve is a layer's running total (its last point is the bar "
         "above); a curve that turns upward marks a layer that starts to hurt.",
         "",
     ]
-    if "runs_layer_totals" in report.figures:
+    if "runs_layer_totals" in figures:
         parts += [
             "### Across runs",
             "",
-            _img(report, "runs_layer_totals", "per-layer totals across runs"),
+            image(figures, "runs_layer_totals", "per-layer totals across runs"),
             "",
             "How to read: bars are means over runs, whiskers one standard deviation, dots single "
             "runs; a small p says the layer's total is consistently non-zero across seeds (its "
             "sign says whether it helps or hurts).",
             "",
         ]
-    if "train_vs_val" in report.figures:
+    if "train_vs_val" in figures:
         other = m.other_split
         rows = [[n, f"{a:+.5g}", f"{b:+.5g}"] for n, a, b in zip(layers, m.totals, m.other_totals)]
         parts += [
             f"### {m.split} vs {other}",
             "",
-            _table(["layer", f"{m.split} ({_unit()})", f"{other} ({_unit()})"], rows),
+            _table(["layer", f"{m.split} ({unit})", f"{other} ({unit})"], rows),
             "",
-            _img(report, "train_vs_val", "train vs validation per-layer totals"),
+            image(figures, "train_vs_val", "train vs validation per-layer totals"),
             "",
             "How to read: the same trajectory, allocated on two data sets. A layer that helps "
             "the training loss much more than the validation loss is fitting the training set "
@@ -218,7 +288,7 @@ def _markdown(
             "",
         ]
     if osc is not None:
-        parts += _oscillations_markdown(report, m)
+        parts += _oscillations_markdown(figures, m, unit)
     parts += [
         "## Learning is synchronised (§5, Fig S17)",
         "",
@@ -229,7 +299,7 @@ def _markdown(
         f"{len(sync.baseline_counts)} shuffles). Synchronised iterations: "
         f"{', '.join(map(str, sync.iterations.tolist())) or 'none'}.",
         "",
-        _img(report, "s17_synchronisation", "synchronised moments of learning"),
+        image(figures, "s17_synchronisation", "synchronised moments of learning"),
         "",
         "How to read: one row per layer; triangles are each layer's strongest moments of "
         "learning, purple lines the iterations where (enough) layers learn together. A count "
@@ -248,62 +318,28 @@ def _markdown(
         _table(
             ["", "value"],
             [
-                [f"ΔL measured ({_unit()})", f"{m.loss_change:+.6f}"],
-                [f"Σ LCA ({_unit()})", f"{m.totals.sum():+.6f}"],
+                [f"ΔL measured ({unit})", f"{m.loss_change:+.6f}"],
+                [f"Σ LCA ({unit})", f"{m.totals.sum():+.6f}"],
                 ["total error, allocated rule (% of |ΔL|)", _num(m.error_pct("rk4"), "+.4f")],
-                ["total error first order (% of |ΔL|)", _num(m.error_pct("first_order"), "+.4f")],
+                [
+                    "total error first order (% of |ΔL|)",
+                    _num(m.error_pct("first_order"), "+.4f"),
+                ],
             ],
         ),
         "",
-        _img(report, "approximate_loss", "loss rebuilt from LCA"),
+        image(figures, "approximate_loss", "loss rebuilt from LCA"),
         "",
         "How to read: L(θ_0) plus the running sum of all LCA should lie on the measured loss; "
         "the lower panel shows how far each rebuilt curve drifts from it. The allocation "
         "(RK4/Simpson) is trustworthy when its drift stays near zero; the first-order curve "
         "shows what the simpler gradient × step estimate would have missed.",
         "",
-        "## Direct views (Fig 2, S1, S2)",
-        "",
     ]
-    view_layers = [
-        k.removeprefix("fig2_frames_") for k in report.figures if k.startswith("fig2_frames_")
-    ]
-    for layer in view_layers:
-        parts += [_img(report, f"fig2_frames_{layer}", f"LCA heatmaps of {layer}"), ""]
-    if view_layers:
-        parts += [
-            "How to read: each panel is one layer's kernel at one iteration, outputs down and "
-            "inputs across (convolutions: a grid of kh×kw blocks), green = helped, red = hurt, "
-            "white = no effect; one colour scale per layer, clipped at the 99th percentile of "
-            "|LCA|. The animation `fig2_animation.gif` plays the same over training.",
-            "",
-            _img(report, "fig2_animation", "animated LCA heatmaps"),
-            "",
-        ]
-    if "s1_unit_lca" in report.figures:
-        parts += [
-            _img(report, "s1_unit_lca", "LCA per unit"),
-            "",
-            "How to read: each row is one unit (output neuron or channel with its incoming "
-            "weights and bias, attention head, embedding row); colour is that unit's LCA at "
-            "each iteration.",
-            "",
-        ]
-    if "s2_parameter_curves" in report.figures:
-        parts += [
-            _img(report, "s2_parameter_curves", "cumulative LCA of single parameters"),
-            "",
-            "How to read: running totals of single weights: the 50 that helped most over "
-            "training (green) and 50 random others (grey). How far apart the bundles end shows "
-            "how unevenly the progress is spread over a layer's weights.",
-            "",
-        ]
-    if not (view_layers or "s1_unit_lca" in report.figures):
-        parts += ["None drawn (see Skipped above, or no layer with one kernel).", ""]
     return "\n".join(parts)
 
 
-def _noisy_markdown(report: Report, m: RunMeasures) -> list[str]:
+def _noisy_markdown(figures: Mapping[str, Path], m: RunMeasures) -> list[str]:
     """Fig 3: percent helped and the distribution of values (per-parameter stores)."""
     h, hist, layers = m.helped, m.histogram, m.layers
     assert h is not None and hist is not None
@@ -318,14 +354,14 @@ def _noisy_markdown(report: Report, m: RunMeasures) -> list[str]:
             ],
         ),
         "",
-        _img(report, "fig3a_percent_helped", "percent helped per iteration"),
+        image(figures, "fig3a_percent_helped", "percent helped per iteration"),
         "",
         "How to read: the green line is the share of parameters with non-zero LCA that lowered "
         "the loss at that iteration (red: raised it; the two add up to 100 %), grey the share "
         "of all parameters with no effect, black the loss (right axis). The paper finds green "
         "barely above the dotted 50 % line even while the loss falls fast: learning is noisy.",
         "",
-        _img(report, "fig3b_lca_histogram", "histogram of LCA values"),
+        image(figures, "fig3b_lca_histogram", "histogram of LCA values"),
         "",
         f"How to read: counts of single LCA values (one parameter, one iteration), helping "
         f"green, hurting red, on a log axis. Near mirror images mean the net progress is a "
@@ -334,12 +370,12 @@ def _noisy_markdown(report: Report, m: RunMeasures) -> list[str]:
         f"{_num(hist.excess_kurtosis_all, '.1f')} with zeros) means far heavier tails than a "
         "Gaussian (0).",
         "",
-        _img(report, "fig3c_helped_per_layer", "percent helped per layer"),
+        image(figures, "fig3c_helped_per_layer", "percent helped per layer"),
         "",
         "How to read: each layer's share of helping parameters, averaged over iterations; the "
         "y axis is zoomed around the dotted 50 % line.",
         "",
-        _img(report, "fig3d_fraction_helped", "fraction of iterations each parameter helped"),
+        image(figures, "fig3d_fraction_helped", "fraction of iterations each parameter helped"),
         "",
         "How to read: for each parameter, the share of iterations where its LCA was negative. "
         "A peak near 50 % means parameters help and hurt by turns; a spike at 0 % is "
@@ -348,7 +384,7 @@ def _noisy_markdown(report: Report, m: RunMeasures) -> list[str]:
     ]
 
 
-def _oscillations_markdown(report: Report, m: RunMeasures) -> list[str]:
+def _oscillations_markdown(figures: Mapping[str, Path], m: RunMeasures, unit: str) -> list[str]:
     """Table S2 and Fig S7 (stores with gradients)."""
     osc, layers = m.oscillations, m.layers
     assert osc is not None
@@ -374,7 +410,7 @@ def _oscillations_markdown(report: Report, m: RunMeasures) -> list[str]:
             ],
         ),
         "",
-        _img(report, "s7_oscillations", "oscillations per layer"),
+        image(figures, "s7_oscillations", "oscillations per layer"),
         "",
         "How to read: left, per layer, the inverse of the mean frequency at which a "
         "parameter's update reverses direction (blue) and its full-set gradient changes sign "

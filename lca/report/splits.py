@@ -8,9 +8,10 @@ Per-layer numbers work on every store level; per-unit ones need ``store: units``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +21,42 @@ from ..analysis.generalization import BOUNDARY_THRESHOLD, THRESHOLDS, Crossing, 
 from ..storage import Run
 from . import plots_splits
 from .markdown import num, table
-from .plots import LOSS_UNIT
+from .measures import SPLITS, TOP_MOMENTS, has_both_splits
+from .style import PlotStyle
 
-SPLITS = ("train", "val")
+if TYPE_CHECKING:
+    from .section import ReportRuns
+
+
+class SplitsSection:
+    """Train vs validation by layer, unit and head, around when validation accuracy rose."""
+
+    def __init__(self, comparison: SplitsComparison | None, unit: str) -> None:
+        self._comparison = comparison  # None: the run was not allocated on both splits
+        self._unit = unit
+        data = comparison.to_dict() if comparison is not None else None
+        self.data: dict[str, Any] = {"train_vs_validation": data}
+
+    @classmethod
+    def from_runs(cls, runs: ReportRuns) -> SplitsSection:
+        run, first = runs.runs[0], runs.first
+        if not has_both_splits(run):
+            return cls(None, runs.loss_unit)
+        series = {runs.split: first.series, first.other_split: first.other_series}
+        comparison = compare_splits(
+            run, series, first.sync_min_fraction, TOP_MOMENTS, runs.chunk_rows
+        )
+        return cls(comparison, runs.loss_unit)
+
+    def figures(self, out_dir: Path, style: PlotStyle) -> dict[str, Path]:
+        if self._comparison is None:
+            return {}
+        return figures(self._comparison, out_dir, style)
+
+    def markdown(self, figures: Mapping[str, Path]) -> str:
+        if self._comparison is None:
+            return ""
+        return markdown(self._comparison, figures, self._unit)
 
 
 @dataclass
@@ -92,10 +126,6 @@ class SplitsComparison:
 def _boundary(crossings: list[Crossing]) -> Crossing:
     """Where validation accuracy first reaches 95 %: the rankings' two intervals meet there."""
     return next(c for c in crossings if c.curve == "val" and c.threshold == BOUNDARY_THRESHOLD)
-
-
-def has_both_splits(run: Run) -> bool:
-    return all(split in run.splits for split in SPLITS)
 
 
 def unit_sums(run: Run, split: str, chunk_rows: int = 64) -> dict[str, np.ndarray] | None:
@@ -173,7 +203,7 @@ def compare_splits(
 # --- figures --------------------------------------------------------------------------------
 
 
-def figures(c: SplitsComparison, out: Path) -> dict[str, Path]:
+def figures(c: SplitsComparison, out: Path, style: PlotStyle) -> dict[str, Path]:
     markers = [(x.step, x.curve, x.threshold) for x in c.crossings if x.step is not None]
     cum = {split: generalization.cumulative(s) for split, s in c.layer_series.items()}
     drawn = {
@@ -182,12 +212,13 @@ def figures(c: SplitsComparison, out: Path) -> dict[str, Path]:
             markers,
             out / "splits_layer_cumulative.png",
             "Cumulative LCA per layer on both splits",
+            style=style,
         )
     }
     if any(steps.size for steps, _ in c.accuracy.values()):  # a regressor has no accuracy
         drawn["splits_accuracy"] = plots_splits.accuracy_curves(
             c.accuracy["train"], c.accuracy["val"], markers, c.iterations,
-            out / "splits_accuracy.png", batch_accuracy=c.batch_accuracy,
+            out / "splits_accuracy.png", batch_accuracy=c.batch_accuracy, style=style,
         )  # fmt: skip
     if c.unit_series is not None and c.head_columns:
         unit_cum = {split: generalization.cumulative(u) for split, u in c.unit_series.items()}
@@ -202,7 +233,7 @@ def figures(c: SplitsComparison, out: Path) -> dict[str, Path]:
         ]
         drawn["splits_head_cumulative"] = plots_splits.split_cumulative(
             rows, markers, out / "splits_head_cumulative.png",
-            "Cumulative LCA per attention head on both splits",
+            "Cumulative LCA per attention head on both splits", style=style,
         )  # fmt: skip
     return drawn
 
@@ -259,9 +290,8 @@ def _interval_text(c: SplitsComparison) -> str:
     return f"The rankings cover the whole run: {why}."
 
 
-def markdown(c: SplitsComparison, figures: dict[str, Path]) -> str:
-    """The section, ending with a newline."""
-    unit = LOSS_UNIT.get()
+def markdown(c: SplitsComparison, figures: Mapping[str, Path], unit: str) -> str:
+    """The section (``unit``: of the losses), ending with a newline."""
     recorded = c.accuracy["val"][0].size and c.log_every
     val_every = f"every {c.log_every} iterations" if recorded else "not recorded"
     train_what = "each mini-batch's" if c.batch_accuracy else "whole training split"
