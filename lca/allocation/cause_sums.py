@@ -1,8 +1,8 @@
 """The LCA of every cause (``allocate.causes``): each term of the optimiser's step, split into
-first order and curvature, summed per layer and unit for every iteration of a work unit.
+first order and curvature, summed per layer and unit for every iteration of a block.
 
 A[t, i] = Σ_k u⁽ᵏ⁾_i ∇_iL(θ_t) + Σ_k u⁽ᵏ⁾_i (ḡ_i − ∇_iL(θ_t)) exactly (:mod:`.causes`); the
-per-parameter shares would be 2·terms times the size of the LCA itself, so a unit keeps only
+per-parameter shares would be 2·terms times the size of the LCA itself, so a block keeps only
 their sums: ``<split>/causes/layer``, ``causes/unit/<layer>`` (store levels ``parameters``
 and ``units``), ``causes/hurt_layer`` (the shares of entries with A[t, i] > 0 only) and the
 replay's ``replay_residual``. Sums group the parameters as :class:`lca.layout.LevelSums`
@@ -72,7 +72,7 @@ class CauseModel:
     @property
     def carries_state(self) -> bool:
         """The terms need a state carried from iteration 0 (Adam's m, v; torch.optim.SGD's
-        nesterov b), stored at every work unit's start in ``lca.zarr/replay_state``."""
+        nesterov b), stored at every block's start in ``lca.zarr/replay_state``."""
         if self.torch_optimizer is not None:
             return self.torch_optimizer.carries_state
         return self.replays_batches
@@ -108,7 +108,7 @@ class CauseModel:
         )
 
     def adam_replay(self, m: np.ndarray | None = None, v: np.ndarray | None = None):
-        """The replay of a stateful optimiser from the state (m, v) of a unit's start."""
+        """The replay of a stateful optimiser from the state (m, v) of a block's start."""
         if self.torch_optimizer is not None:
             return self.torch_optimizer.replay(m, v)
         return AdamReplay(
@@ -121,8 +121,12 @@ def check_replayable(run_dir, trajectory: Trajectory, check_batches: bool = True
 
     ``lca train``'s runs (either framework) and runs of torch.optim SGD, Adam and AdamW
     recorded by ``lca.torch.TrajectoryRecorder`` are replayed; Adam and AdamW need every
-    step's examples (``batch_indices``), which ``check_batches`` checks.
+    step's examples (``batch_indices``), which ``check_batches`` checks. A run that stores θ
+    every k steps or from checkpoints has no optimizer steps to replay.
     """
+    from ..storage.trajectory import refuse_segments
+
+    refuse_segments(trajectory, "--causes (the optimizer's terms of each step)")
     attrs = trajectory.attrs
     by = attrs.get("recorded_by", LCA_TRAIN)
     described = attrs.get("torch_optimizer")
@@ -261,8 +265,8 @@ def describe_causes(causes: zarr.Group, model: CauseModel, layers: list[str]) ->
     )
 
 
-class UnitCauses:
-    """One work unit's cause sums, filled one iteration at a time."""
+class BlockCauses:
+    """One block's cause sums, filled one iteration at a time."""
 
     def __init__(
         self,
@@ -343,7 +347,7 @@ class UnitCauses:
                 self.units[s][k] = units[:, parts]
 
     def arrays(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per split, ``causes/...`` name → rows of this unit."""
+        """Per split, ``causes/...`` name → rows of this block."""
         out = {}
         for s in self.splits:
             arrays = {"causes/layer": self.layer[s], "causes/hurt_layer": self.hurt[s]}

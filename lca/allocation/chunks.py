@@ -163,7 +163,7 @@ class BlockAllocator:
         causes = None
         if self.causes is not None:
             store = self._open_store()
-            causes = self.causes.unit(store, block, start, n, splits, self.settings.store)
+            causes = self.causes.block(store, block, start, n, splits, self.settings.store)
         here = self.objective(thetas[0])
         evaluations_before = self.objective.evaluations
         per_class = self.settings.per_class

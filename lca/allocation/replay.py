@@ -103,16 +103,16 @@ class CauseReplay:
             batch_gradient(run_dir, config, trajectory) if self.model.replays_batches else None
         )
 
-    def unit(self, store: zarr.Group, chunk: int, start: int, n: int, splits, store_level: str):
-        """The :class:`UnitCauses` of work unit ``chunk`` (iterations start … start+n−1)."""
-        from .cause_sums import UnitCauses
+    def block(self, store: zarr.Group, block: int, start: int, n: int, splits, store_level: str):
+        """The :class:`BlockCauses` of block ``block`` (iterations start … start+n−1)."""
+        from .cause_sums import BlockCauses
 
         before = replay = None
         if self.model.carries_state:
-            replay = self.model.adam_replay(*read_adam_state(store, chunk))
+            replay = self.model.adam_replay(*read_adam_state(store, block))
         elif start > 0:
             rows = self.trajectory.theta[start - 1 : start + 1]
             before = rows[1].astype(np.float64) - rows[0]
         if replay is None and self.model.torch_optimizer is not None:  # SGD without nesterov
             replay = self.model.torch_optimizer.replay(previous_delta=before)
-        return UnitCauses(self.model, self.reducer, splits, store_level, start, n, before, replay)
+        return BlockCauses(self.model, self.reducer, splits, store_level, start, n, before, replay)

@@ -33,10 +33,10 @@ def open_lca_store(
                 "); use the same options, or delete it (or pass --overwrite) to start over"
             )
         missing = missing_chunks(group)
-        if missing:  # a done unit lost a chunk: resuming would skip it and leave a hole
+        if missing:  # a done block lost a chunk: resuming would skip it and leave a hole
             name, chunk = missing[0]
             raise RunError(
-                f"{path}: {len(missing)} chunk(s) of finished work units are missing (first: "
+                f"{path}: {len(missing)} chunk(s) of finished blocks are missing (first: "
                 f"chunk {','.join(map(str, chunk))} of {name}); run `lca check "
                 f"{run_dir} --repair`, then `lca allocate {run_dir}` recomputes them"
             )

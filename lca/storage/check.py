@@ -228,7 +228,7 @@ def check_run(run_dir: str | Path) -> RunCheck:
     if lca is not None:
         c = int(lca.attrs["settings"]["chunk_iterations"])
     else:
-        c = read_run_config(run_dir).allocate.chunk_iterations or rows_per_chunk(K)
+        c = read_run_config(run_dir).allocate.block_iterations or rows_per_chunk(K)
     report = RunCheck(run_dir, [], T, c, [], [], [], [])
     complete = bool(attrs.get("complete", False))
     if not complete:

@@ -27,8 +27,13 @@ from .groups import checksummed
 #: updates, ``block`` the blocks of ``block_iterations`` iterations, ``example`` the examples
 #: of the train subset.
 PER = ("step", "iteration", "block", "example")
-#: The first axis's dimension name (the ``done`` flags keep the name stores have always had).
-FIRST_DIMENSION = {"step": "step", "iteration": "iteration", "block": "work_unit"}
+#: The first axis's dimension name (blocks': ``work_unit``, what readers of every store expect).
+FIRST_DIMENSION = {
+    "step": "step",
+    "iteration": "iteration",
+    "block": "work_unit",
+    "example": "subset_example",
+}
 
 
 class StoreSettings(Protocol):
@@ -143,7 +148,7 @@ class ArraySpec:
         for layer in sizes.layers if self.per_layer else (None,):
             trailing = tuple(sizes.size(s, layer) for s in self.trailing)
             dims = tuple(d.format(layer=layer) for d in self.dims)
-            first = FIRST_DIMENSION.get(self.per, "subset_example")
+            first = FIRST_DIMENSION[self.per]
             yield (
                 self.name.format(layer=layer),
                 (sizes.first_axis(self.per), *trailing),
@@ -405,7 +410,7 @@ def _shape_text(entry: ArraySpec) -> str:
     first = {"step": "T+1", "iteration": "T", "block": "blocks", "example": "subset size"}
     symbols = [first[entry.per], *(str(s) for s in entry.trailing)]
     symbols = ["units" if s == "U" else s for s in symbols]
-    dims = [FIRST_DIMENSION.get(entry.per, "subset_example"), *entry.dims]
+    dims = [FIRST_DIMENSION[entry.per], *entry.dims]
     dims = [d.replace("{layer}", "<layer>") for d in dims]
     fill = "NaN" if isinstance(entry.fill, float) and np.isnan(entry.fill) else entry.fill
     return f"({', '.join(symbols)}) `{', '.join(dims)}` {entry.dtype}, fill {fill}"
