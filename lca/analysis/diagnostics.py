@@ -1,10 +1,11 @@
 """How well an allocation conserves the loss: the paper's Table S1, as numbers and a verdict.
 
 Conservation is the oracle of LCA: Σ_i A_t,i must equal L(θ_t+1) − L(θ_t). ``allocate``
-stores each iteration's error; this module aggregates them, re-sums the stored LCA array
-chunk by chunk (or, where ``allocate.store`` kept only unit or layer sums, the stored per-layer
-sums) to prove the stored values are the ones the errors describe, and decides whether the
-allocation can be trusted.
+stores each iteration's error, (L(θ_t+1) − L(θ_t)) − Σ_i A_t,i (ΔL − Σ LCA: the one sign of
+every error here, per iteration, in total and per rule); this module aggregates them, re-sums
+the stored LCA array chunk by chunk (or, where ``allocate.store`` kept only unit or layer
+sums, the stored per-layer sums) to prove the stored values are the ones the errors describe,
+and decides whether the allocation can be trusted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ..storage import LCA_STORE, RunError, location, open_group
 from ..storage.lca_arrays import read_array
 
 TOTAL_ERROR_LIMIT_PCT = 1.0
+#: How every error in the table is signed, said once above it.
+ERROR_SIGN = "error = ΔL − Σ LCA = L(θ_t+1) − L(θ_t) − Σ_i A_t,i (totals: summed, % of |ΔL|)"
 RULE_NOTES = {
     "simpson": " (the paper's RK4: composite Simpson)",
     "adaptive": " (trapezoid on the endpoints, Simpson where its error is too large)",
@@ -35,8 +38,8 @@ class SplitErrors:
     loss_end: float
     loss_change: float  # Σ_t (L(θ_t+1) − L(θ_t)) over allocated iterations
     lca_total: float  # Σ_t Σ_i A_t,i over allocated iterations, re-summed from the store
-    total_error_pct: float  # (Σ A − ΔL) / |ΔL| · 100; negative: LCA predicts a lower loss
-    total_error_first_order_pct: float
+    total_error_pct: float  # (ΔL − Σ A) / |ΔL| · 100; negative: the loss fell more than Σ A
+    total_error_first_order_pct: float  # the same for gradient × step
     mean_abs_error: float
     mean_abs_error_first_order: float
     max_abs_error: float
@@ -47,7 +50,7 @@ class SplitErrors:
     # by the rule that produced each iteration (trapezoid: 1 sub-interval; simpson: 2 or more)
     rule_iterations: dict[str, int] = field(default_factory=dict)
     rule_mean_abs_error: dict[str, float] = field(default_factory=dict)
-    rule_total_error: dict[str, float] = field(default_factory=dict)  # Σ error of those
+    rule_total_error: dict[str, float] = field(default_factory=dict)  # Σ (ΔL − Σ A) of those
     fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
     # iterations whose loss change is known: allocated, and L after them stored too (in a
     # partial allocation the loss after a finished stretch belongs to the next, unfinished unit)
@@ -255,6 +258,7 @@ class ErrorReport:
             f"allocated (threshold {self.threshold:g}, at most {self.max_splits} sub-intervals)",
             f"rule {self.rule}{RULE_NOTES[self.rule]}; gradients in {self.precision}"
             + ("" if self.precision == "float32" else ", losses in float32"),
+            ERROR_SIGN,
             " " * width + "".join(n.rjust(col) for n in names),
         ]
         if self.subset_size is not None:
@@ -408,7 +412,8 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         ok = done & np.isfinite(error_all)
         error = error_all[ok]
         error_fo = group["error_fo"][:][measured]
-        used = read_array(group, "intervals")[:][done]
+        intervals = read_array(group, "intervals")[:]
+        used = intervals[done]
         sums = _lca_sums(group, done_units, c, T)
         loss_change = float(dl.sum())
         lca_total = float(sums[measured].sum())
@@ -423,8 +428,8 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
             loss_end=float(loss[last + 1]) if measured.any() else math.nan,
             loss_change=loss_change,
             lca_total=lca_total,
-            total_error_pct=_pct(lca_total - loss_change, loss_change),
-            total_error_first_order_pct=_pct(-float(error_fo.sum()), loss_change),
+            total_error_pct=_pct(loss_change - lca_total, loss_change),
+            total_error_first_order_pct=_pct(float(error_fo.sum()), loss_change),
             mean_abs_error=float(np.abs(error).mean()) if error.size else math.nan,
             mean_abs_error_first_order=_nanstat(np.mean, np.abs(group["error_fo"][:][done])),
             max_abs_error=float(np.abs(error).max()) if error.size else math.nan,
@@ -437,9 +442,8 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
             nonfinite_loss_steps=[int(t) for t in nonfinite_loss],
             nonfinite_error_iterations=[int(t) for t in nonfinite_error],
         )
-        used_all = read_array(group, "intervals")[:]
         stats = report.splits[split]
-        for rule, rows in {"trapezoid": used_all == 1, "simpson": used_all >= 2}.items():
+        for rule, rows in {"trapezoid": intervals == 1, "simpson": intervals >= 2}.items():
             stats.rule_iterations[rule] = int((rows & done).sum())
             stats.rule_total_error[rule] = float(error_all[rows & measured].sum())
             stats.rule_mean_abs_error[rule] = _nanstat(np.mean, np.abs(error_all[rows & done]))

@@ -138,16 +138,15 @@ class RunMeasures:
         return float(measured[-1] - measured[0])
 
     def error_pct(self, curve: str) -> float:
-        """Total conservation error (rebuilt − measured loss at the end) in % of |ΔL|.
-
-        For RK4 the rebuilt loss uses the stored LCA sums (as ``verify-error`` does).
+        """Total conservation error ΔL − Σ LCA (measured − rebuilt loss at the end) in % of
+        |ΔL|, signed as ``verify-error`` signs it; for RK4 from the stored LCA sums, as there.
         """
         change = self.loss_change
         if not change:
             return float("nan")
         if curve == "rk4":
-            return float((self.totals.sum() - change) / abs(change) * 100.0)
-        return float((self.approx[curve][-1] - self.approx["measured"][-1]) / abs(change) * 100)
+            return float((change - self.totals.sum()) / abs(change) * 100.0)
+        return float((self.approx["measured"][-1] - self.approx[curve][-1]) / abs(change) * 100)
 
     def headline(self) -> dict[str, float]:
         """The flat numbers that are compared across runs (plain floats; NaN when skipped)."""

@@ -391,8 +391,8 @@ def approximate_loss(
     bottom.legend(fontsize=8)
     change = measured[-1] - measured[0] if len(measured) else float("nan")
 
-    def pct(curve: np.ndarray) -> str:
-        return f"{100 * (curve[-1] - measured[-1]) / abs(change):+.3f} %" if change else "n/a"
+    def pct(curve: np.ndarray) -> str:  # the total error ΔL − Σ LCA, as verify-error signs it
+        return f"{100 * (measured[-1] - curve[-1]) / abs(change):+.3f} %" if change else "n/a"
 
     top.set_title(
         f"Loss rebuilt from LCA vs measured (total error: RK4 {pct(rk4)}, "
