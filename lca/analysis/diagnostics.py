@@ -53,7 +53,7 @@ class SplitErrors:
     rule_total_error: dict[str, float] = field(default_factory=dict)  # Σ (ΔL − Σ A) of those
     fallbacks: int = 0  # iterations recomputed in float32 (reduced precision only)
     # iterations whose loss change is known: allocated, and L after them stored too (in a
-    # partial allocation the loss after a finished stretch belongs to the next, unfinished unit)
+    # partial allocation the loss after a finished stretch belongs to the next, unfinished block)
     iterations_measured: int = 0
     nonfinite_loss_steps: list[int] = field(default_factory=list)  # stored L(θ_t) not finite
     nonfinite_error_iterations: list[int] = field(default_factory=list)  # error not finite
@@ -165,7 +165,7 @@ class ErrorReport:
                 notes.append(
                     f"{name}: totals cover the {s.iterations_measured} allocated iterations "
                     "whose loss after the step is stored too (the loss after the last "
-                    "iteration of a finished stretch is stored by the next work unit)"
+                    "iteration of a finished stretch is stored by the next block)"
                 )
             if s.loss_unchanged:
                 notes.append(
@@ -351,7 +351,7 @@ def _finite_or_none(value):
     return value
 
 
-def _lca_sums(group, done_units: np.ndarray, c: int, T: int) -> np.ndarray:
+def _lca_sums(group, done_blocks: np.ndarray, c: int, T: int) -> np.ndarray:
     """Σ_i A[t, i] of every done iteration (NaN elsewhere), one chunk of rows at a time.
 
     From the (T, K) array where it is stored; else from the float64 per-layer sums that
@@ -359,7 +359,7 @@ def _lca_sums(group, done_units: np.ndarray, c: int, T: int) -> np.ndarray:
     """
     sums = np.full(T, np.nan)
     stored = group["lca"] if "lca" in group else group["layer_lca"]
-    for k in done_units:
+    for k in done_blocks:
         a, b = k * c, min(T, (k + 1) * c)
         sums[a:b] = stored[a:b].sum(axis=1, dtype=np.float64)
     return sums
@@ -380,9 +380,9 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         )
     T = int(store.attrs["num_iterations"])
     c = int(settings["chunk_iterations"])
-    done_units = np.flatnonzero(store["done"][:])
+    done_blocks = np.flatnonzero(store["done"][:])
     done = np.zeros(T, dtype=bool)
-    for k in done_units:
+    for k in done_blocks:
         done[k * c : (k + 1) * c] = True
     report = ErrorReport(
         str(run_dir),
@@ -398,8 +398,10 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         report.subset_size = int(settings["subset_size"])
         report.num_train = int(store["train"].attrs["num_examples_full"])
         report.subset_check = _subset_check(store)
-    # L(θ_t) is stored by the unit of iteration t; L(θ_T) by the last unit
-    stored = np.append(done, bool(done_units.size) and done_units[-1] == store["done"].shape[0] - 1)
+    # L(θ_t) is stored by the block of iteration t; L(θ_T) by the last block
+    stored = np.append(
+        done, bool(done_blocks.size) and done_blocks[-1] == store["done"].shape[0] - 1
+    )
     for split in settings["splits"]:
         group = store[split]
         loss = group["loss"][:]
@@ -414,7 +416,7 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
         error_fo = group["error_fo"][:][measured]
         intervals = read_array(group, "intervals")[:]
         used = intervals[done]
-        sums = _lca_sums(group, done_units, c, T)
+        sums = _lca_sums(group, done_blocks, c, T)
         loss_change = float(dl.sum())
         lca_total = float(sums[measured].sum())
         first = int(np.argmax(measured)) if measured.any() else 0
