@@ -38,21 +38,88 @@ def test_import_linter_contracts_are_kept():
     assert "Contracts: 3 kept, 0 broken." in result.stdout
 
 
-def test_every_package_is_in_a_layer():
-    """A new subpackage or top-level module must be placed in the layers contract."""
+def _layered() -> set[str]:
+    """The modules and packages the layers contract of pyproject.toml places: ``lca.x``."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     layers = next(
         c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
     )
-    placed = {name.strip() for layer in layers for name in layer.split("|")}
+    return {name.strip() for layer in layers for name in layer.split("|")}
+
+
+def test_every_package_is_in_a_layer():
+    """A new subpackage or top-level module must be placed in the layers contract."""
+    placed = _layered()
     found = {
         f"lca.{path.stem if path.is_file() else path.name}"
         for path in (ROOT / "lca").iterdir()
         if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").is_file()
     }
     assert found == placed, f"not in a layer: {found - placed}; no such package: {placed - found}"
+
+
+def test_module_maps_name_every_module_of_each_package():
+    """Each package of the layers contract names every module file of it in its docstring's
+    map (``:mod:`.name```) and in its row of docs/development.md's table (``name.py``), so
+    neither map can miss a module or name one that is gone."""
+    import ast
+    import re
+
+    development = (ROOT / "docs" / "development.md").read_text()
+    missing = []
+    for package in sorted(_layered()):
+        folder = ROOT / package.replace(".", "/")
+        if not (folder / "__init__.py").is_file():
+            continue  # a module, not a package
+        modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        rows = [
+            line
+            for line in development.splitlines()
+            if line.startswith(f"| `{package.replace('.', '/')}/` |")
+        ]
+        assert len(rows) == 1, f"docs/development.md: no one row for {package}"
+        named = set(re.findall(r"`(\w+)\.py`", rows[0]))
+        assert named <= set(modules), f"docs/development.md names gone modules: {named}"
+        for module in modules:
+            if not re.search(rf":\w+:`(?:{re.escape(package)})?\.{module}[`.]", doc):
+                missing.append(f"{package}/__init__.py docstring: {module}")
+            if module not in named:
+                missing.append(f"docs/development.md row {package}: {module}.py")
+    assert not missing, "\n".join(missing)
+
+
+def test_docstrings_cite_only_files_that_exist():
+    """A ``docs/….md`` page or a notes file (``PAPER_NOTES``, ``NOTES.md``) named in lca's
+    source must be in the repository."""
+    import re
+
+    cited = set()
+    for path in (ROOT / "lca").rglob("*.py"):
+        text = path.read_text()
+        for page in re.findall(r"\bdocs/[\w/.-]+?\.md\b", text):
+            cited.add((page, path.relative_to(ROOT)))
+        for notes in re.findall(r"\b[A-Z]+_?NOTES(?:\.\w+)?\b(?!\s*[=\[(.])", text):
+            cited.add((notes, path.relative_to(ROOT)))
+    absent = sorted(f"{source}: {name}" for name, source in cited if not (ROOT / name).exists())
+    assert not absent, "cited but not in the repository:\n" + "\n".join(absent)
+
+
+def test_no_empty_section_banners():
+    """A ``# --- section ---`` comment heads code: none is followed only by another or by the
+    end of its file."""
+    import re
+
+    banner = re.compile(r"\s*# (---|===|\S.*(---|===)\s*$)")
+    empty = []
+    for path in sorted((ROOT / "lca").rglob("*.py")) + sorted((ROOT / "tests").rglob("*.py")):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        for i, line in enumerate(lines):
+            if banner.match(line) and (i + 1 == len(lines) or banner.match(lines[i + 1])):
+                empty.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not empty, "\n".join(empty)
 
 
 CYCLES = """

@@ -6,7 +6,11 @@ gradient along every step with a rule of :mod:`lca.quadrature`; :mod:`.scheduler
 blocks to this process, worker processes or a Ray cluster (one :class:`.schedulers.Scheduler`
 interface, options in one :class:`.schedulers.Execution`); :mod:`.settings` resolves what fixes
 the numbers (:class:`lca.config.AllocateConfig`), so that a resumed allocation ends with
-exactly the arrays of an uninterrupted one.
+exactly the arrays of an uninterrupted one. :mod:`.backends` is the one interface to a
+framework (a run's objective, threads, GPUs, batch gradients), :mod:`.cluster` runs blocks on
+Ray and :mod:`.repair` is ``lca check --repair``. ``--causes`` splits each share by the
+optimiser's step terms (:mod:`.causes`; torch.optim's in :mod:`.causes_torch_optim`), replays
+Adam/AdamW for them (:mod:`.replay`) and sums them per layer and unit (:mod:`.cause_sums`).
 """
 
 from ..storage import read_run_config

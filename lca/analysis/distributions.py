@@ -16,9 +16,6 @@ from .streaming import (
     _stream,
 )
 
-# --- plumbing ------------------------------------------------------------------------------
-
-
 # --- 1. percent helped (Fig 3a, 3c, 3d; Table 1) --------------------------------------------
 
 
@@ -314,24 +311,3 @@ def value_histogram(
         std_all=everything.std,
         excess_kurtosis_all=everything.excess_kurtosis,
     )
-
-
-# --- 3. per-layer sums (§4, Fig 4) --------------------------------------------------------
-
-
-# --- 4. oscillations (Table S2, Fig S7) ---------------------------------------------------
-
-
-# --- 5. moments of learning and synchronisation (§5, Fig 6, S15) --------------------------
-
-
-# --- 6. loss reconstructed from LCA ---------------------------------------------------------
-
-
-# --- 7–9. views of one layer (Fig 2, S1, S2) ------------------------------------------------
-
-
-# --- agreement of two allocations of the same run (cheaper rules, reduced precision) -------
-
-
-# --- headline numbers of one run ------------------------------------------------------------

@@ -3,7 +3,7 @@
 The same trajectory allocated on the training and on the validation split gives, for every
 layer or unit, two LCA series. A component whose *validation* LCA is negative lowered the
 validation loss (it generalised); one whose validation LCA is positive raised it while
-training went on (it overfit). The paper names this probe as future work (PAPER_NOTES). The
+training went on (it overfit). The paper names this probe as future work. The
 accuracy crossings say *when* to look: the interval before validation accuracy reaches 95 %
 and the one after it.
 

@@ -282,9 +282,3 @@ def build_model(
     outputs = body(cfg, inputs, num_classes, evaluation)
     suffix = "_eval" if evaluation else ""
     return keras.Model(inputs, outputs, name=f"{cfg.name}{suffix}")
-
-
-# --- parameter layout ----------------------------------------------------------------------
-
-
-# --- weights that are not in θ -------------------------------------------------------------

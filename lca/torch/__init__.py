@@ -14,8 +14,9 @@ built-in networks' twins and θ's layout), :mod:`.runtime` (loss, evaluation mod
 objective of a run directory), :mod:`.training` (``lca train`` with ``framework: torch``),
 :mod:`.recorder` (the step-hook recorder) with :mod:`.recorder_setup` (what it checks and
 describes first), :mod:`.replay` (mini-batch gradients of recorded steps, for ``--causes``),
-:mod:`.state` (weights outside θ; reading weight files without unpickling) and :mod:`.twin`
-(a TensorFlow run's trajectory on the torch twin network).
+:mod:`.state` (weights outside θ; reading weight files without unpickling), :mod:`.twin`
+(a TensorFlow run's trajectory on the torch twin network) and :mod:`.checkpoints` (state
+dicts read as θ, for ``lca import``).
 """
 
 from .models import build_torch_model, keras_to_torch, torch_layout
