@@ -189,10 +189,10 @@ TARGETS: dict[str, Target] = {
     ),
     "torch_bench": Target(
         "TensorFlow against PyTorch: full-set gradients, allocation and the torch recorder's "
-        "cost (scripts/bench_torch.py; needs torch)",
+        "cost (scripts/bench.py torch; needs torch)",
         [
             Step(
-                "scripts/bench_torch.py --set data.path={mnist}",
+                "scripts/bench.py torch --set data.path={mnist}",
                 output="torch_bench",
                 program="python",
             )

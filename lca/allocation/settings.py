@@ -50,7 +50,7 @@ def resolve_precision(
 
     Where ``auto`` picks bfloat16 it met the agreement limits with the paper's float32
     allocation on all three MNIST-FC set-ups (docs/performance.md#method-comparisons).
-    GPUs get float32 until TF32 and bf16 there are measured (``scripts/gpu_check.py``);
+    GPUs get float32 until TF32 and bf16 there are measured (``tests/test_gpu.py``);
     per-class LCA has no reduced-precision path.
     """
     if precision != "auto":

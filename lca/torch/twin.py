@@ -4,7 +4,7 @@
 order; only the kernels' axes differ (:func:`lca.torch.models.keras_to_torch`). A twin run
 holds every θ_t of a TensorFlow run in the torch layout, with its metrics and batches, so
 allocating both is the same computation by two independent gradient engines: the strongest
-check of either (``scripts/bench_torch.py`` times them on it; the tests compare their A).
+check of either (``scripts/bench.py torch`` times them on it; the tests compare their A).
 """
 
 from __future__ import annotations

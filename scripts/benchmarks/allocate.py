@@ -1,8 +1,8 @@
 """Speed of `lca allocate` against its floor and against the straightforward way, in one run.
 
-    python scripts/bench_allocate.py configs/mnist_fc_sgd.yaml --set data.path=../shared/data/mnist.npz
-    python scripts/bench_allocate.py runs/mnist_fc_sgd
-    python scripts/bench_allocate.py configs/tiny_resnet.yaml --iterations 16
+    python scripts/bench.py allocate configs/mnist_fc_sgd.yaml --set data.path=../shared/data/mnist.npz
+    python scripts/bench.py allocate runs/mnist_fc_sgd
+    python scripts/bench.py allocate configs/tiny_resnet.yaml --iterations 16
 
 Prints, measured side by side: the time of one full-set gradient (every allocated split, as
 allocate evaluates them), allocate's time per iteration and its ratio to the floor of two
@@ -17,33 +17,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+from .common import add_target_arguments, interleave, run_from_target, scratch
 
-from lca.allocation import (  # noqa: E402
-    ChunkAllocator,
-    allocate,
-    load_objective,
-    read_run_config,
-    resolve_settings,
-)
-from lca.config import load_config  # noqa: E402
-from lca.quadrature import simpson_weights  # noqa: E402
-from lca.storage import open_trajectory, without_checksums  # noqa: E402
-from lca.training import train  # noqa: E402
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_arguments(parser)
+    parser.add_argument("--iterations", type=int, default=64, help="iterations to allocate")
+    parser.add_argument("--repeats", type=int, default=5, help="gradient timings")
+    parser.add_argument("--baseline-iterations", type=int, default=3)
+    parser.add_argument(
+        "--checksum-repeats", type=int, default=3, help="allocations with and without crc32c"
+    )
 
 
 def straightforward_iteration(model, layout, theta0, theta1, splits, batch_size, start):
     """One Simpson step the obvious way: eager model, numpy batches, assign per point."""
     import keras
     import tensorflow as tf
+
+    from lca.quadrature import simpson_weights
 
     def gradient(theta):
         for var, value in zip(model.trainable_variables, layout.unflatten(theta)):
@@ -76,53 +74,55 @@ def checksum_cost(config, tmp: Path, iterations: int, repeats: int) -> dict[str,
     """Seconds per iteration of whole allocations with and without crc32c, alternated.
 
     Both runs are trained from the same config (so θ is the same), one of them with every
-    array created without the checksum codec; each allocation starts over (``restart``) and
+    array created without the checksum codec; each allocation starts over (``overwrite``) and
     writes its lca.zarr, where the checksums are computed, and reads θ, where they are checked.
+    The first round warms up (tracing) and is not counted.
     """
+    from lca.allocation import allocate
+    from lca.storage import without_checksums
+    from lca.training import train
+
+    def checksums(name: str):
+        return without_checksums() if name == "without" else contextlib.nullcontext()
+
     runs = {}
     for name in ("with", "without"):
-        with without_checksums() if name == "without" else contextlib.nullcontext():
+        with checksums(name):
             runs[name] = tmp / f"checksums_{name}"
             train(config, runs[name], progress=False)
-    times: dict[str, list[float]] = {"with": [], "without": []}
-    for repeat in range(repeats + 1):  # the first round warms up (tracing) and is not counted
-        for name in ("with", "without") if repeat % 2 else ("without", "with"):
-            with without_checksums() if name == "without" else contextlib.nullcontext():
-                t0 = time.perf_counter()
+
+    def allocation(name: str):
+        def seconds_per_iteration(_round: int) -> float:
+            with checksums(name):
+                began = time.perf_counter()
                 summary = allocate(
                     runs[name],
                     iterations=(0, iterations),
                     rule="simpson",
                     precision="float32",
                     threads=None,
-                    restart=True,
+                    overwrite=True,
                     progress=False,
                 )
-                if repeat:
-                    times[name].append((time.perf_counter() - t0) / summary.iterations_this_run)
+                return (time.perf_counter() - began) / summary.iterations_this_run
+
+        return seconds_per_iteration
+
+    times = interleave({name: allocation(name) for name in ("without", "with")}, repeats, warmup=1)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", help="a config file (a run is trained first) or a run directory")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--iterations", type=int, default=64, help="iterations to allocate")
-    parser.add_argument("--repeats", type=int, default=5, help="gradient timings")
-    parser.add_argument("--baseline-iterations", type=int, default=3)
-    parser.add_argument(
-        "--checksum-repeats", type=int, default=3, help="allocations with and without crc32c"
-    )
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> None:
+    from lca.allocation import BlockAllocator, load_objective, read_run_config, resolve_settings
+    from lca.data import load_dataset
+    from lca.layout import ParameterLayout
+    from lca.storage import open_trajectory
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if Path(args.target).is_dir():
-            run_dir = Path(args.target)
-        else:
-            config = load_config(args.target, args.overrides)
-            config.training.iterations = max(config.training.iterations, args.iterations)
-            run_dir = Path(tmp) / config.name
-            train(config, run_dir, progress=False)
+    def long_enough(config) -> None:
+        config.training.iterations = max(config.training.iterations, args.iterations)
+
+    with scratch() as tmp:
+        run_dir = run_from_target(args.target, args.overrides, tmp, adjust=long_enough)
         config = read_run_config(run_dir)
         trajectory = open_trajectory(run_dir)
         K = trajectory.theta.shape[1]
@@ -130,7 +130,7 @@ def main() -> None:
         settings = resolve_settings(config.allocate, K, rule="simpson", precision="float32")
         theta = trajectory.theta[:2]
 
-        allocator = ChunkAllocator(run_dir, settings)
+        allocator = BlockAllocator(run_dir, settings)
         objective = allocator.objective
         objective(theta[0])  # trace and warm up
         gradient_times = []
@@ -140,11 +140,11 @@ def main() -> None:
             gradient_times.append(time.perf_counter() - t0)
         t_grad = statistics.median(gradient_times)
 
-        c = settings.chunk_iterations
-        chunks = range(max(1, min(args.iterations, trajectory.num_iterations) // c))
+        c = settings.block_iterations
+        blocks = range(max(1, min(args.iterations, trajectory.num_iterations) // c))
         t0 = time.perf_counter()
         iterations = evaluations = halvings = 0
-        for k in chunks:
+        for k in blocks:
             result = allocator.compute(k)
             iterations += result.stop - result.start
             evaluations += result.evaluations
@@ -152,9 +152,6 @@ def main() -> None:
         t_iter = (time.perf_counter() - t0) / iterations
 
         eval_model = load_objective(run_dir, settings.splits, settings.eval_batch_size).model
-        from lca.data import load_dataset
-        from lca.layout import ParameterLayout
-
         data = load_dataset(config.data)
         layout = ParameterLayout.from_json(trajectory.layout_json)
         splits = {s: data.split(s) for s in settings.splits}
@@ -182,7 +179,7 @@ def main() -> None:
         t_naive = (time.perf_counter() - t0) / args.baseline_iterations
         train_config = config
         train_config.training.iterations = iterations
-        costs = checksum_cost(train_config, Path(tmp), iterations, args.checksum_repeats)
+        costs = checksum_cost(train_config, tmp, iterations, args.checksum_repeats)
 
     n = {s: len(data.split(s)[1]) for s in settings.splits}
     print(f"{config.name}: K = {K:,} parameters, splits {n}, eval batch {settings.eval_batch_size}")
@@ -209,7 +206,3 @@ def main() -> None:
         f"  projected allocate of all {trajectory.num_iterations} iterations: "
         f"{t_iter * trajectory.num_iterations:.0f} s on this machine"
     )
-
-
-if __name__ == "__main__":
-    main()

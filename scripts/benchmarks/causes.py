@@ -4,27 +4,43 @@ Whole allocations (default): two copies of the run directory are allocated alter
 (interleaved repeats, so a busy machine slows both alike), each call timed whole (data, model,
 Adam's pre-pass, writing); prints the plain seconds per iteration, which ``--plain-ms`` takes.
 
-    python scripts/bench_causes.py RUN [RUN ...] --iterations 0:64 --repeats 2
+    python scripts/bench.py causes RUN [RUN ...] --range 0:64 --repeats 2
 
-In process (``--in-process``): the per-iteration cause work of a work unit (the step's terms,
+In process (``--in-process``): the per-iteration cause work of a block (the step's terms,
 every split's shares summed per layer, unit and over hurting entries) on random arrays shaped
 as a network of dense layers (default MNIST-FC, 784-100-50-10), SGD with momentum 0.9 and
 Adam, no TensorFlow. Prints the median wall and CPU milliseconds per iteration and, given
 ``--plain-ms`` (a plain allocation's measured ms per iteration), their ratio to it.
 
-    python scripts/bench_causes.py --in-process --iterations 200 --splits 2 --plain-ms 150
+    python scripts/bench.py causes --in-process --iterations 200 --splits 2 --plain-ms 150
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .common import copy_run, interleave, scratch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories (whole allocations)")
+    parser.add_argument("--range", default="0:64", help="iterations A:B, as lca allocate takes it")
+    parser.add_argument("--iterations", help="iterations of cause work (--in-process) [200]")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--in-process", action="store_true", help="time the cause work alone")
+    parser.add_argument("--widths", default="784-100-50-10", help="dense widths (--in-process)")
+    parser.add_argument("--splits", type=int, default=2, help="splits allocated (--in-process)")
+    parser.add_argument("--plain-ms", type=float, default=None, help="a plain ms/iteration")
+    parser.add_argument(
+        "--profile", choices=("sgd", "adam"), default=None, help="cProfile one kind (--in-process)"
+    )
 
 
 def dense_layout(widths: list[int]) -> list[dict]:
@@ -82,9 +98,9 @@ def in_process(kind: str, widths: list[int], iterations: int, splits: int, seed:
     return wall, cpu, wall_terms
 
 
-def run_in_process(args) -> None:
+def run_in_process(args: argparse.Namespace) -> None:
     widths = [int(w) for w in args.widths.split("-")]
-    iterations = int(args.iterations) if ":" not in args.iterations else 200
+    iterations = int(args.iterations or 200)
     for kind in ("sgd", "adam"):
         wall, cpu, wall_terms = in_process(kind, widths, iterations, args.splits)
         ms = [1e3 * statistics.median(seconds) for seconds in (wall, cpu, wall_terms)]
@@ -104,63 +120,58 @@ def run_in_process(args) -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 
 
-def run_allocations(args) -> None:
-    from lca.allocation import allocate
-
-    a, b = (int(x) for x in args.iterations.split(":"))
-    with tempfile.TemporaryDirectory() as scratch:
-        for run in args.runs:
-            copies = {}
-            for causes in (False, True):
-                copy = Path(scratch) / f"{run.name}_{'causes' if causes else 'plain'}"
-                shutil.copytree(run, copy, ignore=shutil.ignore_patterns("lca.zarr", "report"))
-                copies[causes] = copy
-            seconds = {False: [], True: []}
-            for _ in range(args.repeats):
-                for causes in (False, True):
-                    began = time.perf_counter()
-                    summary = allocate(
-                        copies[causes],
-                        iterations=(a, b),
-                        causes=causes,
-                        threads=args.threads,
-                        restart=True,
-                        progress=False,
-                    )
-                    seconds[causes].append(time.perf_counter() - began)
-            plain, with_causes = sum(seconds[False]), sum(seconds[True])
-            per_iteration = 1e3 * plain / (args.repeats * max(1, summary.iterations_this_run))
+def run_allocations(args: argparse.Namespace) -> None:
+    a, b = (int(x) for x in args.range.split(":"))
+    with scratch() as tmp:
+        for run_dir in args.runs:
+            times, allocated = with_and_without(run_dir, tmp, (a, b), args)
+            plain, with_causes = sum(times[False]), sum(times[True])
+            per_iteration = 1e3 * plain / (args.repeats * max(1, allocated))
             print(
-                f"{run.name}: iterations {a}:{b} ({summary.iterations_this_run} allocated), "
-                f"{args.repeats} repeats: without {seconds[False]} s, with --causes "
-                f"{seconds[True]} s; ratio {with_causes / plain:.3f}; plain "
+                f"{run_dir.name}: iterations {a}:{b} ({allocated} allocated), "
+                f"{args.repeats} repeats: without {times[False]} s, with --causes "
+                f"{times[True]} s; ratio {with_causes / plain:.3f}; plain "
                 f"{per_iteration:.1f} ms/iteration (whole calls)"
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="*", type=Path)
-    parser.add_argument(
-        "--iterations", default="0:64", help="A:B, as lca allocate takes it; N with --in-process"
-    )
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--in-process", action="store_true", help="time the cause work alone")
-    parser.add_argument("--widths", default="784-100-50-10", help="dense widths (--in-process)")
-    parser.add_argument("--splits", type=int, default=2, help="splits allocated (--in-process)")
-    parser.add_argument("--plain-ms", type=float, default=None, help="a plain ms/iteration")
-    parser.add_argument(
-        "--profile", choices=("sgd", "adam"), default=None, help="cProfile one kind (--in-process)"
-    )
-    args = parser.parse_args()
+def with_and_without(run_dir: Path, tmp: Path, iterations: tuple[int, int], args):
+    """Seconds of whole allocations of two copies of ``run_dir``, without and with
+    ``--causes``, alternated; and the iterations each allocated."""
+    from lca.allocation import allocate
+
+    allocated = 0
+
+    def allocation(causes: bool):
+        copy = copy_run(run_dir, tmp / f"{run_dir.name}_{'causes' if causes else 'plain'}")
+
+        def seconds(_round: int) -> float:
+            nonlocal allocated
+            began = time.perf_counter()
+            summary = allocate(
+                copy,
+                iterations=iterations,
+                causes=causes,
+                threads=args.threads,
+                overwrite=True,
+                progress=False,
+            )
+            allocated = summary.iterations_this_run
+            return time.perf_counter() - began
+
+        return seconds
+
+    times = interleave({False: allocation(False), True: allocation(True)}, args.repeats)
+    return times, allocated
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.iterations and ":" in args.iterations:  # the range's old spelling
+        print("note: --iterations A:B is now --range A:B", file=sys.stderr)
+        args.range, args.iterations = args.iterations, None
     if args.in_process:
         run_in_process(args)
     elif args.runs:
         run_allocations(args)
     else:
-        parser.error("give RUN directories, or --in-process")
-
-
-if __name__ == "__main__":
-    main()
+        args.parser.error("give RUN directories, or --in-process")

@@ -1,42 +1,38 @@
 """Cost of ``lca.keras.TrajectoryRecorder`` on ``model.fit``: with the recorder vs without.
 
-    python scripts/bench_callback.py                  # MNIST-FC shape: 784-100-50-10, batch 250
-    python scripts/bench_callback.py --epochs 2 --repeats 5
+    python scripts/bench.py callback                  # MNIST-FC shape: 784-100-50-10, batch 250
+    python scripts/bench.py callback --epochs 2 --repeats 5
 
 The data are MNIST-sized random images (55,000 × 784, 10 classes; the step time does not depend
 on their content). Each ``fit`` is timed whole, and its loop alone: the whole time less the
 recorder's one-off start and end (loading the data through ``data_fn`` and rebuilding the model
-for its checks, creating and closing the stores), which is what ``bench_train.py`` compares for
+for its checks, creating and closing the stores), which is what ``bench.py train`` compares for
 ``lca train``; and whole less the one call of ``data_fn`` that checks at the start that the data
-load (this script's loader generates 235 MB of random numbers, ~0.5 s; a user's loader costs
+load (this benchmark's loader generates 235 MB of random numbers, ~0.5 s; a user's loader costs
 what it costs, once). A first untimed fit of each kind traces the step. Runs go in pairs, one
 with the recorder and one without, alternating which goes first, so that drift of the machine
 hits both; the median of the pairs' ratios is the figure least moved by the machine's noise
 (on a shared 2-core VM identical fits vary by ±15 %). Target, as for ``lca train``: recording
-adds ≤ 20 % to the loop.
+adds ≤ 20 %.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import statistics
-import sys
-import tempfile
 import time
-from operator import truediv
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lca.keras import TrajectoryRecorder  # noqa: E402
+from .common import interleave, overheads, scratch
 
 LOADING: list[float] = []  # seconds of each call of load(): the user's loader, not the recorder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=4, help="4 epochs = 880 iterations")
+    parser.add_argument("--repeats", type=int, default=7, help="pairs of runs")
 
 
 def load(n: int = 55000):
@@ -49,36 +45,43 @@ def load(n: int = 55000):
     return (x[:n], y[:n]), (x[n:], y[n:])
 
 
-def build() -> keras.Model:
+def build():
+    """The MNIST-FC network, 784-100-50-10."""
+    import keras
+
     inputs = keras.Input((784,))
     x = keras.layers.Dense(100, activation="relu")(inputs)
     x = keras.layers.Dense(50, activation="relu")(x)
     return keras.Model(inputs, keras.layers.Dense(10)(x))
 
 
-class TimedRecorder(TrajectoryRecorder):
+def timed_recorder(run_dir: Path):
     """The recorder, timing its one-off start and end, and the data_fn call within it."""
+    from lca.keras import TrajectoryRecorder
 
-    one_off = 0.0
-    loading = 0.0
+    class TimedRecorder(TrajectoryRecorder):
+        one_off = 0.0
+        loading = 0.0
 
-    def on_train_begin(self, logs=None):
-        # The recorder imports this file anew as the module `bench_callback` (not `__main__`).
-        calls = importlib.import_module("bench_callback").LOADING
-        before = len(calls)
-        start = time.perf_counter()
-        super().on_train_begin(logs)
-        self.one_off += time.perf_counter() - start
-        self.loading = sum(calls[before:])
+        def on_train_begin(self, logs=None):
+            before = len(LOADING)
+            start = time.perf_counter()
+            super().on_train_begin(logs)
+            self.one_off += time.perf_counter() - start
+            self.loading = sum(LOADING[before:])
 
-    def on_train_end(self, logs=None):
-        start = time.perf_counter()
-        super().on_train_end(logs)
-        self.one_off += time.perf_counter() - start
+        def on_train_end(self, logs=None):
+            start = time.perf_counter()
+            super().on_train_end(logs)
+            self.one_off += time.perf_counter() - start
+
+    return TimedRecorder(run_dir, model_fn=f"{__name__}:build", data_fn=f"{__name__}:load")
 
 
-def fit(x, y, epochs: int, recorder: TimedRecorder | None) -> tuple[float, float, float]:
+def fit(x, y, epochs: int, recorder) -> tuple[float, float, float]:
     """(whole fit, its loop, whole fit less the one call of data_fn) in seconds."""
+    import keras
+
     keras.utils.set_random_seed(0)
     model = build()
     model.compile(
@@ -93,26 +96,17 @@ def fit(x, y, epochs: int, recorder: TimedRecorder | None) -> tuple[float, float
     return seconds, seconds - recorder.one_off, seconds - recorder.loading
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4, help="4 epochs = 880 iterations")
-    parser.add_argument("--repeats", type=int, default=7, help="pairs of runs")
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> None:
     (x, y), _ = load()
-    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    with tempfile.TemporaryDirectory() as tmp:
-
-        def recorder(i):
-            return TimedRecorder(
-                Path(tmp) / f"run{i}",
-                model_fn="bench_callback:build",
-                data_fn="bench_callback:load",
-            )
-
-        fit(x, y, 1, None), fit(x, y, 1, recorder("warmup"))  # tracing, caches
-        for i in range(args.repeats):
-            for record in (True, False) if i % 2 == 0 else (False, True):
-                times[record].append(fit(x, y, args.epochs, recorder(i) if record else None))
+    with scratch() as tmp:
+        fit(x, y, 1, None), fit(x, y, 1, timed_recorder(tmp / "warmup"))  # tracing, caches
+        times = interleave(
+            {
+                True: lambda i: fit(x, y, args.epochs, timed_recorder(tmp / f"run{i}")),
+                False: lambda i: fit(x, y, args.epochs, None),
+            },
+            args.repeats,
+        )
     T = args.epochs * (len(y) // 250)
     print(
         f"model.fit of a 784-100-50-10 network: {T} iterations, {args.repeats} pairs of runs"
@@ -122,20 +116,17 @@ def main() -> None:
     for part, label in rows:
         plain = [t[part] for t in times[False]]
         recorded = [t[part] for t in times[True]]
+        best, median, pairs = overheads(recorded, plain)
         print(
             f"  {label:23s}  plain best {min(plain):5.2f} s (median {statistics.median(plain):5.2f})"
             f"  with the recorder best {min(recorded):5.2f} s (median {statistics.median(recorded):5.2f})"
-            f"  overhead best {100 * (min(recorded) / min(plain) - 1):+5.1f} %"
-            f" median {100 * (statistics.median(recorded) / statistics.median(plain) - 1):+5.1f} %"
-            f" median of pairs {100 * (statistics.median(map(truediv, recorded, plain)) - 1):+5.1f} %"
+            f"  overhead best {100 * best:+5.1f} %"
+            f" median {100 * median:+5.1f} %"
+            f" median of pairs {100 * pairs:+5.1f} %"
         )
     one_off = statistics.median(t[0] - t[1] for t in times[True])
     loading = statistics.median(t[0] - t[2] for t in times[True])
     print(
         f"  recorder start and end (one-off): {one_off:.2f} s, of which {loading:.2f} s is the one"
-        " call of data_fn that checks it loads (this script's loader generates the random data)"
+        " call of data_fn that checks it loads (this benchmark's loader generates the random data)"
     )
-
-
-if __name__ == "__main__":
-    main()

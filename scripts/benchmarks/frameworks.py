@@ -1,7 +1,7 @@
 """TensorFlow against PyTorch on the paper's networks, side by side in one run.
 
-    python scripts/bench_torch.py --set data.path=../shared/data/mnist.npz
-    python scripts/bench_torch.py --networks fc --iterations 4 --repeats 3
+    python scripts/bench.py torch --set data.path=../shared/data/mnist.npz
+    python scripts/bench.py torch --networks fc --iterations 4 --repeats 3
 
 For MNIST-FC and MNIST-LeNet (``configs/mnist_fc_sgd.yaml``, ``configs/mnist_lenet_sgd.yaml``)
 a short TensorFlow run is trained and its torch twin made from it
@@ -9,7 +9,7 @@ a short TensorFlow run is trained and its torch twin made from it
 same allocation work. Measured, alternating which framework goes first in every repeat:
 
 * one full-set gradient (train and validation splits, as ``lca allocate`` evaluates them);
-* the allocation of the first work unit, per iteration (adaptive rule, float32), with the
+* the allocation of the first block, per iteration (adaptive rule, float32), with the
   gradients per iteration each needed (equal when both agree on the sub-intervals);
 * the torch recorder's cost on a training step: a plain torch loop of the MNIST-FC network
   (batch 250, SGD with momentum) with ``lca.torch.TrajectoryRecorder`` and without.
@@ -22,29 +22,41 @@ counts unless ``--threads`` is given.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+from .common import ROOT, interleave, median_ratio, scratch, timed
 
-from lca.allocation import ChunkAllocator, resolve_settings  # noqa: E402
-from lca.allocation.backends import configure  # noqa: E402
-from lca.config import load_config  # noqa: E402
-from lca.storage import open_trajectory, read_run_config  # noqa: E402
-from lca.training import train  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"fc": "configs/mnist_fc_sgd.yaml", "lenet": "configs/mnist_lenet_sgd.yaml"}
 #: iterations allocated by default: a LeNet gradient on all 60,000 examples takes seconds
 ITERATIONS = {"fc": 8, "lenet": 2}
 
 
-def allocator(run: Path) -> ChunkAllocator:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="config override, key=value"
+    )
+    parser.add_argument("--networks", nargs="+", default=["fc", "lenet"], choices=list(CONFIGS))
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        help=f"allocated per network [{', '.join(f'{k} {v}' for k, v in ITERATIONS.items())}]",
+    )
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--record-steps", type=int, default=440)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--autocast", action="store_true", help="only: would torch's bfloat16 autocast pay?"
+    )
+
+
+def allocator(run: Path):
+    from lca.allocation import BlockAllocator, resolve_settings
+    from lca.storage import open_trajectory, read_run_config
+
     config = read_run_config(run)
     settings = resolve_settings(
         config.allocate,
@@ -52,17 +64,14 @@ def allocator(run: Path) -> ChunkAllocator:
         precision="float32",
         framework=config.framework,
     )
-    return ChunkAllocator(run, settings)
-
-
-def timed(fn) -> float:
-    began = time.perf_counter()
-    fn()
-    return time.perf_counter() - began
+    return BlockAllocator(run, settings)
 
 
 def serve(run: str, threads: int | None, tasks, results) -> None:
     """A worker process holding one framework's allocator: times what it is asked to."""
+    from lca.allocation.backends import configure
+    from lca.storage import open_trajectory, read_run_config
+
     configure(read_run_config(run).framework, threads)
     a = allocator(Path(run))
     theta = open_trajectory(run).theta[:2]
@@ -77,17 +86,20 @@ def serve(run: str, threads: int | None, tasks, results) -> None:
             results.put((time.perf_counter() - began, result.evaluations))
 
 
-def compare_allocation(name: str, args, tmp: Path) -> None:
+def compare_allocation(name: str, args: argparse.Namespace, tmp: Path) -> None:
     """Both frameworks in processes of their own (their thread pools would compete in one),
     asked in turn, alternating which goes first."""
     import multiprocessing as mp
 
+    from lca.config import load_config
+    from lca.storage import open_trajectory
     from lca.torch.twin import torch_twin
+    from lca.training import train
 
     iterations = args.iterations or ITERATIONS[name]
-    overrides = [*args.set, f"training.iterations={iterations}"]
+    overrides = [*args.overrides, f"training.iterations={iterations}"]
     config = load_config(ROOT / CONFIGS[name], overrides)
-    config.allocate.chunk_iterations = iterations
+    config.allocate.block_iterations = iterations
     keras_run = train(config, tmp / f"{name}_tf", progress=False).run_dir
     runs = {"tensorflow": keras_run, "torch": torch_twin(keras_run, tmp / f"{name}_torch")}
     ctx = mp.get_context("spawn")
@@ -103,21 +115,23 @@ def compare_allocation(name: str, args, tmp: Path) -> None:
         workers[fw][1].put(task)
         return workers[fw][2].get()
 
-    gradient = {fw: [] for fw in runs}
-    per_iteration = {fw: [] for fw in runs}
-    evaluations = {}
-    for r in range(args.repeats):
-        for fw in list(runs) if r % 2 == 0 else list(reversed(runs)):
-            gradient[fw].append(ask(fw, "gradient")[0])
-            seconds, evaluations[fw] = ask(fw, "allocate")
-            per_iteration[fw].append(seconds / iterations)
+    def both(fw: str):
+        def gradient_and_allocation(_round: int) -> tuple[float, float, int]:
+            gradient = ask(fw, "gradient")[0]
+            seconds, evaluations = ask(fw, "allocate")
+            return gradient, seconds / iterations, evaluations
+
+        return gradient_and_allocation
+
+    times = interleave({fw: both(fw) for fw in runs}, args.repeats)
     for process, tasks, _ in workers.values():
         tasks.put(None)
         process.join()
-    ratio_g = statistics.median(t / f for t, f in zip(gradient["torch"], gradient["tensorflow"]))
-    ratio_a = statistics.median(
-        t / f for t, f in zip(per_iteration["torch"], per_iteration["tensorflow"])
-    )
+    gradient = {fw: [t[0] for t in times[fw]] for fw in runs}
+    per_iteration = {fw: [t[1] for t in times[fw]] for fw in runs}
+    evaluations = {fw: times[fw][-1][2] for fw in runs}
+    ratio_g = median_ratio(gradient["torch"], gradient["tensorflow"])
+    ratio_a = median_ratio(per_iteration["torch"], per_iteration["tensorflow"])
     label = {"fc": "MNIST-FC", "lenet": "MNIST-LeNet"}[name]
     size = open_trajectory(keras_run).theta.shape[1]
     print(f"{label} ({size:,} parameters, {iterations} iterations allocated)")
@@ -130,7 +144,7 @@ def compare_allocation(name: str, args, tmp: Path) -> None:
     print(f"  torch / TensorFlow: gradient ×{ratio_g:.2f}, allocation ×{ratio_a:.2f}")
 
 
-def recorder_overhead(args, tmp: Path) -> None:
+def recorder_overhead(args: argparse.Namespace, tmp: Path) -> None:
     import torch
 
     from lca.torch import TrajectoryRecorder
@@ -163,11 +177,11 @@ def recorder_overhead(args, tmp: Path) -> None:
         return time.perf_counter() - began
 
     loop(-1, False), loop(-2, True)
-    plain, recorded = [], []
-    for r in range(args.repeats):
-        for record in (True, False) if r % 2 == 0 else (False, True):
-            (recorded if record else plain).append(loop(r, record))
-    ratio = statistics.median(a / b for a, b in zip(recorded, plain))
+    times = interleave(
+        {True: lambda i: loop(i, True), False: lambda i: loop(i, False)}, args.repeats
+    )
+    plain, recorded = times[False], times[True]
+    ratio = median_ratio(recorded, plain)
     print(
         f"torch recorder on a 784-100-50-10 training loop ({steps} steps of batch 250, SGD): "
         f"plain {statistics.median(plain) / steps * 1e3:.2f} ms/step, recorded "
@@ -199,11 +213,11 @@ def autocast_check(repeats: int) -> None:
             return objective(theta)["train"][1]
 
     exact, reduced = gradient(False), gradient(True)
-    times = {False: [], True: []}
-    for r in range(repeats):
-        for bf16 in (False, True) if r % 2 == 0 else (True, False):
-            times[bf16].append(timed(lambda bf16=bf16: gradient(bf16)))
-    speed = statistics.median(a / b for a, b in zip(times[False], times[True]))
+    times = interleave(
+        {bf16: lambda _round, bf16=bf16: timed(lambda: gradient(bf16)) for bf16 in (False, True)},
+        repeats,
+    )
+    speed = median_ratio(times[False], times[True])
     errors = ", ".join(
         f"{e.name} {np.linalg.norm(reduced[s] - exact[s]) / np.linalg.norm(exact[s]):.1e}"
         for e in layout.entries
@@ -215,33 +229,16 @@ def autocast_check(repeats: int) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], help="config override, key=value")
-    parser.add_argument("--networks", nargs="+", default=["fc", "lenet"], choices=list(CONFIGS))
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        help=f"allocated per network [{', '.join(f'{k} {v}' for k, v in ITERATIONS.items())}]",
-    )
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--record-steps", type=int, default=440)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument(
-        "--autocast", action="store_true", help="only: would torch's bfloat16 autocast pay?"
-    )
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> None:
+    from lca.allocation.backends import configure
+
     if args.threads:
         configure("tensorflow", args.threads)
         configure("torch", args.threads)
     if args.autocast:
         autocast_check(max(args.repeats, 3))
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch() as tmp:
         for name in args.networks:
-            compare_allocation(name, args, Path(tmp))
-        recorder_overhead(args, Path(tmp))
-
-
-if __name__ == "__main__":
-    main()
+            compare_allocation(name, args, tmp)
+        recorder_overhead(args, tmp)
