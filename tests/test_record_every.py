@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 from test_resume import _interrupt_at, assert_bitwise_equal, snapshot
 
 import lca
@@ -79,6 +80,31 @@ def test_segments_allocate_within_the_threshold_and_conserve(every_k, tmp_path):
     assert abs(sums.sum() - (loss[-1] - loss[0])) <= threshold * len(sums)
     assert lca.verify_error(run_dir).passed
     assert check_run(run_dir).ok
+    done = CliRunner().invoke(main, ["report", str(run_dir), "--out", str(tmp_path / "report")])
+    assert done.exit_code == 0, done.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "> θ every 7 optimizer steps: each iteration of this run is a segment of 7" in text
+
+
+def test_causes_refuse_segments_in_one_line(every_k, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(every_k, run_dir)
+    done = CliRunner().invoke(main, ["allocate", str(run_dir), "--causes"])
+    assert done.exit_code == 2
+    assert_one_line_error(done.stderr, "--causes", "needs θ of every optimizer step", "every 7")
+
+
+def test_describe_says_the_theta_storage_and_the_k_a_budget_fits():
+    args = ["describe", str(CONFIGS / "tiny_fc.yaml"), "--record-every", "7"]
+    done = CliRunner().invoke(main, [*args, "--disk-budget", "20kB"])
+    assert done.exit_code == 0, done.output
+    # 1,210 parameters: 7 rows (θ at 0, 7, …, 35, 40) of 4,840 bytes; 20 kB holds 4 rows
+    assert "θ storage: 33.9 kB (7 rows of 1210 float32 parameters: θ every 7 steps" in done.stdout
+    assert "disk budget 20 kB: training.record_every: 14 fits (19.4 kB of θ)" in done.stdout
+    plain = CliRunner().invoke(main, ["describe", str(CONFIGS / "tiny_fc.yaml")])
+    assert "θ storage" not in plain.stdout  # the layout alone, as always
 
 
 def test_a_killed_every_k_run_resumes_bitwise(tmp_path, monkeypatch):

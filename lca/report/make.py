@@ -129,6 +129,16 @@ def make_report(
     return report if report.out_dir == target else report.moved_to(target)
 
 
+def _segment_notes(inputs: ReportRuns) -> list[str]:
+    """What an iteration is, for runs that store θ every k steps or from checkpoints."""
+    notes = {run.trajectory.segment_note() for run in [*inputs.runs, *inputs.others]}
+    return [
+        f"> {note}. Measures counted in iterations (oscillation periods, iterations per "
+        "direction change) count segments, not optimizer steps."
+        for note in sorted(n for n in notes if n)
+    ]
+
+
 def _write_report(inputs: ReportRuns, out: Path) -> Report:
     """Build, draw and write every section into the local folder ``out``."""
     style = PlotStyle(loss_unit=inputs.loss_unit)
@@ -141,6 +151,10 @@ def _write_report(inputs: ReportRuns, out: Path) -> Report:
         figures.update(drawn)
         entries.update(section.data)
         texts.append(section.markdown(drawn))
+    notes = _segment_notes(inputs)
+    if notes:  # under the title, before the headline table
+        head, sep, rest = texts[0].partition("\n\n## ")
+        texts[0] = "\n\n".join([head, *notes]) + sep + rest
     entries["figures"] = {k: p.name for k, p in figures.items()}
     unknown = entries.keys() - set(JSON_LAYOUT)
     if unknown:
