@@ -240,10 +240,20 @@ override_option = option(
 
 @main.command()
 @click.argument("config_file", metavar="CONFIG_FILE|RUN")
+@option(
+    "--record-every",
+    type=click.IntRange(min=1),
+    show_default="training.record_every (config)",
+    help="Say how much θ the run stores with θ every K steps.",
+)
+@option("--disk-budget", metavar="SIZE", help="Say which record_every fits SIZE (e.g. 50GB).")
 @override_option
 @friendly_errors
-def describe(config_file: str, overrides: tuple[str, ...]) -> None:
+def describe(config_file: str, record_every, disk_budget, overrides: tuple[str, ...]) -> None:
     """Print the parameter layout (layers, shapes, counts) of CONFIG_FILE's model.
+
+    With --record-every or --disk-budget (or a config storing θ every k steps), also how
+    much θ the run stores, and which training.record_every fits the budget.
 
     For a RUN directory: what allocating it would execute (its builders), its stores'
     status, versions and checksums, and its layout, without building or importing anything.
@@ -263,10 +273,12 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
     from .layout.describe import describe_layout
 
     config = load_config(config_file, overrides)
+    storage = _theta_storage(config, record_every, disk_budget)
     if config.model.builder is not None:  # a user's model needs no data to be built
         layout = model_layout(config, (), 0)
         click.echo(f"{config.name}: model {config.model.builder}, loss {config.model.loss}")
         click.echo(describe_layout(layout))
+        storage(layout.total)
         return
     input_shape, num_classes = input_spec(config.data)
     layout = model_layout(config, input_shape, num_classes)
@@ -278,6 +290,22 @@ def describe(config_file: str, overrides: tuple[str, ...]) -> None:
         f"{num_classes} classes"
     )
     click.echo(describe_layout(layout))
+    storage(layout.total)
+
+
+def _theta_storage(config, record_every: int | None, disk_budget: str | None):
+    """A function printing θ's storage for K parameters, where describe was asked for it."""
+    from .training.segments import parse_size, storage_lines
+
+    budget = None if disk_budget is None else parse_size(disk_budget)
+    k = record_every or config.training.record_every
+
+    def show(num_params: int) -> None:
+        if record_every or budget is not None or k > 1:
+            lines = storage_lines(num_params, config.training.iterations, k, budget)
+            click.echo("\n".join(lines))
+
+    return show
 
 
 @main.command()
@@ -699,6 +727,59 @@ def prune(run_dir, by, fractions, scope, split, include, seeds, out) -> None:
         raise click.UsageError(str(exc)) from None
     click.echo(table.headline_table())
     click.echo(f"pruning results written to {table.out_dir}")
+
+
+@main.command("import")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("checkpoints", nargs=-1, required=True)
+@option(
+    "--out",
+    type=click.Path(file_okay=False),
+    show_default="runs/<config name>",
+    help="Run directory.",
+)
+@option(
+    "--steps",
+    metavar="S0,S1,…",
+    show_default="the number in each file name",
+    help="The optimizer step of each checkpoint, in order.",
+)
+@option(
+    "--pattern",
+    default="*",
+    show_default=True,
+    help="Which files of a CHECKPOINTS folder to read (a glob).",
+)
+@option(
+    "--allow-gaps",
+    is_flag=True,
+    help="Accept a missing checkpoint of an evenly spaced sequence (one longer segment).",
+)
+@option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@override_option
+@friendly_errors
+def import_checkpoints(
+    config_file, checkpoints, out, steps, pattern, allow_gaps, overwrite, overrides
+) -> None:
+    """Make a run from saved checkpoints (Keras .weights.h5, torch state dicts, .safetensors).
+
+    CHECKPOINTS are files in training order, or folders (read in step order). CONFIG_FILE
+    builds the model and data as for `lca train`; then allocate, verify and report the run
+    as a recorded one: each iteration is the segment between two checkpoints.
+    """
+    from .training import checkpoints as imports
+
+    config = load_config(config_file, overrides)
+    sequence = imports.checkpoint_sequence(
+        checkpoints, steps=imports.parse_steps(steps), pattern=pattern, allow_gaps=allow_gaps
+    )
+    run_dir = location(out) if out else Path("runs") / config.name
+    result = imports.import_checkpoints(config, sequence, run_dir, overwrite=overwrite)
+    every = f"every {result.record_every} steps" if result.record_every else "irregular steps"
+    click.echo(
+        f"imported {result.checkpoints} checkpoints (steps {result.first_step}..."
+        f"{result.last_step}, {every}) into {run_dir} ({result.seconds:.1f} s)"
+    )
 
 
 @main.command()
