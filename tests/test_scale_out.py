@@ -54,8 +54,10 @@ def test_a_run_at_a_memory_url_is_trained_allocated_and_reported_through_fsspec(
         }
         assert memory.exists("/lca-tests/tiny_fc/lca.zarr/train/lca/zarr.json")
         assert not Path("memory:").exists() and not Path("lca-tests").exists()
-        # the same numbers as the same run on a local path
-        assert_same_arrays(lca_arrays(url), lca_arrays(one_thread))
+        # the same numbers as the same run on a local path: this process's TensorFlow runs on
+        # its default thread count (fixed when it started, whatever --threads asks), which sums
+        # in another order than one thread; on 2 cores that happens to be bitwise the same
+        _assert_same_up_to_thread_rounding(lca_arrays(url), lca_arrays(one_thread))
         assert verify_error(url).passed
         verdict = runner.invoke(main, ["verify-error", url])
         assert verdict.exit_code == 0 and "PASS" in verdict.output
@@ -67,6 +69,20 @@ def test_a_run_at_a_memory_url_is_trained_allocated_and_reported_through_fsspec(
         assert memory.exists("/lca-tests/tiny_fc/report/fig3a_percent_helped.png")
     finally:
         memory.rm("/lca-tests", recursive=True)
+
+
+def _assert_same_up_to_thread_rounding(got: dict, want: dict) -> None:
+    """Arrays of an allocation on another TensorFlow thread count: the same arrays, integers
+    and flags equal, floats within 1e-4 of the array's largest magnitude (a thread count
+    changes only float32 summation order: test_allocation.py's test of threads)."""
+    assert got.keys() == want.keys(), (sorted(got), sorted(want))
+    for name, value in want.items():
+        assert got[name].shape == value.shape and got[name].dtype == value.dtype, name
+        if np.issubdtype(value.dtype, np.floating):
+            scale = float(np.nanmax(np.abs(value))) if np.isfinite(value).any() else 0.0
+            np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-4 * scale, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_worker_processes_write_through_a_file_url(trained_runs, one_thread, tmp_path):
