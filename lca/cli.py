@@ -144,6 +144,7 @@ def _parse_range(value: str | None) -> tuple[int, int] | None:
 PIPELINE = {
     "describe": "lca describe configs/mnist_fc_sgd.yaml",
     "train": "lca train configs/mnist_fc_sgd.yaml",
+    "import": "lca import configs/mnist_fc_sgd.yaml checkpoints/",
     "allocate": "lca allocate runs/mnist_fc_sgd",
     "verify-error": "lca verify-error runs/mnist_fc_sgd",
     "report": "lca report runs/mnist_fc_sgd",
