@@ -256,7 +256,7 @@ class TrainingConfig:
     # (val_accuracy), printed at most every 100
     log_every: int = 100
     # store θ every k optimizer steps (and the last one): each iteration of the allocation is
-    # then the straight segment between two stored θ (docs/checkpoints.md)
+    # then the straight segment between two stored θ
     record_every: int = 1
 
     def validate(self) -> dict[str, str]:
