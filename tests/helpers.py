@@ -175,30 +175,77 @@ def assert_one_line_error(failure, *needles: str, exit_code: int = 2, alone: boo
 
 
 class SmallDisk:
-    """A size-limited tmpfs mounted at ``path`` (disk-full tests); ``resize`` it at will."""
+    """A size-limited tmpfs at ``path`` (disk-full tests); ``resize`` it at will.
+
+    As root it is mounted at the folder. Another user may not mount, but may in a user and
+    mount namespace of its own (``unshare -rm``, where user namespaces are enabled): a process
+    there holds the tmpfs, and everyone reaches it as ``/proc/PID/root/<folder>``. Such a
+    tmpfs cannot be remounted from outside, so it is made at its largest size and a ballast
+    file at its root takes up what a smaller size would not have.
+    """
+
+    BALLAST = ".ballast"
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.holder: subprocess.Popen | None = None
+        self.largest_kib = 0
 
     def mount(self, size_kib: int) -> bool:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(self.path)],
+        if os.geteuid() == 0:
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(self.path)],
+                capture_output=True,
+                text=True,
+            )
+            self.why_not = done.stderr.strip()
+            return done.returncode == 0
+        folder = self.path.resolve()
+        script = f"mount -t tmpfs -o size={size_kib}k tmpfs '{folder}' && echo ready && exec cat"
+        try:
+            self.holder = subprocess.Popen(
+                ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as exc:
+            self.why_not = f"not root, and no unshare: {exc}"
+            return False
+        if self.holder.stdout.readline().strip() != "ready":
+            self.why_not = "not root, and no user namespace: " + self.holder.communicate()[1]
+            self.holder = None
+            return False
+        self.path = Path(f"/proc/{self.holder.pid}/root{folder}")
+        self.largest_kib = size_kib
+        return True
+
+    def resize(self, size_kib: int) -> None:
+        if self.holder is None:
+            subprocess.run(
+                ["mount", "-o", f"remount,size={size_kib}k", str(self.path)],
+                check=True,
+                capture_output=True,
+            )
+            return
+        assert size_kib <= self.largest_kib, "made at its largest size"
+        ballast = self.path / self.BALLAST
+        ballast.unlink(missing_ok=True)
+        with open(ballast, "wb") as file:
+            file.write(bytes(1024 * (self.largest_kib - size_kib)))
+
+    def used_kib(self) -> int:
+        du = subprocess.run(
+            ["du", "-sk", f"--exclude={self.BALLAST}", str(self.path)],
             capture_output=True,
             text=True,
         )
-        self.why_not = done.stderr.strip()
-        return done.returncode == 0
-
-    def resize(self, size_kib: int) -> None:
-        subprocess.run(
-            ["mount", "-o", f"remount,size={size_kib}k", str(self.path)],
-            check=True,
-            capture_output=True,
-        )
-
-    def used_kib(self) -> int:
-        du = subprocess.run(["du", "-sk", str(self.path)], capture_output=True, text=True)
         return int(du.stdout.split()[0])
 
     def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        if self.holder is None:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+            return
+        self.holder.stdin.close()  # its cat ends: the namespace and its tmpfs go with it
+        self.holder.wait()
