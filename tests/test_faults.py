@@ -57,9 +57,9 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 # Which command reads each array of a tiny_fc run (train and val allocated). The arrays no
 # command reads (training metrics, gradients) are reported by `lca check`.
 READER = {
-    (TRAJECTORY_STORE, "theta"): ["allocate", "--restart"],
-    (TRAJECTORY_STORE, "train_indices"): ["allocate", "--restart"],
-    (TRAJECTORY_STORE, "val_indices"): ["allocate", "--restart"],
+    (TRAJECTORY_STORE, "theta"): ["allocate", "--overwrite"],
+    (TRAJECTORY_STORE, "train_indices"): ["allocate", "--overwrite"],
+    (TRAJECTORY_STORE, "val_indices"): ["allocate", "--overwrite"],
     (TRAJECTORY_STORE, "loss"): ["check"],
     (TRAJECTORY_STORE, "accuracy"): ["check"],
     (TRAJECTORY_STORE, "val_accuracy"): ["check"],

@@ -142,7 +142,7 @@ def test_allocate_errors_name_the_flag_typed(fresh_run):
     result = cli_in_process("allocate", run_dir, "--max-intervals", "3")
     assert_one_line_error(result, "error: --max-intervals: must be a power of two", alone=True)
     result = cli_in_process("allocate", run_dir, "--workers", "2", "--ray", "auto")
-    assert_one_line_error(result, "--gpus, --workers and --ray exclude each other", alone=True)
+    assert_one_line_error(result, "--gpus, --workers and --ray are exclusive", alone=True)
 
 
 def test_every_option_has_help_and_shows_its_default_one_way():

@@ -108,7 +108,7 @@ class Execution:
             object.__setattr__(self, "gpus", tuple(self.gpus))
         chosen = [self.gpus is not None, self.workers != 1, self.ray is not None]
         if sum(chosen) > 1:
-            raise RunError("execution.gpus, execution.workers and execution.ray exclude each other")
+            raise RunError("execution.gpus, execution.workers and execution.ray are exclusive")
         if self.workers < 1:
             raise RunError("execution.workers: must be >= 1")
         if self.ray is None and (self.gpus_per_task or self.cpus_per_task is not None):

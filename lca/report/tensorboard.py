@@ -102,8 +102,9 @@ def _common_parent(runs: Sequence[Path]) -> Path:
 
 def _write_run(run: Run, out: Path, max_histograms: int, chunk_rows: int) -> Path:
     notes = _level_notes(run)
-    if notes:
-        warnings.warn(f"{run.path}: {' '.join(notes)}", stacklevel=3)
+    lacking = [note for note in notes if not note.startswith(NO_CAUSES)]  # --causes: optional
+    if lacking:
+        warnings.warn(f"{run.path}: {' '.join(lacking)}", stacklevel=3)
     splits = run.splits
     if splits:
         run.require_allocated()
@@ -135,6 +136,9 @@ def _write_run(run: Run, out: Path, max_histograms: int, chunk_rows: int) -> Pat
     return out
 
 
+NO_CAUSES = "allocated without --causes"
+
+
 def _level_notes(run: Run) -> list[str]:
     """What this run's store cannot show, as one sentence (empty when nothing is missing)."""
     if not run.splits:
@@ -152,7 +156,7 @@ def _level_notes(run: Run) -> list[str]:
         )
     if not run.has_causes:
         notes.append(
-            f"allocated without --causes: no causes/ scalars nor replay_residual are written "
+            f"{NO_CAUSES}: no causes/ scalars nor replay_residual are written "
             f"(`lca allocate {run.path} --causes` adds them)."
         )
     return notes

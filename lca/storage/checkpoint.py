@@ -226,6 +226,10 @@ def resume_plan(run_dir: Path, config_yaml: str, *, resume: bool | None, overwri
             "change the config and pass --overwrite"
         )
     saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    if isinstance(saved.get("allocate"), dict):  # saved before keys were renamed: new names
+        from ..config import renamed_keys
+
+        saved["allocate"] = renamed_keys(saved["allocate"], "allocate.", note=False)
     differences = _differences(saved, yaml.safe_load(config_yaml) or {})
     if differences:
         raise RunError(
