@@ -107,6 +107,12 @@ def test_describe_says_the_theta_storage_and_the_k_a_budget_fits():
     assert "θ storage" not in plain.stdout  # the layout alone, as always
 
 
+def test_describe_of_a_run_says_what_an_iteration_is(every_k):
+    done = CliRunner().invoke(main, ["describe", str(every_k)])
+    assert done.exit_code == 0, done.output
+    assert "optimizer steps 0..40; θ every 7 optimizer steps: each iteration" in done.stdout
+
+
 def test_a_killed_every_k_run_resumes_bitwise(tmp_path, monkeypatch):
     monkeypatch.setenv("LCA_CHUNK_ROWS", "2")  # a checkpoint every 2 stored θ: 6 steps
     runner = CliRunner()

@@ -70,6 +70,12 @@ def describe_run(run_dir: str | Path) -> RunDescription:
         state = "complete" if attrs.get("complete", False) else "incomplete"
         trajectory = f"{steps} of {total} steps recorded, {state} (status: "
         trajectory += f"{attrs.get('status', 'unknown')})"
+        if "steps" in group:  # θ every k steps, or from checkpoints
+            from ..storage.trajectory import segment_note
+
+            stored = group["steps"][:]
+            note = segment_note(attrs.asdict(), stored)
+            trajectory += f"; optimizer steps {stored[0]}..{stored[-1]}; {note}"
         versions = {str(k): str(v) for k, v in (attrs.get("versions") or {}).items()}
         if "layout" in attrs:
             layout = describe_layout(ParameterLayout.from_json(attrs["layout"]))
