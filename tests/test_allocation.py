@@ -20,7 +20,7 @@ from helpers import (
     set_theta,
 )
 
-from lca.allocation import allocate, chunks_for, parse_gpus
+from lca.allocation import allocate, blocks_for, parse_gpus
 from lca.analysis.diagnostics import verify_error
 from lca.cli import main
 from lca.storage import LCA_STORE, RunError, open_trajectory
@@ -116,11 +116,11 @@ def test_objective_matches_an_eager_reference_and_ignores_moving_statistics(trai
 def test_gradient_work_reuses_endpoints(fresh_run):
     run_dir = fresh_run("tiny_fc")
     summary = allocate(run_dir, rule="simpson", progress=False)
-    chunks = len(chunks_for(summary.iterations_total, 8, None))
+    chunks = len(blocks_for(summary.iterations_total, 8, None))
     # per iteration: the end point and the interior nodes; one extra start per work unit
-    splits = lca_arrays(run_dir)["train/splits"]
-    assert summary.gradient_evaluations == int(splits.sum()) + chunks
-    assert set(np.unique(splits)) <= {2, 4, 8, 16, 32}
+    intervals = lca_arrays(run_dir)["train/intervals"]
+    assert summary.gradient_evaluations == int(intervals.sum()) + chunks
+    assert set(np.unique(intervals)) <= {2, 4, 8, 16, 32}
 
 
 def test_partial_allocation_then_resume_equals_one_go(fresh_run, allocated_tiny_run):
@@ -180,7 +180,7 @@ def test_verify_error_cli(fresh_run):
 
 def test_verify_error_fails_when_the_threshold_cannot_be_met(fresh_run):
     run_dir = fresh_run("tiny_fc")
-    allocate(run_dir, threshold=1e-12, max_splits=4, progress=False)
+    allocate(run_dir, threshold=1e-12, max_intervals=4, progress=False)
     report = verify_error(run_dir)
     assert not report.passed
     assert any("even at 4 sub-intervals" in f for f in report.failures())
@@ -390,7 +390,7 @@ def test_subset_resume_needs_the_same_subset_and_fits_the_train_set(fresh_run):
     with pytest.raises(RunError, match="other settings"):
         allocate(run_dir, progress=False)
     assert allocate(run_dir, subset_size=500, progress=False).complete
-    result = cli_in_process("allocate", str(run_dir), "--subset", "1600", "--restart")
+    result = cli_in_process("allocate", str(run_dir), "--subset", "1600", "--overwrite")
     assert_one_line_error(result, "smaller than the 1600 training examples", alone=True)
     with pytest.raises(RunError, match="check_every"):
         allocate(run_dir, check_every=4, restart=True, progress=False)
@@ -461,7 +461,7 @@ def test_per_class_lca_sums_to_the_total(fresh_run, name):
     run_dir = fresh_run(name)
     N = 4  # iterations, one work unit (the ResNet's are refined into 4 to 16 sub-intervals)
     config = run_dir / "config.yaml"
-    config.write_text(config.read_text().replace("chunk_iterations: 8", f"chunk_iterations: {N}"))
+    config.write_text(config.read_text().replace("block_iterations: 8", f"block_iterations: {N}"))
     plain = allocate(run_dir, progress=False, iterations=(0, N))
     plain_arrays = lca_arrays(run_dir)
     shutil.rmtree(run_dir / LCA_STORE)
@@ -481,7 +481,9 @@ def test_per_class_lca_sums_to_the_total(fresh_run, name):
         # per-class gradients summed: float32 rounding only (measured: 2e-7 of the largest A)
         plain_lca = plain_arrays[f"{split}/lca"][:N]
         np.testing.assert_allclose(lca, plain_lca, rtol=0, atol=1e-6 * np.abs(plain_lca).max())
-        np.testing.assert_array_equal(group["splits"][:N], plain_arrays[f"{split}/splits"][:N])
+        np.testing.assert_array_equal(
+            group["intervals"][:N], plain_arrays[f"{split}/intervals"][:N]
+        )
         per_layer = np.stack(
             [
                 np.bincount(layout.layer_index(), weights=row, minlength=len(layout.layers))

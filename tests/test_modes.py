@@ -7,7 +7,7 @@ import pytest
 import zarr
 from helpers import cli_in_process
 
-from lca.allocation import allocate, chunks_for, load_objective
+from lca.allocation import allocate, blocks_for, load_objective
 from lca.analysis.diagnostics import verify_error
 from lca.storage import LCA_STORE, open_trajectory
 
@@ -53,14 +53,14 @@ def test_endpoint_first_rule_refines_exactly_where_the_trapezoid_errs(fresh_run,
     assert 0 < accepted.sum() < rows
     for split in ("train", "val"):
         a, p = split_arrays(fast, split), split_arrays(paper, split)
-        n = a["splits"][:rows]
+        n = a["intervals"][:rows]
         np.testing.assert_array_equal(n == 1, accepted)
         # the losses and endpoint gradients are those of the paper's rule, bit for bit …
         np.testing.assert_array_equal(a["loss"][: rows + 1], p["loss"][: rows + 1])
         np.testing.assert_array_equal(a["grad"][: rows + 1], p["grad"][: rows + 1])
         # … where refined, so is the LCA; where accepted, it is the trapezoid on the ends
         np.testing.assert_array_equal(a["lca"][:rows][~accepted], p["lca"][:rows][~accepted])
-        np.testing.assert_array_equal(n[~accepted], p["splits"][:rows][~accepted])
+        np.testing.assert_array_equal(n[~accepted], p["intervals"][:rows][~accepted])
         np.testing.assert_allclose(a["error"][:rows][accepted], trap[split][accepted], atol=1e-12)
         # conservation, per iteration, within the thresholds
         error = a["error"][:rows]
@@ -72,10 +72,10 @@ def test_endpoint_first_rule_refines_exactly_where_the_trapezoid_errs(fresh_run,
         assert np.abs(error[accepted]).max() <= tolerance
         assert np.abs(error).max() <= threshold
     # one new gradient per accepted step, n per refined one, one extra start per work unit
-    units = len(chunks_for(summary.iterations_total, 8, (0, rows)))  # rows 0-15
-    used = split_arrays(fast)["splits"][: 8 * units]
+    units = len(blocks_for(summary.iterations_total, 8, (0, rows)))  # rows 0-15
+    used = split_arrays(fast)["intervals"][: 8 * units]
     assert summary.gradient_evaluations == int(used.sum()) + units
-    paper_evaluations = int(split_arrays(paper)["splits"][: 8 * units].sum()) + units
+    paper_evaluations = int(split_arrays(paper)["intervals"][: 8 * units].sum()) + units
     assert summary.gradient_evaluations < paper_evaluations
 
 
@@ -162,7 +162,7 @@ def test_reduced_precision_conserves_and_falls_back_to_float32_where_it_must(fre
     rows = 8
     # tiny LeNet's large steps need more than 8 sub-intervals for 1e-4 in some iterations:
     # bfloat16 gives up on those and redoes them in float32
-    options = dict(threshold=1e-4, max_splits=8, iterations=(0, rows), progress=False)
+    options = dict(threshold=1e-4, max_intervals=8, iterations=(0, rows), progress=False)
     allocate(exact, **options)
     allocate(reduced, precision="bfloat16", **options)
     for split in ("train", "val"):
@@ -207,12 +207,12 @@ def test_mode_options_are_checked(fresh_run):
         "allocate", str(run_dir), "--rule", "simpson", "--trapezoid-threshold", "1e-4"
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "error: allocate.trapezoid_threshold: applies to rule: adaptive only"
+    assert result.stderr.strip() == (  # the setting named by the flag typed
+        "error: --trapezoid-threshold: applies to rule: adaptive only"
     )
     result = cli_in_process("allocate", str(run_dir), "--per-class", "--precision", "bfloat16")
     assert result.returncode == 2
-    assert "per_class needs precision: float32" in result.stderr
+    assert "--precision: --per-class needs precision: float32" in result.stderr
 
 
 def test_precision_auto_picks_bfloat16_only_on_cpus_with_bf16_units():

@@ -212,16 +212,17 @@ def test_both_backends_give_the_same_lca_gradients_and_sub_intervals(both):
     k, t = both
     settings = load_config(CONFIGS / "tiny_fc.yaml").allocate
     thresholds = {
-        level.splits: level.threshold
-        for level in refinement_levels(settings.rule, settings.threshold, settings.max_splits)
+        level.intervals: level.threshold
+        for level in refinement_levels(settings.rule, settings.threshold, settings.max_intervals)
     }
-    np.testing.assert_array_equal(k["train/splits"], k["val/splits"])  # one count per iteration
-    np.testing.assert_array_equal(t["train/splits"], t["val/splits"])
-    same = k["train/splits"] == t["train/splits"]
+    # one count per iteration
+    np.testing.assert_array_equal(k["train/intervals"], k["val/intervals"])
+    np.testing.assert_array_equal(t["train/intervals"], t["val/intervals"])
+    same = k["train/intervals"] == t["train/intervals"]
     for it in np.flatnonzero(~same):
-        coarse = k if k["train/splits"][it] < t["train/splits"][it] else t
+        coarse = k if k["train/intervals"][it] < t["train/intervals"][it] else t
         worst = max(abs(coarse[f"{split}/error"][it]) for split in SPLITS)
-        limit = thresholds[int(coarse["train/splits"][it])]
+        limit = thresholds[int(coarse["train/intervals"][it])]
         assert limit - 1e-6 <= worst <= limit, (it, worst, limit)
     assert same.mean() >= 0.9, "more than a rounding coincidence"
 
@@ -275,7 +276,7 @@ def test_both_backends_print_the_same_verify_error_table(keras_fc, torch_fc, bot
     k_text = k_report.to_text().replace(str(keras_fc), "RUN")
     t_text = t_report.to_text().replace(str(torch_fc), "RUN")
     k, t = both
-    if not np.array_equal(k["train/splits"], t["train/splits"]):
+    if not np.array_equal(k["train/intervals"], t["train/intervals"]):
         # a legitimate flip (see above) changes the sub-interval histogram and the error
         # aggregates: then only the loss rows and the verdict are compared
         keep = ("loss", "actual loss change", "PASS")
