@@ -59,9 +59,9 @@ def dense_layout(widths: list[int]) -> list[dict]:
 
 
 def in_process(kind: str, widths: list[int], iterations: int, splits: int, seed: int = 0):
-    """Seconds of every iteration's cause work (``UnitCauses.terms`` + ``add``): wall, CPU,
+    """Seconds of every iteration's cause work (``BlockCauses.terms`` + ``add``): wall, CPU,
     and the wall time of ``terms`` alone."""
-    from lca.allocation.cause_sums import CauseModel, LevelReducer, UnitCauses
+    from lca.allocation.cause_sums import BlockCauses, CauseModel, LevelReducer
     from lca.allocation.causes import ParameterSettings
 
     layout = dense_layout(widths)
@@ -84,7 +84,7 @@ def in_process(kind: str, widths: list[int], iterations: int, splits: int, seed:
     batch = rng.normal(size=K).astype(np.float32)
     replay = model.adam_replay() if kind == "adam" else None
     before = None if kind == "adam" else (theta[0] * 1e-4).astype(np.float64)
-    causes = UnitCauses(model, reducer, names, "units", 0, iterations, before, replay)
+    causes = BlockCauses(model, reducer, names, "units", 0, iterations, before, replay)
     wall, cpu, wall_terms = [], [], []
     for k in range(iterations):
         g, m, a = grads[k % 2], means[k % 2], lcas[k % 2]
