@@ -649,7 +649,8 @@ def report(run_dirs, split, out, vs, frames) -> None:
     type=int,
     default=50,
     show_default=True,
-    help="Most iterations with per-layer LCA histograms (the training log points).",
+    help="Iterations with per-layer LCA histograms: every one of a shorter run, else this "
+    "many evenly spaced from the first to the last (0: none).",
 )
 @friendly_errors
 def tensorboard(run_dirs, out, histograms) -> None:

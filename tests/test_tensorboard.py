@@ -2,6 +2,7 @@
 
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +10,12 @@ import tensorflow as tf
 from helpers import STORE_LEVELS, cli
 from tensorboard.backend.event_processing import event_accumulator as ea
 
+from lca.config import load_config
 from lca.report.tensorboard import histogram_iterations, write_tensorboard
 from lca.storage import open_run
 
 LEVELS = ("parameters", "units", "layers")
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def test_scalars_are_the_stores_values(exported, level):
             sizes = run.layout.layer_sizes()
             for layer in run.layer_names:
                 steps, histograms = series[f"lca_hist/{layer}"]
-                assert list(steps) == list(histogram_iterations(T, 20, 3))
+                assert list(steps) == [0, 20, T - 1]  # 3 evenly spaced: first to last
                 assert all(h.shape[1] == 3 and h[:, 2].sum() == sizes[layer] for h in histograms)
         elif level == "units":
             assert sorted(helped) == sorted(f"helped_units_pct/{n}" for n in run.layer_names)
@@ -109,7 +112,10 @@ def test_training_metrics_config_and_one_note(exported, level):
         assert np.array_equal(steps, np.arange(group[tag].shape[0]))
         assert np.array_equal(values, group[tag][:].astype(np.float32))
     config = series["config"][1][0].item().decode()
-    assert "hidden_units" in config
+    # an fc model with SGD: its sizes and momentum, no other network's or optimiser's keys
+    assert "hidden_units:" in config and "momentum: 0.9" in config
+    for other in ("conv_filters", "blocks_per_stage", "widths", "d_model", "beta_1", "epsilon"):
+        assert other not in config, other
     summary = series["summary"][1][0].item().decode()
     assert f"store level: {level}" in summary
     val = np.asarray(group["val_accuracy"][:], dtype=np.float64)
@@ -154,3 +160,49 @@ def test_cli_writes_beside_the_run_and_a_rewrite_replaces(exported, tmp_path):
         assert len(list((first / sub).glob("events.out.tfevents.*"))) == 1, sub
     steps, _ = scalars(read(first / "train"), "loss")
     assert np.array_equal(steps, np.arange(open_run(run_dir).num_iterations + 1))
+
+
+def test_histograms_at_every_iteration_or_evenly_spaced():
+    assert list(histogram_iterations(40, 50)) == list(range(40))  # a short run: every one
+    at = histogram_iterations(880, 50)
+    assert len(at) == 50 and at[0] == 0 and at[-1] == 879
+    assert np.ptp(np.diff(at)) <= 1  # evenly spaced, to the nearest iteration
+    assert list(histogram_iterations(880, 1)) == [879]
+    assert len(histogram_iterations(880, 0)) == 0 and len(histogram_iterations(0, 50)) == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "kept", "left_out"),
+    [
+        (
+            "mnist_fc_adam.yaml",
+            {"model": ["hidden_units"], "optimizer": ["beta_1", "beta_2", "epsilon"]},
+            {
+                "model": ["conv_filters", "dense_units", "widths", "blocks_per_stage"],
+                "optimizer": ["momentum", "weight_decay"],
+                "data": ["synthetic"],
+            },
+        ),
+        (
+            "tiny_transformer.yaml",
+            {
+                "model": ["d_model", "num_heads"],
+                "optimizer": ["weight_decay"],
+                "data": ["modular", "split_seed"],
+            },
+            {
+                "model": ["hidden_units", "conv_filters"],
+                "optimizer": ["momentum"],
+                "data": ["val_size", "train_size", "synthetic", "path"],
+            },
+        ),
+    ],
+)
+def test_config_text_keeps_only_the_keys_in_use(config, kept, left_out):
+    cfg = load_config(CONFIGS / config)
+    used, everything = cfg.used_dict(), cfg.to_dict()
+    for section, keys in kept.items():
+        assert all(key in used[section] for key in keys), (section, keys)
+    for section, keys in left_out.items():
+        assert not [key for key in keys if key in used[section]], section
+    assert used["allocate"] == everything["allocate"]  # sections without a name: all kept

@@ -31,6 +31,16 @@ OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 SPLIT_NAMES = ("train", "val")
 
 
+IMAGE_DATASETS = ("mnist", "cifar10", "synthetic")
+
+
+def only_for(*names: str, **field_options: Any) -> Any:
+    """A field read only when its section's ``name`` is one of ``names`` (the model a
+    size applies to, the optimiser a coefficient belongs to): :meth:`Config.used_dict`
+    leaves it out otherwise."""
+    return field(metadata={"only_for": names}, **field_options)
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded as one line: ``key.path: problem in file``."""
 
@@ -56,18 +66,21 @@ class ModelConfig:
         "sparse_categorical_crossentropy"
     )
     from_logits: bool = True  # sparse_categorical_crossentropy only
-    hidden_units: list[int] = field(default_factory=lambda: [100, 50])  # fc
-    conv_filters: list[int] = field(default_factory=lambda: [20, 40])  # lenet
-    dense_units: int = 400  # lenet
-    widths: list[int] | None = None  # resnet20 (16, 32, 64) and allcnn (96, 192)
-    blocks_per_stage: int = 3  # resnet20
+    hidden_units: list[int] = only_for("fc", default_factory=lambda: [100, 50])  # fc
+    conv_filters: list[int] = only_for("lenet", default_factory=lambda: [20, 40])  # lenet
+    dense_units: int = only_for("lenet", default=400)  # lenet
+    # resnet20 (16, 32, 64) and allcnn (96, 192)
+    widths: list[int] | None = only_for("resnet20", "allcnn", default=None)
+    blocks_per_stage: int = only_for("resnet20", default=3)  # resnet20
     # transformer: decoder-only over token sequences (data.name: modular), logits at the end
-    num_layers: int = 1
-    d_model: int = 128
-    num_heads: int = 4
-    d_mlp: int = 512
-    layer_norm: bool = False  # pre-norm blocks and a final norm when true
-    vocab_size: int | None = None  # default: num_classes + 1 (modular's tokens and "=")
+    num_layers: int = only_for("transformer", default=1)
+    d_model: int = only_for("transformer", default=128)
+    num_heads: int = only_for("transformer", default=4)
+    d_mlp: int = only_for("transformer", default=512)
+    # pre-norm blocks and a final norm when true
+    layer_norm: bool = only_for("transformer", default=False)
+    # default: num_classes + 1 (modular's tokens and "=")
+    vocab_size: int | None = only_for("transformer", default=None)
 
     @property
     def classification(self) -> bool:
@@ -162,12 +175,15 @@ class DataConfig:
     # lca.data.load_builder_dataset); it must give the same arrays, in the same order, each call
     builder: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
-    path: str | None = None  # local mnist.npz, CIFAR python batches dir or tar.gz
-    val_size: int = 5000  # examples held out of the training set for validation
+    # local mnist.npz, CIFAR python batches dir or tar.gz
+    path: str | None = only_for("mnist", "cifar10", default=None)
+    # examples held out of the training set for validation
+    val_size: int = only_for(*IMAGE_DATASETS, default=5000)
     split_seed: int = 0  # seed of the random train/validation split
-    train_size: int | None = None  # use only the first N training examples (quick runs)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    modular: ModularConfig = field(default_factory=ModularConfig)
+    # use only the first N training examples (quick runs)
+    train_size: int | None = only_for(*IMAGE_DATASETS, default=None)
+    synthetic: SyntheticConfig = only_for("synthetic", default_factory=SyntheticConfig)
+    modular: ModularConfig = only_for("modular", default_factory=ModularConfig)
 
     def validate(self) -> dict[str, str]:
         problems = {}
@@ -212,11 +228,11 @@ class OptimizerConfig:
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.05
-    momentum: float = 0.9  # sgd only
-    beta_1: float = 0.9  # adam, adamw
-    beta_2: float = 0.999  # adam, adamw
-    epsilon: float = 1e-7  # adam, adamw
-    weight_decay: float = 0.0  # adamw only (decoupled)
+    momentum: float = only_for("sgd", default=0.9)  # sgd only
+    beta_1: float = only_for("adam", "adamw", default=0.9)  # adam, adamw
+    beta_2: float = only_for("adam", "adamw", default=0.999)  # adam, adamw
+    epsilon: float = only_for("adam", "adamw", default=1e-7)  # adam, adamw
+    weight_decay: float = only_for("adamw", default=0.0)  # adamw only (decoupled)
     layers: dict[str, LayerOverride] = field(default_factory=dict)
 
     def validate(self) -> dict[str, str]:
@@ -455,6 +471,21 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def used_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the keys the run's model, data set and optimiser do not
+        read (fields marked :func:`only_for` other names): the settings that shaped the run."""
+        data = self.to_dict()
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            values = data.get(f.name)
+            if not dataclasses.is_dataclass(section) or "name" not in (values or {}):
+                continue  # no name to choose by (allocate, training), or a builder's section
+            for key in dataclasses.fields(section):
+                names = key.metadata.get("only_for")
+                if names and section.name not in names:
+                    values.pop(key.name, None)
+        return data
 
 
 # --- loading and validation -------------------------------------------------------------

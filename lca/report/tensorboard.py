@@ -4,7 +4,8 @@
 ``LOGDIR/<run name>/``::
 
     training/   the trajectory: mini-batch ``loss`` and ``accuracy`` of each update (step t:
-                θ_t's batch), the run's config and a summary of what was written (text)
+                θ_t's batch); as text, the settings the run uses (its config without
+                other models' and optimisers' keys) and a summary of what was written
     <split>/    per allocated split (train, val):
                 ``loss``                      L(θ_t) over the whole split, step t
                 ``lca/<layer>``, ``lca/total``  Σ A[t, i] per layer (and all), step t
@@ -18,8 +19,10 @@
                                               accepted rule (simpson or adaptive) and of
                                               first order
                 ``sub_intervals``             sub-intervals the accepted rule used
-                ``lca_hist/<layer>``          histogram of the layer's A[t, i] at the log
-                                              points (``store: parameters``)
+                ``lca_hist/<layer>``          histogram of the layer's A[t, i] at every
+                                              iteration, or at ``max_histograms`` (50)
+                                              evenly spaced ones of a longer run
+                                              (``store: parameters``)
                 ``accuracy`` (val only)       the validation accuracy of θ_t+1 recorded by
                                               ``lca train`` every ``log_every`` iterations
                 ``causes/<term>_<part>/<layer>``, ``causes/<term>_<part>/total``
@@ -47,13 +50,14 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import yaml
 from tensorboard.plugins.scalar.metadata import create_summary_metadata
 
 from ..analysis import cause_names, helped_fractions
 from ..storage import CONFIG_FILE, Run, location, open_run
 
 BLOCK_ROWS = 4096  # iterations written per call of a compiled writer (memory stays (block, tags))
-MAX_HISTOGRAMS = 50  # histogram points per layer and split: keeps the event files small
+MAX_HISTOGRAMS = 50  # histogram slices per layer and split: keeps the event files small
 HISTOGRAM_BUCKETS = 30
 
 # what tf.summary.scalar tags its points with; written directly, a tag inside a tf.function's
@@ -131,7 +135,7 @@ def _write_run(run: Run, out: Path, max_histograms: int, chunk_rows: int) -> Pat
         if splits and run.has_causes:
             residual = np.asarray(run.replay_residual(), np.float64)
             _write_scalars([(["replay_residual"], [residual], np.arange(residual.shape[0]))])
-        tf.summary.text("config", _code_block((run.path / CONFIG_FILE).read_text()), step=0)
+        tf.summary.text("config", _config_text(run), step=0)
         tf.summary.text("summary", _summary(run, notes), step=0)
     return out
 
@@ -257,28 +261,22 @@ def _write_scalars(series: Sequence[Series]) -> None:
         logger.setLevel(level)
 
 
-def histogram_iterations(
-    num_iterations: int, log_every: int, most: int = MAX_HISTOGRAMS
-) -> np.ndarray:
-    """The iterations that get histograms: the training log points (every ``log_every``-th
-    update and the last), or 20 evenly spaced ones without them, thinned to ``most``."""
+def histogram_iterations(num_iterations: int, most: int = MAX_HISTOGRAMS) -> np.ndarray:
+    """The iterations that get histograms: every one of a short run, else ``most`` evenly
+    spaced from the first to the last (TensorBoard draws each as one slice)."""
     if num_iterations < 1 or most < 1:
         return np.zeros(0, dtype=np.int64)
-    if log_every > 0:
-        points = np.arange(log_every - 1, num_iterations, log_every)
-        points = np.union1d(points, [num_iterations - 1])
-    else:
-        points = np.unique(np.linspace(0, num_iterations - 1, 20).round().astype(np.int64))
-    if len(points) > most:
-        points = points[np.unique(np.linspace(0, len(points) - 1, most).round().astype(int))]
-    return points.astype(np.int64)
+    if most == 1:
+        return np.array([num_iterations - 1], dtype=np.int64)
+    return np.unique(np.linspace(0, num_iterations - 1, most).round().astype(np.int64))
 
 
 def _write_histograms(run: Run, split: str, max_histograms: int) -> None:
-    """Per layer, the distribution of its per-parameter A[t, i] at a few iterations."""
+    """Per layer, the distribution of its per-parameter A[t, i] at up to ``max_histograms``
+    evenly spaced iterations (one row of the store read for each)."""
     lca = run.lca(split)
     slices = run.layout.layer_slices()
-    at = histogram_iterations(run.num_iterations, run.config.training.log_every, max_histograms)
+    at = histogram_iterations(run.num_iterations, max_histograms)
     for t in at:
         row = np.asarray(lca[int(t)])
         for layer, parts in slices.items():
@@ -296,6 +294,13 @@ def _val_accuracy(run: Run) -> Series | None:
     values = np.asarray(values[:], dtype=np.float64)
     measured = np.flatnonzero(np.isfinite(values))
     return (["accuracy"], [values[measured]], measured + 1) if measured.size else None
+
+
+def _config_text(run: Run) -> str:
+    """The settings this run's model, data set and optimiser use, as a YAML code block: the
+    sizes of other networks and the coefficients of other optimisers are left out."""
+    used = yaml.safe_dump(run.config.used_dict(), sort_keys=False)
+    return _code_block(f"# the settings in use ({CONFIG_FILE} has them all)\n{used}")
 
 
 def _code_block(text: str) -> str:
