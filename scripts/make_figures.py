@@ -57,10 +57,11 @@ class Step:
     # from the first that starts with TEXT
     keep: str = "all"
     program: str = "lca"  # or "python": args start with a script of this checkout
+    env: str = ""  # NAME=VALUE settings the command runs with, as a shell line writes them
 
     def shown(self, **names: str) -> str:
         """The command line as a user types it."""
-        return f"{self.program} {self.args.format(**names)}"
+        return f"{self.env + ' ' if self.env else ''}{self.program} {self.args.format(**names)}"
 
 
 @dataclass
@@ -89,6 +90,112 @@ def _cause_steps(name: str) -> list[Step]:
         Step(f"verify-error {run}", output=f"causes_{name}_verify_error", keep="tail:1"),
         Step(f"report {run}"),
     ]
+
+
+def _bench(subcommand: str, output: str, keep: str = "all") -> Step:
+    """One ``scripts/bench.py`` measurement, its printed result quoted as is."""
+    return Step(f"scripts/bench.py {subcommand}", output=output, keep=keep, program="python")
+
+
+#: The measurements of docs/performance.md, each made by the benchmark tool (or the `lca`
+#: commands whose wall times the provenance records). Some time runs of other targets.
+BENCH_TARGETS: dict[str, Target] = {
+    "bench_train": Target(
+        "recording's cost on `lca train` of MNIST-FC, checksums and resume checkpoints "
+        "included (a few minutes)",
+        [_bench("train --set data.path={mnist} --repeats 9 --checkpoints", "bench_train")],
+    ),
+    "bench_callback": Target(
+        "TrajectoryRecorder's cost on model.fit, 784-100-50-10 (a few minutes)",
+        [_bench("callback", "bench_callback")],
+    ),
+    "bench_allocate": Target(
+        "`lca allocate` of MNIST-FC against its floor, the straightforward way and without "
+        "checksums (about 5 minutes)",
+        [
+            _bench(
+                "allocate configs/mnist_fc_sgd.yaml --set data.path={mnist} --iterations 64 "
+                "--checksum-repeats 5",
+                "bench_allocate",
+            )
+        ],
+    ),
+    "bench_modes": Target(
+        "every rule × precision on the three MNIST-FC set-ups, 880 iterations each "
+        "(needs causes; about 35 minutes)",
+        [
+            _bench(
+                "modes {runs}/causes/mnist_fc_sgd {runs}/causes/mnist_fc_adam "
+                "{runs}/causes/mnist_fc_sgd_nomom",
+                "bench_modes",
+            )
+        ],
+    ),
+    "bench_causes": Target(
+        "what --causes adds to `lca allocate` of MNIST-FC (needs causes; about 7 minutes)",
+        [
+            _bench(
+                "causes {runs}/causes/mnist_fc_sgd --range 0:64 --repeats 3", "bench_causes_sgd"
+            ),
+            _bench(
+                "causes {runs}/causes/mnist_fc_adam --range 0:256 --repeats 2", "bench_causes_adam"
+            ),
+            _bench("causes --in-process --iterations 200 --splits 2", "bench_causes_in_process"),
+        ],
+    ),
+    "bench_subset": Target(
+        "allocating on a subset of the training set: MNIST-FC and ResNet20 (about 10 minutes)",
+        [
+            _bench(
+                "subset configs/mnist_fc_sgd.yaml --set data.path={mnist} --iterations 24 "
+                "--fractions 0.5,0.2,0.1,0.02",
+                "bench_subset_mnist_fc",
+            ),
+            _bench(
+                "subset configs/cifar_resnet_sgd.yaml --set data.name=synthetic "
+                "--set data.synthetic.image_shape=[32,32,3] "
+                "--set data.synthetic.num_examples=3000 --set data.val_size=500 "
+                "--set allocate.eval_batch_size=500 --set allocate.max_intervals=4 "
+                "--iterations 4 --check-every 2 --block-iterations 2 --fractions 0.5,0.2,0.1",
+                "bench_subset_resnet",
+            ),
+        ],
+    ),
+    "bench_per_class": Target(
+        "per-class against plain allocation of MNIST-FC, 64 iterations, start-up included "
+        "(wall times in the provenance; about 2 minutes)",
+        [
+            Step(
+                f"train configs/mnist_fc_sgd.yaml --out {{runs}}/bench_per_class --overwrite {MNIST}"
+            ),
+            Step("allocate {runs}/bench_per_class --range 0:64"),
+            Step("allocate {runs}/bench_per_class --range 0:64 --per-class --overwrite"),
+        ],
+    ),
+    "bench_lenet": Target(
+        "MNIST-LeNet: training, and allocating its first and middle 10 iterations "
+        "(wall times in the provenance; about 10 minutes)",
+        [
+            Step(
+                f"train configs/mnist_lenet_sgd.yaml --out {{runs}}/mnist_lenet_sgd --overwrite {MNIST}"
+            ),
+            Step("allocate {runs}/mnist_lenet_sgd --splits train --range 0:10"),
+            Step("allocate {runs}/mnist_lenet_sgd --splits train --range 440:450"),
+        ],
+    ),
+    "bench_gpu_on_cpu": Target(
+        "the GPU check run on the CPU: ResNet20's full-set gradient on 2,000 CIFAR-shaped "
+        "examples, single-threaded worker (over 10 minutes on 2 cores)",
+        [
+            Step(
+                "-m pytest -m gpu tests/test_gpu.py -n0 -s -p no:cacheprovider",
+                output="bench_gpu_on_cpu",
+                program="python",
+                env="LCA_GPU_TEST_ON_CPU=1 LCA_GPU_TEST_TIMING_EXAMPLES=2000",
+            )
+        ],
+    ),
+}
 
 
 TARGETS: dict[str, Target] = {
@@ -199,6 +306,7 @@ TARGETS: dict[str, Target] = {
         ],
         torch=True,
     ),
+    **BENCH_TARGETS,
 }
 
 
@@ -301,9 +409,10 @@ def run_step(step: Step, runs: Path, mnist: str) -> tuple[str, float]:
         if "--data {mnist}" in step.args:
             sys.exit(f"`{step.program} {step.args}` reads MNIST from a file: pass --mnist PATH")
         args = [a for a in args if not a.startswith("data.path=") and a != "--set"]
-    shown = f"{step.program} {' '.join(args)}"
+    settings = dict(pair.split("=", 1) for pair in step.env.split())
+    shown = f"{step.env + ' ' if step.env else ''}{step.program} {' '.join(args)}"
     print(f"$ {shown}", flush=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **settings}
     command = (
         [sys.executable, *args]
         if step.program == "python"
@@ -414,8 +523,8 @@ def main() -> None:
         for output, (report_md, heading) in target.sections.items():
             outputs[output] = report_section(ROOT / ns.runs / report_md, heading)
             (OUTPUTS / f"{output}.txt").write_text(outputs[output])
-        for source, image in target.images.items():
-            shutil.copyfile(ROOT / ns.runs / source, IMAGES / image)
+        for made, image in target.images.items():
+            shutil.copyfile(ROOT / ns.runs / made, IMAGES / image)
         if target.notebook_run:
             execute_notebook(ns.runs / target.notebook_run)
         outputs[f"{name}_provenance"] = provenance(source, target.torch) + "\n".join(times) + "\n"
