@@ -23,7 +23,7 @@ TOTAL_ERROR_LIMIT_PCT = 1.0
 #: How every error in the table is signed, said once above it.
 ERROR_SIGN = "error = ΔL − Σ LCA = L(θ_t+1) − L(θ_t) − Σ_i A_t,i (totals: summed, % of |ΔL|)"
 RULE_NOTES = {
-    "simpson": " (the paper's RK4: composite Simpson)",
+    "simpson": ' (composite Simpson, the paper\'s "RK4")',
     "adaptive": " (trapezoid on the endpoints, Simpson where its error is too large)",
 }
 
@@ -94,8 +94,8 @@ class ErrorReport:
 
     @property
     def label(self) -> str:
-        """How the tables name the allocation's own rule (the paper calls Simpson RK4)."""
-        return "RK4" if self.rule == "simpson" else self.rule
+        """How the tables name the allocation's own rule: its setting (adaptive, simpson)."""
+        return self.rule
 
     @property
     def complete(self) -> bool:

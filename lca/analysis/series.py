@@ -226,7 +226,7 @@ def synchronisation(
 
 
 def approximate_loss(loss: np.ndarray, error: np.ndarray, error_fo: np.ndarray) -> dict:
-    """Measured loss vs L_0 + cumulative Σ LCA (RK4/Simpson and first order): conservation."""
+    """Measured loss vs L_0 + cumulative Σ LCA (allocated rule, first order): conservation."""
     loss = np.asarray(loss, dtype=np.float64)
     step = np.diff(loss)
 

@@ -22,11 +22,10 @@ if TYPE_CHECKING:
 def overview_figure(m: RunMeasures, out: Path, style: PlotStyle) -> dict[str, Path]:
     """The overview: cumulative LCA per layer, percent helped, the loss rebuilt."""
     h = m.helped
-    rule = m.allocated_with.removeprefix("rule ").split(",")[0].split(" (")[0] or "allocated rule"
     overview = plots_overview.overview(
         m.layers, m.series, None if h is None else h.helped_per_layer, m.approx,
         out / "overview.png", title=f"{m.run_dir.name}: what LCA shows ({m.split} split)",
-        rule_label=rule, mean_helped=None if h is None else h.mean_helped, style=style,
+        rule_label=m.rule, mean_helped=None if h is None else h.mean_helped, style=style,
     )  # fmt: skip
     return {"overview": overview}
 
@@ -80,7 +79,7 @@ def run_figures(m: RunMeasures, out: Path, top: int, style: PlotStyle) -> dict[s
     )  # fmt: skip
     figures["approximate_loss"] = plots.approximate_loss(
         m.approx["measured"], m.approx["rk4"], m.approx["first_order"],
-        out / "approximate_loss.png", split=m.split, style=style,
+        out / "approximate_loss.png", split=m.split, rule=m.rule, style=style,
     )  # fmt: skip
     return figures
 

@@ -117,6 +117,7 @@ class RunMeasures:
     other_split: str | None = None  # the split compared with (train vs val)
     other_series: np.ndarray | None = field(repr=False, default=None)
     allocated_with: str = ""  # Run.allocated_with: the rule and precision behind the arrays
+    rule: str = "simpson"  # the quadrature rule setting (adaptive, simpson) behind the arrays
     store_level: str = "parameters"
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -139,7 +140,8 @@ class RunMeasures:
 
     def error_pct(self, curve: str) -> float:
         """Total conservation error ΔL − Σ LCA (measured − rebuilt loss at the end) in % of
-        |ΔL|, signed as ``verify-error`` signs it; for RK4 from the stored LCA sums, as there.
+        |ΔL|, signed as ``verify-error`` signs it; for the allocated rule (``curve="rk4"``, the
+        key the report's numbers have always had) from the stored LCA sums, as there.
         """
         change = self.loss_change
         if not change:
@@ -238,6 +240,7 @@ def measure(
         approx=approx,
         layer_index=index,
         allocated_with=run.allocated_with,
+        rule=run.lca_store.attrs.get("rule", "simpson"),
         store_level=run.store_level,
         skipped=_skipped(run, split),
     )

@@ -365,24 +365,28 @@ def synchronisation(
 
 def approximate_loss(
     measured: np.ndarray,
-    rk4: np.ndarray,
+    rebuilt: np.ndarray,
     first_order: np.ndarray,
     path: str | Path,
     split: str = "train",
     *,
+    rule: str,
     style: PlotStyle,
 ) -> Path:
-    """L(θ_0) + cumulative Σ LCA should retrace the measured loss: the LCA is grounded."""
-    measured, rk4, fo = (np.asarray(a, dtype=np.float64) for a in (measured, rk4, first_order))
+    """L(θ_0) + cumulative Σ LCA should retrace the measured loss: the LCA is grounded.
+
+    ``rebuilt`` is that curve from the LCA of the allocated ``rule`` (adaptive, simpson).
+    """
+    measured, rebuilt, fo = (np.asarray(a, np.float64) for a in (measured, rebuilt, first_order))
     t = np.arange(len(measured))
     fig = Figure(figsize=(8, 6))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     top.plot(t, measured, color=LOSS, lw=2.2, label=f"measured full {split}-set loss")
-    top.plot(t, rk4, color="#2171b5", lw=1.1, ls="--", label="L(θ_0) + Σ LCA, RK4 (Simpson)")
+    top.plot(t, rebuilt, color="#2171b5", lw=1.1, ls="--", label=f"L(θ_0) + Σ LCA, {rule}")
     top.plot(t, fo, color="#e6550d", lw=1.1, ls=":", label="L(θ_0) + Σ LCA, first order")
     top.set_ylabel(f"loss ({style.loss_unit})")
     top.legend(fontsize=8)
-    bottom.plot(t, rk4 - measured, color="#2171b5", lw=1.1, label="RK4 − measured")
+    bottom.plot(t, rebuilt - measured, color="#2171b5", lw=1.1, label=f"{rule} − measured")
     bottom.plot(t, fo - measured, color="#e6550d", lw=1.1, label="first order − measured")
     bottom.axhline(0, color="k", lw=0.5)
     bottom.set_ylabel(f"cumulative error ({style.loss_unit})")
@@ -395,7 +399,7 @@ def approximate_loss(
         return f"{100 * (measured[-1] - curve[-1]) / abs(change):+.3f} %" if change else "n/a"
 
     top.set_title(
-        f"Loss rebuilt from LCA vs measured (total error: RK4 {pct(rk4)}, "
+        f"Loss rebuilt from LCA vs measured (total error: {rule} {pct(rebuilt)}, "
         f"first order {pct(fo)} of ΔL)",
         fontsize=10,
     )

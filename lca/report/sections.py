@@ -332,7 +332,7 @@ def _measures_markdown(runs: ReportRuns, figures: Mapping[str, Path]) -> str:
         "",
         "How to read: L(θ_0) plus the running sum of all LCA should lie on the measured loss; "
         "the lower panel shows how far each rebuilt curve drifts from it. The allocation "
-        "(RK4/Simpson) is trustworthy when its drift stays near zero; the first-order curve "
+        f"(rule {m.rule}) is trustworthy when its drift stays near zero; the first-order curve "
         "shows what the simpler gradient × step estimate would have missed.",
         "",
     ]
