@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 
 from lca.allocation import allocate
 from lca.report import make_report
+from lca.report.plots_causes import stacked_causes
+from lca.report.style import PlotStyle
 from lca.report.tensorboard import write_tensorboard
 from lca.storage import open_run
 
@@ -89,6 +91,23 @@ def _read(folder):
         if all(v.ndim == 0 and v.dtype.kind == "f" for v in values):  # the scalars
             out[tag] = (np.array([e.step for e in events]), np.array(values, np.float64))
     return out
+
+
+@pytest.mark.parametrize("layers", [1, 3, 6])
+def test_cause_figure_is_one_column_a_page_can_show(layers, tmp_path):
+    """Panels stacked in one column about 900 px wide: shown ~800 px wide, ticks stay legible
+    (two panels side by side were ~1400 px, their 8-point ticks shrunk to ~5 px)."""
+    from PIL import Image
+
+    bins = np.random.default_rng(0).normal(size=(12, len(TERMS), 2, layers))
+    names = [f"dense_{k}" for k in range(1, layers + 1)]
+    path = stacked_causes(
+        names, TERMS, np.linspace(0, 120, 13), bins, tmp_path / "causes.png", "title",
+        style=PlotStyle.for_loss("sparse_categorical_crossentropy"),
+    )  # fmt: skip
+    width, height = Image.open(path).size
+    assert 800 <= width <= 1000
+    assert height > 180 * layers  # one row a layer
 
 
 def test_tensorboard_causes_scalars(causes_run, tmp_path):

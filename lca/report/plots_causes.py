@@ -21,6 +21,10 @@ from matplotlib.patches import Patch
 from .style import LOSS, PlotStyle
 
 MAX_PANELS = 6
+# one column at about 880 px (110 dpi): legible when a page shows the PNG ~800 px wide
+FIGURE_WIDTH = 8.0  # inches
+PANEL_HEIGHT = 2.3  # inches
+TICK_SIZE, LABEL_SIZE, TITLE_SIZE = 10, 11, 12
 TERM_COLOURS = {
     "signal": "#1f77b4",
     "deviation": "#ff7f0e",
@@ -56,20 +60,16 @@ def stacked_causes(
     *,
     style: PlotStyle,
 ) -> Path:
-    """One panel per layer of ``layers`` (``bins``: (B, n_terms, 2, len(layers)))."""
+    """One panel per layer of ``layers`` (``bins``: (B, n_terms, 2, len(layers))), stacked in
+    one column so that ticks and labels stay legible at a page's width."""
     edges = np.asarray(bin_edges)
     bins = np.asarray(bins, np.float64)
     n = len(layers)
-    cols = 1 if n == 1 else 2
-    rows = -(-n // cols)
-    fig = Figure(figsize=(6.2 * cols, 2.7 * rows + 0.9), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, squeeze=False)).reshape(-1)
+    fig = Figure(figsize=(FIGURE_WIDTH, PANEL_HEIGHT * n + 1.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n, 1, sharex=True, squeeze=False)).reshape(-1)
     centres = (edges[:-1] + edges[1:]) / 2
     widths = np.maximum(np.diff(edges), 1) * 0.9
     for k, ax in enumerate(axes):
-        if k >= n:
-            ax.set_visible(False)
-            continue
         values = bins[..., k]  # (B, n_terms, 2)
         up = np.zeros(len(centres))
         down = np.zeros(len(centres))
@@ -90,12 +90,14 @@ def stacked_causes(
                 up += pos
                 down += neg
         ax.plot(centres, values.sum(axis=(1, 2)), color=LOSS, lw=1.2, marker=".", ms=3)
+        low, high = min(down.min(initial=0.0), 0.0), max(up.max(initial=0.0), 0.0)
+        pad = 0.06 * (high - low) or 1e-12  # the bars' bases pin autoscaling to the bar ends
+        ax.set_ylim(low - pad, high + pad)
         ax.axhline(0, color=LOSS, lw=0.6)
-        ax.set_title(layers[k], fontsize=10)
-        ax.set_ylabel(f"LCA per bin ({style.loss_unit})", fontsize=8)
-        ax.tick_params(labelsize=8)
-    for ax in axes[-cols:]:
-        ax.set_xlabel("iteration")
+        ax.set_title(layers[k], loc="left", fontsize=LABEL_SIZE)
+        ax.tick_params(labelsize=TICK_SIZE)
+    axes[-1].set_xlabel("iteration", fontsize=LABEL_SIZE)
+    fig.supylabel(f"LCA per bin of iterations ({style.loss_unit})", fontsize=LABEL_SIZE)
     handles = []
     for j, term in enumerate(terms):
         colour = term_colour(term, j)
@@ -105,6 +107,8 @@ def stacked_causes(
                   linewidth=0, label=f"{term}, curvature")
         )  # fmt: skip
     handles.append(Patch(color=LOSS, label="sum (layer LCA)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=11)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=3, fontsize=TICK_SIZE, frameon=False
+    )
+    fig.suptitle(title, fontsize=TITLE_SIZE)
     return style.save(fig, path)
