@@ -102,8 +102,8 @@ def overview(
     )
     change = measured[-1] - measured[0] if len(measured) > 1 else 0.0
 
-    def pct(curve: np.ndarray) -> str:
-        return f"{100 * (curve[-1] - measured[-1]) / abs(change):+.2f} %" if change else "n/a"
+    def pct(curve: np.ndarray) -> str:  # the total error ΔL − Σ LCA, as verify-error signs it
+        return f"{100 * (measured[-1] - curve[-1]) / abs(change):+.3f} %" if change else "n/a"
 
     loss_ax.set_xlim(0, max(len(steps) - 1, 1))
     loss_ax.set_xlabel("iteration")
