@@ -789,7 +789,7 @@ def import_checkpoints(
 @option(
     "--repair",
     is_flag=True,
-    help="Mark the LCA work units holding damaged chunks as not done (then `lca allocate`).",
+    help="Mark the LCA blocks holding damaged chunks as not done (then `lca allocate`).",
 )
 @friendly_errors
 def check(run_dir: str, repair: bool) -> None:
@@ -801,9 +801,9 @@ def check(run_dir: str, repair: bool) -> None:
     click.echo(report.to_text())
     if repair and not report.ok:
         fixed = repair_run(run_dir, report)
-        if fixed.units_reset:
+        if fixed.blocks_reset:
             click.echo(
-                f"repaired: {len(fixed.units_reset)} work unit(s) marked not done "
+                f"repaired: {len(fixed.blocks_reset)} block(s) marked not done "
                 f"({fixed.chunks_removed} damaged chunk(s) removed); now run "
                 f"`lca allocate {run_dir}`"
             )

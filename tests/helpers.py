@@ -73,7 +73,7 @@ STORE_LEVELS = {
     "layers": {"store": "layers"},
 }
 
-# tiny_fc overrides making an allocation of five work units that lasts seconds (MNIST-sized
+# tiny_fc overrides making an allocation of five blocks that lasts seconds (MNIST-sized
 # examples), long enough to kill a process inside one: each process's first the longest
 # (TensorFlow's tracing)
 SLOW = (

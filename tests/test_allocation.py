@@ -116,10 +116,10 @@ def test_objective_matches_an_eager_reference_and_ignores_moving_statistics(trai
 def test_gradient_work_reuses_endpoints(fresh_run):
     run_dir = fresh_run("tiny_fc")
     summary = allocate(run_dir, rule="simpson", progress=False)
-    chunks = len(blocks_for(summary.iterations_total, 8, None))
-    # per iteration: the end point and the interior nodes; one extra start per work unit
+    blocks = len(blocks_for(summary.iterations_total, 8, None))
+    # per iteration: the end point and the interior nodes; one extra start per block
     intervals = lca_arrays(run_dir)["train/intervals"]
-    assert summary.gradient_evaluations == int(intervals.sum()) + chunks
+    assert summary.gradient_evaluations == int(intervals.sum()) + blocks
     assert set(np.unique(intervals)) <= {2, 4, 8, 16, 32}
 
 
@@ -169,7 +169,8 @@ def test_verify_error_cli(fresh_run):
     assert "total error, adaptive" in result.stdout and "PASS" in result.stdout  # the default
     allocate(run_dir, rule="simpson", restart=True, progress=False)
     result = cli_in_process("verify-error", str(run_dir))
-    assert "total error, RK4" in result.stdout and "PASS" in result.stdout  # the paper's
+    assert "total error, simpson" in result.stdout and "PASS" in result.stdout  # the setting's name
+    assert 'RK4"' in result.stdout.splitlines()[1]  # the paper's name, said once in the header
     result = cli_in_process("verify-error", str(run_dir), "--json")
     import json
 
@@ -258,7 +259,7 @@ def test_kill_9_mid_run_then_resume_is_bitwise_identical(fresh_run, allocated_ru
     )
 
     def units_done() -> int:
-        """Work units marked done in the store (its ``done`` array, read as a resume reads
+        """Blocks marked done in the store (its ``done`` array, read as a resume reads
         it; a chunk file being written, or a temporary one beside it, is not a done unit)."""
         try:
             return int(zarr.open_group(str(killed / LCA_STORE), mode="r")["done"][:].sum())
@@ -306,7 +307,7 @@ def test_reusing_the_input_layer_matches_evaluating_every_node(fresh_run, tmp_pa
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_iterations(trained_runs, tmp_path):
-    """Allocation streams work units: a 4x longer run must not need more memory.
+    """Allocation streams blocks: a 4x longer run must not need more memory.
 
     TensorFlow's tracing adds noise to any peak (up to ~17 MB seen in a full suite run, where
     earlier tests leave caches warm), so the rows are made large (K ~ 77k) and the growth is
@@ -459,7 +460,7 @@ def test_per_class_lca_sums_to_the_total(fresh_run, name):
     from lca.layout import ParameterLayout
 
     run_dir = fresh_run(name)
-    N = 4  # iterations, one work unit (the ResNet's are refined into 4 to 16 sub-intervals)
+    N = 4  # iterations, one block (the ResNet's are refined into 4 to 16 sub-intervals)
     config = run_dir / "config.yaml"
     config.write_text(config.read_text().replace("block_iterations: 8", f"block_iterations: {N}"))
     plain = allocate(run_dir, progress=False, iterations=(0, N))

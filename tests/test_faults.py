@@ -163,12 +163,12 @@ def test_check_repair_then_allocate_restores_lca_bitwise(allocated_here, tmp_pat
     runner = CliRunner()
     checked = runner.invoke(main, ["check", str(run)])
     assert checked.exit_code == 1
-    assert "3 work unit(s) hold damaged chunks" in checked.output
+    assert "3 block(s) hold damaged chunks" in checked.output
     # resuming the allocation alone notices the missing chunk of a done unit
     refused = runner.invoke(main, ["allocate", str(run)])
     assert refused.exit_code == 2 and "--repair" in refused.output
     repaired = runner.invoke(main, ["check", str(run), "--repair"])
-    assert repaired.exit_code == 1 and "3 work unit(s) marked not done" in repaired.output
+    assert repaired.exit_code == 1 and "3 block(s) marked not done" in repaired.output
     allocated_again = runner.invoke(main, ["allocate", str(run)])
     assert allocated_again.exit_code == 0, allocated_again.output
     assert "allocated 24 iterations" in allocated_again.output  # units 1, 2 and 4 of 5
@@ -494,7 +494,7 @@ def test_describe_run_of_an_allocated_run_and_a_stored_keras_model(allocated, tm
 
     text = describe_run(allocated).to_text()
     assert "only lca's built-in networks (fc)" in text
-    assert "5 of 5 work units done (40 of 40 iterations; complete)" in text
+    assert "5 of 5 blocks done (40 of 40 iterations; complete)" in text
     assert "rule adaptive" in text and "gradients in float32" in text
     run_dir = tmp_path / "run"
     shutil.copytree(allocated, run_dir)

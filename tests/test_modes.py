@@ -37,7 +37,7 @@ def copy_of(run_dir, name):
 
 @pytest.mark.parametrize("name", ["tiny_fc", "tiny_lenet", "tiny_resnet"])
 def test_endpoint_first_rule_refines_exactly_where_the_trapezoid_errs(fresh_run, name):
-    """fc; conv with dropout in training; batch norm. Rows 0-14 (two work units)."""
+    """fc; conv with dropout in training; batch norm. Rows 0-14 (two blocks)."""
     paper = fresh_run(name)
     fast = copy_of(paper, "fast")
     rows = 15  # gradient row 16 is stored by the unit that starts there: not allocated here
@@ -71,7 +71,7 @@ def test_endpoint_first_rule_refines_exactly_where_the_trapezoid_errs(fresh_run,
         )
         assert np.abs(error[accepted]).max() <= tolerance
         assert np.abs(error).max() <= threshold
-    # one new gradient per accepted step, n per refined one, one extra start per work unit
+    # one new gradient per accepted step, n per refined one, one extra start per block
     units = len(blocks_for(summary.iterations_total, 8, (0, rows)))  # rows 0-15
     used = split_arrays(fast)["intervals"][: 8 * units]
     assert summary.gradient_evaluations == int(used.sum()) + units
@@ -176,7 +176,7 @@ def test_reduced_precision_conserves_and_falls_back_to_float32_where_it_must(fre
         # the others met the threshold in bfloat16
         kept = ~fell_back
         assert np.abs(r["error"][:rows][kept]).max() <= 1e-4
-        known = rows - 1  # loss row 8 is stored by the next work unit
+        known = rows - 1  # loss row 8 is stored by the next block
         np.testing.assert_allclose(
             r["lca"][:known].sum(axis=1, dtype=np.float64),
             np.diff(r["loss"][:rows]) - r["error"][:known],

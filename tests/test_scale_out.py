@@ -213,7 +213,7 @@ def test_ray_allocation_is_bitwise_the_local_single_worker_one(
 
 
 def _chunk_worker_pids(busy: bool) -> list[int]:
-    """Ray names its actor processes after what they run: ``ray::_ChunkWorker.run`` mid-chunk."""
+    """Ray names its actor processes after what they run: ``ray::_BlockWorker.run`` mid-chunk."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -221,7 +221,7 @@ def _chunk_worker_pids(busy: bool) -> list[int]:
                 title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
             except OSError:
                 continue
-            if title.startswith("ray::_ChunkWorker") and (not busy or ".run" in title):
+            if title.startswith("ray::_BlockWorker") and (not busy or ".run" in title):
                 pids.append(int(entry.name))
     return pids
 

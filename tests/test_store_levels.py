@@ -158,7 +158,7 @@ def test_lca_check_requires_the_unit_sums_of_done_units(levels, tmp_path):
     run_dir = tmp_path / "units"
     shutil.copytree(levels["units"], run_dir)
     report = check_run(run_dir)
-    assert not report.issues and not report.bad_units
+    assert not report.issues and not report.bad_blocks
     first, second = open_run(run_dir).layer_names
     checked = {a.array: a for a in report.arrays}
     for name in ("train/layer_lca", f"train/unit_lca/{first}", f"val/unit_lca/{second}"):
@@ -168,7 +168,7 @@ def test_lca_check_requires_the_unit_sums_of_done_units(levels, tmp_path):
     assert [(i.array, i.chunk, i.problem) for i in report.issues] == [
         (f"val/unit_lca/{first}", (2, 0), "missing")
     ]
-    assert report.bad_units == [2]
+    assert report.bad_blocks == [2]
 
 
 def test_unit_sums_without_gradients_take_a_fraction_of_the_disk(levels):

@@ -39,7 +39,7 @@ from lca.training import train  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EPS32 = float(np.finfo(np.float32).eps)
-SMALL = (  # 600 training and 200 validation examples; three work units of 4 iterations
+SMALL = (  # 600 training and 200 validation examples; three blocks of 4 iterations
     "framework=torch",
     "training.iterations=12",
     "allocate.block_iterations=4",

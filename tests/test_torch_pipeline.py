@@ -13,7 +13,7 @@ import no framework at all.
   a torch run import no TensorFlow.
 * What torch cannot do is a one-line error: TensorFlow-only networks, bfloat16/TF32.
 
-The tiny runs: tiny_fc with ``framework: torch``, 16 iterations in 4 work units of 4.
+The tiny runs: tiny_fc with ``framework: torch``, 16 iterations in 4 blocks of 4.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def test_train_allocate_verify_report_check(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS: every iteration within the threshold" in done.stdout
     assert f"report written to {run / 'report'}" in done.stdout
-    assert f"all {UNITS} work units done" in done.stdout
+    assert f"all {UNITS} blocks done" in done.stdout
     assert done.stdout.strip().endswith(f"{run}: every chunk is present and checks out")
     markdown = (run / "report" / "report.md").read_text()
     assert "dense_1" in markdown and "dense_2" in markdown
@@ -248,7 +248,7 @@ def test_training_killed_mid_run_resumes_bitwise_uninterrupted(tmp_path, monkeyp
 # --- resumable allocation, damaged stores, workers ------------------------------------------
 
 # `lca allocate RUN --threads 1` in a process that kills itself (SIGKILL) at its first
-# gradient evaluation after two work units are marked done (the criterion of the TensorFlow
+# gradient evaluation after two blocks are marked done (the criterion of the TensorFlow
 # test in test_allocation.py, checked from inside: a torch unit lasts a fraction of a second)
 ALLOCATE_KILLED = """
 import os, signal, sys
@@ -312,11 +312,11 @@ def test_damaged_chunks_are_found_repaired_and_restored_bitwise(allocated_copy, 
     checked = cli_in_process("check", run)
     assert checked.returncode == 1
     assert f"{LCA_STORE}/train/lca chunk 3" in checked.stdout
-    assert "3 work unit(s) hold damaged chunks" in checked.stdout
+    assert "3 block(s) hold damaged chunks" in checked.stdout
     refused = cli_in_process("allocate", run)  # a done unit's chunk is missing: repair first
     assert refused.returncode == 2 and "--repair" in refused.stderr
     repaired = cli_in_process("check", run, "--repair")
-    assert repaired.returncode == 1 and "3 work unit(s) marked not done" in repaired.stdout
+    assert repaired.returncode == 1 and "3 block(s) marked not done" in repaired.stdout
     with torch_threads_kept():
         again = cli_in_process("allocate", run, "--threads", "1")  # as the original
     assert again.returncode == 0, again.stderr

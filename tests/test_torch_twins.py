@@ -26,7 +26,7 @@ from helpers import lca_arrays
 
 torch = pytest.importorskip("torch")
 
-from lca.allocation.chunks import load_objective  # noqa: E402
+from lca.allocation.blocks import load_objective  # noqa: E402
 from lca.config import load_config  # noqa: E402
 from lca.data import load_dataset  # noqa: E402
 from lca.quadrature import refinement_levels  # noqa: E402

@@ -1,7 +1,7 @@
 """Phase 2: replay a recorded trajectory and allocate each iteration's loss change.
 
-The T iterations are cut into work units (blocks) aligned with the Zarr chunks of ``lca.zarr``
-(:mod:`.store`); a block is computed by :class:`.chunks.BlockAllocator`, which integrates the
+The T iterations are cut into blocks (blocks) aligned with the Zarr chunks of ``lca.zarr``
+(:mod:`.store`); a block is computed by :class:`.blocks.BlockAllocator`, which integrates the
 gradient along every step with a rule of :mod:`lca.quadrature`; :mod:`.schedulers` hands the
 blocks to this process, worker processes or a Ray cluster (one :class:`.schedulers.Scheduler`
 interface, options in one :class:`.schedulers.Execution`); :mod:`.settings` resolves what fixes
@@ -14,7 +14,7 @@ Adam/AdamW for them (:mod:`.replay`) and sums them per layer and unit (:mod:`.ca
 """
 
 from ..storage import read_run_config
-from .chunks import BlockAllocator, BlockResult, compare_lca, load_objective
+from .blocks import BlockAllocator, BlockResult, compare_lca, load_objective
 from .schedulers import (
     AllocationSummary,
     Execution,

@@ -1,6 +1,6 @@
 """The one interface between the allocation and a deep-learning framework.
 
-Everything downstream of a recorded trajectory (quadrature, work units, schedulers, stores,
+Everything downstream of a recorded trajectory (quadrature, blocks, schedulers, stores,
 ``verify-error``, the report) sees a model only through an :class:`Objective`: the loss and
 gradient of each data split at a flat θ. A framework provides, in a package of its own
 (TensorFlow: :mod:`lca.tensorflow`; PyTorch: :mod:`lca.torch`), the objective of a run

@@ -190,7 +190,7 @@ def sgd_block_terms(
 
     ``theta``: (n+1, P) float32 rows; ``previous``: θ_{first−1} (None when first = 0);
     ``train_grads[k]``: ∇L_train(θ_{first+k}); ``batch_grads[k]`` optional (see
-    :func:`sgd_step_terms`). Yields (t, terms) one iteration at a time, so a work unit holds
+    :func:`sgd_step_terms`). Yields (t, terms) one iteration at a time, so a block holds
     one iteration's terms at once, not the block's.
     """
     theta = np.asarray(theta)
@@ -250,7 +250,7 @@ class AdamReplay:
         return np.sqrt(one - self.beta_2**step) / (one - self.beta_1**step)
 
     def checkpoint(self) -> tuple[np.ndarray, np.ndarray]:
-        """The slots to store at a work unit's start (``lca.zarr/replay_state``)."""
+        """The slots to store at a block's start (``lca.zarr/replay_state``)."""
         return self.m, self.v
 
     def step(

@@ -22,7 +22,7 @@ b_{t−1} = −Δθ_{t−1}/lr, so the momentum term is μ Δθ_{t−1} and the 
 Δθ_t − momentum − weight decay (coefficient c = lr(1−d), lr at the first step or without
 momentum); with nesterov (d = 0) Δθ_t = −lr(1+μ) G − lr μ² b_{t−1} and
 b_t = (μ b_{t−1} − Δθ_t/lr)/(1+μ), a recursion that a replay carries from iteration 0 (its
-state is stored at every work unit's start, as Adam's moments are). Adam and AdamW need g_B
+state is stored at every block's start, as Adam's moments are). Adam and AdamW need g_B
 on the recorded batch (float32 slots, torch's operations in its order), so their replay
 reproduces the recorded step to float32 rounding. The hyperparameters are the groups' as
 recorded; a learning-rate schedule is not replayed (the SGD terms would then misattribute,

@@ -1,4 +1,4 @@
-"""Allocate on a Ray cluster: each block of iterations (a work unit) is one Ray task.
+"""Allocate on a Ray cluster: each block of iterations (a block) is one Ray task.
 
 The work is the same as on one machine (``BlockAllocator.compute`` then ``.write``); only
 the scheduling differs (:func:`run_on_ray` is a :class:`.schedulers.Scheduler`). Ray runs the
@@ -26,14 +26,14 @@ from ..storage import RunError, is_remote
 TASK_RETRIES = 3
 
 
-class _ChunkWorker:
+class _BlockWorker:
     """One Ray actor: an allocator bound to its GPU or CPUs, reused for many blocks."""
 
     def __init__(self, run_dir: str, settings: Any, threads: int | None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from ..config import quiet_notes
         from .backends import configure, framework_of
-        from .chunks import BlockAllocator
+        from .blocks import BlockAllocator
 
         quiet_notes()  # the driver gave them
         self.where = socket.gethostname()
@@ -105,7 +105,7 @@ def run_on_ray(
     execution,
     on_iteration: Callable[[int], None],
 ) -> Iterator[tuple[int, int]]:
-    """A :class:`.schedulers.Scheduler`: the work units ``blocks`` on the Ray cluster at
+    """A :class:`.schedulers.Scheduler`: the blocks ``blocks`` on the Ray cluster at
     ``execution.ray``; yield (iterations, evaluations) per block.
 
     Each worker runs TensorFlow on ``execution.threads`` threads, by default as many as its CPUs.
@@ -123,7 +123,7 @@ def run_on_ray(
         max_restarts=-1,
         max_task_retries=TASK_RETRIES,
         runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}},
-    )(_ChunkWorker)
+    )(_BlockWorker)
     workers = [actor.remote(where, settings, threads) for _ in range(count)]
     pending = list(blocks)
     running: dict[Any, Any] = {}

@@ -1,7 +1,7 @@
-"""``lca check RUN --repair``: mark the LCA work units holding damaged chunks as not done.
+"""``lca check RUN --repair``: mark the LCA blocks holding damaged chunks as not done.
 
 :func:`lca.storage.check.check_run` finds the damage; each chunk of ``lca.zarr`` belongs to
-one work unit of the allocation, so the repair removes the bad chunks and resets their units,
+one block of the allocation, so the repair removes the bad chunks and resets their blocks,
 and ``lca allocate RUN`` recomputes exactly them.
 """
 
@@ -19,15 +19,15 @@ from .settings import subset_indices
 
 @dataclass
 class RepairResult:
-    units_reset: list[int]
+    blocks_reset: list[int]
     chunks_removed: int
     rewritten: list[str]
 
 
 def repair_run(run_dir: str | Path, report: RunCheck | None = None) -> RepairResult:
-    """Mark the LCA work units holding damaged chunks as not done, removing those chunks.
+    """Mark the LCA blocks holding damaged chunks as not done, removing those chunks.
 
-    ``lca allocate RUN`` then recomputes exactly those units, with the store's own settings,
+    ``lca allocate RUN`` then recomputes exactly those blocks, with the store's own settings,
     so the repaired ``lca.zarr`` equals the original (bitwise, with the same threads). Damage
     outside ``lca.zarr`` is left alone: it cannot be recomputed from the LCA.
     """
@@ -57,6 +57,6 @@ def _repair_lca(run_dir: Path, report: RunCheck, lca_issues, result: RepairResul
                 num_train, settings["subset_size"], settings["subset_seed"]
             )
             result.rewritten.append(issue.array)
-    for unit in report.bad_units:
-        lca["done"][unit] = False  # written last: the unit's other chunks are gone first
-    result.units_reset = list(report.bad_units)
+    for block in report.bad_blocks:
+        lca["done"][block] = False  # written last: the block's other chunks are gone first
+    result.blocks_reset = list(report.bad_blocks)

@@ -5,8 +5,8 @@ gradients gives. The framework's ``BatchGradient`` (:mod:`lca.tensorflow.replay`
 :mod:`lca.torch.replay`, chosen by :func:`lca.allocation.backends.batch_gradient`) recomputes
 g_B at a recorded θ_t on the recorded batch with the training model (dropout on, with the
 randomness of step t), and :func:`prepare_adam_states` walks the
-iterations once, in order, keeping m, v at the first iteration of every work unit in
-``lca.zarr/replay_state`` so that each unit (in any worker, or after a resume) replays only
+iterations once, in order, keeping m, v at the first iteration of every block in
+``lca.zarr/replay_state`` so that each block (in any worker, or after a resume) replays only
 its own steps. torch.optim.SGD with nesterov carries its buffer b the same way, from the
 recorded steps alone.
 """
@@ -24,12 +24,12 @@ from .backends import batch_gradient
 from .cause_sums import CauseModel
 
 
-def read_adam_state(store: zarr.Group, unit: int) -> tuple[np.ndarray, np.ndarray]:
-    """m, v at the first iteration of work unit ``unit`` (written by the pre-pass)."""
+def read_adam_state(store: zarr.Group, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """m, v at the first iteration of block ``block`` (written by the pre-pass)."""
     state = store["replay_state"]
-    if int(state.attrs.get("through", 0)) <= unit:
-        raise RunError(f"lca.zarr/replay_state: no Adam moments for work unit {unit} yet")
-    return state["m"][unit], state["v"][unit]
+    if int(state.attrs.get("through", 0)) <= block:
+        raise RunError(f"lca.zarr/replay_state: no Adam moments for block {block} yet")
+    return state["m"][block], state["v"][block]
 
 
 def prepare_adam_states(
@@ -39,30 +39,30 @@ def prepare_adam_states(
     model: CauseModel,
     config: Config,
     chunk_iterations: int,
-    last_unit: int,
+    last_block: int,
     progress: bool = True,
 ) -> int:
-    """Store m, v (nesterov SGD: b) at the start of every work unit up to ``last_unit``;
+    """Store m, v (nesterov SGD: b) at the start of every block up to ``last_block``;
     returns the steps run.
 
     Continues from the last state stored, so an interrupted or partial pre-pass is resumed.
     """
     state = store["replay_state"]
     through = int(state.attrs.get("through", 0))
-    if through > last_unit:
+    if through > last_block:
         return 0
     c = chunk_iterations
     if through == 0:
         m = v = None
         state["m"][0], state["v"][0] = (np.zeros(trajectory.theta.shape[1], np.float32),) * 2
         through = state.attrs["through"] = 1
-        if last_unit == 0:
+        if last_block == 0:
             return 0
     else:
         m, v = read_adam_state(store, through - 1)
     replay = model.adam_replay(m, v)
     gradient = batch_gradient(run_dir, config, trajectory) if model.replays_batches else None
-    first, stop = (through - 1) * c, last_unit * c
+    first, stop = (through - 1) * c, last_block * c
     from tqdm.auto import tqdm
 
     rows = trajectory.theta.chunks[0]
@@ -83,14 +83,14 @@ def prepare_adam_states(
         else:  # from the recorded steps alone
             replay.advance(t, theta, row(t + 1))
         if (t + 1) % c == 0:
-            unit = (t + 1) // c
-            state["m"][unit], state["v"][unit] = replay.checkpoint()
-            state.attrs["through"] = unit + 1
+            block = (t + 1) // c
+            state["m"][block], state["v"][block] = replay.checkpoint()
+            state.attrs["through"] = block + 1
     return max(0, stop - first)
 
 
 class CauseReplay:
-    """What a worker needs for the cause terms of its work units (``allocate.causes``)."""
+    """What a worker needs for the cause terms of its blocks (``allocate.causes``)."""
 
     def __init__(self, run_dir: str | Path, trajectory: Trajectory, config: Config) -> None:
         from .cause_sums import LevelReducer, check_replayable

@@ -1,4 +1,4 @@
-"""Who computes which work units: this process, N worker processes (CPUs or GPUs), or Ray.
+"""Who computes which blocks: this process, N worker processes (CPUs or GPUs), or Ray.
 
 Units are handed out dynamically and each writes only its own chunks, then marks itself
 done; a rerun skips the done units, so a killed allocation resumes and ends with exactly the
@@ -36,7 +36,7 @@ from ..storage import (
 )
 from ..storage.base import writing_to
 from .backends import FRAMEWORKS, configure, framework_of, visible_gpus
-from .chunks import BlockAllocator, BlockResult
+from .blocks import BlockAllocator, BlockResult
 from .settings import AllocationSettings, continued_from, resolve_settings
 from .store import open_lca_store
 
@@ -58,7 +58,7 @@ class AllocationSummary:
 
 
 def blocks_for(num_iterations: int, block: int, iterations: tuple[int, int] | None) -> list[int]:
-    """Work units covering ``iterations`` (a half-open range), rounded out to whole blocks."""
+    """Blocks covering ``iterations`` (a half-open range), rounded out to whole blocks."""
     start, stop = iterations if iterations else (0, num_iterations)
     start, stop = max(0, start), min(num_iterations, stop)
     if start >= stop:
@@ -120,7 +120,7 @@ RENAMED_OPTIONS = {"restart": "overwrite"}
 
 
 class Scheduler(Protocol):
-    """Computes the work units ``blocks`` of a run; yields (iterations, gradient evaluations)
+    """Computes the blocks ``blocks`` of a run; yields (iterations, gradient evaluations)
     per finished unit and calls ``on_iteration(halvings)`` for every allocated iteration."""
 
     def __call__(
@@ -161,7 +161,7 @@ def allocate(
     (:class:`Execution`, e.g. ``workers=2``). A resumed allocation continues with its store's
     rule, trapezoid threshold, precision, store level, ``store_grad`` and ``causes`` unless
     they are chosen here. ``iterations`` (a half-open range) allocates only those, rounded out
-    to whole work units.
+    to whole blocks.
 
     The run is locked for the whole allocation (``RUN/lca.lock``, :func:`lca.storage.run_lock`):
     a second allocation of the same run raises :class:`lca.storage.RunLocked` naming this one.
@@ -276,9 +276,9 @@ def _allocate(
     return summary
 
 
-def _prepare_causes(run_dir, store, trajectory, config, settings, last_unit, progress) -> None:
-    """Adam/AdamW: replay the optimiser in order up to ``last_unit``, keeping its moments at
-    every work unit's start, so that each unit replays only its own steps."""
+def _prepare_causes(run_dir, store, trajectory, config, settings, last_block, progress) -> None:
+    """Adam/AdamW: replay the optimiser in order up to ``last_block``, keeping its moments at
+    every block's start, so that each unit replays only its own steps."""
     from .cause_sums import CauseModel
     from .replay import prepare_adam_states
 
@@ -286,7 +286,7 @@ def _prepare_causes(run_dir, store, trajectory, config, settings, last_unit, pro
     if model.carries_state:
         c = settings.block_iterations
         with writing_to(run_dir / LCA_STORE, "rerun the same command to resume"):
-            prepare_adam_states(run_dir, store, trajectory, model, config, c, last_unit, progress)
+            prepare_adam_states(run_dir, store, trajectory, model, config, c, last_block, progress)
 
 
 def _made_with(run_dir: Path) -> dict | None:
@@ -325,7 +325,7 @@ def _on_gpu(run_dir: Path, execution: Execution) -> bool:
 
 
 def run_here(run_dir, blocks, settings, execution, on_iteration):
-    """A :class:`Scheduler`: the work units in this process, each written while the next is
+    """A :class:`Scheduler`: the blocks in this process, each written while the next is
     computed."""
     if execution.threads is not None:
         configure(framework_of(run_dir), execution.threads)
@@ -340,7 +340,7 @@ def run_here(run_dir, blocks, settings, execution, on_iteration):
 
 
 def run_workers(run_dir, blocks, settings, execution, on_iteration):
-    """A :class:`Scheduler`: work units handed through a queue to one process per listed GPU
+    """A :class:`Scheduler`: blocks handed through a queue to one process per listed GPU
     (``execution.gpus``), or to ``execution.workers`` CPU processes."""
     if execution.gpus is not None:
         devices = [str(g) for g in execution.gpus]

@@ -127,7 +127,7 @@ CAUSES_NOTE = (
     "<split>/causes/layer[t, term, part, layer], causes/unit/<layer>[t, term, part, unit] and "
     "causes/hurt_layer (entries with A > 0 only): A split by the optimiser's step terms "
     "(<split>/causes attrs terms) × first_order/curvature, float64 sums; replay_residual[t] = "
-    "‖Δθ − Σ terms‖ / ‖Δθ‖; replay_state/m, v: Adam's moments at each work unit's start"
+    "‖Δθ − Σ terms‖ / ‖Δθ‖; replay_state/m, v: Adam's moments at each block's start"
 )
 
 STORE_DESCRIPTIONS = {

@@ -320,7 +320,7 @@ class AllocateConfig:
     # iteration still over the threshold after refinement is recomputed in float32. "auto":
     # bfloat16 on a CPU with bf16 units (AMX, AVX512-BF16), float32 elsewhere
     precision: Precision = "auto"
-    block_iterations: int | None = None  # iterations per work unit (default: storage chunk)
+    block_iterations: int | None = None  # iterations per block (default: storage chunk)
     allow_tf32: bool = False
     jit_compile: bool = False
     # interior quadrature nodes reuse a first dense layer's pre-activations (exact up to

@@ -92,7 +92,7 @@ def describe_run(run_dir: str | Path) -> RunDescription:
             c = int(settings["chunk_iterations"])
             iterations = int(sum(min(c, T - k * c) for k in np.flatnonzero(done)))
             allocation = (
-                f"{int(done.sum())} of {done.size} work units done ({iterations} of {T} "
+                f"{int(done.sum())} of {done.size} blocks done ({iterations} of {T} "
                 f"iterations; {'complete' if done.all() else 'partial'}), splits "
                 f"{', '.join(settings['splits'])}, rule {group.attrs.get('rule', 'simpson')}, "
                 f"gradients in {group.attrs.get('precision', 'float32')}, "

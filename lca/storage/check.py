@@ -1,7 +1,7 @@
 """``lca check RUN``: read every chunk of a run and say what is whole and what is not.
 
-Damage in ``lca.zarr`` is recoverable: each chunk belongs to one work unit of the
-allocation, so :func:`lca.allocation.repair.repair_run` marks those units not done (and
+Damage in ``lca.zarr`` is recoverable: each chunk belongs to one block of the
+allocation, so :func:`lca.allocation.repair.repair_run` marks those blocks not done (and
 removes their bad chunks), and ``lca allocate RUN`` recomputes exactly them.
 Damage in ``trajectory.zarr`` (or in the recorder's ``data.zarr``) is not: θ cannot be
 recomputed from the LCA, so the report names the steps lost and the ``--range``
@@ -24,11 +24,11 @@ from .groups import open_group
 from .integrity import (
     ArrayInfo,
     Required,
+    block_of_chunk,
     chunk_problem,
     lca_required,
     listed_keys,
     trajectory_required,
-    unit_of_chunk,
 )
 from .run import read_run_config
 
@@ -66,8 +66,8 @@ class RunCheck:
     run_dir: Path
     arrays: list[ArrayCheck]
     num_iterations: int
-    unit_iterations: int  # the allocation's work-unit length (for --range advice)
-    bad_units: list[int]  # lca.zarr work units holding a bad chunk
+    block_iterations: int  # the allocation's block length (for --range advice)
+    bad_blocks: list[int]  # lca.zarr blocks holding a bad chunk
     lost_iterations: list[tuple[int, int]]  # [a, b) that cannot be allocated (θ damaged)
     fatal: list[str]  # damage that no allocation can work around
     notes: list[str]
@@ -81,8 +81,8 @@ class RunCheck:
         return not self.issues
 
     def allowed_ranges(self) -> list[tuple[int, int]]:
-        """``--range`` ranges, in whole work units, that avoid every lost iteration."""
-        c, T = self.unit_iterations, self.num_iterations
+        """``--range`` ranges, in whole blocks, that avoid every lost iteration."""
+        c, T = self.block_iterations, self.num_iterations
         bad = np.zeros(math.ceil(T / c), bool)
         for a, b in self.lost_iterations:
             bad[a // c : math.ceil(b / c)] = True
@@ -123,13 +123,13 @@ class RunCheck:
             lines.append(f"{self.run_dir}: every chunk is present and checks out")
             return "\n".join(lines)
         lines += [f"damaged: {issue}" for issue in self.issues]
-        if self.bad_units:
-            c = self.unit_iterations
+        if self.bad_blocks:
+            c = self.block_iterations
             spans = ", ".join(
-                f"{k * c}:{min(k * c + c, self.num_iterations)}" for k in self.bad_units
+                f"{k * c}:{min(k * c + c, self.num_iterations)}" for k in self.bad_blocks
             )
             lines.append(
-                f"lca.zarr: {len(self.bad_units)} work unit(s) hold damaged chunks (iterations "
+                f"lca.zarr: {len(self.bad_blocks)} block(s) hold damaged chunks (iterations "
                 f"{spans}); `lca check {self.run_dir} --repair` marks them for recomputation, "
                 f"then `lca allocate {self.run_dir}` recomputes exactly them"
             )
@@ -142,7 +142,7 @@ class RunCheck:
                 if len(ranges) > 1
                 else f"{ranges[0]} avoids them"
                 if ranges
-                else "no whole work unit avoids them"
+                else "no whole block avoids them"
             )
             lines.append(
                 f"trajectory.zarr: θ is damaged, which the LCA cannot restore: iterations {lost} "
@@ -274,26 +274,26 @@ def check_run(run_dir: str | Path) -> RunCheck:
 
 
 def _check_lca(lca: zarr.Group, report: RunCheck) -> None:
-    c = report.unit_iterations
-    units = math.ceil(report.num_iterations / c)
-    done = np.zeros(units, bool)
+    c = report.block_iterations
+    blocks = math.ceil(report.num_iterations / c)
+    done = np.zeros(blocks, bool)
     bad: set[int] = set()
     for array in _walk(lca):
         result, info, values = _check_array(LCA_STORE, lca, array, lca_required(done, c))
         report.arrays.append(result)
         if values is not None:
-            done[:] = values[:units]
+            done[:] = values[:blocks]
         for issue in result.issues:
-            unit = unit_of_chunk(info, issue.chunk, c, units)
+            block = block_of_chunk(info, issue.chunk, c, blocks)
             if array.path == "done":
                 bad.add(issue.chunk[0])
-            elif unit is not None:
-                bad.add(unit)
-    report.bad_units = sorted(bad)
+            elif block is not None:
+                bad.add(block)
+    report.bad_blocks = sorted(bad)
     if done.all() and not bad:
-        report.notes.append(f"lca.zarr: all {units} work units done")
+        report.notes.append(f"lca.zarr: all {blocks} blocks done")
     else:
-        report.notes.append(f"lca.zarr: {int(done.sum())} of {units} work units done")
+        report.notes.append(f"lca.zarr: {int(done.sum())} of {blocks} blocks done")
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

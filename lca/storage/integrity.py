@@ -4,7 +4,7 @@ Every array lca writes carries Zarr v3's per-chunk ``crc32c`` (see ``checksummed
 go through :class:`CheckedStore`, which verifies a chunk's checksum (or, for arrays written
 before checksums, its size or that it decompresses) and turns a failure into a one-line
 :class:`ChunkError` naming the run, the array and the chunk. A chunk that a store *must*
-have (a θ row of a finished trajectory, any array of a done LCA work unit) but that is
+have (a θ row of a finished trajectory, any array of a done LCA block) but that is
 absent is an error too: Zarr would otherwise return its fill value, silently.
 
 Which chunks are required is the store's own business, given by a ``required(info, chunk)``
@@ -227,25 +227,25 @@ def warn_if_unchecked(label: str, codecs: tuple[str, ...]) -> None:
     )
 
 
-def unit_of_chunk(info: ArrayInfo, chunk: tuple[int, ...], unit_iterations: int, units: int):
-    """The LCA work unit that writes ``chunk`` of an array of ``lca.zarr`` (None: no unit).
+def block_of_chunk(info: ArrayInfo, chunk: tuple[int, ...], block_iterations: int, blocks: int):
+    """The LCA block that writes ``chunk`` of an array of ``lca.zarr`` (None: no block).
 
-    Arrays along iterations or steps are chunked by the unit's length; the extra row T of a
-    (T+1)-row array belongs to the last unit.
+    Arrays along iterations or steps are chunked by the block's length; the extra row T of a
+    (T+1)-row array belongs to the last block.
     """
-    if not info.dims or info.dims[0] not in ITERATION_AXES or info.chunks[0] != unit_iterations:
+    if not info.dims or info.dims[0] not in ITERATION_AXES or info.chunks[0] != block_iterations:
         return None
-    return min(chunk[0], units - 1)
+    return min(chunk[0], blocks - 1)
 
 
-def lca_required(done: np.ndarray, unit_iterations: int) -> Required:
-    """In ``lca.zarr``: every chunk of a done unit, and the arrays written at creation."""
+def lca_required(done: np.ndarray, block_iterations: int) -> Required:
+    """In ``lca.zarr``: every chunk of a done block, and the arrays written at creation."""
 
     def required(info: ArrayInfo, chunk: tuple[int, ...]) -> bool:
         if info.path == "done":
-            return False  # an absent flag reads "not done": the unit is simply recomputed
-        unit = unit_of_chunk(info, chunk, unit_iterations, len(done))
-        return True if unit is None else bool(done[unit])
+            return False  # an absent flag reads "not done": the block is simply recomputed
+        block = block_of_chunk(info, chunk, block_iterations, len(done))
+        return True if block is None else bool(done[block])
 
     return required
 
@@ -277,8 +277,8 @@ def attach_requirements(group, name: str) -> None:
         steps = int(attrs.get("steps_recorded", 0))
         store.required = trajectory_required(steps, bool(attrs.get("complete", False)))
     elif name == LCA_STORE and "settings" in attrs and "done" in group:
-        unit = int(attrs["settings"]["chunk_iterations"])
-        store.required = lca_required(np.asarray(group["done"][:], bool), unit)
+        block = int(attrs["settings"]["chunk_iterations"])
+        store.required = lca_required(np.asarray(group["done"][:], bool), block)
     elif name == DATA_STORE:
         store.required = lambda info, chunk: True
 

@@ -27,11 +27,11 @@ from .groups import checksummed
 #: updates, ``block`` the blocks of ``block_iterations`` iterations, ``example`` the examples
 #: of the train subset.
 PER = ("step", "iteration", "block", "example")
-#: The first axis's dimension name (blocks': ``work_unit``, what readers of every store expect).
+#: The first axis's dimension name.
 FIRST_DIMENSION = {
     "step": "step",
     "iteration": "iteration",
-    "block": "work_unit",
+    "block": "block",
     "example": "subset_example",
 }
 
