@@ -185,7 +185,7 @@ def test_verify_error_fails_when_the_threshold_cannot_be_met(fresh_run):
     report = verify_error(run_dir)
     assert not report.passed
     assert any("even at 4 sub-intervals" in f for f in report.failures())
-    assert report.splits["train"].splits_used == {4: 40}
+    assert report.splits["train"].intervals_used == {4: 40}
     result = cli_in_process("verify-error", str(run_dir))
     assert result.returncode == 1 and "FAIL" in result.stdout
 

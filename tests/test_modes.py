@@ -91,7 +91,7 @@ def test_endpoint_first_rule_passes_verify_error_and_says_so(fresh_run):
     assert report.rule == "adaptive" and report.label == "adaptive"
     train = report.splits["train"]
     assert train.rule_iterations["trapezoid"] + train.rule_iterations["simpson"] == 40
-    assert train.rule_iterations["trapezoid"] == train.splits_used.get(1, 0) > 0
+    assert train.rule_iterations["trapezoid"] == train.intervals_used.get(1, 0) > 0
     text = cli_in_process("verify-error", str(run_dir)).stdout
     assert "rule adaptive" in text and "iterations with 1 sub-interval (trapezoid)" in text
     assert "trapezoid: mean |error|, total error" in text and text.rstrip().endswith(

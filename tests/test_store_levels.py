@@ -101,7 +101,7 @@ def test_verify_error_passes_with_the_same_totals_on_every_level(levels):
             got, want = report.splits[split], expected.splits[split]
             assert got.loss_change == want.loss_change
             assert got.mean_abs_error == want.mean_abs_error
-            assert got.splits_used == want.splits_used
+            assert got.intervals_used == want.intervals_used
             # Σ over layers of the float64 layer sums vs Σ over the float32 row: rounding only
             assert abs(got.lca_total - want.lca_total) <= 1e-12 * abs(want.loss_change)
             assert got.stored_mismatch < 1e-9

@@ -44,7 +44,7 @@ class SplitErrors:
     mean_abs_error_first_order: float
     max_abs_error: float
     max_abs_error_first_order: float
-    splits_used: dict[int, int]  # sub-intervals -> iterations
+    intervals_used: dict[int, int]  # sub-intervals -> iterations
     over_threshold: int
     stored_mismatch: float  # max |Σ_i A_t,i (re-summed) − (ΔL_t − error_t)|
     # by the rule that produced each iteration (trapezoid: 1 sub-interval; simpson: 2 or more)
@@ -83,7 +83,7 @@ class ErrorReport:
     iterations_total: int
     iterations_done: int
     threshold: float
-    max_splits: int
+    max_intervals: int
     splits: dict[str, SplitErrors] = field(default_factory=dict)
     subset_size: int | None = None  # train split allocated on this many examples …
     num_train: int | None = None  # … of this many
@@ -122,7 +122,7 @@ class ErrorReport:
             if s.over_threshold:
                 problems.append(
                     f"{name}: {s.over_threshold} iterations have |error| > "
-                    f"{self.threshold:g} even at {self.max_splits} sub-intervals"
+                    f"{self.threshold:g} even at {self.max_intervals} sub-intervals"
                 )
             if math.isfinite(s.total_error_pct) and abs(s.total_error_pct) > TOTAL_ERROR_LIMIT_PCT:
                 problems.append(
@@ -215,14 +215,14 @@ class ErrorReport:
             ),
         ]
         first = 0 if self.rule == "adaptive" else 1
-        levels = [2**k for k in range(first, int(math.log2(self.max_splits)) + 1)]
+        levels = [2**k for k in range(first, int(math.log2(self.max_intervals)) + 1)]
         for n in levels:
             rows.append(
                 (
                     "iterations with 1 sub-interval (trapezoid)"
                     if n == 1
                     else f"iterations with {n} sub-intervals",
-                    [str(s.splits_used.get(n, 0)) for s in self.splits.values()],
+                    [str(s.intervals_used.get(n, 0)) for s in self.splits.values()],
                 )
             )
         if self.rule != "simpson":
@@ -255,7 +255,7 @@ class ErrorReport:
         col = max([len(v) for r in rows for v in r[1]] + [len(n) for n in names]) + 2
         lines = [
             f"{self.run_dir}: {self.iterations_done} of {self.iterations_total} iterations "
-            f"allocated (threshold {self.threshold:g}, at most {self.max_splits} sub-intervals)",
+            f"allocated (threshold {self.threshold:g}, at most {self.max_intervals} sub-intervals)",
             f"rule {self.rule}{RULE_NOTES[self.rule]}; gradients in {self.precision}"
             + ("" if self.precision == "float32" else ", losses in float32"),
             ERROR_SIGN,
@@ -436,7 +436,7 @@ def verify_error(run_dir: str | Path) -> ErrorReport:
             mean_abs_error_first_order=_nanstat(np.mean, np.abs(group["error_fo"][:][done])),
             max_abs_error=float(np.abs(error).max()) if error.size else math.nan,
             max_abs_error_first_order=_nanstat(np.max, np.abs(group["error_fo"][:][done])),
-            splits_used={int(v): int(n) for v, n in zip(values, counts)},
+            intervals_used={int(v): int(n) for v, n in zip(values, counts)},
             over_threshold=int((np.abs(error) > report.threshold).sum()),
             stored_mismatch=float(np.nanmax(mismatch)) if np.isfinite(mismatch).any() else 0.0,
             fallbacks=int(group["fallback"][:][done].sum()) if "fallback" in group else 0,
