@@ -359,8 +359,8 @@ def test_a_torch_config_torch_cannot_run_is_one_line(tmp_path, yaml_line, needle
 @pytest.mark.parametrize(
     ("option", "needles"),
     [
-        (["--precision", "bfloat16"], ("--precision bfloat16", "float32")),
-        (["--precision", "tf32"], ("--precision tf32", "float32")),
+        (["--precision", "bfloat16"], ("--precision", "torch runs are allocated in float32")),
+        (["--precision", "tf32"], ("--precision", "torch runs are allocated in float32")),
         (["--per-class"], ("--per-class", "torch")),
     ],
     ids=["bfloat16", "tf32", "per-class"],

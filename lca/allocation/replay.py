@@ -66,14 +66,14 @@ def prepare_adam_states(
     from tqdm.auto import tqdm
 
     rows = trajectory.theta.chunks[0]
-    block: tuple[int, np.ndarray] | None = None
+    cached: tuple[int, np.ndarray] | None = None  # a chunk of θ rows: (first row, rows)
 
     def row(t: int) -> np.ndarray:
-        nonlocal block
-        if block is None or not block[0] <= t < block[0] + len(block[1]):
+        nonlocal cached
+        if cached is None or not cached[0] <= t < cached[0] + len(cached[1]):
             start = t - t % rows
-            block = (start, trajectory.theta[start : start + rows])
-        return block[1][t - block[0]]
+            cached = (start, trajectory.theta[start : start + rows])
+        return cached[1][t - cached[0]]
 
     for t in tqdm(range(first, stop), desc="replay optimiser", unit="it", disable=not progress):
         theta = row(t)
