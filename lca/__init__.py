@@ -70,7 +70,7 @@ MOVED = {
 
 
 class _MovedModules(importlib.abc.MetaPathFinder):
-    """Refuses the old module paths in :data:`MOVED`, naming where each module went."""
+    """Refuses the old module paths in `MOVED`, naming where each module went."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in MOVED:

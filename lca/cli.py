@@ -57,7 +57,7 @@ class Option(click.Option):
 
 
 def option(*names: str, **kwargs):
-    """``click.option`` with :class:`Option`: the one way options of ``lca`` are declared."""
+    """``click.option`` with `Option`: the one way options of ``lca`` are declared."""
     return click.option(*names, cls=Option, **kwargs)
 
 
@@ -164,7 +164,7 @@ NATIVE_NOISE = re.compile(
 
 
 def quiet_native_stderr() -> None:
-    """Drop :data:`NATIVE_NOISE` lines written to file descriptor 2 by native code.
+    """Drop `NATIVE_NOISE` lines written to file descriptor 2 by native code.
 
     Python's own stderr keeps writing to the terminal directly; only what reaches fd 2
     otherwise (TensorFlow's C++ logs, worker processes) passes a filter thread.

@@ -2,9 +2,11 @@
 
 LCA of iteration t is A_t,i = Δ_i ∫_0^1 g_i(θ_t + sΔ) ds. The integral is approximated by a
 Newton–Cotes formula on equally spaced nodes s = k/n; the formula is a pluggable object
-(Simpson's is the paper's "RK4"), and :func:`integrate_step` refines it adaptively, halving
+(Simpson's is the paper's "RK4"), and [`integrate_step`][lca.quadrature.integrate_step] refines it
+adaptively, halving
 the sub-intervals while the conservation error of any split exceeds the threshold. The
-refinement sequence, the rule ``allocate.rule`` names, is pluggable too (:data:`RULES`):
+refinement sequence, the rule ``allocate.rule`` names, is pluggable too
+([`RULES`][lca.quadrature.RULES]):
 ``simpson`` is the paper's, ``adaptive`` starts
 from the trapezoid on the two endpoints, which costs one new gradient per iteration instead
 of two. Nodes live on the grid of the finest level, so every gradient computed at a coarse
@@ -121,7 +123,7 @@ def refinement_levels(
     max_intervals: int = 32,
     trapezoid_threshold: float | None = None,
 ) -> tuple[Level, ...]:
-    """The levels ``rule`` tries, coarsest first (see :data:`RULES`)."""
+    """The levels ``rule`` tries, coarsest first (see [`RULES`][lca.quadrature.RULES])."""
     try:
         make = RULES[rule]
     except KeyError:
@@ -170,7 +172,8 @@ def integrate_step(
 
     ``gradient_at(s)`` returns the gradient of each split at θ + sΔ for an interior s;
     ``start``/``end`` are the gradients at s = 0 and 1, which the caller shares with the
-    neighbouring iterations. The levels of ``rule`` (:func:`refinement_levels`) are tried in
+    neighbouring iterations. The levels of ``rule``
+    ([`refinement_levels`][lca.quadrature.refinement_levels]) are tried in
     order until every split's |error| is within the level's threshold or none is left.
 
     ``stop_when_stalled`` (for reduced-precision gradients, whose rounding puts a floor under
@@ -260,7 +263,8 @@ class LossAndGradient(NamedTuple):
 
 
 class ClassLossAndGradient(NamedTuple):
-    """:class:`LossAndGradient` and its exact split into classes (``allocate.per_class``)."""
+    """[`LossAndGradient`][lca.quadrature.LossAndGradient] and its exact split into classes
+    (``allocate.per_class``)."""
 
     loss: float
     gradient: np.ndarray  # (K,) float32

@@ -62,3 +62,8 @@ def test_roles_become_links_where_the_site_documents_the_target(tmp_path, capsys
     assert "`pkg.sub`" in (pkg / "__init__.py").read_text()  # not documented: a code span
     assert "names nothing" in capsys.readouterr().err
     assert roles.main(["--check", str(pkg)]) == 0
+
+
+def test_lca_docstrings_hold_no_sphinx_role(capsys):
+    """One docstring style: mkdocstrings cross-references, never a raw ``:func:`` on the page."""
+    assert roles.main(["--check", str(SCRIPT.parents[1] / "lca")]) == 0, capsys.readouterr().out

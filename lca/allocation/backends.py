@@ -1,9 +1,9 @@
 """The one interface between the allocation and a deep-learning framework.
 
 Everything downstream of a recorded trajectory (quadrature, blocks, schedulers, stores,
-``verify-error``, the report) sees a model only through an :class:`Objective`: the loss and
+``verify-error``, the report) sees a model only through an `Objective`: the loss and
 gradient of each data split at a flat θ. A framework provides, in a package of its own
-(TensorFlow: :mod:`lca.tensorflow`; PyTorch: :mod:`lca.torch`), the objective of a run
+(TensorFlow: `lca.tensorflow`; PyTorch: `lca.torch`), the objective of a run
 directory, its thread and TF32 settings, the GPUs it sees and, for ``--causes``, the
 mini-batch gradient of a recorded step. A third framework is one more package of the same
 modules and one more branch in each function below.
@@ -29,7 +29,8 @@ class Objective(Protocol):
     """Full-split loss and gradient at any flat θ (float32 in, float64 sums inside).
 
     ``objective(theta)`` returns ``{split: LossAndGradient(loss, gradient)}``
-    (:class:`lca.quadrature.LossAndGradient`): the loss the float64 mean of the
+    ([`lca.quadrature.LossAndGradient`][lca.quadrature.LossAndGradient]): the loss the float64 mean
+    of the
     per-example losses over the whole split, the gradient a float32 vector in θ's order,
     summed over fixed evaluation batches in float64. The loss must be a function of θ alone:
     dropout off, batch norm on the statistics of the fixed evaluation batches.
@@ -124,7 +125,7 @@ def load_objective(
 
 
 def model_layout(config: Config, input_shape: Sequence[int], num_classes: int):
-    """The :class:`~lca.layout.ParameterLayout` of the network a config builds."""
+    """The `ParameterLayout` of the network a config builds."""
     if config.framework == "torch":
         from ..torch.models import build_torch_model, torch_layout
 

@@ -3,7 +3,7 @@
 A block (``allocate.block_iterations`` consecutive iterations, one Zarr chunk of every array
 along iterations) computes the gradient at its first θ once, then walks its iterations,
 reusing every endpoint gradient as the next start; its arrays (their rows as the table of
-:mod:`lca.storage.lca_arrays` says) are written in the background only after the whole block
+`lca.storage.lca_arrays` says) are written in the background only after the whole block
 is computed, and the block is marked done last.
 """
 
@@ -326,7 +326,7 @@ class BlockAllocator:
         """Write a block's own chunks, then (and only then) mark it done.
 
         A write that fails (disk full, read-only, no permission) raises a one-line
-        :class:`~lca.storage.WriteFailed`; the block stays not done (each chunk is replaced
+        `WriteFailed`; the block stays not done (each chunk is replaced
         atomically, so what was written before is intact) and a rerun recomputes it.
         """
         block = f"(block {result.block}, iterations {result.start}–{result.stop - 1})"
@@ -343,7 +343,7 @@ class BlockAllocator:
         return self._store
 
     def _write(self, result: BlockResult) -> None:
-        """Every array's rows of the block (:func:`~lca.storage.lca_arrays.block_rows`)."""
+        """Every array's rows of the block (`block_rows`)."""
         store = self._open_store()
         T = self.trajectory.num_iterations
 

@@ -1,13 +1,13 @@
 """The LCA of every cause (``allocate.causes``): each term of the optimiser's step, split into
 first order and curvature, summed per layer and unit for every iteration of a block.
 
-A[t, i] = Σ_k u⁽ᵏ⁾_i ∇_iL(θ_t) + Σ_k u⁽ᵏ⁾_i (ḡ_i − ∇_iL(θ_t)) exactly (:mod:`.causes`); the
+A[t, i] = Σ_k u⁽ᵏ⁾_i ∇_iL(θ_t) + Σ_k u⁽ᵏ⁾_i (ḡ_i − ∇_iL(θ_t)) exactly (`causes`); the
 per-parameter shares would be 2·terms times the size of the LCA itself, so a block keeps only
 their sums: ``<split>/causes/layer``, ``causes/unit/<layer>`` (store levels ``parameters``
 and ``units``), ``causes/hurt_layer`` (the shares of entries with A[t, i] > 0 only) and the
-replay's ``replay_residual``. Sums group the parameters as :class:`lca.layout.LevelSums`
+replay's ``replay_residual``. Sums group the parameters as `lca.layout.LevelSums`
 does (``ParameterLayout.unit_index``); a layer's sum is the sum of its units' sums
-(:class:`lca.layout.GroupSums`).
+(`lca.layout.GroupSums`).
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class LevelReducer:
 
 def describe_causes(causes: zarr.Group, model: CauseModel, layers: list[str]) -> None:
     """The attributes of a split's new ``causes`` group: the axes' names and what they mean
-    (its arrays are in the table of :mod:`lca.storage.lca_arrays`)."""
+    (its arrays are in the table of `lca.storage.lca_arrays`)."""
     causes.attrs.update(
         {
             "terms": list(model.terms),
@@ -298,7 +298,7 @@ class BlockCauses:
 
     def terms(self, k: int, theta0, theta1, train_grad, batch_grad=None) -> Terms:
         """The terms of iteration start + k from the recorded θ_t, θ_{t+1} (views of rows of
-        :attr:`steps`, valid until the next call)."""
+        `steps`, valid until the next call)."""
         t = self.start + k
         out = dict(zip(self.model.terms, self.steps, strict=True))
         if self.replay is not None:
@@ -322,7 +322,7 @@ class BlockCauses:
         """Row k: every split's shares of ``terms``, summed (``lca``: the stored float32 A).
 
         The shares u_k·∇L(θ_t) and u_k·(ḡ − ∇L(θ_t)) of every term and split are summed as
-        products (:meth:`LevelReducer.unit_products`), never formed one by one.
+        products (`LevelReducer.unit_products`), never formed one by one.
         """
         self.residual[k] = residual_ratio(terms)
         steps = self.steps

@@ -3,7 +3,7 @@
 The step of iteration t is a sum of terms, Δθ_t = Σ_k u⁽ᵏ⁾, and the path-mean gradient of a
 split is ḡ = ∇L(θ_t) + (ḡ − ∇L(θ_t)), so the LCA A_t,i = Δθ_i ḡ_i splits exactly into
 u⁽ᵏ⁾_i ∇_iL(θ_t) (first order) and u⁽ᵏ⁾_i (ḡ_i − ∇_iL(θ_t)) (curvature along the step) for
-every term k. The terms (names in :data:`TERM_NAMES`):
+every term k. The terms (names in `TERM_NAMES`):
 
 ``signal``        the whole training split's gradient, as the optimiser would have followed it:
                   −lr ∇L_train(θ_t) (SGD), −(1−β₁) P_t ∇L_train(θ_t) (Adam). Always the TRAIN
@@ -14,12 +14,12 @@ every term k. The terms (names in :data:`TERM_NAMES`):
 ``weight_decay``  AdamW: −lr·wd·θ_t, decoupled, applied before the Adam step (torch.optim's
                   SGD and Adam: the step's part that wd·θ_t added to the gradient).
 ``residual``      Δθ_recorded − Σ of the others: what the replay did not reproduce. Carried as
-                  a term so the shares add up to A; :func:`residual_ratio` reports its size.
+                  a term so the shares add up to A; `residual_ratio` reports its size.
 
 The formulas follow ``lca/training/loop.py`` operation for operation (float32, same order), so a
 replay on the recorded θ_t and mini-batch gradients reproduces the recorded Δθ to rounding
 (``lca train``'s torch trainer computes the same; torch.optim's rules, for runs recorded from a
-user's loop, are in :mod:`.causes_torch_optim`).
+user's loop, are in `causes_torch_optim`).
 Pure numpy: the gradients (∇L_train, g_B) and the path means ḡ come from the caller.
 """
 
@@ -50,7 +50,7 @@ Terms = dict[str, np.ndarray]  # term name -> (P,) float64 step component
 
 
 def optimizer_kind(name: str, momentum: np.ndarray | float = 0.0, weight_decay: float = 0.0) -> str:
-    """The key of :data:`TERM_NAMES` for an optimiser config (``optimizer.name`` etc.).
+    """The key of `TERM_NAMES` for an optimiser config (``optimizer.name`` etc.).
 
     SGD whose momentum is zero everywhere has no momentum term; AdamW without decay is Adam.
     """
@@ -190,7 +190,7 @@ def sgd_block_terms(
 
     ``theta``: (n+1, P) float32 rows; ``previous``: θ_{first−1} (None when first = 0);
     ``train_grads[k]``: ∇L_train(θ_{first+k}); ``batch_grads[k]`` optional (see
-    :func:`sgd_step_terms`). Yields (t, terms) one iteration at a time, so a block holds
+    `sgd_step_terms`). Yields (t, terms) one iteration at a time, so a block holds
     one iteration's terms at once, not the block's.
     """
     theta = np.asarray(theta)
@@ -263,12 +263,12 @@ class AdamReplay:
         out: Terms | None = None,
     ) -> Terms:
         """Advance the slots over iteration t and return its terms (into ``out``, as
-        :func:`sgd_step_terms` writes them).
+        `sgd_step_terms` writes them).
 
         ``theta``: the recorded θ_t (float32); ``batch_grad``: g_B at θ_t on the recorded batch
         (before the decay, as training.py's tape computes it); ``train_grad``: ∇L_train(θ_t).
         The residual is taken against the recorded ``theta_next`` when given, else against
-        this replay's own θ_{t+1} (:attr:`theta_next`), which leaves only the float32 rounding
+        this replay's own θ_{t+1} (`theta_next`), which leaves only the float32 rounding
         of m_t, of the step and of θ_{t+1} (half an ulp of θ: large against a small step).
         """
         s = self.settings
@@ -349,7 +349,7 @@ def cause_shares(
     """Each term's share of one split's LCA, first-order and curvature parts, per parameter.
 
     ``grad_at_start``: ∇L_split(θ_t); ``path_mean_grad``: ḡ of the same split (the
-    quadrature's). Σ over every entry is Σ_i Δθ_i ḡ_i with Δθ = :func:`step_of`, to float64
+    quadrature's). Σ over every entry is Σ_i Δθ_i ḡ_i with Δθ = `step_of`, to float64
     rounding: u·g₀ + u·(ḡ − g₀) = u·ḡ for each term u.
     """
     g0 = np.asarray(grad_at_start, np.float64)

@@ -1,7 +1,7 @@
 """The cause terms of ``torch.optim`` steps (SGD, Adam, AdamW) in runs recorded from a user's loop.
 
 ``lca.torch.TrajectoryRecorder`` stores the optimiser's class and param groups in the
-trajectory's ``torch_optimizer`` attribute; :class:`TorchOptimizer` expands them onto θ. The
+trajectory's ``torch_optimizer`` attribute; `TorchOptimizer` expands them onto θ. The
 update rules are torch's own (``torch.optim.sgd/adam``, single-tensor), with G = g_B + wd·θ_t
 (L2 coupled to the gradient) for SGD and Adam:
 
@@ -11,7 +11,7 @@ update rules are torch's own (``torch.optim.sgd/adam``, single-tensor), with G =
           θ ← θ − lr/(1−β₁ᵗ) · m / (√v / √(1−β₂ᵗ) + ε)  (t counted from 1).
 ``AdamW`` θ ← θ·(1 − lr·wd) first (decoupled), then Adam's step with G = g_B.
 
-The terms keep :mod:`.causes`' meanings: ``signal`` and ``deviation`` are the gradient's part
+The terms keep `causes`' meanings: ``signal`` and ``deviation`` are the gradient's part
 of the step with ∇L_train(θ_t) and g_B − ∇L_train(θ_t), ``momentum`` (SGD) and ``history``
 (Adam) what the optimiser carried over, ``weight_decay`` the part wd·θ_t made (SGD and Adam:
 through the gradient, with its coefficient; AdamW: θ_t·(fl32(1 − lr·wd) − 1), the decay as
@@ -127,7 +127,7 @@ class TorchOptimizer:
         return self.kind != "torch_sgd" or bool(self.nesterov.any())
 
     def parameter_settings(self) -> ParameterSettings:
-        """lr and momentum per parameter, nothing frozen (what :class:`.cause_sums.UnitCauses`
+        """lr and momentum per parameter, nothing frozen (what `cause_sums.BlockCauses`
         reads of the settings)."""
         return ParameterSettings(
             self.lr.astype(np.float32),
@@ -265,7 +265,7 @@ class TorchAdamReplay:
         theta_next: np.ndarray | None = None,
         out: Terms | None = None,
     ) -> Terms:
-        """Advance m, v over iteration t and return its terms (as :class:`.causes.AdamReplay`:
+        """Advance m, v over iteration t and return its terms (as `causes.AdamReplay`:
         the residual against the recorded ``theta_next`` when given, else this replay's own)."""
         o, f = self.optimizer, np.float32
         theta = np.asarray(theta, f)

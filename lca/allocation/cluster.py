@@ -1,7 +1,7 @@
 """Allocate on a Ray cluster: each block of iterations (a block) is one Ray task.
 
 The work is the same as on one machine (``BlockAllocator.compute`` then ``.write``); only
-the scheduling differs (:func:`run_on_ray` is a :class:`.schedulers.Scheduler`). Ray runs the
+the scheduling differs (`run_on_ray` is a `schedulers.Scheduler`). Ray runs the
 blocks on *block workers*, actors that each hold a GPU (``gpus_per_task``) or some CPUs
 (``cpus_per_task``) and keep the model, the dataset and the compiled gradient function loaded
 between blocks, so a block costs its gradients and nothing else. A block is an actor task: if
@@ -105,7 +105,7 @@ def run_on_ray(
     execution,
     on_iteration: Callable[[int], None],
 ) -> Iterator[tuple[int, int]]:
-    """A :class:`.schedulers.Scheduler`: the blocks ``blocks`` on the Ray cluster at
+    """A `schedulers.Scheduler`: the blocks ``blocks`` on the Ray cluster at
     ``execution.ray``; yield (iterations, evaluations) per block.
 
     Each worker runs TensorFlow on ``execution.threads`` threads, by default as many as its CPUs.

@@ -1,6 +1,6 @@
 """``lca check RUN --repair``: mark the LCA blocks holding damaged chunks as not done.
 
-:func:`lca.storage.check.check_run` finds the damage; each chunk of ``lca.zarr`` belongs to
+`lca.storage.check.check_run` finds the damage; each chunk of ``lca.zarr`` belongs to
 one block of the allocation, so the repair removes the bad chunks and resets their blocks,
 and ``lca allocate RUN`` recomputes exactly them.
 """

@@ -1,10 +1,10 @@
 """Replaying Adam/AdamW for ``allocate.causes``: the mini-batch gradients and the moments.
 
 Adam's step depends on its moments m, v, which only the whole history of mini-batch
-gradients gives. The framework's ``BatchGradient`` (:mod:`lca.tensorflow.replay`,
-:mod:`lca.torch.replay`, chosen by :func:`lca.allocation.backends.batch_gradient`) recomputes
+gradients gives. The framework's ``BatchGradient`` (`lca.tensorflow.replay`,
+`lca.torch.replay`, chosen by `lca.allocation.backends.batch_gradient`) recomputes
 g_B at a recorded θ_t on the recorded batch with the training model (dropout on, with the
-randomness of step t), and :func:`prepare_adam_states` walks the
+randomness of step t), and `prepare_adam_states` walks the
 iterations once, in order, keeping m, v at the first iteration of every block in
 ``lca.zarr/replay_state`` so that each block (in any worker, or after a resume) replays only
 its own steps. torch.optim.SGD with nesterov carries its buffer b the same way, from the
@@ -104,7 +104,7 @@ class CauseReplay:
         )
 
     def block(self, store: zarr.Group, block: int, start: int, n: int, splits, store_level: str):
-        """The :class:`BlockCauses` of block ``block`` (iterations start … start+n−1)."""
+        """The `cause_sums.BlockCauses` of block ``block`` (iterations start … start+n−1)."""
         from .cause_sums import BlockCauses
 
         before = replay = None

@@ -2,8 +2,8 @@
 
 Units are handed out dynamically and each writes only its own chunks, then marks itself
 done; a rerun skips the done units, so a killed allocation resumes and ends with exactly the
-arrays of an uninterrupted run. Every scheduler is a :class:`Scheduler`, called the same way;
-:func:`scheduler_for` picks one from the :class:`Execution` options.
+arrays of an uninterrupted run. Every scheduler is a `Scheduler`, called the same way;
+`scheduler_for` picks one from the [`Execution`][lca.allocation.schedulers.Execution] options.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Execution:
     ``gpus`` starts one worker process per listed GPU, each seeing only its GPU; ``workers``
     starts that many CPU worker processes; ``ray`` (``auto``, ``local`` or a cluster address)
     runs each block as a Ray task holding ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs
-    (:mod:`lca.allocation.cluster`); by default the work runs in this process. ``threads``
+    (`lca.allocation.cluster`); by default the work runs in this process. ``threads``
     pins the intra-op threads per worker (bitwise-reproducible results). ``overwrite``
     discards an existing ``lca.zarr`` and starts over.
     """
@@ -156,17 +156,19 @@ def allocate(
     """Allocate the loss change of every (selected) iteration of a run; resumable.
 
     ``settings`` replaces the run's ``allocate`` section whole; ``overrides`` change single
-    settings of it (names of :class:`lca.config.AllocateConfig`, checked as a config file's,
+    settings of it (names of [`lca.config.AllocateConfig`][lca.config.schema.AllocateConfig],
+    checked as a config file's,
     e.g. ``rule="simpson"``; None leaves a setting as it is) or options of ``execution``
-    (:class:`Execution`, e.g. ``workers=2``). A resumed allocation continues with its store's
+    ([`Execution`][lca.allocation.schedulers.Execution], e.g. ``workers=2``). A resumed allocation
+    continues with its store's
     rule, trapezoid threshold, precision, store level, ``store_grad`` and ``causes`` unless
     they are chosen here. ``iterations`` (a half-open range) allocates only those, rounded out
     to whole blocks.
 
-    The run is locked for the whole allocation (``RUN/lca.lock``, :func:`lca.storage.run_lock`):
-    a second allocation of the same run raises :class:`lca.storage.RunLocked` naming this one.
+    The run is locked for the whole allocation (``RUN/lca.lock``, `lca.storage.run_lock`):
+    a second allocation of the same run raises `lca.storage.RunLocked` naming this one.
     A write that fails (disk full, read-only, no permission) raises
-    :class:`lca.storage.WriteFailed`; the units finished before stay done and a rerun resumes.
+    `lca.storage.WriteFailed`; the units finished before stay done and a rerun resumes.
     """
     chosen, execution = _split_overrides(overrides, execution or Execution())
     run_dir = location(run_dir)
@@ -325,7 +327,7 @@ def _on_gpu(run_dir: Path, execution: Execution) -> bool:
 
 
 def run_here(run_dir, blocks, settings, execution, on_iteration):
-    """A :class:`Scheduler`: the blocks in this process, each written while the next is
+    """A `Scheduler`: the blocks in this process, each written while the next is
     computed."""
     if execution.threads is not None:
         configure(framework_of(run_dir), execution.threads)
@@ -340,7 +342,7 @@ def run_here(run_dir, blocks, settings, execution, on_iteration):
 
 
 def run_workers(run_dir, blocks, settings, execution, on_iteration):
-    """A :class:`Scheduler`: blocks handed through a queue to one process per listed GPU
+    """A `Scheduler`: blocks handed through a queue to one process per listed GPU
     (``execution.gpus``), or to ``execution.workers`` CPU processes."""
     if execution.gpus is not None:
         devices = [str(g) for g in execution.gpus]

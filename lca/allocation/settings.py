@@ -1,7 +1,8 @@
 """What fixes the numbers of an allocation: the run's ``allocate`` settings, resolved for it.
 
-The settings are defined, defaulted and checked once, as :class:`lca.config.AllocateConfig`;
-:func:`resolve_settings` applies a caller's overrides to it and fixes what depends on the
+The settings are defined, defaulted and checked once, as
+[`lca.config.AllocateConfig`][lca.config.schema.AllocateConfig];
+`resolve_settings` applies a caller's overrides to it and fixes what depends on the
 machine and the run. A resumed allocation must use exactly the settings its store was made
 with, so they have an ``identity()`` that ``lca.zarr`` records and compares.
 """
@@ -97,7 +98,7 @@ ALWAYS_RECORDED = (
 @dataclass
 class AllocationSettings(AllocateConfig):
     """The ``allocate`` settings resolved for one run: ``precision`` names the arithmetic
-    actually used and ``block_iterations`` is set. Made by :func:`resolve_settings`."""
+    actually used and ``block_iterations`` is set. Made by `resolve_settings`."""
 
     def __post_init__(self) -> None:
         if self.precision == "auto" or self.block_iterations is None:
@@ -149,7 +150,7 @@ class AllocationSettings(AllocateConfig):
 
 
 def recorded_values(identity: dict) -> dict[str, Any]:
-    """The settings of :data:`RECORDED_UNLESS` a store's ``identity`` was made with."""
+    """The settings of `RECORDED_UNLESS` a store's ``identity`` was made with."""
     return {name: identity.get(name, unrecorded) for name, unrecorded in RECORDED_UNLESS.items()}
 
 
@@ -181,7 +182,8 @@ def resolve_settings(
     framework: str = "tensorflow",
     **overrides: Any,
 ) -> AllocationSettings:
-    """``config`` with ``overrides`` (setting names of :class:`lca.config.AllocateConfig`)
+    """``config`` with ``overrides`` (setting names of
+    [`lca.config.AllocateConfig`][lca.config.schema.AllocateConfig])
     applied and checked as a config file is, resolved for a run of ``num_params`` parameters.
 
     ``precision: auto`` is resolved here (``on_gpu``: the allocation runs on GPUs), so the

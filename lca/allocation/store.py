@@ -1,4 +1,4 @@
-"""Creating ``lca.zarr`` (from the table of :mod:`lca.storage.lca_arrays`) or reopening it to
+"""Creating ``lca.zarr`` (from the table of `lca.storage.lca_arrays`) or reopening it to
 resume, and the descriptions its attributes carry."""
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ CHECK_DESCRIPTION = (
 def unit_index(layout_json: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Per layer group: its parameters' flat indices, the unit of each, the unit count.
 
-    See :meth:`lca.layout.ParameterLayout.unit_index`: heads, neurons, channels, tokens.
+    See `lca.layout.ParameterLayout.unit_index`: heads, neurons, channels, tokens.
     """
     from ..layout import ParameterLayout
 

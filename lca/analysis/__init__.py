@@ -9,12 +9,13 @@ plain JSON types, non-finite floats as ``None``) or dicts of numpy arrays.
 Sign convention: A[t, i] < 0 means parameter i helped (lowered the loss) at iteration t,
 A > 0 means it hurt, A == 0 means it had no effect.
 
-One module per job: :mod:`.streaming` (block readers), :mod:`.distributions` (helped
-fractions, moments, histograms), :mod:`.series` (per-layer series, oscillations,
-synchronisation), :mod:`.parameters` (units, kernels, curves, agreement),
-:mod:`.run_summary` (:func:`summary`), :mod:`.statistics` (across runs), :mod:`.per_class`,
-:mod:`.generalization` (train vs held-out splits), :mod:`.causes` (the LCA split by the
-optimiser's update terms: why parameters hurt) and :mod:`.diagnostics` (the conservation
+One module per job: `streaming` (block readers), `distributions` (helped
+fractions, moments, histograms), `series` (per-layer series, oscillations,
+synchronisation), `parameters` (units, kernels, curves, agreement),
+`run_summary` ([`summary`][lca.analysis.run_summary.summary]), `statistics` (across runs),
+`per_class`,
+`generalization` (train vs held-out splits), `causes` (the LCA split by the
+optimiser's update terms: why parameters hurt) and `diagnostics` (the conservation
 check, ``lca.verify_error``; it reads a run directory, so it is imported on its own).
 """
 

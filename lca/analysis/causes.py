@@ -9,7 +9,8 @@ part: ``first_order`` = u·∇L(θ_t) and ``curvature`` = u·(ḡ − ∇L(θ_t)
 
 Every function here takes such arrays (numpy or Zarr, streamed ``chunk_rows`` rows at a time)
 and returns small numpy arrays or dataclasses (``to_dict()`` gives JSON types). Causes sum to
-the layer LCA: :func:`sums_check` says by how much they do not. Sign convention as everywhere:
+the layer LCA: [`sums_check`][lca.analysis.causes.sums_check] says by how much they do not. Sign
+convention as everywhere:
 negative LCA lowered the loss (helped), positive raised it (hurt). On the validation split a
 negative term drives generalisation, a positive one overfitting.
 """

@@ -98,7 +98,7 @@ def _stream(a: RowSliceable, chunk_rows: int, accumulators: Sequence[Any]) -> No
 
 
 class _LayerReducer(GroupSums):
-    """Per-row, per-layer sums of a (b, K) block (:class:`lca.layout.GroupSums`), checked
+    """Per-row, per-layer sums of a (b, K) block (`lca.layout.GroupSums`), checked
     against the arrays an analysis streams."""
 
     def __init__(self, layer_index: np.ndarray, num_layers: int, num_params: int) -> None:

@@ -1,6 +1,6 @@
-"""Run configuration: the YAML schema (:mod:`.schema`), the user code it names
-(:mod:`.user_code`) and per-variable optimiser settings resolved against a model
-(:mod:`.layer_settings`)."""
+"""Run configuration: the YAML schema (`schema`), the user code it names
+(`user_code`) and per-variable optimiser settings resolved against a model
+(`layer_settings`)."""
 
 from .layer_settings import LayerSettings, resolve_layer_settings
 from .schema import (

@@ -24,7 +24,7 @@ class LayerSettings:
 def resolve_layer_settings(config: Config, layout) -> LayerSettings:
     """Map ``optimizer.layers`` overrides (keyed by layer group) onto the model's variables.
 
-    ``layout``: a :class:`lca.layout.ParameterLayout` (its ``layers`` and ``entries``).
+    ``layout``: a `lca.layout.ParameterLayout` (its ``layers`` and ``entries``).
     """
     opt = config.optimizer
     known = layout.layers

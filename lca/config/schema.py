@@ -36,7 +36,7 @@ IMAGE_DATASETS = ("mnist", "cifar10", "synthetic")
 
 def only_for(*names: str, **field_options: Any) -> Any:
     """A field read only when its section's ``name`` is one of ``names`` (the model a
-    size applies to, the optimiser a coefficient belongs to): :meth:`Config.used_dict`
+    size applies to, the optimiser a coefficient belongs to): `Config.used_dict`
     leaves it out otherwise."""
     return field(metadata={"only_for": names}, **field_options)
 
@@ -300,7 +300,7 @@ class AllocateConfig:
 
     The one definition of the allocate settings: their names, defaults, allowed values and
     checks. The config file, ``lca allocate``'s options and ``lca.allocate(run, **overrides)``
-    all fill this object; :class:`lca.allocation.AllocationSettings` is it resolved for a run.
+    all fill this object; `lca.allocation.AllocationSettings` is it resolved for a run.
     """
 
     splits: list[Literal["train", "val"]] = field(default_factory=lambda: ["train", "val"])
@@ -473,8 +473,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def used_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the keys the run's model, data set and optimiser do not
-        read (fields marked :func:`only_for` other names): the settings that shaped the run."""
+        """`to_dict` without the keys the run's model, data set and optimiser do not
+        read (fields marked `only_for` other names): the settings that shaped the run."""
         data = self.to_dict()
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
@@ -518,7 +518,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
-    """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+    """Validate a plain mapping (as read from YAML) into a `Config`."""
     return _build(Config, raw, "", source)
 
 

@@ -1,5 +1,5 @@
-"""Datasets: MNIST, CIFAR-10, synthetic, modular and user-built (:mod:`.datasets`), and the
-examples a recorded ``model.fit`` stores inside its run (:mod:`.run_arrays`).
+"""Datasets: MNIST, CIFAR-10, synthetic, modular and user-built (`datasets`), and the
+examples a recorded ``model.fit`` stores inside its run (`run_arrays`).
 """
 
 from .datasets import (

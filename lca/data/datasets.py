@@ -1,7 +1,7 @@
 """Datasets as in the paper: MNIST, CIFAR-10 and an offline synthetic set, split train/val.
 
 The paper holds a validation set out of the *source training set* (the test set is never
-used), so every loader returns only the source training examples, and :func:`load_dataset`
+used), so every loader returns only the source training examples, and `load_dataset`
 splits them with a seeded permutation. The recorded ``train_indices`` let a later
 ``lca allocate`` check that it sees exactly the data the run was trained on.
 
@@ -70,7 +70,7 @@ def load_dataset(cfg: DataConfig, run_dir=None) -> Dataset:
     """Load ``cfg.name`` and split it as the paper does; every failure is a DatasetError.
 
     ``run_dir`` is handed to a ``data.builder`` that takes a ``run_dir`` argument (data
-    stored inside the run, such as :func:`run_arrays`).
+    stored inside the run, such as `lca.data.run_arrays.run_arrays`).
     """
     if cfg.builder is not None:
         return load_builder_dataset(cfg, run_dir)

@@ -25,7 +25,7 @@ def run_arrays(run_dir) -> tuple:
 
 
 def write_run_arrays(run_dir, dataset: Dataset) -> None:
-    """Store a dataset's splits in ``RUN/data.zarr`` (read back by :func:`run_arrays`)."""
+    """Store a dataset's splits in ``RUN/data.zarr`` (read back by `run_arrays`)."""
 
     group = open_group(location(run_dir) / DATA_STORE, "w")
     group.attrs["description"] = "the examples model.fit trained on, stored by the recorder"

@@ -1,5 +1,5 @@
-"""The flat parameter vector θ: its layout (:mod:`.parameters`), sums over it (:mod:`.levels`)
-and its table in words (:mod:`.describe`).
+"""The flat parameter vector θ: its layout (`parameters`), sums over it (`levels`)
+and its table in words (`describe`).
 """
 
 from .levels import GroupSums, LevelSums

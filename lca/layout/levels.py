@@ -1,18 +1,18 @@
 """Sums of LCA rows over groups of parameters (layers, units): written once for every reader
 and writer.
 
-:class:`GroupSums` is the one per-group sum: the per-layer sums a store keeps
+`GroupSums` is the one per-group sum: the per-layer sums a store keeps
 (``allocate.store: units`` or ``layers``), the sums a reader makes of a ``parameters`` store,
 the streaming analyses' per-layer sums, the per-class sums and the layers of the LCA by
 cause (sums of unit sums). It has two arithmetics, each bitwise stable:
 
-* :meth:`GroupSums.in_order` adds each row's entries one by one in float64, in parameter
+* `GroupSums.in_order` adds each row's entries one by one in float64, in parameter
   order (``np.bincount``). Stored sums use it, so a layer's or unit's LCA is bitwise the same
   whichever level was stored and whoever sums it.
 * calling it adds each contiguous run of a group's columns with ``np.add.reduceat``: many
   rows at once, for the analyses that stream a (T, K) array, and for sums of sums.
 
-:class:`LevelSums` holds the groups of a parameter layout: every layer's, every unit's.
+`LevelSums` holds the groups of a parameter layout: every layer's, every unit's.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class GroupSums:
 
     Layouts keep a group's columns in a few contiguous runs, so calling it is one
     ``np.add.reduceat`` over those runs (plus a tiny runs → groups product when a group has
-    several runs); groups of many runs fall back to :meth:`in_order`.
+    several runs); groups of many runs fall back to `in_order`.
     """
 
     MAX_RUNS = 4096

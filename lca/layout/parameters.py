@@ -67,7 +67,7 @@ class ParameterLayout:
         return slices
 
     def layer_index(self) -> np.ndarray:
-        """Per-parameter index into :attr:`layers`, for per-layer sums with ``np.bincount``."""
+        """Per-parameter index into `layers`, for per-layer sums with ``np.bincount``."""
         position = {layer: i for i, layer in enumerate(self.layers)}
         index = np.empty(self.total, dtype=np.int32)
         for e in self.entries:

@@ -1,5 +1,5 @@
-"""``lca prune``: remove parameters by their LCA (:mod:`.pruner`), re-evaluate the pruned model
-(:mod:`.evaluation`) and draw the accuracy curves (:mod:`.figure`).
+"""``lca prune``: remove parameters by their LCA (`pruner`), re-evaluate the pruned model
+(`evaluation`) and draw the accuracy curves (`figure`).
 """
 
 from .evaluation import (

@@ -3,7 +3,7 @@
 Loss and accuracy of a run's model at any θ, on the fixed batches ``lca allocate`` uses.
 
 Pruning asks how good a θ is, not how it changes, so only a forward pass is needed. It
-reuses the allocation's objective (:func:`lca.allocation.load_objective`: the evaluation
+reuses the allocation's objective (`lca.allocation.load_objective`: the evaluation
 model, the same fixed, unshuffled batches, float64 sums of float32 per-example losses) and
 adds the one thing the objective never computes: how many predictions are right. The loss
 is summed with the objective's own terms, so an unpruned θ_T gives the stored L(θ_T).

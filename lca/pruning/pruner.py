@@ -5,7 +5,7 @@ should be the ones a trained network misses least. Each criterion ranks the prun
 of θ_T (kernels by default), the least important ``round(fraction · n)`` of each scope are
 set to zero, and the pruned network is evaluated on the whole train and validation splits
 with the allocation's own evaluation model and fixed batches. This module ranks, masks and
-writes; :mod:`lca.pruning.evaluation` evaluates and tabulates.
+writes; `lca.pruning.evaluation` evaluates and tabulates.
 
 Rankings and masks are pure numpy (testable without TensorFlow). Importance is "larger is
 kept"; ties go by flat index (a stable sort), so every mask is reproducible.

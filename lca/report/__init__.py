@@ -1,13 +1,13 @@
 """``lca report`` and ``lca describe``: what allocated runs show, in tables, text and figures.
 
-:mod:`.make` runs a report (``report.md``, ``report.json``, figures) as a list of sections of
-one shape (:mod:`.section`), built from the measurements of :mod:`.measures`: the headline and
-paper sections :mod:`.sections` (their figures chosen by :mod:`.figures`), the direct views
-:mod:`.views`, train vs validation :mod:`.splits`, the causes :mod:`.causes`, per class
-:mod:`.per_class` (Markdown helpers in :mod:`.markdown`). Figures are drawn by :mod:`.plots`,
-:mod:`.plots_overview`, :mod:`.plots_parameters`, :mod:`.plots_splits` and
-:mod:`.plots_causes` in the look of :mod:`.style`. :mod:`.describe` summarises one run
-directory; :mod:`.tensorboard` writes ``lca tensorboard``'s event files.
+`make` runs a report (``report.md``, ``report.json``, figures) as a list of sections of
+one shape (`section`), built from the measurements of `measures`: the headline and
+paper sections `sections` (their figures chosen by `figures`), the direct views
+`views`, train vs validation `splits`, the causes `causes`, per class
+`per_class` (Markdown helpers in `markdown`). Figures are drawn by `plots`,
+`plots_overview`, `plots_parameters`, `plots_splits` and
+`plots_causes` in the look of `style`. `describe` summarises one run
+directory; `tensorboard` writes ``lca tensorboard``'s event files.
 """
 
 from .describe import (

@@ -3,7 +3,7 @@
 A run allocated with ``lca allocate RUN --causes`` keeps, per split, every layer's LCA split by
 update term (signal, mini-batch deviation, momentum or history, weight decay, replay
 residual) × part (first order, curvature). This module measures it with
-:mod:`lca.analysis.causes` and writes the section: per split a table of each cause's LCA per
+`lca.analysis.causes` and writes the section: per split a table of each cause's LCA per
 layer and per window of iterations, a stacked figure over iterations, the breakdown of the
 positive (hurting) LCA, on the validation split which terms drive generalisation or
 overfitting, the check that the causes add up and the replay residual.

@@ -1,7 +1,7 @@
 """The figures of a report's measured numbers: which arrays each one draws.
 
-The sections of :mod:`lca.report.sections` hand their measures here; the arrays go to
-:mod:`lca.report.plots` and :mod:`lca.report.plots_overview`. What a store did not keep is
+The sections of `lca.report.sections` hand their measures here; the arrays go to
+`lca.report.plots` and `lca.report.plots_overview`. What a store did not keep is
 not drawn (report.md says why).
 """
 

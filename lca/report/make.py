@@ -1,12 +1,13 @@
 """``lca report``: the paper's tables and pictures from allocated runs.
 
-Every number comes from :mod:`lca.analysis`, which streams the (T, K) stores in blocks; this
+Every number comes from [`lca.analysis`][lca.analysis], which streams the (T, K) stores in blocks;
+this
 module only chooses what to measure, lays the numbers out as ``report.md`` / ``report.json``
-and hands small arrays to :mod:`lca.report.figures`. Several runs of one configuration
+and hands small arrays to `lca.report.figures`. Several runs of one configuration
 (different seeds) give mean ± std and a per-layer sign test; ``vs`` adds a second group to
 compare with. Per-layer measures work on every store level (``allocate.store``); what a store
 did not keep is skipped, with a line saying how to get it. The report is a list of sections
-(:data:`SECTIONS`, each of the shape :class:`lca.report.section.Section`): each is built from
+(`SECTIONS`, each of the shape `lca.report.section.Section`): each is built from
 the measured runs, draws its figures and writes its part of report.md and report.json.
 """
 

@@ -1,4 +1,4 @@
-"""What one report measures of each run (:class:`RunMeasures`), and the report object."""
+"""What one report measures of each run (`RunMeasures`), and the report object."""
 
 from __future__ import annotations
 

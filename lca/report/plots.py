@@ -1,12 +1,12 @@
 """The paper's figures, one function each: small arrays in, one PNG (or GIF) out.
 
-Every function takes numbers already computed by :mod:`lca.analysis` and a path, so the
+Every function takes numbers already computed by [`lca.analysis`][lca.analysis] and a path, so the
 figures can be redrawn from ``report.json`` without touching the (T, K) stores. Figures are
 ``matplotlib.figure.Figure`` objects rendered by the Agg canvas: no pyplot, no global
 backend switch, safe on machines without a display.
 
 Colours, the loss unit in the labels and the resolution come from the
-:class:`~lca.report.style.PlotStyle` each function is given (``lca report`` makes it from
+`PlotStyle` each function is given (``lca report`` makes it from
 the run's loss: nats for cross-entropy, "MSE" for a regressor).
 """
 

@@ -1,7 +1,8 @@
 """The figure of "Why parameters hurt": each layer's LCA per iteration bin, stacked by cause.
 
-Small arrays in (:func:`lca.analysis.summarise_causes`'s bins), one PNG out, as in
-:mod:`lca.report.plots`. One panel per layer: bars of each cause's LCA in a bin of
+Small arrays in ([`lca.analysis.summarise_causes`][lca.analysis.causes.summarise_causes]'s bins),
+one PNG out, as in
+`lca.report.plots`. One panel per layer: bars of each cause's LCA in a bin of
 iterations, positive causes stacked upwards and negative ones downwards, so a bar's height
 above zero is what pushed the loss up and its depth below zero what pulled it down; the black
 line is their sum, the layer's LCA in the bin. A term keeps one colour; its first-order part

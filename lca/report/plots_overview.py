@@ -3,7 +3,7 @@
 Which layer lowered the loss and when (cumulative LCA per layer), how noisy that help is (the
 share of each layer's parameters that helped at each iteration), and whether the allocation
 can be trusted (the loss rebuilt from the allocated rule and from first order, against the
-measured loss). Small arrays in, one PNG out, as in :mod:`lca.report.plots`.
+measured loss). Small arrays in, one PNG out, as in `lca.report.plots`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def overview(
     (T, L) percent of non-zero LCA below zero (None where the store keeps no per-parameter
     LCA: the panel says so) and ``mean_helped`` its mean over all parameters and iterations,
     as the report's headline gives it; ``rebuilt`` holds ``measured``, ``rk4`` and
-    ``first_order`` as returned by :func:`lca.analysis.approximate_loss`.
+    ``first_order`` as returned by
+    [`lca.analysis.approximate_loss`][lca.analysis.series.approximate_loss].
     """
     series = np.asarray(layer_series, dtype=np.float64)
     T = series.shape[0]

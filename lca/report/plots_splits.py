@@ -1,8 +1,8 @@
 """Figures of the train vs validation section: cumulative LCA on both splits, accuracy curves.
 
-Small arrays in, one PNG out, as in :mod:`lca.report.plots` (whose colours and helpers these share).
+Small arrays in, one PNG out, as in `lca.report.plots` (whose colours and helpers these share).
 The x axis is the step s (θ after s updates); vertical lines mark where train and validation
-accuracy first reach their thresholds (:mod:`lca.analysis.generalization`).
+accuracy first reach their thresholds (`lca.analysis.generalization`).
 """
 
 from __future__ import annotations

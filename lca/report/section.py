@@ -3,7 +3,8 @@
 A section is made by one constructor, ``from_runs(runs: ReportRuns)``, which reads what it
 needs; it then holds its ``report.json`` entries (``data``), draws its figures
 (``figures(out_dir, style)``) and writes its ``report.md`` text (``markdown(figures)``).
-:func:`lca.report.make_report` builds the sections in reading order and puts their parts
+[`lca.report.make_report`][lca.report.make.make_report] builds the sections in reading order and
+puts their parts
 together; nothing else passes between them.
 """
 

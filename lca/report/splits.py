@@ -1,8 +1,8 @@
 """The report's "Train vs validation by component" section, for a run allocated on both splits.
 
 Reads one run (per-layer and per-unit LCA of both splits, the trajectory's accuracies), hands
-the arrays to :mod:`lca.analysis.generalization` for the numbers and to
-:mod:`lca.report.plots_splits` for the figures, and writes the section's markdown and JSON.
+the arrays to `lca.analysis.generalization` for the numbers and to
+`lca.report.plots_splits` for the figures, and writes the section's markdown and JSON.
 Per-layer numbers work on every store level; per-unit ones need ``store: units`` or ``parameters``.
 """
 

@@ -2,7 +2,7 @@
 
 Colour meaning is the paper's throughout: **green = helped** (negative LCA, lowered the
 loss), **red = hurt** (positive LCA), white = zero, darker = larger. What differs between
-reports (the unit of the run's loss, the resolution) is a :class:`PlotStyle`, which every
+reports (the unit of the run's loss, the resolution) is a `PlotStyle`, which every
 figure function takes as an argument; the drawing helpers the figure modules share are here
 too, so that no figure module reaches into another.
 """

@@ -11,12 +11,12 @@ points θ_t, ``iteration`` for the T updates, ``parameter`` for the K weights), 
 ``xarray.open_zarr`` opens them, and whose attributes carry the metadata needed to read
 them (parameter layout, seed, versions): nothing is encoded in file names.
 
-One module per job: :mod:`.base` (where runs live: paths and URLs), :mod:`.groups` (opening
-stores, checksummed arrays), :mod:`.integrity` (checked chunk reads), :mod:`.raw_chunks`
-(copy-free chunk writes), :mod:`.trajectory` (θ and its writer), :mod:`.checkpoint`
-(training's resume checkpoints), :mod:`.lca_arrays` (the arrays of ``lca.zarr``, described
-once), :mod:`.lock` (the run lock), :mod:`.run` (a whole run for analyses), :mod:`.outputs`
-(result folders written for people) and :mod:`.check` (``lca check``).
+One module per job: `base` (where runs live: paths and URLs), `groups` (opening
+stores, checksummed arrays), `integrity` (checked chunk reads), `raw_chunks`
+(copy-free chunk writes), `trajectory` (θ and its writer), `checkpoint`
+(training's resume checkpoints), `lca_arrays` (the arrays of ``lca.zarr``, described
+once), `lock` (the run lock), `run` (a whole run for analyses), `outputs`
+(result folders written for people) and `check` (``lca check``).
 """
 
 from .base import (

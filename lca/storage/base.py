@@ -1,6 +1,6 @@
 """Where runs live: the names inside a run directory, run errors, and run-directory upkeep.
 
-Stores are opened and created by :mod:`.groups`; locations come from :mod:`lca.locations`.
+Stores are opened and created by `groups`; locations come from `lca.locations`.
 """
 
 from __future__ import annotations

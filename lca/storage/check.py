@@ -1,7 +1,7 @@
 """``lca check RUN``: read every chunk of a run and say what is whole and what is not.
 
 Damage in ``lca.zarr`` is recoverable: each chunk belongs to one block of the
-allocation, so :func:`lca.allocation.repair.repair_run` marks those blocks not done (and
+allocation, so `lca.allocation.repair.repair_run` marks those blocks not done (and
 removes their bad chunks), and ``lca allocate RUN`` recomputes exactly them.
 Damage in ``trajectory.zarr`` (or in the recorder's ``data.zarr``) is not: θ cannot be
 recomputed from the LCA, so the report names the steps lost and the ``--range``

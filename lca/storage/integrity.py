@@ -1,15 +1,15 @@
 """Stores that prove their own integrity: every chunk read is checked before it is decoded.
 
 Every array lca writes carries Zarr v3's per-chunk ``crc32c`` (see ``checksummed``). Reads
-go through :class:`CheckedStore`, which verifies a chunk's checksum (or, for arrays written
+go through `CheckedStore`, which verifies a chunk's checksum (or, for arrays written
 before checksums, its size or that it decompresses) and turns a failure into a one-line
-:class:`ChunkError` naming the run, the array and the chunk. A chunk that a store *must*
+`ChunkError` naming the run, the array and the chunk. A chunk that a store *must*
 have (a θ row of a finished trajectory, any array of a done LCA block) but that is
 absent is an error too: Zarr would otherwise return its fill value, silently.
 
 Which chunks are required is the store's own business, given by a ``required(info, chunk)``
 predicate the openers attach (``open_trajectory``, the LCA store's openers); the walk over a
-whole run (``lca check``) lives in :mod:`lca.storage.check`.
+whole run (``lca check``) lives in `lca.storage.check`.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class BlockwiseCrc32c(Crc32cCodec):
 
 
 def use_blockwise_crc32c() -> None:
-    """Make Zarr decode and encode ``crc32c`` with :class:`BlockwiseCrc32c` in this process."""
+    """Make Zarr decode and encode ``crc32c`` with `BlockwiseCrc32c` in this process."""
     from zarr import config
     from zarr.registry import register_codec
 

@@ -1,10 +1,10 @@
 """The arrays of ``lca.zarr``, described once.
 
-:data:`LCA_ARRAYS` is the one table of them: name, whose rows (a step, an iteration, a block
+`LCA_ARRAYS` is the one table of them: name, whose rows (a step, an iteration, a block
 of iterations), shape after the first axis, dtype, fill value, dimension names, the settings
 that ask for it and the names older stores gave it. Creating the store, a block's in-memory
 buffers, the rows a block writes, the readers and the table on the storage page
-(:func:`markdown_table`) all read it.
+(`markdown_table`) all read it.
 
 Shapes are written in symbols so that the page can show them as they are: ``K`` parameters,
 ``L`` layer groups, ``U`` units of one layer, ``C`` classes, ``terms`` terms of the
@@ -417,7 +417,7 @@ def _shape_text(entry: ArraySpec) -> str:
 
 
 def markdown_table() -> str:
-    """The storage page's table of lca.zarr: one row per entry of :data:`LCA_ARRAYS`."""
+    """The storage page's table of lca.zarr: one row per entry of `LCA_ARRAYS`."""
     prefix = {"split": "lca.zarr/<split>/", "train": "lca.zarr/train/", "root": "lca.zarr/"}
     lines = ["| array | shape, dims, dtype, fill | meaning |", "| --- | --- | --- |"]
     for entry in LCA_ARRAYS:

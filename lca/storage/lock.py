@@ -2,7 +2,7 @@
 
 ``with run_lock(run_dir, "allocate"):`` creates ``RUN/lca.lock``, a small JSON file naming
 the holder (host, pid, what it does, since when, lca version), exclusively: a second
-``run_lock`` on the same run raises a one-line :class:`RunLocked` that says who holds it and
+``run_lock`` on the same run raises a one-line `RunLocked` that says who holds it and
 what to do. The file is removed when the block ends, also on an exception or Ctrl-C.
 
 A lock whose holder died without removing it (``kill -9``, a power cut) is *stale*:
@@ -184,7 +184,7 @@ def _held_here() -> set[str]:
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, purpose: str) -> Iterator[LockHolder]:
-    """Hold ``RUN/lca.lock`` for the block; raise :class:`RunLocked` if another holds it.
+    """Hold ``RUN/lca.lock`` for the block; raise `RunLocked` if another holds it.
 
     ``purpose`` names what the holder does (``"allocate"``, ``"train"``); it appears in the
     message a second process gets. The run directory is created if missing. Re-entering a

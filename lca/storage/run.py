@@ -121,7 +121,8 @@ class Run:
         return out
 
     def unit_lca(self, split: str, layer: str, chunk_rows: int = 64) -> np.ndarray:
-        """(T, U) float64 LCA per iteration and unit of ``layer``: see :meth:`unit_lcas`."""
+        """(T, U) float64 LCA per iteration and unit of ``layer``: see
+        [`unit_lcas`][lca.storage.run.Run.unit_lcas]."""
         return self.unit_lcas(split, [layer], chunk_rows)[layer]
 
     def unit_lcas(
@@ -187,11 +188,13 @@ class Run:
 
     def cause_layer_lca(self, split: str = "train") -> np.ndarray:
         """(T, terms, 2, L) float64: each term's LCA per layer, first order and curvature;
-        summed over terms and parts it is :meth:`layer_lca` (to float rounding)."""
+        summed over terms and parts it is [`layer_lca`][lca.storage.run.Run.layer_lca] (to float
+        rounding)."""
         return self._causes(split)["layer"][:]
 
     def cause_unit_lca(self, split: str, layer: str) -> np.ndarray:
-        """(T, terms, 2, U) float64: as :meth:`cause_layer_lca`, per unit of ``layer``."""
+        """(T, terms, 2, U) float64: as [`cause_layer_lca`][lca.storage.run.Run.cause_layer_lca],
+        per unit of ``layer``."""
         causes = self._causes(split)
         if layer not in self.layer_names:
             raise RunError(
@@ -206,7 +209,8 @@ class Run:
         return causes["unit"][layer][:]
 
     def cause_hurt_layer_lca(self, split: str = "train") -> np.ndarray:
-        """(T, terms, 2, L) float64: as :meth:`cause_layer_lca` over the (parameter,
+        """(T, terms, 2, L) float64: as [`cause_layer_lca`][lca.storage.run.Run.cause_layer_lca]
+        over the (parameter,
         iteration) entries that hurt (A[t, i] > 0) only: what caused the hurting."""
         return self._causes(split)["hurt_layer"][:]
 

@@ -280,9 +280,9 @@ class TrajectoryWriter:
 
     With ``snapshot`` (a function returning the training state as ``(name, array)`` pairs),
     every full θ chunk except the last is followed by a resume checkpoint matching its last
-    row (:mod:`lca.storage.checkpoint`); :meth:`reopen` continues such a store. A write that
+    row (`lca.storage.checkpoint`); `reopen` continues such a store. A write that
     fails (disk full, read-only, no permission) surfaces as a one-line
-    :class:`WriteFailed` at the next ``append`` or at ``close``; from then on nothing more
+    `WriteFailed` at the next ``append`` or at ``close``; from then on nothing more
     is written, so the last committed checkpoint stays the one a rerun resumes from.
     """
 

@@ -2,7 +2,7 @@
 
 The built-ins are rebuilt in their evaluation variant (no dropout, batch norm on the batch
 statistics: ``training=True``); a user's model (``model.builder``) is evaluated with
-``training=False`` after :func:`~lca.tensorflow.runtime.evaluation_mode`, its non-trainable
+``training=False`` after `evaluation_mode`, its non-trainable
 weights restored from the run and its determinism checked.
 """
 
@@ -30,7 +30,7 @@ def load_tensorflow_objective(
     per_class: bool = False,
     precision: str = "float32",
 ):
-    """The :class:`~.objective.FullBatchObjective` (or per-class one) of a TensorFlow run."""
+    """The `FullBatchObjective` (or per-class one) of a TensorFlow run."""
     import keras
 
     from .models import build_model

@@ -117,7 +117,7 @@ class KerasCheckpoints:
 
     def changed(self, before: list, now: list) -> list[str]:
         """Weights outside θ, moving statistics aside, that differ between two files'
-        :meth:`read` (the loss would not be a function of θ alone)."""
+        `read` (the loss would not be a function of θ alone)."""
         from .parameters import fixed_weights
 
         moving = [flag for _, _, flag in fixed_weights(self.model)]

@@ -1,7 +1,7 @@
 """Building a run's network: the paper's four (supplement S7), the transformer, a user's own.
 
 LCA works on one flat vector θ of all trainable parameters, and its map
-(:func:`lca.tensorflow.parameters.parameter_layout`) is stored with each run and compared on
+(`lca.tensorflow.parameters.parameter_layout`) is stored with each run and compared on
 reload, so layer and variable names here are explicit and stable rather than Keras's
 auto-generated ones.
 
@@ -10,7 +10,7 @@ because the full-set loss that LCA integrates must be a deterministic function o
 
 A user's model (``model.builder: "module:function"``) is built by calling that function with
 ``model.kwargs``; its evaluation is made deterministic differently (inference mode, batch
-norm on batch statistics: see :func:`lca.tensorflow.runtime.evaluation_mode`), since its code
+norm on batch statistics: see `lca.tensorflow.runtime.evaluation_mode`), since its code
 is not ours.
 """
 
@@ -30,7 +30,7 @@ def from_keras_config(config: str) -> keras.Model:
 
     A run directory is data, possibly someone else's: the JSON is deserialized in Keras safe
     mode even where ``keras.config.enable_unsafe_deserialization()`` was called, so Python
-    bytecode in it (a ``Lambda`` layer's function) is refused with a :class:`ModelError`
+    bytecode in it (a ``Lambda`` layer's function) is refused with a `ModelError`
     instead of run. Keras itself imports nothing but its own modules here.
     """
     import json
@@ -219,7 +219,7 @@ def _transformer(cfg: ModelConfig, inputs, num_classes: int, evaluation: bool):
     attention (no biases, so every attention weight belongs to one head) and a ReLU MLP, both
     residual, pre-norm when ``layer_norm``; no dropout, so training and evaluation agree.
     Layer names ``<block>_mlp_in``/``_mlp_out`` put both MLP weights into one ``<block>_mlp``
-    group whose units are the hidden neurons (see :func:`parameter_layout`).
+    group whose units are the hidden neurons (see `lca.tensorflow.parameters.parameter_layout`).
     """
     vocab = cfg.vocab_size or num_classes + 1
     normal = keras.initializers.RandomNormal(stddev=cfg.d_model**-0.5)

@@ -9,9 +9,9 @@ resident on the device and one compiled function runs every batch of every split
 
 A user's model is not built by us in an evaluation variant, so it is evaluated in inference
 mode (``training=False``: dropout and noise layers off) with its batch-norm layers switched to
-the statistics of each fixed evaluation batch (:func:`lca.tensorflow.runtime.evaluation_mode`),
+the statistics of each fixed evaluation batch (`lca.tensorflow.runtime.evaluation_mode`),
 which is what the built-ins' ``training=True`` evaluation variants compute;
-:func:`lca.tensorflow.runtime.check_deterministic` then verifies that the result does not change
+`lca.tensorflow.runtime.check_deterministic` then verifies that the result does not change
 from one call to the next.
 """
 
@@ -32,14 +32,14 @@ class FullBatchObjective:
     """L and ∇L of every split at a flat θ, compiled once: ``objective(theta)``.
 
     Returns ``{split: LossAndGradient(loss, gradient)}`` with ``loss`` the float64 mean of the
-    per-example ``loss`` (:func:`per_example_loss`) over the split and ``gradient`` its float32
+    per-example ``loss`` (`per_example_loss`) over the split and ``gradient`` its float32
     gradient as a flat vector in the layout's order. ``training`` is the mode the model is
     called in: True for the built-ins' evaluation variants, False for a user's model after
-    :func:`evaluation_mode`.
+    `lca.tensorflow.runtime.evaluation_mode`.
 
     For a network whose first weighted layer is a dense layer on the (flattened) input, the
     pre-activations z = xW + b are affine along a training step, z(s) = z(0) + s (z(1) − z(0)):
-    :meth:`between` reuses the z of both ends instead of recomputing the largest matrix
+    `between` reuses the z of both ends instead of recomputing the largest matrix
     product at every interior quadrature node (about a fifth of MNIST-FC's gradient work).
     """
 
@@ -81,7 +81,7 @@ class FullBatchObjective:
         """(Re)create the compiled functions for gradients in ``precision``.
 
         ``bfloat16`` reduces the backward matrix products of dense and convolution layers
-        (:mod:`lca.tensorflow.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the
+        (`lca.tensorflow.precision`); ``tf32`` lets GPUs use TF32 tensor cores for the
         gradient pass and takes the losses from a separate forward pass with TF32 off. The
         losses are float32 in every case, bitwise those of ``float32``.
         """
@@ -221,7 +221,7 @@ class FullBatchObjective:
         return cast
 
     def _evaluate_losses(self, theta):
-        """Every split's loss, forward only: the same operations as :meth:`_evaluate`'s."""
+        """Every split's loss, forward only: the same operations as `_evaluate`'s."""
         return [loss for loss, _ in self._evaluate_forward(theta, count_right=False)]
 
     def _evaluate_forward(self, theta, count_right: bool):

@@ -12,7 +12,7 @@ Keras' ``mixed_bfloat16`` policy also rounds the forward activations (so the los
 second, float32 forward pass) and is less accurate; oneDNN's ``TF_SET_ONEDNN_FPMATH_MODE``
 is process-wide, so it cannot keep the loss in float32 within one evaluation.
 
-The switch is read while TensorFlow traces a function (:func:`backward_precision`), so one
+The switch is read while TensorFlow traces a function (`backward_precision`), so one
 model serves a float32 and a bfloat16 compiled objective side by side.
 """
 
@@ -126,7 +126,7 @@ def _conv2d_bf16_backward(forward, strides, padding: str, dilations):
 
 
 def enable_reduced_backward(model) -> list[str]:
-    """Let the model's Dense and Conv2D layers follow :func:`backward_precision`.
+    """Let the model's Dense and Conv2D layers follow `backward_precision`.
 
     Outside a bfloat16 trace the layers run their own, unchanged code, so float32 results
     stay bitwise those of an unpatched model. Layers of other kinds (and dense layers on

@@ -127,7 +127,7 @@ class TrajectoryRecorder(keras.callbacks.Callback):
     ``model.builder`` and ``data.builder``), called with ``model_kwargs`` / ``data_kwargs``.
     Without ``model_fn`` the model's own Keras config (``model.to_json()``) goes into the run's
     config as the kwargs of the builder ``lca.tensorflow.models:from_keras_config``;
-    ``data_fn`` returns ``(train, val)`` as :func:`lca.data.load_builder_dataset` describes,
+    ``data_fn`` returns ``(train, val)`` as `lca.data.load_builder_dataset` describes,
     and its train split must be the data the loss is allocated on (usually the one fitted).
     Instead of ``data_fn``, ``train_data=(x, y)`` (and ``validation_data``) are stored in the
     run (``RUN/data.zarr``), which then needs no module of yours to be allocated.

@@ -1,5 +1,5 @@
 """The mini-batch gradient of a recorded training step, for ``allocate.causes``
-(:mod:`lca.allocation.replay` uses it to replay Adam/AdamW)."""
+(`lca.allocation.replay` uses it to replay Adam/AdamW)."""
 
 from __future__ import annotations
 

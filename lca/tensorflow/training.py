@@ -4,7 +4,7 @@ The optimiser is written out here (Keras-style heavy-ball SGD, Adam and AdamW) r
 from ``keras.optimizers`` because LCA experiments need per-layer learning rates, per-layer
 momentum and layers frozen from a given iteration on, and because the recorded trajectory
 must be exactly what the update rule below did, which the tests re-derive. The torch trainer
-(:mod:`lca.torch.training`) computes the same rules.
+(`lca.torch.training`) computes the same rules.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ..storage import trajectory_attrs as run_attrs
 class Trainer:
     """Holds the model, data on the device and the compiled training step.
 
-    The torch trainer (:class:`lca.torch.training.TorchTrainer`) has the same methods, so
-    :func:`train` drives either.
+    The torch trainer (`lca.torch.training.TorchTrainer`) has the same methods, so
+    `lca.training.train` drives either.
     """
 
     framework = "tensorflow"
@@ -76,7 +76,7 @@ class Trainer:
         return parts
 
     def restore(self, state: list[tuple[str, np.ndarray]], where) -> None:
-        """Set the variables from a checkpoint written by :meth:`state` for the same model."""
+        """Set the variables from a checkpoint written by `state` for the same model."""
         targets = [*self.model.variables, *(s for kind in self.slots for s in kind)]
         # by position, shape and dtype: Keras numbers the names of a process's later models
         expected = [(value.shape, value.dtype) for _, value in self.state()]
@@ -90,7 +90,7 @@ class Trainer:
         return tensorflow_versions()
 
     def fixed_state(self) -> list[tuple[str, np.ndarray]]:
-        """``(name, value)`` of the weights outside θ (:func:`.parameters.fixed_weights`)."""
+        """``(name, value)`` of the weights outside θ (`parameters.fixed_weights`)."""
         from .parameters import fixed_weights
 
         return [(name, value) for name, value, _ in fixed_weights(self.model)]
@@ -186,7 +186,7 @@ class Trainer:
 
 
 def trajectory_attrs(name: str, layout, seed: int, dataset, *, recorded_by: str) -> dict:
-    """The trajectory's metadata (:func:`lca.storage.trajectory_attrs`) of a TensorFlow run."""
+    """The trajectory's metadata (`lca.storage.trajectory_attrs`) of a TensorFlow run."""
     versions = tensorflow_versions()
     return run_attrs(name, layout, seed, dataset, recorded_by=recorded_by, versions=versions)
 

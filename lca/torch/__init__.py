@@ -8,14 +8,14 @@
     recorder.close()
 
 Then ``lca allocate/verify-error/report runs/mine`` as for any run. All PyTorch code of lca
-lives in this package, the same modules as :mod:`lca.tensorflow`: :mod:`.models` (the
-built-in networks' twins and θ's layout), :mod:`.runtime` (loss, evaluation mode, devices),
-:mod:`.objective` (full-split gradients with ``torch.func``), :mod:`.allocation` (the
-objective of a run directory), :mod:`.training` (``lca train`` with ``framework: torch``),
-:mod:`.recorder` (the step-hook recorder) with :mod:`.recorder_setup` (what it checks and
-describes first), :mod:`.replay` (mini-batch gradients of recorded steps, for ``--causes``),
-:mod:`.state` (weights outside θ; reading weight files without unpickling), :mod:`.twin`
-(a TensorFlow run's trajectory on the torch twin network) and :mod:`.checkpoints` (state
+lives in this package, the same modules as `lca.tensorflow`: `models` (the
+built-in networks' twins and θ's layout), `runtime` (loss, evaluation mode, devices),
+`objective` (full-split gradients with ``torch.func``), `allocation` (the
+objective of a run directory), `training` (``lca train`` with ``framework: torch``),
+`recorder` (the step-hook recorder) with `recorder_setup` (what it checks and
+describes first), `replay` (mini-batch gradients of recorded steps, for ``--causes``),
+`state` (weights outside θ; reading weight files without unpickling), `twin`
+(a TensorFlow run's trajectory on the torch twin network) and `checkpoints` (state
 dicts read as θ, for ``lca import``).
 """
 

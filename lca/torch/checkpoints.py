@@ -1,7 +1,7 @@
 """PyTorch state dicts (``.safetensors``, ``torch.save`` files) read as θ, for ``lca import``.
 
 The model is built from the config as ``lca train`` builds it (a built-in twin or
-``model.builder``); each file is read by :func:`lca.torch.state.load_state_dict`, which
+``model.builder``); each file is read by `lca.torch.state.load_state_dict`, which
 unpickles nothing, and checked against the model: every parameter and buffer present with
 the model's shape, nothing else. The prefixes DistributedDataParallel (``module.``) and
 ``torch.compile`` (``_orig_mod.``) add to every name are taken off.
@@ -66,7 +66,7 @@ class TorchCheckpoints:
 
     def changed(self, before: list, now: list) -> list[str]:
         """Names of state outside θ, batch-norm statistics aside, that differ between two
-        files' :meth:`read` (the loss would not be a function of θ alone)."""
+        files' `read` (the loss would not be a function of θ alone)."""
         from torch import nn
 
         moving = {

@@ -3,7 +3,7 @@
 The built-ins are the TensorFlow networks' twins: the same layers, names, initialisation
 scheme and input layout (images NHWC, as the datasets give them; the convolutions permute to
 NCHW inside), and the same flattening order, so that θ maps one to one between the two
-frameworks (:func:`keras_to_torch`: kernels transposed). Their θ is ``named_parameters()`` in
+frameworks (`keras_to_torch`: kernels transposed). Their θ is ``named_parameters()`` in
 order, with torch's shapes (a linear layer's weight is (out, in)).
 """
 

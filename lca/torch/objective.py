@@ -1,10 +1,10 @@
 """Full-split loss and gradient of a torch model at any flat θ (``torch.func``).
 
-The same contract as the TensorFlow objective (:class:`lca.allocation.backends.Objective`):
+The same contract as the TensorFlow objective (`lca.allocation.backends.Objective`):
 ``objective(theta) -> {split: LossAndGradient(loss, gradient)}``, the loss the float64 mean of
 the per-example losses over the whole split, the gradient summed over fixed, unshuffled
 evaluation batches in float64 and returned as float32. The model is in
-:func:`~lca.torch.runtime.evaluation_mode` (dropout off, batch norm on batch statistics) and its
+`evaluation_mode` (dropout off, batch norm on batch statistics) and its
 buffers and the parameters outside θ are held fixed, so L is a function of θ alone. θ goes in
 through ``torch.func.functional_call``: the module itself is never modified.
 """

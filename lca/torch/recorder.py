@@ -90,25 +90,25 @@ class TrajectoryRecorder:
     """Record θ after every ``optimizer.step()`` of ``model`` into an LCA run directory.
 
     ``iterations``: the number of optimizer steps the training will take (the store is made
-    for them; a training that stops earlier is recorded as the shorter run at :meth:`close`,
+    for them; a training that stops earlier is recorded as the shorter run at `close`,
     one more step is a one-line ConfigError). The data the loss is allocated on are either
     ``train_data=(x, y)`` (numpy arrays or tensors; with ``validation_data``), stored in the
     run (``RUN/data.zarr``), or ``data_fn``, a ``"module:function"`` as the config's
     ``data.builder`` (called with ``data_kwargs``). ``model_fn`` (``"module:function"``,
     called with ``model_kwargs``) builds the model again for the allocation; it may be left
-    out for lca's built-in networks (:class:`lca.torch.models.FC`, ``LeNet``). The model's
+    out for lca's built-in networks (`lca.torch.models.FC`, ``LeNet``). The model's
     outputs and the labels give the loss ``loss`` (``sparse_categorical_crossentropy`` on
     logits, or on probabilities with ``from_logits=False``; or ``mean_squared_error``);
     ``allocate`` holds settings of the config's ``allocate`` section.
 
-    ``batch_size``: the most example indices one step records with :meth:`batch` (the
+    ``batch_size``: the most example indices one step records with `batch` (the
     batch size times the steps of gradient accumulation); without it no indices are
     recorded (-1). ``seed`` is written to the config; ``overwrite=True`` replaces an
     existing run directory. ``record_every=k`` stores θ every k optimizer steps and after
     the last one (each iteration of the allocation is then a segment of k steps, with the
     examples of all its steps: docs/checkpoints.md).
 
-    Use it as a context manager, or call :meth:`close` after the last step: either removes
+    Use it as a context manager, or call `close` after the last step: either removes
     the hooks and finishes the store; an exception inside the ``with`` block keeps the rows
     recorded so far, marked incomplete.
     """

@@ -3,7 +3,7 @@
 The arguments, the model as the allocation will rebuild it (a built-in twin or
 ``model_fn``), the data, θ (the optimizer's parameters), a sharded or already-recorded run
 refused in one line, and the optimizer's description for ``--causes``: the jobs of
-:class:`lca.torch.recorder.TrajectoryRecorder`'s construction, apart from its hooks.
+`lca.torch.recorder.TrajectoryRecorder`'s construction, apart from its hooks.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The mini-batch gradient of a recorded torch step, for ``lca allocate --causes``.
 
 Adam's and AdamW's terms need g_B(θ_t), the gradient the optimiser was given at step t:
-:class:`BatchGradient` recomputes it at the recorded θ_t with the training model (train mode,
+`BatchGradient` recomputes it at the recorded θ_t with the training model (train mode,
 so dropout is on), on step t's recorded examples, with the loss of the run (the mean of
-:func:`~lca.torch.runtime.per_example_loss` over the batch). Before the forward pass the
-generators are seeded by :func:`~lca.torch.runtime.seed_step` with (seed, t), as ``lca train``
+`per_example_loss` over the batch). Before the forward pass the
+generators are seeded by `seed_step` with (seed, t), as ``lca train``
 seeded step t, so the dropout masks are that step's. A run recorded from the user's own loop
 (``lca.torch.TrajectoryRecorder``) drew its masks from its own random state: a model with
 dropout is replayed with other masks there, which the replay's residual shows.
@@ -26,7 +26,7 @@ from .runtime import as_tensor, device, per_example_loss, seed_step
 class BatchGradient:
     """g_B(θ_t) as the torch training step computed it: ``gradient(t, theta)``.
 
-    The same interface as the TensorFlow one (:class:`lca.allocation.replay.BatchGradient`):
+    The same interface as the TensorFlow one (`lca.tensorflow.replay.BatchGradient`):
     ``__call__(t, theta)`` is the (K,) float32 gradient in θ's layout order, ``batch(t)`` the
     examples of iteration t (every training example, in stored order, for a full-batch run;
     a recorder's row without its padding, -1).

@@ -13,7 +13,7 @@ from ..config import ModelError
 
 def per_example_loss(name: str = "sparse_categorical_crossentropy", from_logits: bool = True):
     """``f(outputs, y) -> (N,)`` losses, the formulas of the TensorFlow path's
-    :func:`lca.tensorflow.runtime.per_example_loss` (Keras' clipping of probabilities included)."""
+    `lca.tensorflow.runtime.per_example_loss` (Keras' clipping of probabilities included)."""
     if name == "sparse_categorical_crossentropy":
         if from_logits:
             return lambda out, y: nn.functional.cross_entropy(

@@ -1,9 +1,9 @@
 """What a torch run carries besides θ, and reading weights without unpickling code.
 
 A run stores θ in ``trajectory.zarr`` and the model's other state (buffers, parameters
-outside the optimizer) as plain arrays beside it (:func:`lca.storage.write_fixed_weights`);
+outside the optimizer) as plain arrays beside it (`lca.storage.write_fixed_weights`);
 the architecture comes from the config (a built-in twin, or ``model.builder``). Nothing of a
-run is a pickle. Weight files from elsewhere are read by :func:`load_state_dict`: safetensors,
+run is a pickle. Weight files from elsewhere are read by `load_state_dict`: safetensors,
 or ``torch.load(weights_only=True)``, which refuses any pickled object that is not a tensor
 or a plain container.
 """

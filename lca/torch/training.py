@@ -1,7 +1,7 @@
 """``lca train`` with ``framework: torch``: the trainer the training loop drives.
 
 The update rules are the TensorFlow trainer's, written in torch
-(:class:`lca.tensorflow.training.Trainer` documents them): heavy-ball SGD as Keras computes
+(`lca.tensorflow.training.Trainer` documents them): heavy-ball SGD as Keras computes
 it, Adam and AdamW with Keras' bias correction and ε, per-layer learning rates, momentum and
 freezing from ``optimizer.layers``. So one config trains the same way in either framework,
 and a run's steps can be re-derived.

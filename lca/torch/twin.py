@@ -1,7 +1,7 @@
 """The torch twin of a TensorFlow run: the same trajectory, θ mapped onto the torch network.
 
 ``lca train`` builds ``fc`` and ``lenet`` in both frameworks with the same layers in the same
-order; only the kernels' axes differ (:func:`lca.torch.models.keras_to_torch`). A twin run
+order; only the kernels' axes differ (`lca.torch.models.keras_to_torch`). A twin run
 holds every θ_t of a TensorFlow run in the torch layout, with its metrics and batches, so
 allocating both is the same computation by two independent gradient engines: the strongest
 check of either (``scripts/bench.py torch`` times them on it; the tests compare their A).

@@ -1,8 +1,8 @@
-"""Phase 1, training: the loop, the same for every framework (:mod:`.loop`), with θ stored
-every k steps when asked (:mod:`.segments`), and ``lca import``, a run made from saved
-checkpoints (:mod:`.checkpoints`). The frameworks' trainers are
-:mod:`lca.tensorflow.training` and :mod:`lca.torch.training`; the recorders of loops lca does
-not own, :mod:`lca.keras` (``model.fit``) and :mod:`lca.torch`.
+"""Phase 1, training: the loop, the same for every framework (`loop`), with θ stored
+every k steps when asked (`segments`), and ``lca import``, a run made from saved
+checkpoints (`checkpoints`). The frameworks' trainers are
+`lca.tensorflow.training` and `lca.torch.training`; the recorders of loops lca does
+not own, `lca.keras` (``model.fit``) and `lca.torch`.
 """
 
 from .loop import (

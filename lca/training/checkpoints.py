@@ -9,8 +9,8 @@ so the run allocates, verifies and reports with no further arguments.
 The sequence is checked before anything is written, each problem in one line: a file
 whose name holds no step number (then ``--steps``), two checkpoints of one step,
 checkpoints out of training order, a missing step of an evenly spaced sequence. Each file
-is checked against the model as it is read (:mod:`lca.tensorflow.checkpoints`,
-:mod:`lca.torch.checkpoints`); a failed import leaves no run behind.
+is checked against the model as it is read (`lca.tensorflow.checkpoints`,
+`lca.torch.checkpoints`); a failed import leaves no run behind.
 """
 
 from __future__ import annotations

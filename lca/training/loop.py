@@ -2,7 +2,7 @@
 
 The loop, the batch order, the records, resume checkpoints and the one-line failures are
 the same for every framework; the model and its update rules are the framework's trainer
-(:mod:`lca.tensorflow.training`, :mod:`lca.torch.training`), chosen by :func:`make_trainer`.
+(`lca.tensorflow.training`, `lca.torch.training`), chosen by `make_trainer`.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def batch_schedule(num_examples: int, batch_size: int, iterations: int, seed: in
 
 
 def make_trainer(config: Config, dataset):
-    """The trainer of ``config.framework``: :class:`lca.tensorflow.training.Trainer` or
-    :class:`lca.torch.training.TorchTrainer` (the same methods, so :func:`train` drives
+    """The trainer of ``config.framework``: `lca.tensorflow.training.Trainer` or
+    `lca.torch.training.TorchTrainer` (the same methods, so [`train`][lca.training.loop.train]
+    drives
     either)."""
     if config.framework == "torch":
         from ..torch.training import TorchTrainer

@@ -1,7 +1,7 @@
 """θ every k optimizer steps (``training.record_every``): one trajectory row per segment.
 
 The training loop still takes every step; at the end of each segment (the steps
-:func:`lca.storage.trajectory.stored_steps` lists) it records θ with the segment's
+`lca.storage.trajectory.stored_steps` lists) it records θ with the segment's
 metrics: the mean mini-batch loss and accuracy of its steps, the examples of all its steps
 (one row, ``-1`` after a shorter last segment's), and the validation accuracy of θ at its
 end where a ``log_every`` point falls inside it. And how much θ a run stores at a given k,
