@@ -217,7 +217,7 @@ UNTRACED = {
     "docs/performance.md": "its tables and typed output blocks (the bench_* targets of "
     "scripts/make_figures.py make them; they have not been run yet)",
     "docs/scaling.md": "ResNet20's gradient time (the bench_gpu_on_cpu target)",
-    "docs/checkpoints.md": "the segment table (scripts/segments.py; no make_figures target)",
+    "docs/checkpoints.md": "the segment table (scripts/bench.py segments; no make_figures target)",
 }
 # Pages with typed output blocks of measurements (strict, as above).
 TYPED_OUTPUT = {"docs/performance.md": UNTRACED["docs/performance.md"]}

@@ -1,6 +1,6 @@
 """What θ every k steps loses: the chord LCA of k-step segments against the path LCA.
 
-    python scripts/segments.py runs/mnist_fc_sgd --k 1,2,5,10,20,50,110 --out runs/segments
+    python scripts/bench.py segments runs/mnist_fc_sgd --k 1,2,5,10,20,50,110 --out runs/segments
 
 RUN is a run of every optimizer step, allocated with per-parameter rows
 (``allocate.store: parameters``). For each k, the run of θ every k steps (steps 0, k, 2k, …
@@ -29,17 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's lca
-
-import lca  # noqa: E402
-from lca.storage import (  # noqa: E402
+import lca
+from lca.storage import (
     CONFIG_FILE,
     TrajectoryWriter,
     open_trajectory,
     read_fixed_weights,
     write_fixed_weights,
 )
-from lca.storage.trajectory import stored_steps  # noqa: E402
+from lca.storage.trajectory import stored_steps
 
 BOOKKEEPING = {"num_iterations", "steps_recorded", "complete", "status", "resume", "resumed_at"}
 
@@ -111,14 +109,20 @@ def compare(path_run: Path, chord_run: Path, steps: np.ndarray, split: str) -> d
         }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", type=Path, help="an allocated run of every step (store: parameters)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        metavar="RUN",
+        type=Path,
+        help="an allocated run of every step (store: parameters)",
+    )
     parser.add_argument("--k", default="1,2,5,10,20,50,110", help="segment lengths")
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", type=Path, help="where the k runs go (default: RUN-segments)")
-    args = parser.parse_args(argv)
-    source = args.run
+
+
+def run(args: argparse.Namespace) -> None:
+    source = args.source
     out = args.out or source.with_name(f"{source.name}-segments")
     if open_trajectory(source).segmented:
         sys.exit(f"{source}: stores θ in segments already; give a run of every step")
@@ -141,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"k={k}: {len(steps) - 1} segments in {seconds:.1f} s", file=sys.stderr)
     (out / "segments.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
-    return 0
 
 
 def table(rows: list[dict]) -> str:
@@ -168,7 +171,3 @@ def table(rows: list[dict]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
