@@ -1,18 +1,17 @@
 """Phase 2: replay a recorded trajectory and allocate each iteration's loss change.
 
-The T iterations are cut into blocks (blocks) aligned with the Zarr chunks of ``lca.zarr``
-(`store`); a block is computed by `blocks.BlockAllocator`, which integrates the
-gradient along every step with a rule of [`lca.quadrature`][lca.quadrature]; `schedulers` hands the
-blocks to this process, worker processes or a Ray cluster (one `schedulers.Scheduler`
-interface, options in one [`schedulers.Execution`][lca.allocation.schedulers.Execution]); `settings`
-resolves what fixes
-the numbers ([`lca.config.AllocateConfig`][lca.config.schema.AllocateConfig]), so that a resumed
-allocation ends with
-exactly the arrays of an uninterrupted one. `backends` is the one interface to a
-framework (a run's objective, threads, GPUs, batch gradients), `cluster` runs blocks on
-Ray and `repair` is ``lca check --repair``. ``--causes`` splits each share by the
-optimiser's step terms (`causes`; torch.optim's in `causes_torch_optim`), replays
-Adam/AdamW for them (`replay`) and sums them per layer and unit (`cause_sums`).
+The T iterations are cut into blocks aligned with the Zarr chunks of ``lca.zarr`` (`store`);
+a block is computed by `blocks.BlockAllocator`, which integrates the gradient along every
+step with a rule of [`lca.quadrature`][lca.quadrature]; `schedulers` hands the blocks to
+this process, worker processes or a Ray cluster (one `schedulers.Scheduler` interface,
+options in one [`schedulers.Execution`][lca.allocation.schedulers.Execution]); `settings`
+resolves what fixes the numbers ([`lca.config.AllocateConfig`][lca.config.schema.AllocateConfig]),
+so that a resumed allocation ends with exactly the arrays of an uninterrupted one.
+`backends` is the one interface to a framework (a run's objective, threads, GPUs, batch
+gradients), `cluster` runs blocks on Ray and `repair` is ``lca check --repair``.
+``--causes`` splits each share by the optimiser's step terms (`causes`; torch.optim's in
+`causes_torch_optim`), replays Adam/AdamW for them (`replay`) and sums them per layer and
+unit (`cause_sums`).
 """
 
 from ..storage import read_run_config

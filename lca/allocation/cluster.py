@@ -1,4 +1,4 @@
-"""Allocate on a Ray cluster: each block of iterations (a block) is one Ray task.
+"""Allocate on a Ray cluster: each block of iterations is one Ray task.
 
 The work is the same as on one machine (``BlockAllocator.compute`` then ``.write``); only
 the scheduling differs (`run_on_ray` is a `schedulers.Scheduler`). Ray runs the
