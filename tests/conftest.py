@@ -178,6 +178,48 @@ def allocated_tiny_run(allocated_runs) -> Path:
     return allocated_runs("tiny_fc")
 
 
+@pytest.fixture(scope="session")
+def tiny_quick_start(run_cache):
+    """``run(commands)``: README's tiny quick start (``commands``: the argument lists of its
+    ``lca`` commands) run once per session, each as ``python -m lca.cli ...``, in order until
+    one exits non-zero, in a fresh directory holding a copy of ``configs/``. Answers that
+    directory (read-only) and, per command run, its ``args``, ``returncode``, ``stdout`` and
+    ``stderr``. Shared: test_examples.py checks that each command works, test_quick_start.py
+    that what ``verify-error`` and ``report`` print is the quoted figures."""
+
+    def run(commands: list[list[str]]) -> tuple[Path, list[dict]]:
+        def make(workdir: Path) -> None:
+            workdir.mkdir(parents=True)
+            shutil.copytree(CONFIGS, workdir / "configs")
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
+            results = []
+            for args in commands:
+                done = subprocess.run(
+                    [sys.executable, "-m", "lca.cli", *args],
+                    cwd=workdir,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    env=env,
+                )
+                results.append(
+                    {
+                        "args": list(args),
+                        "returncode": done.returncode,
+                        "stdout": done.stdout,
+                        "stderr": done.stderr,
+                    }
+                )
+                if done.returncode != 0:
+                    break
+            (workdir.parent / "commands.json").write_text(json.dumps(results))
+
+        workdir = run_cache.get({"config": "quick_start", "commands": commands}, make)
+        return workdir, json.loads((workdir.parent / "commands.json").read_text())
+
+    return run
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A size-limited tmpfs (64 MiB until resized): root's, or another user's in a user

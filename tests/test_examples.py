@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
@@ -212,29 +211,25 @@ def _split_at(words: list[str], separator: str) -> tuple[list[str], list[str]]:
     return words, []
 
 
-def test_tiny_quick_start(tmp_path):
+def test_tiny_quick_start(tiny_quick_start):
     """README's offline quick start: the fenced block right after the line
     ``<!-- tested: tiny quick start -->`` holds ``lca`` commands (one a line), run in order in a
     fresh directory holding a copy of ``configs/``, each as ``python -m lca.cli ...``; each must
-    exit 0 and print its success line (verify-error: PASS)."""
+    exit 0 and print its success line (verify-error: PASS). The commands run once per session
+    (conftest's ``tiny_quick_start``; test_quick_start.py compares what they print with the
+    quoted figures)."""
     commands = quick_start_commands(ROOT / "README.md")
-    shutil.copytree(CONFIGS, tmp_path / "configs")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
-    for args in commands:
-        shown = "lca " + shlex.join(args)
-        done = subprocess.run(
-            [sys.executable, "-m", "lca.cli", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
-        output = f"{done.stdout}\n{done.stderr}"
-        assert done.returncode == 0, f"{shown} exited {done.returncode}:\n{output}"
-        expected = EXPECTED_OUTPUT.get(args[0] if args else "")
+    _, results = tiny_quick_start(commands)
+    for done in results:
+        shown = "lca " + shlex.join(done["args"])
+        output = f"{done['stdout']}\n{done['stderr']}"
+        assert done["returncode"] == 0, f"{shown} exited {done['returncode']}:\n{output}"
+        expected = EXPECTED_OUTPUT.get(done["args"][0] if done["args"] else "")
         if expected:
-            assert re.search(expected, done.stdout), f"{shown} printed no {expected!r}:\n{output}"
+            assert re.search(expected, done["stdout"]), (
+                f"{shown} printed no {expected!r}:\n{output}"
+            )
+    assert len(results) == len(commands)
 
 
 # --- notebooks --------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 ``python scripts/make_figures.py tiny`` runs ``lca train configs/tiny_fc.yaml``, ``lca
 allocate``, ``lca verify-error`` and ``lca report`` and stores what the last two print in
-``docs/outputs/tiny_verify_error.txt`` and ``tiny_report.txt``. Here the same pipeline (the
-shared tiny_fc run, trained and allocated with the config's settings, as the two commands do)
-is verified and reported again, and every line is compared with the stored one:
+``docs/outputs/tiny_verify_error.txt`` and ``tiny_report.txt``. Here what the same commands
+print when README's tiny quick start runs them (conftest's ``tiny_quick_start``, run once per
+session and also checked by test_examples.py) is compared, line by line, with the stored text:
 
 * labels, verdicts and counts (iterations, sub-interval counts, PASS) exactly;
 * every other number printed in the same format and within one unit of its last
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import difflib
 import re
-import shutil
 from pathlib import Path
 
-import pytest
-from helpers import cli_in_process
+from test_examples import quick_start_commands
 
 ROOT = Path(__file__).parents[1]
 OUTPUTS = ROOT / "docs" / "outputs"
@@ -71,31 +69,25 @@ def test_differences_holds_figures_to_their_printed_precision():
     assert differences("PASS: all", "FAIL: all")
 
 
-@pytest.fixture(scope="module")
-def quick_start_run(allocated_tiny_run, tmp_path_factory) -> Path:
-    """The tiny quick start's run (trained and allocated with tiny_fc's settings), copied."""
-    run = tmp_path_factory.mktemp("quick_start") / "tiny_fc"
-    shutil.copytree(allocated_tiny_run, run)
-    return run
+def _printed(tiny_quick_start, command: str) -> str:
+    """What README's quick start's ``lca COMMAND runs/tiny_fc`` printed, its run's path as
+    quoted."""
+    workdir, results = tiny_quick_start(quick_start_commands(ROOT / "README.md"))
+    run = [done for done in results if done["args"][:1] == [command]]
+    assert run, f"README's tiny quick start did not run lca {command}: {results}"
+    done = run[0]
+    assert done["returncode"] == 0, done["stdout"] + done["stderr"]
+    assert done["args"][1:] == [QUOTED_RUN], done["args"]  # the run the quoted figures name
+    return done["stdout"].replace(str(workdir / QUOTED_RUN), QUOTED_RUN)
 
 
-def _as_quoted(text: str, run: Path) -> str:
-    return text.replace(str(run), QUOTED_RUN)
-
-
-def test_verify_error_prints_the_quoted_figures(quick_start_run):
-    done = cli_in_process("verify-error", str(quick_start_run))
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_verify_error_prints_the_quoted_figures(tiny_quick_start):
     quoted = (OUTPUTS / "tiny_verify_error.txt").read_text()
-    found = differences(quoted, _as_quoted(done.stdout, quick_start_run))
+    found = differences(quoted, _printed(tiny_quick_start, "verify-error"))
     assert not found, "regenerate: python scripts/make_figures.py tiny\n" + "\n".join(found)
 
 
-def test_report_prints_the_quoted_figures(quick_start_run, monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    # one animation frame: what the report prints does not depend on the animation
-    done = cli_in_process("report", str(quick_start_run), "--frames", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_report_prints_the_quoted_figures(tiny_quick_start):
     quoted = (OUTPUTS / "tiny_report.txt").read_text()
-    found = differences(quoted, _as_quoted(done.stdout, quick_start_run))
+    found = differences(quoted, _printed(tiny_quick_start, "report"))
     assert not found, "regenerate: python scripts/make_figures.py tiny\n" + "\n".join(found)
