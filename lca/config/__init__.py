@@ -1,8 +1,16 @@
-"""Run configuration: the YAML schema (`schema`), the user code it names
-(`user_code`) and per-variable optimiser settings resolved against a model
-(`layer_settings`)."""
+"""Run configuration: the YAML schema as dataclasses (`schema`), reading a file and
+overrides into them (`loading`), the user code it names (`user_code`) and per-variable
+optimiser settings resolved against a model (`layer_settings`)."""
 
 from .layer_settings import LayerSettings, resolve_layer_settings
+from .loading import (
+    RENAMED_KEYS,
+    apply_override,
+    config_from_dict,
+    load_config,
+    renamed_keys,
+    with_overrides,
+)
 from .schema import (
     CLASSIFICATION_LOSSES,
     DATASET_NAMES,
@@ -10,7 +18,6 @@ from .schema import (
     MODEL_NAMES,
     MODULAR_OPERATIONS,
     OPTIMIZER_NAMES,
-    RENAMED_KEYS,
     SPLIT_NAMES,
     TORCH_MODEL_NAMES,
     TRANSFORMER_KEYS,
@@ -28,13 +35,8 @@ from .schema import (
     StoreLevel,
     SyntheticConfig,
     TrainingConfig,
-    apply_override,
-    config_from_dict,
-    load_config,
     note_renamed,
     quiet_notes,
-    renamed_keys,
-    with_overrides,
 )
 from .user_code import import_function
 

@@ -13,10 +13,10 @@ them (parameter layout, seed, versions): nothing is encoded in file names.
 
 One module per job: `base` (where runs live: paths and URLs), `groups` (opening
 stores, checksummed arrays), `integrity` (checked chunk reads), `raw_chunks`
-(copy-free chunk writes), `trajectory` (θ and its writer), `checkpoint`
-(training's resume checkpoints), `lca_arrays` (the arrays of ``lca.zarr``, described
-once), `lock` (the run lock), `run` (a whole run for analyses), `outputs`
-(result folders written for people) and `check` (``lca check``).
+(copy-free chunk writes), `trajectory` (θ's writer), `trajectory_read` (θ read
+back), `checkpoint` (training's resume checkpoints), `lca_arrays` (the arrays of
+``lca.zarr``, described once), `lock` (the run lock), `run` (a whole run for
+analyses), `outputs` (result folders written for people) and `check` (``lca check``).
 """
 
 from .base import (
@@ -38,16 +38,14 @@ from .integrity import use_blockwise_crc32c
 from .lock import LOCK_FILE, RunLocked, run_lock
 from .raw_chunks import write_whole_raw_chunk
 from .run import Run, open_run, read_run_config
-from .trajectory import (
+from .trajectory import TrajectoryWriter, trajectory_attrs, write_fixed_weights
+from .trajectory_read import (
     FIXED_WEIGHTS_GROUP,
     RecordedBatches,
     Trajectory,
-    TrajectoryWriter,
     open_trajectory,
     read_fixed_weights,
     refuse_existing_recording,
-    trajectory_attrs,
-    write_fixed_weights,
 )
 
 __all__ = [

@@ -15,7 +15,7 @@ from ..layout import LevelSums, ParameterLayout
 from .base import CONFIG_FILE, LCA_STORE, RunError, location
 from .groups import open_group
 from .lca_arrays import read_array
-from .trajectory import Trajectory, open_trajectory
+from .trajectory_read import Trajectory, open_trajectory
 
 
 @dataclass
