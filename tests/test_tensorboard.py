@@ -1,13 +1,14 @@
 """`lca tensorboard`: event files whose values, read back by TensorBoard, are the stores'."""
 
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import STORE_LEVELS, cli
+from helpers import STORE_LEVELS, cli_in_process
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from lca.config import load_config
@@ -145,6 +146,11 @@ def test_two_runs_share_a_logdir(exported, tmp_path):
         assert np.array_equal(loss, open_run(run_dir).loss("train").astype(np.float32))
 
 
+def _to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's own showwarning (which pytest replaces by its recorder while a test runs)."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def test_cli_writes_beside_the_run_and_a_rewrite_replaces(exported, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(exported["layers"][0], run_dir)
@@ -152,7 +158,10 @@ def test_cli_writes_beside_the_run_and_a_rewrite_replaces(exported, tmp_path):
         warnings.simplefilter("ignore")
         (first,) = write_tensorboard([run_dir], max_histograms=0)
     assert first == tmp_path / "tensorboard" / "run"
-    result = cli("tensorboard", str(run_dir), "--histograms", "2", timeout=120)
+    with warnings.catch_warnings():  # warnings as a fresh process shows them: once, on stderr
+        warnings.simplefilter("default")
+        warnings.showwarning = _to_stderr
+        result = cli_in_process("tensorboard", str(run_dir), "--histograms", "2")
     assert result.returncode == 0, result.stderr
     assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in result.stdout
     assert result.stderr.count("keeps no per-parameter LCA") == 1
