@@ -249,3 +249,15 @@ class SmallDisk:
             return
         self.holder.stdin.close()  # its cat ends: the namespace and its tmpfs go with it
         self.holder.wait()
+
+
+def load_make_figures():
+    """scripts/make_figures.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("make_figures", root / "scripts/make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_figures"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -4,26 +4,17 @@ The pages quote command output only inside ``<!-- output: NAME -->`` blocks, whi
 ``docs/outputs/NAME.txt`` as the script last wrote it, and show only images the script makes.
 """
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_make_figures
 
 ROOT = Path(__file__).parents[1]
 IMAGE = re.compile(r"images/([A-Za-z0-9_.-]+\.(?:png|gif|jpg|svg))")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "scripts/make_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_figures"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-make_figures = _load_script()
+make_figures = load_make_figures()
 PAGES = make_figures.pages()
 
 

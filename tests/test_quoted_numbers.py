@@ -18,26 +18,17 @@ same program on the same machine and compare.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_make_figures
 
 ROOT = Path(__file__).parents[1]
 OUTPUTS = ROOT / "docs" / "outputs"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "scripts/make_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_figures"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-make_figures = _load_script()
+make_figures = load_make_figures()
 PAGES = make_figures.pages()
 
 # A number with a unit of time, size or ratio: "162.7 s", "3 min", "×1.38", "1.79×", "57.6 %".

@@ -67,6 +67,14 @@ class RenamingCommand(click.Command):
         return super().parse_args(ctx, new_args)
 
 
+#: Where a new run directory goes (``lca train``, ``lca import``).
+run_out_option = option(
+    "--out",
+    type=click.Path(file_okay=False),
+    show_default="runs/<config name>",
+    help="Run directory.",
+)
+
 override_option = option(
     "--set",
     "overrides",

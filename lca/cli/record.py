@@ -9,7 +9,7 @@ import click
 
 from ..config import load_config
 from ..storage import location
-from .common import friendly_errors, option, override_option
+from .common import friendly_errors, option, override_option, run_out_option
 
 
 @click.command()
@@ -84,12 +84,7 @@ def _theta_storage(config, record_every: int | None, disk_budget: str | None):
 
 @click.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
-@option(
-    "--out",
-    type=click.Path(file_okay=False),
-    show_default="runs/<config name>",
-    help="Run directory.",
-)
+@run_out_option
 @option(
     "--seed",
     type=int,
@@ -142,12 +137,7 @@ def train(config_file, out, seed, iterations, overwrite, resume, threads, overri
 @click.command("import")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("checkpoints", nargs=-1, required=True)
-@option(
-    "--out",
-    type=click.Path(file_okay=False),
-    show_default="runs/<config name>",
-    help="Run directory.",
-)
+@run_out_option
 @option(
     "--steps",
     metavar="S0,S1,…",
