@@ -308,9 +308,6 @@ PROVENANCES = sorted(OUTPUTS.glob("*_provenance.txt"))
 STALE = {
     "causes": "python scripts/make_figures.py causes (about 23 min)",
     "grokking": "python scripts/make_figures.py grokking (about 16 min)",
-    "mnist_fc": "python scripts/make_figures.py mnist_fc (about 4 min)",
-    "per_class": "python scripts/make_figures.py per_class (about 3 min)",
-    "pruning": "python scripts/make_figures.py pruning (seconds, after mnist_fc)",
     "torch_bench": "python scripts/make_figures.py torch_bench (about 13 min)",
 }
 
