@@ -441,18 +441,6 @@ def test_verify_error_shows_the_subset_and_the_comparison(fresh_run):
     assert data["subset_check"]["correlation_mean"] > 0.9
 
 
-def test_tf32_is_off_unless_allowed(trained_runs):
-    from lca.allocation import load_objective
-    from lca.tensorflow.runtime import configure_tensorflow, tf32_enabled
-
-    load_objective(trained_runs("tiny_fc"), ["train"])
-    assert not tf32_enabled()
-    configure_tensorflow(allow_tf32=True)
-    assert tf32_enabled()
-    configure_tensorflow()  # back to the default for the other tests
-    assert not tf32_enabled()
-
-
 @pytest.mark.parametrize("name", ["tiny_fc", "tiny_resnet"])  # class-pure batches; BN masks
 def test_per_class_lca_sums_to_the_total(fresh_run, name):
     import shutil

@@ -13,7 +13,7 @@ from helpers import assert_one_line_error, cli_in_process
 
 import lca.config.schema as schema
 from lca.allocation import AllocationSettings, Execution, allocate, resolve_settings
-from lca.allocation.settings import continued_from
+from lca.allocation.settings import continued_from, current_identity
 from lca.config import AllocateConfig, config_from_dict
 from lca.storage import RunError
 
@@ -36,6 +36,39 @@ def test_old_config_keys_read_as_the_new_ones_with_one_note(notes):
     ]
     with pytest.raises(schema.ConfigError, match="allocate.max_splits: the old name of"):
         config_from_dict({"allocate": {"max_splits": 8, "max_intervals": 8}})
+
+
+def test_allow_tf32_reads_as_precision_tf32_with_one_note(notes):
+    def allocate_section(**keys):
+        return config_from_dict({"allocate": keys}).allocate
+
+    tf32 = allocate_section(precision="tf32")
+    assert allocate_section(allow_tf32=True) == tf32
+    assert allocate_section(allow_tf32=True, precision="float32") == tf32
+    assert allocate_section(allow_tf32=False) == AllocateConfig()  # false: the default, dropped
+    assert allocate_section(allow_tf32=False, precision="bfloat16").precision == "bfloat16"
+    assert notes.readouterr().err.splitlines() == [
+        "note: allocate.allow_tf32 is now allocate.precision: tf32"
+    ]
+    with pytest.raises(schema.ConfigError) as caught:
+        allocate_section(allow_tf32=True, precision="bfloat16")
+    assert "\n" not in str(caught.value)
+    assert "allocate.allow_tf32" in str(caught.value) and "allocate.precision" in str(caught.value)
+    # overrides, as `lca.allocate(run, allow_tf32=True)` passes them: the same settings
+    base = AllocateConfig(precision="float32")
+    assert resolve_settings(base, 10, allow_tf32=True) == resolve_settings(
+        base, 10, precision="tf32"
+    )
+    # a store that recorded allow_tf32 resumes in those terms
+    made = {**OLD_IDENTITY, "allow_tf32": True}
+    assert current_identity(made)["precision"] == "tf32"
+    settings = resolve_settings(
+        AllocateConfig(eval_batch_size=700, threshold=1e-4, block_iterations=8),
+        10,
+        **continued_from(made, {}),
+    )
+    assert settings.precision == "tf32" and settings.made(made)
+    assert not settings.made(OLD_IDENTITY)
 
 
 def test_overrides_are_checked_against_the_settings_and_errors_name_them():
@@ -77,6 +110,8 @@ OLD_IDENTITY = {
     "jit_compile": False,
     "reuse_input_layer": True,
 }
+#: What a store with those settings records today.
+NEW_IDENTITY = {k: v for k, v in OLD_IDENTITY.items() if k != "allow_tf32"}
 
 
 def test_an_old_store_identity_equals_the_settings_it_was_made_with():
@@ -91,8 +126,9 @@ def test_an_old_store_identity_equals_the_settings_it_was_made_with():
         "causes": False,
     }
     settings = resolve_settings(base, 10, **chosen)
-    assert settings.identity() == OLD_IDENTITY
-    assert list(settings.identity()) == list(OLD_IDENTITY)  # recorded in the same order
+    assert settings.made(OLD_IDENTITY)
+    # recorded the same way, in the same order; allow_tf32: false is no setting any more
+    assert list(settings.identity().items()) == list(NEW_IDENTITY.items())
     changed = resolve_settings(base, 10, **continued_from(OLD_IDENTITY, {"max_intervals": 8}))
     assert changed.differences(OLD_IDENTITY) == "made with max_intervals: 32; asked for " + (
         "max_intervals: 8"
@@ -103,7 +139,7 @@ def test_an_old_store_resumes(fresh_run):
     run_dir = fresh_run()  # tiny_fc: its config says rule adaptive
     allocate(run_dir, rule="simpson", iterations=(0, 8), progress=False)
     group = zarr.open_group(run_dir / "lca.zarr", mode="r+")
-    assert dict(group.attrs["settings"]) == OLD_IDENTITY  # as stores made before recorded it
+    assert dict(group.attrs["settings"]) == NEW_IDENTITY  # as stores made before, but TF32
     group.attrs["settings"] = OLD_IDENTITY  # written the old way, key by key
     summary = allocate(run_dir, progress=False)  # continues with the store's simpson
     assert summary.complete and summary.iterations_this_run == 32

@@ -359,11 +359,10 @@ def test_a_torch_config_torch_cannot_run_is_one_line(tmp_path, yaml_line, needle
 @pytest.mark.parametrize(
     ("option", "needles"),
     [
-        (["--precision", "bfloat16"], ("--precision", "torch runs are allocated in float32")),
-        (["--precision", "tf32"], ("--precision", "torch runs are allocated in float32")),
+        (["--precision", "bfloat16"], ("--precision", "bfloat16 is TensorFlow only")),
         (["--per-class"], ("--per-class", "torch")),
     ],
-    ids=["bfloat16", "tf32", "per-class"],
+    ids=["bfloat16", "per-class"],
 )
 def test_allocating_a_torch_run_the_tensorflow_way_is_one_line(fresh_run, option, needles):
     run = fresh_run("tiny_fc", TORCH_FC)

@@ -63,7 +63,6 @@ EXTRA = {
     "allocate.splits": "the splits whose loss change is allocated",
     "allocate.eval_batch_size": "size of the fixed evaluation batches (batch norm: their stats)",
     "allocate.threshold": "per-iteration |conservation error| that triggers halving the step",
-    "allocate.allow_tf32": "allow TF32 tensor-core products on GPUs (then check `verify-error`)",
     "allocate.jit_compile": "compile the gradient function with XLA",
     "allocate.subset_seed": "seed of the subset drawn by `subset_size`",
     "allocate.per_class_full": "also keep the full (T, classes, K) per-class array",

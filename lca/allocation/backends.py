@@ -4,7 +4,7 @@ Everything downstream of a recorded trajectory (quadrature, blocks, schedulers, 
 ``verify-error``, the report) sees a model only through an `Objective`: the loss and
 gradient of each data split at a flat θ. A framework provides, in a package of its own
 (TensorFlow: `lca.tensorflow`; PyTorch: `lca.torch`), the objective of a run
-directory, its thread and TF32 settings, the GPUs it sees and, for ``--causes``, the
+directory, its thread settings, the GPUs it sees and, for ``--causes``, the
 mini-batch gradient of a recorded step. A third framework is one more package of the same
 modules and one more branch in each function below.
 """
@@ -64,7 +64,6 @@ def load_objective(
     splits: Sequence[str] = ("train", "val"),
     eval_batch_size: int | None = None,
     *,
-    allow_tf32: bool = False,
     jit_compile: bool = False,
     reuse_input_layer: bool = True,
     train_subset: np.ndarray | None = None,
@@ -77,7 +76,7 @@ def load_objective(
     was trained on; the framework's package rebuilds the model and checks it against the
     recorded layout. ``train_subset`` (indices into the train split) restricts the train split
     to those examples. ``precision`` is the arithmetic of the gradients; losses are float32.
-    ``jit_compile``, ``reuse_input_layer``, ``per_class`` and reduced precisions exist for
+    ``jit_compile``, ``reuse_input_layer``, ``per_class`` and ``bfloat16`` exist for
     TensorFlow runs only.
     """
     from ..data import load_dataset
@@ -102,10 +101,12 @@ def load_objective(
     if config.framework == "torch":
         from ..torch.allocation import load_torch_objective
 
-        if per_class or precision != "float32":
-            raise RunError(f"{run_dir}: torch runs are allocated in float32, without per_class")
+        if per_class or precision not in ("float32", "tf32"):
+            raise RunError(
+                f"{run_dir}: torch runs are allocated in float32 or tf32, without per_class"
+            )
         return load_torch_objective(
-            run_dir, config, trajectory, dataset, data, batch_size, allow_tf32
+            run_dir, config, trajectory, dataset, data, batch_size, precision=precision
         )
     from ..tensorflow.allocation import load_tensorflow_objective
 
@@ -116,7 +117,6 @@ def load_objective(
         dataset,
         data,
         batch_size,
-        allow_tf32=allow_tf32,
         jit_compile=jit_compile,
         reuse_input_layer=reuse_input_layer,
         per_class=per_class,
@@ -158,16 +158,17 @@ def batch_gradient(run_dir: str | Path, config, trajectory):
     return BatchGradient(run_dir, config, trajectory)
 
 
-def configure(framework: str, threads: int | None = None, allow_tf32: bool = False) -> None:
-    """Thread counts (``--threads``) and TF32 for the framework about to compute."""
+def configure(framework: str, threads: int | None = None) -> None:
+    """Thread counts (``--threads``) for the framework about to compute, TF32 off (only the
+    gradient passes of ``precision: tf32`` allow it)."""
     if framework == "torch":
         from ..torch.runtime import configure_torch
 
-        configure_torch(threads, allow_tf32)
+        configure_torch(threads)
     else:
         from ..tensorflow.runtime import configure_tensorflow
 
-        configure_tensorflow(threads, allow_tf32=allow_tf32)
+        configure_tensorflow(threads)
 
 
 def visible_gpus(framework: str) -> list[str]:

@@ -87,7 +87,6 @@ class BlockAllocator:
         self.settings = settings
         self.trajectory = open_trajectory(run_dir)
         options = dict(
-            allow_tf32=settings.allow_tf32,
             jit_compile=settings.jit_compile,
             reuse_input_layer=settings.reuse_input_layer,
             precision=settings.precision,

@@ -38,7 +38,7 @@ class _BlockWorker:
         quiet_notes()  # the driver gave them
         self.where = socket.gethostname()
         try:
-            configure(framework_of(run_dir), threads, allow_tf32=settings.allow_tf32)
+            configure(framework_of(run_dir), threads)
             self.allocator = BlockAllocator(run_dir, settings)
         except RunError as exc:
             raise RunError(

@@ -89,7 +89,6 @@ ALWAYS_RECORDED = (
     "max_intervals",
     "block_iterations",
     "eval_batch_size",
-    "allow_tf32",
     "jit_compile",
     "reuse_input_layer",
 )
@@ -130,9 +129,14 @@ class AllocationSettings(AllocateConfig):
                 recorded[name] = getattr(self, name)
         return recorded
 
+    def made(self, made_with: dict | None) -> bool:
+        """Whether a store with the recorded identity ``made_with`` was made with these."""
+        return made_with is not None and current_identity(made_with) == self.identity()
+
     def differences(self, made_with: dict) -> str:
         """``made with store: units; asked for store: parameters``: where a store's recorded
         identity and these settings differ (an absent key: the value stores made before had)."""
+        made_with = current_identity(made_with)
         asked = self.identity()
         keys = [k for k in {**made_with, **asked} if made_with.get(k) != asked.get(k)]
         names = {recorded: name for name, recorded in RECORDED_NAMES.items()}
@@ -149,8 +153,21 @@ class AllocationSettings(AllocateConfig):
         return self.check_every is not None and iteration % self.check_every == 0
 
 
+def current_identity(identity: dict) -> dict:
+    """A store's recorded ``identity`` in today's settings.
+
+    Stores may record ``allow_tf32``, TF32 on for every operation: true with float32
+    gradients reads as ``precision: tf32`` (TF32 gradients), otherwise it is dropped.
+    """
+    current = dict(identity)
+    if current.pop("allow_tf32", False) and current.get("precision", "float32") == "float32":
+        current["precision"] = "tf32"
+    return current
+
+
 def recorded_values(identity: dict) -> dict[str, Any]:
     """The settings of `RECORDED_UNLESS` a store's ``identity`` was made with."""
+    identity = current_identity(identity)
     return {name: identity.get(name, unrecorded) for name, unrecorded in RECORDED_UNLESS.items()}
 
 
@@ -201,11 +218,15 @@ def resolve_settings(
     except ConfigError as exc:
         raise RunError(str(exc)) from None
     if framework == "torch":  # what the torch objective computes (lca.torch.objective)
-        if merged.precision not in ("auto", "float32"):
-            raise RunError("allocate.precision: torch runs are allocated in float32")
+        if merged.precision == "bfloat16":
+            raise RunError(
+                "allocate.precision: torch runs are allocated in float32 or tf32 "
+                "(bfloat16 is TensorFlow only)"
+            )
         if merged.per_class:
             raise RunError("allocate.per_class: not available for torch runs (framework: torch)")
-        merged = replace(merged, precision="float32")
+        if merged.precision == "auto":
+            merged = replace(merged, precision="float32")
     too_big = num_train is not None and (merged.subset_size or 0) >= num_train
     if too_big:
         raise RunError(

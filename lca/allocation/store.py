@@ -27,7 +27,7 @@ def open_lca_store(
     if path.exists():
         group = open_group(path, "r+")
         made_with = group.attrs.get("settings")
-        if made_with != settings.identity():
+        if not settings.made(made_with):
             raise RunError(
                 f"{path} was made with other settings ({settings.differences(made_with or {})}"
                 "); use the same options, or delete it (or pass --overwrite) to start over"

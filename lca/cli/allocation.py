@@ -169,8 +169,9 @@ def _with_flags(message: str, given: set[str]) -> str:
     "--precision",
     type=click.Choice(PRECISION_NAMES),
     show_default=_from_config("precision"),
-    help="Arithmetic of the gradients; losses stay float32. auto: bfloat16 on CPUs with "
-    "bf16 units, float32 elsewhere.",
+    help="Arithmetic of the gradients; losses stay float32. tf32: gradient passes on the "
+    "TF32 tensor cores of GPUs (TF32 is off otherwise). auto: bfloat16 on CPUs with bf16 "
+    "units (TensorFlow runs), float32 elsewhere.",
 )
 @option(
     "--store",

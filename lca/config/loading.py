@@ -3,7 +3,8 @@ the dataclasses of `lca.config.schema`.
 
 Every key is checked on load, so a typo fails at once with the key path and the file, instead
 of being silently ignored after an hour of training. Old key names (`RENAMED_KEYS`) are read
-as the new ones, with one ``note:`` line each.
+as the new ones, and old true/false keys (`FLAG_KEYS`) as the value of a key that replaced
+them, with one ``note:`` line each.
 """
 
 from __future__ import annotations
@@ -66,11 +67,23 @@ RENAMED_KEYS = {
     "allocate.chunk_iterations": "allocate.block_iterations",
 }
 
+#: Old true/false keys that are now one value of another key (old dotted path: (new dotted
+#: path, the value ``true`` stands for, the values of the new key ``true`` may replace)).
+#: ``true`` sets the new key to that value, ``false`` (the old default) is dropped; either
+#: prints ``note: OLD is now NEW: VALUE`` once.
+FLAG_KEYS = {
+    "allocate.allow_tf32": ("allocate.precision", "tf32", ("auto", "float32", "tf32")),
+}
+
 
 def renamed_keys(raw: dict[str, Any], prefix: str, *, note: bool = True) -> dict[str, Any]:
     """``raw`` (a section's mapping) with its old key names replaced by the new ones."""
     renamed = {}
+    flags = []
     for key, value in raw.items():
+        if f"{prefix}{key}" in FLAG_KEYS:
+            flags.append((key, value))
+            continue
         new = RENAMED_KEYS.get(f"{prefix}{key}")
         if new is None:
             renamed[key] = value
@@ -81,6 +94,22 @@ def renamed_keys(raw: dict[str, Any], prefix: str, *, note: bool = True) -> dict
         if note:
             note_renamed(f"{prefix}{key}", new)
         renamed[new_key] = value
+    for key, value in flags:  # after the other keys: the new key may be given too
+        new, meant, replaces = FLAG_KEYS[f"{prefix}{key}"]
+        new_key = new.rpartition(".")[2]
+        if not isinstance(value, bool):
+            raise ConfigError(f"{prefix}{key}: must be true or false, got {value!r}")
+        if note:
+            note_renamed(f"{prefix}{key}", f"{new}: {meant}")
+        if not value:
+            continue
+        given = renamed.get(new_key, replaces[0])
+        if given not in replaces:
+            raise ConfigError(
+                f"{prefix}{key}: true means {new}: {meant}, which contradicts {new}: {given}; "
+                f"give only {new}"
+            )
+        renamed[new_key] = meant
     return renamed
 
 

@@ -320,12 +320,13 @@ class AllocateConfig:
     # errors share a sign along training and add up where Simpson's do not)
     trapezoid_threshold: float | None = None
     # arithmetic of the gradients (losses are always float32 with float64 sums): bfloat16 runs
-    # the backward matrix products on bf16 units, tf32 allows TF32 tensor cores on GPUs; an
-    # iteration still over the threshold after refinement is recomputed in float32. "auto":
-    # bfloat16 on a CPU with bf16 units (AMX, AVX512-BF16), float32 elsewhere
+    # the backward matrix products on bf16 units (TensorFlow only); tf32 runs the gradient
+    # passes on TF32 tensor cores of GPUs and takes the losses from a float32 pass (the one
+    # way to use TF32: it is off otherwise); an iteration still over the threshold after
+    # refinement is recomputed in float32. "auto": bfloat16 on a CPU with bf16 units (AMX,
+    # AVX512-BF16) for TensorFlow runs, float32 elsewhere
     precision: Precision = "auto"
     block_iterations: int | None = None  # iterations per block (default: storage chunk)
-    allow_tf32: bool = False
     jit_compile: bool = False
     # interior quadrature nodes reuse a first dense layer's pre-activations (exact up to
     # float rounding; about 13 % faster on MNIST-FC); false evaluates every node from scratch
@@ -445,9 +446,9 @@ class Config:
         for key, used in refused.items():
             if used:
                 problems[f"allocate.{key}"] = "is TensorFlow only (framework: torch)"
-        if self.allocate.precision in ("bfloat16", "tf32"):
+        if self.allocate.precision == "bfloat16":
             problems["allocate.precision"] = (
-                "torch runs are allocated in float32 (precision: auto or float32)"
+                "torch runs are allocated in float32 or tf32 (bfloat16 is TensorFlow only)"
             )
         return problems
 

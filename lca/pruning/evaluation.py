@@ -37,18 +37,16 @@ class PruningEvaluator:
         stored = dict(run.lca_store.attrs["settings"]) if run.lca_store is not None else {}
         config = read_run_config(run_dir)
         self.classification = bool(config.model.classification)
-        # the batches and arithmetic the stored losses were made with (the config's before);
-        # precision tf32 took its losses from a pass with TF32 off, which `scores` repeats
+        # the batches the stored losses were made with (the config's before); the losses of
+        # every precision come from a float32 pass (TF32 off), which `scores` repeats
         self.objective = load_objective(
             run_dir,
             splits,
             int(stored.get("eval_batch_size", config.allocate.eval_batch_size)),
-            allow_tf32=bool(stored.get("allow_tf32", config.allocate.allow_tf32)),
             jit_compile=bool(stored.get("jit_compile", config.allocate.jit_compile)),
             reuse_input_layer=bool(
                 stored.get("reuse_input_layer", config.allocate.reuse_input_layer)
             ),
-            precision="tf32" if stored.get("precision") == "tf32" else "float32",
         )
         self.splits = tuple(splits)
         self.num_params = self.objective.num_params

@@ -24,7 +24,6 @@ def load_tensorflow_objective(
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     batch_size: int,
     *,
-    allow_tf32: bool = False,
     jit_compile: bool = False,
     reuse_input_layer: bool = True,
     per_class: bool = False,
@@ -39,7 +38,7 @@ def load_tensorflow_objective(
     from .per_class_objective import PerClassObjective
     from .runtime import configure_tensorflow
 
-    configure_tensorflow(allow_tf32=allow_tf32)
+    configure_tensorflow()
     user_model = config.model.builder is not None
     if user_model:
         keras.utils.set_random_seed(int(trajectory.attrs.get("seed", 0)))

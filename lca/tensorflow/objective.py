@@ -17,7 +17,6 @@ from one call to the next.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Mapping
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from ..quadrature import LossAndGradient, segment_point  # noqa: F401 (segment_point re-exported)
 from .precision import kernel_gradient, matmul, tensor_float_32
-from .runtime import per_example_loss, tf32_enabled
+from .runtime import per_example_loss
 
 
 class FullBatchObjective:
@@ -306,7 +305,7 @@ class FullBatchObjective:
                 lambda t: self._evaluate_forward(t, count_right=True),
                 jit_compile=self._jit_compile,
             )
-        with tensor_float_32(False) if self.precision == "tf32" else contextlib.nullcontext():
+        with tensor_float_32(False):  # the losses of every precision are float32's
             results = self._compiled_scores(theta)
         return {
             name: (float(loss.numpy()), int(right.numpy()))
@@ -330,7 +329,7 @@ class FullBatchObjective:
         if self.chain is None or ends[0] is None or ends[1] is None:
             return self(point)
         self.evaluations += 1
-        with tensor_float_32(self.precision == "tf32" or tf32_enabled()):
+        with tensor_float_32(self.precision == "tf32"):
             results = self._compiled_between(point, np.float32(fraction), ends[0], ends[1])
         return self._unpack(results)
 

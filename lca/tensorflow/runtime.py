@@ -12,11 +12,12 @@ import numpy as np
 from ..config import ModelError
 
 
-def configure_tensorflow(threads: int | None = None, allow_tf32: bool = False) -> None:
-    """Set thread counts (must precede TensorFlow's first op) and keep TF32 off by default.
+def configure_tensorflow(threads: int | None = None) -> None:
+    """Set thread counts (must precede TensorFlow's first op) and turn TF32 off.
 
     TensorFlow's CPU kernels split reductions by thread, so a fixed thread count is what
-    makes results bitwise reproducible across processes.
+    makes results bitwise reproducible across processes. TF32 stays off but inside the
+    gradient passes of ``allocate.precision: tf32`` (`lca.tensorflow.precision.tensor_float_32`).
     """
     import tensorflow as tf
 
@@ -36,13 +37,7 @@ def configure_tensorflow(threads: int | None = None, allow_tf32: bool = False) -
                     f"{threads} threads apply only in a fresh process (e.g. the lca command)",
                     stacklevel=2,
                 )
-    tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
-
-
-def tf32_enabled() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.experimental.tensor_float_32_execution_enabled())
+    tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 def per_example_loss(name: str = "sparse_categorical_crossentropy", from_logits: bool = True):

@@ -43,11 +43,13 @@ def load_torch_objective(
     dataset,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     eval_batch_size: int,
-    allow_tf32: bool = False,
+    *,
+    precision: str = "float32",
 ) -> TorchObjective:
     """The full-split objective of a torch run: its model rebuilt from the config (built-in
-    twin or ``model.builder``), the weights outside θ restored, the layout checked."""
-    configure_torch(allow_tf32=allow_tf32)
+    twin or ``model.builder``), the weights outside θ restored, the layout checked;
+    ``precision`` (float32 or tf32) is the arithmetic of its gradients."""
+    configure_torch()
     model, names = rebuild_model(run_dir, config, trajectory, dataset)
     changed = trajectory.attrs.get("non_trainable_changed")
     if changed:
@@ -73,4 +75,5 @@ def load_torch_objective(
         loss=config.model.loss,
         from_logits=config.model.from_logits,
         where=where,
+        precision=precision,
     )

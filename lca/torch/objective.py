@@ -7,10 +7,15 @@ evaluation batches in float64 and returned as float32. The model is in
 `evaluation_mode` (dropout off, batch norm on batch statistics) and its
 buffers and the parameters outside θ are held fixed, so L is a function of θ alone. θ goes in
 through ``torch.func.functional_call``: the module itself is never modified.
+
+``precision`` is ``float32`` or ``tf32``, as for TensorFlow: ``tf32`` runs the gradient passes
+with TF32 allowed on GPUs (matrix products and cuDNN convolutions) and takes the losses from a
+separate forward pass with TF32 off, so the losses are float32's.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,7 +23,10 @@ import torch
 from torch import nn
 
 from ..quadrature import LossAndGradient
-from .runtime import as_tensor, device, per_example_loss
+from .runtime import as_tensor, device, per_example_loss, tf32_allowed
+
+#: The gradient arithmetic a torch objective computes (``allocate.precision``).
+TORCH_PRECISIONS = ("float32", "tf32")
 
 
 class TorchObjective:
@@ -34,7 +42,9 @@ class TorchObjective:
         loss: str = "sparse_categorical_crossentropy",
         from_logits: bool = True,
         where: torch.device | None = None,
+        precision: str = "float32",
     ) -> None:
+        self.precision = _torch_precision(precision)
         self.device = where or device()
         self.model = model.to(self.device)
         self.names = list(names)
@@ -56,7 +66,6 @@ class TorchObjective:
             batches = [(xt[i : i + bs], yt[i : i + bs]) for i in range(0, len(y), bs)]
             self._data[name] = (batches, len(y))
         self._grad = torch.func.grad(self._batch_loss, has_aux=True)
-        self.precision = "float32"
         self.evaluations = 0
 
     def _forward(self, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -80,16 +89,34 @@ class TorchObjective:
     def __call__(self, theta: np.ndarray) -> dict[str, LossAndGradient]:
         parts = self._parts(theta)
         self.evaluations += 1
+        tf32 = self.precision == "tf32"
         out = {}
-        for name in self.split_names:
-            batches, n = self._data[name]
-            loss = torch.zeros((), dtype=torch.float64, device=self.device)
-            grad = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
-            for x, y in batches:
-                g, loss_sum = self._grad(parts, x, y, n)
-                loss += loss_sum
-                grad += torch.cat([g[k].reshape(-1) for k in self.names]).double()
-            out[name] = LossAndGradient(float(loss) / n, grad.float().cpu().numpy())
+        with tf32_allowed(tf32):
+            for name in self.split_names:
+                batches, n = self._data[name]
+                loss = torch.zeros((), dtype=torch.float64, device=self.device)
+                grad = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
+                for x, y in batches:
+                    g, loss_sum = self._grad(parts, x, y, n)
+                    loss += loss_sum
+                    grad += torch.cat([g[k].reshape(-1) for k in self.names]).double()
+                out[name] = LossAndGradient(float(loss) / n, grad.float().cpu().numpy())
+        if tf32:  # gradients on TF32 cores, losses from a float32 pass
+            losses = self._losses(parts)
+            out = {name: value._replace(loss=losses[name]) for name, value in out.items()}
+        return out
+
+    @torch.no_grad()
+    def _losses(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each split's loss at θ from a forward pass with TF32 off (float64 sums)."""
+        out = {}
+        with tf32_allowed(False):
+            for name in self.split_names:
+                batches, n = self._data[name]
+                loss = torch.zeros((), dtype=torch.float64, device=self.device)
+                for x, y in batches:
+                    loss += self._per_example(self._forward(parts, x), y).double().sum()
+                out[name] = float(loss) / n
         return out
 
     def between(
@@ -102,23 +129,37 @@ class TorchObjective:
 
     @torch.no_grad()
     def scores(self, theta: np.ndarray) -> dict[str, tuple[float, int]]:
-        """Each split's loss and number of right predictions (argmax) at θ, forward only."""
+        """Each split's loss and number of right predictions (argmax) at θ, forward only,
+        with TF32 off (the losses of every precision are float32's)."""
         parts = self._parts(theta)
         out = {}
-        for name in self.split_names:
-            batches, n = self._data[name]
-            loss, right = 0.0, 0
-            for x, y in batches:
-                outputs = self._forward(parts, x)
-                loss += float(self._per_example(outputs, y).double().sum())
-                right += int((outputs.argmax(-1) == y.reshape(-1)).sum())
-            out[name] = (loss / n, right)
+        with tf32_allowed(False):
+            for name in self.split_names:
+                batches, n = self._data[name]
+                loss, right = 0.0, 0
+                for x, y in batches:
+                    outputs = self._forward(parts, x)
+                    loss += float(self._per_example(outputs, y).double().sum())
+                    right += int((outputs.argmax(-1) == y.reshape(-1)).sum())
+                out[name] = (loss / n, right)
         return out
 
     def num_examples(self, split: str) -> int:
         return int(self._data[split][1])
 
     def with_precision(self, precision: str) -> TorchObjective:
-        if precision != "float32":
-            raise ValueError(f"precision {precision!r}: torch runs are allocated in float32")
-        return self
+        """The same objective (model, data) with gradients in ``precision``: a fall-back."""
+        other = copy.copy(self)
+        other.precision = _torch_precision(precision)
+        other._grad = torch.func.grad(other._batch_loss, has_aux=True)
+        other.evaluations = 0
+        return other
+
+
+def _torch_precision(precision: str) -> str:
+    if precision not in TORCH_PRECISIONS:
+        raise ValueError(
+            f"precision {precision!r}: torch runs are allocated in float32 or tf32 "
+            "(bfloat16 is TensorFlow only)"
+        )
+    return precision

@@ -1,8 +1,11 @@
 """PyTorch run-time pieces that training and allocation share: the run's loss per example,
-the evaluation mode that makes L a function of θ alone, the device and thread settings.
+the evaluation mode that makes L a function of θ alone, the device, thread and TF32 settings.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -65,12 +68,27 @@ def check_deterministic(model: nn.Module, x: torch.Tensor) -> None:
         )
 
 
-def configure_torch(threads: int | None = None, allow_tf32: bool = False) -> None:
-    """Thread counts (``--threads``; default: torch's) and TF32 matmuls on GPUs."""
+def configure_torch(threads: int | None = None) -> None:
+    """Thread counts (``--threads``; default: torch's) and TF32 off on GPUs (matrix products
+    and cuDNN convolutions): only the gradient passes of ``allocate.precision: tf32`` allow
+    it (`tf32_allowed`)."""
     if threads:
         torch.set_num_threads(threads)
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+@contextlib.contextmanager
+def tf32_allowed(enabled: bool = True) -> Iterator[None]:
+    """Allow (or forbid) TF32 in CUDA matrix products and cuDNN convolutions for the calls
+    inside; both flags are restored after. No effect on CPUs, which have no TF32."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def device() -> torch.device:
