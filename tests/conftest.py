@@ -25,6 +25,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The suite runs on two workers on two cores: torch's OpenMP threads spin-wait, and two
 # processes of two threads each on two cores are many times slower than one thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The same holds for TensorFlow: every process that runs tests runs it on one thread, which is
+# also what ``lca ... --threads 1`` runs in a fresh process, so a test may compare its own
+# computations with such a process's bit for bit (`_allocate`). Tests of another thread count
+# start a process with ``--threads N``.
+TENSORFLOW_THREADS = 1
+
+
+def pytest_configure(config) -> None:
+    if "PYTEST_XDIST_WORKER" in os.environ or not getattr(config.option, "numprocesses", 0):
+        from lca.tensorflow.runtime import configure_tensorflow
+
+        configure_tensorflow(TENSORFLOW_THREADS)  # before TensorFlow's first operation
+
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -92,12 +105,13 @@ def _train(name: str, overrides: tuple[str, ...]):
 
 
 def _allocate(source: Path, allocate_kwargs: dict):
-    """Allocate a copy of ``source``; with ``threads`` in a process of its own, since
-    TensorFlow fixes its thread count when it starts (what ``lca allocate --threads`` does)."""
+    """Allocate a copy of ``source``; with another ``threads`` than this process's
+    (`TENSORFLOW_THREADS`) in a process of its own, since TensorFlow fixes its thread count
+    when it starts (what ``lca allocate --threads`` does)."""
 
     def make(run_dir: Path) -> None:
         shutil.copytree(source, run_dir)
-        if "threads" in allocate_kwargs:
+        if allocate_kwargs.get("threads", TENSORFLOW_THREADS) != TENSORFLOW_THREADS:
             code = (
                 "import json, sys; from lca import allocate\n"
                 "s = allocate(sys.argv[1], progress=False, **json.loads(sys.argv[2]))\n"

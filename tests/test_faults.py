@@ -372,7 +372,7 @@ def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
     shutil.copytree(trained_runs("tiny_fc"), run_dir)
     small_disk.resize(small_disk.used_kib() + 400)  # the store and about one unit fit, not all
 
-    failed = cli("allocate", str(run_dir), "--threads", "1")
+    failed = cli_in_process("allocate", str(run_dir), "--threads", "1")
     assert_one_line_error(
         failed, "No space left on device", str(run_dir / LCA_STORE), f"lca allocate {run_dir}"
     )
@@ -385,7 +385,7 @@ def test_disk_full_during_allocate_is_one_line_and_resumes_bitwise(
     assert "partial allocation" in partial.stdout and f"lca allocate {run_dir}" in partial.stdout
 
     small_disk.resize(64 * 1024)  # make room, then the same command resumes
-    resumed = cli("allocate", str(run_dir), "--threads", "1")
+    resumed = cli_in_process("allocate", str(run_dir), "--threads", "1")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_arrays(lca_arrays(run_dir), lca_arrays(allocated))
 

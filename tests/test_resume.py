@@ -2,8 +2,8 @@
 
 Runs use small θ chunks (``LCA_CHUNK_ROWS``) so that tiny configs take several resume
 checkpoints, and ``--threads 1`` so that TensorFlow's reductions run in a fixed order in
-every process. Run as a script, this module is the driver of the fake-filesystem test (its
-in-memory store lives in one process): ``python tests/test_resume.py quota ...``.
+every process: a run killed in a process of its own resumes in the test's process, whose
+TensorFlow runs on one thread too (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import assert_one_line_error, cli, cli_command, cli_env
+from helpers import assert_one_line_error, cli_command, cli_env, cli_in_process
 
 from lca.cli import main
 from lca.storage import RunError
@@ -50,8 +49,12 @@ def env() -> dict[str, str]:
     return cli_env(LCA_CHUNK_ROWS=ROWS)
 
 
-def lca(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return cli(*args, timeout=timeout, env=env())
+def lca(*args: str) -> subprocess.CompletedProcess:
+    """``lca ARGS`` in this process, whose TensorFlow runs on one thread as ``--threads 1``
+    runs it in a fresh one (tests/conftest.py): a killed process's run resumes here bitwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LCA_CHUNK_ROWS", ROWS)
+        return cli_in_process(*args)
 
 
 def snapshot(run_dir) -> dict:
@@ -77,7 +80,7 @@ def assert_bitwise_equal(got: dict, want: dict) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Each setup trained once without interruption, in a subprocess like the others."""
+    """Each setup trained once without interruption."""
     cache: dict[str, dict] = {}
 
     def get(setup: str) -> dict:
@@ -127,7 +130,8 @@ def test_sigkill_at_a_random_point_then_resume_is_bitwise_uninterrupted(setup, t
 
     killed = open_trajectory(out)
     assert not killed.complete, f"finished within {delay:.3f} s; nothing was interrupted"
-    resumed = lca(*train_args(setup, out), "--resume")
+    with pytest.warns(UserWarning, match="taking over the stale lock of `lca train`"):
+        resumed = lca(*train_args(setup, out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     assert_bitwise_equal(snapshot(out), reference(setup))
@@ -150,36 +154,10 @@ def test_disk_full_on_a_small_tmpfs_is_one_line_and_resumable(small_disk, refere
     assert_bitwise_equal(snapshot(out), reference("lenet_sgd"))
 
 
-def test_disk_full_on_a_quota_filesystem_is_one_line_and_resumable(tmp_path, reference):
-    dump = tmp_path / "dump.npz"
-    done = subprocess.run(
-        [sys.executable, __file__, "quota", str(dump), *train_args("lenet_sgd", "quota://run")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env(),
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["first_exit"] == 2
-    # UPath spells the URL of an unregistered protocol quota:///run
-    assert_one_line_error(
-        report["first_stderr"],
-        *("quota:", "run/trajectory.zarr", "No space left on device", "resume from step"),
-    )
-    assert report["second_exit"] == 0, report["second_stderr"]
-    assert "resuming" in report["second_stdout"]
-    with np.load(dump) as saved:
-        got = {
-            "arrays": {name: saved[name] for name in TRAJECTORY_ARRAYS},
-            "attrs": report["attrs"],
-            "groups": report["groups"],
-        }
-    assert_bitwise_equal(got, reference("lenet_sgd"))
-
-
-def _quota_driver(dump: str, args: list[str]) -> None:
-    """In one process: train on a tiny in-memory quota, fail, lift it, resume, dump the run."""
+@pytest.mark.filterwarnings("ignore:UPath 'quota' filesystem not explicitly implemented")
+def test_disk_full_on_a_quota_filesystem_is_one_line_and_resumable(reference):
+    """An fsspec filesystem that raises ENOSPC past its quota (where no tmpfs can be mounted,
+    the disk-full test that runs): train, fail, lift the quota, resume, as on a real disk."""
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 
@@ -204,23 +182,17 @@ def _quota_driver(dump: str, args: list[str]) -> None:
             super().pipe_file(path, value, mode=mode, **kwargs)
 
     fsspec.register_implementation("quota", QuotaFileSystem, clobber=True)
-
-    runner = CliRunner()
-    first = runner.invoke(main, args)
+    args = train_args("lenet_sgd", "quota://run")
+    full = lca(*args)
+    # UPath spells the URL of a protocol it does not know quota:///run
+    assert_one_line_error(
+        full, "quota:", "run/trajectory.zarr", "No space left on device", "resume from step"
+    )
     QuotaFileSystem.quota = 2**40
-    second = runner.invoke(main, args)
-    report = {
-        "first_exit": first.exit_code,
-        "first_stderr": first.stderr + ("" if first.exit_code == 2 else repr(first.exception)),
-        "second_exit": second.exit_code,
-        "second_stdout": second.stdout,
-        "second_stderr": second.stderr + repr(second.exception),
-    }
-    if second.exit_code == 0:
-        got = snapshot("quota://run")
-        np.savez(dump, **got["arrays"])
-        report.update(attrs=got["attrs"], groups=got["groups"])
-    print(json.dumps(report))
+    resumed = lca(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert_bitwise_equal(snapshot("quota://run"), reference("lenet_sgd"))
 
 
 # --- reruns -------------------------------------------------------------------------------
@@ -324,7 +296,3 @@ def test_recording_again_into_an_interrupted_model_fit_is_one_line(tmp_path):
     assert_one_line_error(
         info, "interrupted model.fit recording", "lca cannot continue", "overwrite=True"
     )
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["quota"]:
-    _quota_driver(sys.argv[2], sys.argv[3:])

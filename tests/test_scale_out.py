@@ -54,10 +54,9 @@ def test_a_run_at_a_memory_url_is_trained_allocated_and_reported_through_fsspec(
         }
         assert memory.exists("/lca-tests/tiny_fc/lca.zarr/train/lca/zarr.json")
         assert not Path("memory:").exists() and not Path("lca-tests").exists()
-        # the same numbers as the same run on a local path: this process's TensorFlow runs on
-        # its default thread count (fixed when it started, whatever --threads asks), which sums
-        # in another order than one thread; on 2 cores that happens to be bitwise the same
-        _assert_same_up_to_thread_rounding(lca_arrays(url), lca_arrays(one_thread))
+        # bitwise the same run on a local path: this process's TensorFlow runs on one thread
+        # (tests/conftest.py), as the reference's did
+        assert_same_arrays(lca_arrays(url), lca_arrays(one_thread))
         assert verify_error(url).passed
         verdict = runner.invoke(main, ["verify-error", url])
         assert verdict.exit_code == 0 and "PASS" in verdict.output
@@ -69,20 +68,6 @@ def test_a_run_at_a_memory_url_is_trained_allocated_and_reported_through_fsspec(
         assert memory.exists("/lca-tests/tiny_fc/report/fig3a_percent_helped.png")
     finally:
         memory.rm("/lca-tests", recursive=True)
-
-
-def _assert_same_up_to_thread_rounding(got: dict, want: dict) -> None:
-    """Arrays of an allocation on another TensorFlow thread count: the same arrays, integers
-    and flags equal, floats within 1e-4 of the array's largest magnitude (a thread count
-    changes only float32 summation order: test_allocation.py's test of threads)."""
-    assert got.keys() == want.keys(), (sorted(got), sorted(want))
-    for name, value in want.items():
-        assert got[name].shape == value.shape and got[name].dtype == value.dtype, name
-        if np.issubdtype(value.dtype, np.floating):
-            scale = float(np.nanmax(np.abs(value))) if np.isfinite(value).any() else 0.0
-            np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-4 * scale, err_msg=name)
-        else:
-            np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_worker_processes_write_through_a_file_url(trained_runs, one_thread, tmp_path):
@@ -198,14 +183,15 @@ def test_ray_allocation_is_bitwise_the_local_single_worker_one(
     on_ray = tmp_path / "on_ray"
     shutil.copytree(trained_runs("tiny_fc"), on_ray)
     # the real command line, joining the running cluster by its address: first a part of the
-    # run (as if the cluster had gone away), then the rest, resumed from the finished chunks.
-    # One Ray worker holds the cluster's two CPUs and runs TensorFlow on one thread, as the
-    # reference (several workers at once: the killed-worker test below).
+    # run (as if the cluster had gone away), then the rest, resumed from the finished chunks
+    # (by this process, already connected to the cluster). One Ray worker holds the cluster's
+    # two CPUs and runs TensorFlow on one thread, as the reference (several workers at once:
+    # the killed-worker test below).
     ray_args = ("--ray", ray_cluster, "--cpus-per-task", "2", "--threads", "1")
     part = cli("allocate", str(on_ray), "--iterations", "8:24", *ray_args)
     assert part.returncode == 0, part.stderr
     assert "allocated 16 iterations" in part.stdout and "16 of 40 done" in part.stdout
-    rest = cli("allocate", str(on_ray), *ray_args)
+    rest = cli_in_process("allocate", str(on_ray), *ray_args)
     assert rest.returncode == 0, rest.stderr
     assert "allocated 24 iterations" in rest.stdout and "40 of 40 done" in rest.stdout
     assert_same_arrays(lca_arrays(on_ray), lca_arrays(one_thread))

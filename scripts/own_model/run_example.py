@@ -1,16 +1,16 @@
-"""Bring your own model: fit it with ``model.fit``, record θ, then allocate from the CLI.
+"""Bring your own model: fit it with ``model.fit``, record θ, then allocate from Python.
 
     python scripts/own_model/run_example.py [--out runs/own_model] [--regression]
 
 Trains ``my_model.build`` (or ``build_regressor`` with mean squared error) with an ordinary
-``model.fit`` and ``lca.keras.TrajectoryRecorder``, then runs ``lca allocate``, ``lca
-verify-error`` and ``lca report`` on the run directory; exits non-zero unless the
-allocation conserves the loss. Takes well under a minute on a CPU.
+``model.fit`` and ``lca.keras.TrajectoryRecorder``, then calls ``lca.allocate``,
+``lca.verify_error`` and ``lca.report.make_report`` on the run directory in the same process
+(what ``lca allocate``, ``lca verify-error`` and ``lca report`` do from a shell); exits
+non-zero unless the allocation conserves the loss. Takes well under a minute on a CPU.
 """
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import my_model  # noqa: E402
 
+import lca  # noqa: E402
 from lca.keras import TrajectoryRecorder  # noqa: E402
+from lca.report import make_report  # noqa: E402
 
 
 def fit(out: Path, regression: bool) -> None:
@@ -54,12 +56,6 @@ def fit(out: Path, regression: bool) -> None:
     print(f"recorded {recorder.steps} optimizer steps in {out}")
 
 
-def lca(*args: str) -> None:
-    """``lca ARGS`` from this checkout, with my_model importable (as from its own directory)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
-    subprocess.run([sys.executable, "-m", "lca.cli", *args], check=True, cwd=HERE, env=env)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "own_model")
@@ -67,9 +63,12 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     fit(out, args.regression)
-    lca("allocate", str(out))
-    lca("verify-error", str(out))  # exits 1 (and so do we) unless the loss is conserved
-    lca("report", str(out), "--frames", "4")
+    lca.allocate(out)  # lca allocate OUT
+    errors = lca.verify_error(out)  # lca verify-error OUT
+    print(errors.to_text())
+    make_report([out], frames=4)  # lca report OUT --frames 4
+    print(f"report: {out / 'report' / 'report.md'}")
+    sys.exit(0 if errors.passed else 1)  # 1 unless the loss is conserved
 
 
 if __name__ == "__main__":
