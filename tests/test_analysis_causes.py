@@ -133,6 +133,16 @@ def test_validation_drivers_sign_and_the_signal_share():
     assert drivers.to_dict()["verdicts"][1] == "overfitting"
 
 
+def test_a_term_within_rounding_of_zero_drives_nothing():
+    """A full-batch run's deviation is zero up to float64 rounding: not "generalisation"."""
+    val = np.zeros((4, len(TERMS), 2, 1))
+    val[:, 0, 0, 0] = -2.5  # signal first order
+    val[:, 1, 0, 0] = -1e-10  # deviation: 1.6e-11 of the signal's total, rounding
+    val[:, 2, 0, 0] = 1e-6  # momentum: small, but a real contribution
+    verdicts = validation_drivers(val, TERMS, chunk_rows=4).verdicts()
+    assert verdicts == ["generalisation", "none", "overfitting", "none"]
+
+
 def test_validation_drivers_without_a_signal_term():
     drivers = validation_drivers(np.ones((3, 2, 2, 1)), ["deviation", "residual"])
     assert drivers.signal_first_order is None and drivers.signal_hurt_iterations is None

@@ -25,6 +25,9 @@ import numpy as np
 from .streaming import RowSliceable, jsonable
 
 PARTS = ("first_order", "curvature")
+#: A cause's LCA within this fraction of the largest |value| beside it is rounding of a float64
+#: sum (the causes add up to about 1e-9 of the layer LCA): zero, neither helping nor hurting.
+NEGLIGIBLE = 1e-9
 SIGNAL = "signal"
 
 
@@ -179,9 +182,15 @@ class ValidationDrivers:
         return self.totals.sum(axis=1)
 
     def verdicts(self) -> list[str]:
-        """Per term: "generalisation" (negative), "overfitting" (positive) or "none"."""
+        """Per term: "generalisation" (negative), "overfitting" (positive) or "none" (zero,
+        or within `NEGLIGIBLE` of the largest total or part: rounding, as a full-batch run's
+        mini-batch deviation)."""
+        totals = np.asarray(self.totals, dtype=np.float64)
+        finite = np.abs(np.concatenate([totals.ravel(), self.term_totals]))
+        finite = finite[np.isfinite(finite)]
+        zero = NEGLIGIBLE * (finite.max() if finite.size else 0.0)
         return [
-            "generalisation" if v < 0 else "overfitting" if v > 0 else "none"
+            "none" if abs(v) <= zero else "generalisation" if v < 0 else "overfitting"
             for v in self.term_totals
         ]
 

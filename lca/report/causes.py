@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import analysis
 from ..analysis import CauseSummary, ValidationDrivers
+from ..analysis.causes import NEGLIGIBLE
 from .markdown import num, table
 from .plots_causes import panel_layers, stacked_causes
 from .style import PlotStyle
@@ -127,13 +128,9 @@ def _columns(summary: CauseSummary) -> tuple[list[str], list[np.ndarray]]:
     return names + ["all layers"], selectors + [np.ones(n)]
 
 
-#: A cause's LCA within this fraction of its table's largest |value| is rounding of a float64
-#: sum (the causes add up to about 1e-9 of the layer LCA): printed as 0, not as 1e-23.
-NEGLIGIBLE = 1e-9
-
-
 def _nats(values: np.ndarray) -> list[list[str]]:
-    """A table's values as ``+.4g``, those within rounding of zero as "0"."""
+    """A table's values as ``+.4g``, those within rounding of zero (`NEGLIGIBLE` of the
+    table's largest |value|) as "0", not as 1e-23."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.abs(values[np.isfinite(values)])
     zero = NEGLIGIBLE * (finite.max() if finite.size else 0.0)
