@@ -221,6 +221,13 @@ TARGETS: dict[str, Target] = {
         images={
             "mnist_fc_sgd/report/overview.png": "overview.png",
             "mnist_fc_sgd/report/fig3a_percent_helped.png": "fig3a_percent_helped.png",
+            "mnist_fc_sgd/report/fig3b_lca_histogram.png": "fig3b_lca_histogram.png",
+            "mnist_fc_sgd/report/fig3c_helped_per_layer.png": "fig3c_helped_per_layer.png",
+            "mnist_fc_sgd/report/fig3d_fraction_helped.png": "fig3d_fraction_helped.png",
+            "mnist_fc_sgd/report/s7_oscillations.png": "s7_oscillations.png",
+            "mnist_fc_sgd/report/fig2_frames_dense_1.png": "fig2_frames_dense_1.png",
+            "mnist_fc_sgd/report/s1_unit_lca.png": "s1_unit_lca.png",
+            "mnist_fc_sgd/report/s2_parameter_curves.png": "s2_parameter_curves.png",
             "mnist_fc_sgd/report/fig4_layer_totals.png": "fig4_layer_totals.png",
             "mnist_fc_sgd/report/approximate_loss.png": "approximate_loss.png",
             "mnist_fc_sgd/report/s11_cumulative_layer_lca.png": "s11_cumulative_layer_lca.png",
