@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import copy_run, interleave, scratch
+from .common import copy_run, interleave, median_ratio, scratch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,13 +125,14 @@ def run_allocations(args: argparse.Namespace) -> None:
     with scratch() as tmp:
         for run_dir in args.runs:
             times, allocated = with_and_without(run_dir, tmp, (a, b), args)
-            plain, with_causes = sum(times[False]), sum(times[True])
-            per_iteration = 1e3 * plain / (args.repeats * max(1, allocated))
+            ratio = median_ratio(times[True], times[False])
+            per_iteration = 1e3 * statistics.median(times[False]) / max(1, allocated)
+            seconds = {k: ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()}
             print(
                 f"{run_dir.name}: iterations {a}:{b} ({allocated} allocated), "
-                f"{args.repeats} repeats: without {times[False]} s, with --causes "
-                f"{times[True]} s; ratio {with_causes / plain:.3f}; plain "
-                f"{per_iteration:.1f} ms/iteration (whole calls)"
+                f"{args.repeats} rounds after a warm-up round: without [{seconds[False]}] s, "
+                f"with --causes [{seconds[True]}] s; median ratio {ratio:.3f}; plain "
+                f"{per_iteration:.1f} ms/iteration (median whole call)"
             )
 
 
@@ -161,7 +162,9 @@ def with_and_without(run_dir: Path, tmp: Path, iterations: tuple[int, int], args
 
         return seconds
 
-    times = interleave({False: allocation(False), True: allocation(True)}, args.repeats)
+    # a warm-up round first: this process's first calls start TensorFlow and trace
+    candidates = {False: allocation(False), True: allocation(True)}
+    times = interleave(candidates, args.repeats, warmup=1)
     return times, allocated
 
 
