@@ -205,8 +205,8 @@ UNTRACED = {
     "docs/case-studies/per-class.md": "per-iteration timings; shares of specialised neurons",
     "docs/case-studies/pruning.md": "accuracies of a pruning scope mnist_fc_prune does not print",
     "docs/case-studies/why-parameters-hurt.md": "shares computed from the causes tables",
-    "docs/performance.md": "its tables and typed output blocks (the bench_* targets of "
-    "scripts/make_figures.py make them; they have not been run yet)",
+    "docs/performance.md": "the rows without a recorded commit, the modes, precision and subset "
+    "tables (targets bench_modes, bench_subset, bench_lenet, bench_gpu_on_cpu)",
     "docs/scaling.md": "ResNet20's gradient time (the bench_gpu_on_cpu target)",
     "docs/checkpoints.md": "the segment table (scripts/bench.py segments; no make_figures target)",
 }
@@ -305,11 +305,7 @@ TIMED = re.compile(r"^ *\d+\.\d s  (?P<command>.+)$")
 PROVENANCES = sorted(OUTPUTS.glob("*_provenance.txt"))
 # Targets whose blocks were made on a tree with uncommitted changes or by a command since
 # renamed, on another machine than the rest (strict: a regenerated target leaves the list).
-STALE = {
-    "causes": "python scripts/make_figures.py causes (about 23 min)",
-    "grokking": "python scripts/make_figures.py grokking (about 16 min)",
-    "torch_bench": "python scripts/make_figures.py torch_bench (about 13 min)",
-}
+STALE: dict[str, str] = {}
 
 
 def _provenances():
