@@ -183,6 +183,53 @@ BENCH_TARGETS: dict[str, Target] = {
             Step("allocate {runs}/mnist_lenet_sgd --splits train --range 440:450"),
         ],
     ),
+    "bench_thresholds": Target(
+        "the trapezoid's acceptance threshold swept over the paper's allocation of the three "
+        "MNIST-FC set-ups (needs causes; about 12 minutes)",
+        [
+            _bench(
+                "thresholds {runs}/causes/mnist_fc_sgd {runs}/causes/mnist_fc_adam "
+                "{runs}/causes/mnist_fc_sgd_nomom --thresholds 1e-3,3e-4,1e-4,inf",
+                "bench_thresholds",
+            )
+        ],
+    ),
+    "bench_precision": Target(
+        "one full-set gradient in float32 against `lca`'s bfloat16, MNIST-FC and MNIST-LeNet "
+        "(about 5 minutes)",
+        [
+            _bench(
+                "precision configs/mnist_fc_sgd.yaml configs/mnist_lenet_sgd.yaml "
+                "--set data.path={mnist}",
+                "bench_precision",
+            )
+        ],
+    ),
+    "bench_segments": Target(
+        "θ every k steps against every step: chord against path LCA of the three MNIST-FC "
+        "set-ups (needs causes; about 15 minutes)",
+        [
+            _bench(
+                f"segments {{runs}}/causes/{name} --k 1,2,5,10,20,50,110 "
+                f"--out {{runs}}/segments/{name}",
+                f"bench_segments_{name}",
+            )
+            for name in CAUSE_RUNS
+        ],
+    ),
+    "suite": Target(
+        "the test suite, as the README and CI run it (about 5 minutes)",
+        [
+            Step(
+                "-m pytest -q", output="suite", keep="tail:1", program="python"
+            )
+        ],
+    ),
+    "torch_install": Target(
+        "what installing torch costs a fresh virtual environment: PyPI's default (CUDA) wheel "
+        "and the CPU wheel, time and size on disk (downloads about 3 GB)",
+        [Step("scripts/measure_install.py", output="torch_install", program="python")],
+    ),
     "bench_gpu_on_cpu": Target(
         "the GPU check run on the CPU: ResNet20's full-set gradient on 2,000 CIFAR-shaped "
         "examples, single-threaded worker (over 10 minutes on 2 cores)",
@@ -237,7 +284,14 @@ TARGETS: dict[str, Target] = {
     ),
     "pruning": Target(
         "LCA as weight importance on the MNIST-FC run (needs mnist_fc)",
-        [Step("prune {runs}/mnist_fc_sgd", output="mnist_fc_prune", keep="table")],
+        [
+            Step("prune {runs}/mnist_fc_sgd", output="mnist_fc_prune", keep="table"),
+            Step(
+                "prune {runs}/mnist_fc_sgd --scope layer --out {runs}/mnist_fc_sgd/prune_layer",
+                output="mnist_fc_prune_layer",
+                keep="table",
+            ),
+        ],
         images={"mnist_fc_sgd/prune/prune.png": "prune_mnist_fc_sgd.png"},
     ),
     "per_class": Target(
@@ -251,6 +305,11 @@ TARGETS: dict[str, Target] = {
             Step("report {runs}/mnist_fc_per_class", output="per_class_report"),
         ],
         images={"mnist_fc_per_class/report/s22_neuron.png": "s22_neuron.png"},
+        sections={"per_class_section": ("mnist_fc_per_class/report/report.md", "## Per class")},
+    ),
+    "grokking_describe": Target(
+        "what `lca describe` says of the grokking run, its size on disk included (needs grokking)",
+        [Step("describe {runs}/grokking_modadd", output="grokking_describe")],
     ),
     "grokking": Target(
         "a one-layer transformer groks modular addition (about 10 minutes)",
