@@ -219,11 +219,7 @@ BENCH_TARGETS: dict[str, Target] = {
     ),
     "suite": Target(
         "the test suite, as the README and CI run it (about 5 minutes)",
-        [
-            Step(
-                "-m pytest -q", output="suite", keep="tail:1", program="python"
-            )
-        ],
+        [Step("-m pytest -q", output="suite", keep="tail:1", program="python")],
     ),
     "torch_install": Target(
         "what installing torch costs a fresh virtual environment: PyPI's default (CUDA) wheel "
