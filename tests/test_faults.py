@@ -506,3 +506,21 @@ def test_describe_run_of_an_allocated_run_and_a_stored_keras_model(allocated, tm
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     text = describe_run(run_dir).to_text()
     assert "rebuilt in Keras safe mode" in text and "Python bytecode" in text
+
+
+def test_describe_run_states_each_stores_size_on_disk(allocated):
+    """``lca describe RUN`` ends the trajectory's and lca.zarr's lines with the bytes of the
+    store's files, summed, in decimal units; a file:// URL (fsspec) says the same."""
+    from lca.training.segments import _show
+
+    def on_disk(store: str) -> str:
+        size = sum(f.stat().st_size for f in (allocated / store).rglob("*") if f.is_file())
+        return f", {_show(size)} on disk"
+
+    for where in (str(allocated), f"file://{allocated}"):
+        printed = CliRunner().invoke(main, ["describe", where]).output.splitlines()
+        stores = [line for line in printed if line.startswith(("trajectory: ", "lca.zarr: "))]
+        assert len(stores) == 2, printed
+        assert stores[0].endswith(on_disk("trajectory.zarr")), stores
+        assert stores[1].endswith(on_disk("lca.zarr")), stores
+        assert " kB on disk" in stores[0]  # a tiny run: some hundred kB

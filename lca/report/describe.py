@@ -6,8 +6,9 @@ is imported, so a run from someone else can be inspected before it is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from ..config.user_code import (
     holds_bytecode,
 )
 from ..layout.describe import describe_layout
-from ..storage import LCA_STORE, RunError, location, open_group
+from ..locations import is_remote
+from ..storage import LCA_STORE, TRAJECTORY_STORE, RunError, location, open_group
 
 
 @dataclass
@@ -34,16 +36,29 @@ class RunDescription:
     versions: dict[str, str]
     checksums: str
     layout: str | None  # the parameter layout table, if the trajectory records one
+    sizes: dict[str, int | None] = field(default_factory=dict)  # bytes per store on disk
 
     def to_text(self) -> str:
         lines = [f"{self.run_dir}: run {self.name}"]
         lines += ["code it runs when allocated:"] + [f"  {c}" for c in self.code]
-        lines += [f"trajectory: {self.trajectory}", f"lca.zarr: {self.allocation}"]
+        lines += [
+            f"trajectory: {self.trajectory}{self._on_disk(TRAJECTORY_STORE)}",
+            f"lca.zarr: {self.allocation}{self._on_disk(LCA_STORE)}",
+        ]
         versions = ", ".join(f"{k} {v}" for k, v in self.versions.items()) or "not recorded"
         lines += [f"recorded with: {versions}", f"checksums: {self.checksums}"]
         if self.layout:
             lines += ["", self.layout]
         return "\n".join(lines)
+
+    def _on_disk(self, store: str) -> str:
+        """``, 884 MB on disk``: the store's files' bytes in decimal units (kB, MB, GB: 10³,
+        10⁶, 10⁹ B) to 3 significant digits, as ``lca describe CONFIG``'s θ storage; empty
+        for a store that is absent or whose filesystem cannot say."""
+        from ..training.segments import _show
+
+        size = self.sizes.get(store)
+        return "" if size is None else f", {_show(size)} on disk"
 
 
 def describe_run(run_dir: str | Path) -> RunDescription:
@@ -54,13 +69,14 @@ def describe_run(run_dir: str | Path) -> RunDescription:
     """
     from ..config import load_config
     from ..layout import ParameterLayout
-    from ..storage import CONFIG_FILE, TRAJECTORY_STORE
+    from ..storage import CONFIG_FILE
 
     run_dir = location(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory of `lca train`?")
     config = load_config(run_dir / CONFIG_FILE)
     arrays: list = []
+    sizes: dict[str, int | None] = {}
     trajectory, versions, layout = "absent (not trained)", {}, None
     if (run_dir / TRAJECTORY_STORE).exists():
         group = open_group(run_dir / TRAJECTORY_STORE, "r")
@@ -80,6 +96,7 @@ def describe_run(run_dir: str | Path) -> RunDescription:
         if "layout" in attrs:
             layout = describe_layout(ParameterLayout.from_json(attrs["layout"]))
         arrays += _arrays(group, TRAJECTORY_STORE)
+        sizes[TRAJECTORY_STORE] = size_on_disk(run_dir / TRAJECTORY_STORE)
     allocation = "absent (not allocated)"
     if (run_dir / LCA_STORE).exists():
         group = open_group(run_dir / LCA_STORE, "r")
@@ -100,6 +117,7 @@ def describe_run(run_dir: str | Path) -> RunDescription:
                 f"{'' if settings.get('store_grad', True) else ', gradients not stored'}"
             )
         arrays += _arrays(group, LCA_STORE)
+        sizes[LCA_STORE] = size_on_disk(run_dir / LCA_STORE)
     unchecked = [name for name, checked in arrays if not checked]
     if not arrays:
         checksums = "no arrays"
@@ -119,7 +137,25 @@ def describe_run(run_dir: str | Path) -> RunDescription:
         versions=versions,
         checksums=checksums,
         layout=layout,
+        sizes=sizes,
     )
+
+
+def size_on_disk(store: Path) -> int | None:
+    """Bytes of the files under a store, summed (None: a URL whose filesystem cannot say)."""
+    import os
+
+    if is_remote(store):
+        try:
+            return int(store.fs.du(store.path, total=True))
+        except Exception:  # noqa: BLE001 - a remote store's size is optional
+            return None
+    total = 0
+    for folder, _, files in os.walk(store):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a chunk replaced meanwhile
+                total += (Path(folder) / name).stat().st_size
+    return total
 
 
 def _arrays(group, prefix: str) -> list[tuple[str, bool]]:
