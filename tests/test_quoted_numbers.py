@@ -201,7 +201,6 @@ UNTRACED = {
     "docs/accuracy.md": "the threshold sweep's table and the trapezoid-alone totals",
     "docs/development.md": "the torch install's time and size, the suite's wall time",
     "docs/pytorch.md": "the torch install's time and size",
-    "docs/case-studies/grokking.md": "the trajectory's and the store's size on disk",
     "docs/case-studies/per-class.md": "per-iteration timings; shares of specialised neurons",
     "docs/case-studies/pruning.md": "accuracies of a pruning scope mnist_fc_prune does not print",
     "docs/case-studies/why-parameters-hurt.md": "shares computed from the causes tables",
