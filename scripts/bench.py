@@ -5,7 +5,7 @@
     python scripts/bench.py SUBCOMMAND --help               # its options
 
 Subcommands (one module each in ``scripts/benchmarks/``): allocate, callback, causes, modes,
-segments, subset, torch, train. Each takes "a config or a run" the same way (a config file is trained
+precision, segments, subset, torch, train. Each takes "a config or a run" the same way (a config file is trained
 first, with ``--set key=value`` overrides; a run directory is used as it is) and compares
 candidates side by side, alternating which goes first, reporting medians of per-round ratios
 (``benchmarks/common.py``). ``$LCA_BENCH_TMP`` places the scratch folder.
@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "callback": "callback",
     "causes": "causes",
     "modes": "modes",
+    "precision": "precision",
     "segments": "segments",
     "subset": "subset",
     "torch": "frameworks",
