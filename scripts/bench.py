@@ -5,10 +5,10 @@
     python scripts/bench.py SUBCOMMAND --help               # its options
 
 Subcommands (one module each in ``scripts/benchmarks/``): allocate, callback, causes, modes,
-precision, segments, subset, torch, train. Each takes "a config or a run" the same way (a config file is trained
-first, with ``--set key=value`` overrides; a run directory is used as it is) and compares
-candidates side by side, alternating which goes first, reporting medians of per-round ratios
-(``benchmarks/common.py``). ``$LCA_BENCH_TMP`` places the scratch folder.
+precision, segments, subset, thresholds, torch, train. Each takes "a config or a run" the same
+way (a config file is trained first, with ``--set key=value`` overrides; a run directory is used
+as it is) and compares candidates side by side, alternating which goes first, reporting medians
+of per-round ratios (``benchmarks/common.py``). ``$LCA_BENCH_TMP`` places the scratch folder.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "precision": "precision",
     "segments": "segments",
     "subset": "subset",
+    "thresholds": "thresholds",
     "torch": "frameworks",
     "train": "train",
 }
