@@ -121,7 +121,7 @@ def constraints_naming(settings: dict[str, str], name: str) -> list[str]:
             continue
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
-            if line and _normalize(_requirement_name(line)) == _normalize(name):
+            if line[:1].isalnum() and _normalize(_requirement_name(line)) == _normalize(name):
                 lines.append(line)
     return lines
 
