@@ -140,6 +140,10 @@ def _neuron_view(run: Run, split: str, group, chunk_rows: int) -> dict | None:
     return {"layer": layer, "unit": unit, "class_curves": curves, "input_lca": image}
 
 
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.0f} %"
+
+
 def _tables(per_class: dict) -> str:
     """Fig 6's synchronisation per class and S21's specialisation, as report.md tables."""
     sync = per_class["synchronisation"]
@@ -152,9 +156,10 @@ def _tables(per_class: dict) -> str:
         [
             "## Per class (Fig 6, S21)",
             "",
-            f"Synchronised moments of learning per class: iterations where at least "
-            f"{per_class['min_fraction']:.0%} of the layers have one of their top-{TOP_MOMENTS} "
-            f"moments in that class's per-layer LCA; mean {sync['mean_count']:.1f} against "
+            "Synchronised moments of learning per class: iterations where at least "
+            f"{_percent(per_class['min_fraction'])} of the layers have one of their "
+            f"top-{TOP_MOMENTS} moments in that class's per-layer LCA; "
+            f"mean {sync['mean_count']:.1f} against "
             f"{sync['mean_baseline']:.2f} when layers are shifted at random by −2…2 iterations "
             "(the paper: 9.4 against 0.4 for MNIST-FC).",
             "",
@@ -162,12 +167,16 @@ def _tables(per_class: dict) -> str:
             "",
             "Class specialisation of units (S21): for each output unit, the share of its helping "
             "(negative total LCA, per class) carried by its top 1, 2, 3 classes; the table gives "
-            "the fraction of units where that share exceeds 80 %.",
+            "the share of the layer's helped units where that share exceeds 80 %.",
             "",
             table(
                 ["layer", "units helped", "top 1 > 80 %", "top 2 > 80 %", "top 3 > 80 %"],
                 [
-                    [layer, str(v["units"]), *(f"{v[f'top{k}_over_80pct']:.2f}" for k in (1, 2, 3))]
+                    [
+                        layer,
+                        str(v["units"]),
+                        *(_percent(v[f"top{k}_over_80pct"]) for k in (1, 2, 3)),
+                    ]
                     for layer, v in spec.items()
                 ],
             ),
