@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import load_make_figures
+from helpers import MEASURING_NOW, load_make_figures
 
 ROOT = Path(__file__).parents[1]
 IMAGE = re.compile(r"images/([A-Za-z0-9_.-]+\.(?:png|gif|jpg|svg))")
@@ -23,6 +23,8 @@ def test_quoted_outputs_are_the_scripts(page):
     for name, bodies in make_figures.marked_blocks(page.read_text()).items():
         assert name in make_figures.produced_outputs(), f"{page.name}: no target makes {name!r}"
         stored = ROOT / "docs" / "outputs" / f"{name}.txt"
+        if name in MEASURING_NOW and not stored.exists():
+            continue  # the suite quoting its own last line, while make_figures.py times it
         assert stored.exists(), f"{stored} is missing: run scripts/make_figures.py"
         for body in bodies:
             assert body == stored.read_text(), f"{page.name}: block {name!r} differs from {stored}"
