@@ -45,15 +45,40 @@ MNIST = "--set data.path={mnist}"
 CAUSE_RUNS = ("mnist_fc_sgd", "mnist_fc_sgd_nomom", "mnist_fc_adam")
 
 
-def _cause_steps(name: str) -> list[Step]:
-    """Train one MNIST-FC set-up and allocate it with --causes (why parameters hurt)."""
-    run = f"{{runs}}/causes/{name}"
+def _pipeline(
+    config: str,
+    run: str,
+    *,
+    outputs: str,
+    mnist: bool = True,
+    allocate: str = "",
+    verify_keep: str = "all",
+    quote_report: bool = True,
+) -> list[Step]:
+    """The quick start's four commands on one run: train ``configs/CONFIG.yaml`` into
+    ``{runs}/RUN``, allocate (with ``allocate``'s flags), verify-error and report, whose output
+    is quoted as ``OUTPUTS_verify_error`` and ``OUTPUTS_report``."""
+    where = f"{{runs}}/{run}"
+    data = f" {MNIST}" if mnist else ""
     return [
-        Step(f"train configs/{name}.yaml --out {run} --overwrite {MNIST}"),
-        Step(f"allocate {run} --causes"),
-        Step(f"verify-error {run}", output=f"causes_{name}_verify_error", keep="tail:1"),
-        Step(f"report {run}"),
+        Step(f"train configs/{config}.yaml --out {where} --overwrite{data}"),
+        Step(f"allocate {where}{' ' + allocate if allocate else ''}"),
+        Step(f"verify-error {where}", output=f"{outputs}_verify_error", keep=verify_keep),
+        Step(f"report {where}", output=f"{outputs}_report" if quote_report else None),
     ]
+
+
+def _cause_steps(name: str) -> list[Step]:
+    """Train one MNIST-FC set-up and allocate it with --causes (why parameters hurt); only
+    verify-error's verdict line is quoted, the report through its section."""
+    return _pipeline(
+        name,
+        f"causes/{name}",
+        outputs=f"causes_{name}",
+        allocate="--causes",
+        verify_keep="tail:1",
+        quote_report=False,
+    )
 
 
 def _bench(subcommand: str, output: str, keep: str = "all") -> Step:
@@ -217,23 +242,11 @@ BENCH_TARGETS: dict[str, Target] = {
 TARGETS: dict[str, Target] = {
     "tiny": Target(
         "the offline quick start: tiny_fc on synthetic data (seconds)",
-        [
-            Step("train configs/tiny_fc.yaml --out {runs}/tiny_fc --overwrite"),
-            Step("allocate {runs}/tiny_fc"),
-            Step("verify-error {runs}/tiny_fc", output="tiny_verify_error"),
-            Step("report {runs}/tiny_fc", output="tiny_report"),
-        ],
+        _pipeline("tiny_fc", "tiny_fc", outputs="tiny", mnist=False),
     ),
     "mnist_fc": Target(
         "the main quick start: MNIST-FC with SGD and momentum, the defaults (about 4 minutes)",
-        [
-            Step(
-                f"train configs/mnist_fc_sgd.yaml --out {{runs}}/mnist_fc_sgd --overwrite {MNIST}"
-            ),
-            Step("allocate {runs}/mnist_fc_sgd"),
-            Step("verify-error {runs}/mnist_fc_sgd", output="mnist_fc_verify_error"),
-            Step("report {runs}/mnist_fc_sgd", output="mnist_fc_report"),
-        ],
+        _pipeline("mnist_fc_sgd", "mnist_fc_sgd", outputs="mnist_fc"),
         images={
             "mnist_fc_sgd/report/overview.png": "overview.png",
             "mnist_fc_sgd/report/fig3a_percent_helped.png": "fig3a_percent_helped.png",
@@ -265,14 +278,12 @@ TARGETS: dict[str, Target] = {
     ),
     "per_class": Target(
         "per-class LCA of MNIST-FC (Fig 6, S21, S22)",
-        [
-            Step(
-                f"train configs/mnist_fc_sgd.yaml --out {{runs}}/mnist_fc_per_class --overwrite {MNIST}"
-            ),
-            Step("allocate {runs}/mnist_fc_per_class --per-class --splits train"),
-            Step("verify-error {runs}/mnist_fc_per_class", output="per_class_verify_error"),
-            Step("report {runs}/mnist_fc_per_class", output="per_class_report"),
-        ],
+        _pipeline(
+            "mnist_fc_sgd",
+            "mnist_fc_per_class",
+            outputs="per_class",
+            allocate="--per-class --splits train",
+        ),
         images={"mnist_fc_per_class/report/s22_neuron.png": "s22_neuron.png"},
         sections={"per_class_section": ("mnist_fc_per_class/report/report.md", "## Per class")},
     ),
@@ -282,12 +293,13 @@ TARGETS: dict[str, Target] = {
     ),
     "grokking": Target(
         "a one-layer transformer groks modular addition (about 10 minutes)",
-        [
-            Step("train configs/grokking_modadd.yaml --out {runs}/grokking_modadd --overwrite"),
-            Step("allocate {runs}/grokking_modadd --causes"),
-            Step("verify-error {runs}/grokking_modadd", output="grokking_verify_error"),
-            Step("report {runs}/grokking_modadd", output="grokking_report"),
-        ],
+        _pipeline(
+            "grokking_modadd",
+            "grokking_modadd",
+            outputs="grokking",
+            mnist=False,
+            allocate="--causes",
+        ),
         images={
             "grokking_modadd/report/splits_accuracy.png": "grokking_splits_accuracy.png",
             "grokking_modadd/report/splits_layer_cumulative.png": (
