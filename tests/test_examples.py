@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from lca.cli.common import NATIVE_NOISE
+
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs"
 PYTHON_LANGUAGES = {"python", "py", "python3"}
@@ -215,7 +217,8 @@ def test_tiny_quick_start(tiny_quick_start):
     """README's offline quick start: the fenced block right after the line
     ``<!-- tested: tiny quick start -->`` holds ``lca`` commands (one a line), run in order in a
     fresh directory holding a copy of ``configs/``, each as ``python -m lca.cli ...``; each must
-    exit 0 and print its success line (verify-error: PASS). The commands run once per session
+    exit 0, print its success line (verify-error: PASS) and, run without TF_CPP_MIN_LOG_LEVEL
+    as a user runs it, no TensorFlow start-up log. The commands run once per session
     (conftest's ``tiny_quick_start``; test_quick_start.py compares what they print with the
     quoted figures)."""
     commands = quick_start_commands(ROOT / "README.md")
@@ -224,6 +227,8 @@ def test_tiny_quick_start(tiny_quick_start):
         shown = "lca " + shlex.join(done["args"])
         output = f"{done['stdout']}\n{done['stderr']}"
         assert done["returncode"] == 0, f"{shown} exited {done['returncode']}:\n{output}"
+        noise = [line for line in done["stderr"].splitlines() if NATIVE_NOISE.search(line.encode())]
+        assert not noise, f"{shown} printed TensorFlow's start-up logs:\n" + "\n".join(noise)
         expected = EXPECTED_OUTPUT.get(done["args"][0] if done["args"] else "")
         if expected:
             assert re.search(expected, done["stdout"]), (
